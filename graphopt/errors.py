@@ -1,0 +1,25 @@
+"""The errors graphopt raises on purpose, each carrying the exit code the CLI returns.
+
+`InputError` (exit 2) is anything wrong with what the user gave us; `ValidationFailed`
+(exit 1) is a model that graphopt refuses to hand back because it does not hold up.
+"""
+
+from __future__ import annotations
+
+
+class GraphoptError(Exception):
+    """Base of the errors that end a command with one clear line instead of a traceback."""
+
+    exit_code = 2
+
+
+class InputError(GraphoptError):
+    """Bad input or usage: unreadable model, unknown pass, bad recipe, missing file."""
+
+    exit_code = 2
+
+
+class ValidationFailed(GraphoptError):
+    """The optimized model broke an invariant or does not compute the same thing."""
+
+    exit_code = 1

@@ -1,0 +1,264 @@
+"""Load, save, convert and inspect ONNX models on onnx-ir.
+
+Loading is lazy (external tensors stay on disk, memory-mapped when a pass reads them) and
+checks the file before any work; saving is atomic (a temp folder beside the output, then
+rename), uses external data above the protobuf limit, and never writes over its input.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from graphopt import checks
+from graphopt.errors import InputError
+
+SOURCE_KEY = "graphopt.source"
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+_STRUCTURE_MARGIN_BYTES = 64 << 20
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Read and check a model; tensors in external data stay on disk until a pass needs them."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as error:  # protobuf raises several types for bytes that are not a model
+        raise InputError(f"{path}: not an ONNX model ({checks.first_line(str(error)) or type(error).__name__})") from None
+    _check_proto(path, proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:
+        raise InputError(f"{path}: unreadable model ({checks.first_line(str(error))})") from None
+    ir.external_data.set_base_dir(model.graph, str(path.parent))
+    _check_external_data(path, model)
+    model.meta[SOURCE_KEY] = str(path.resolve())
+    return model
+
+
+def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
+    if not proto.HasField("graph"):
+        raise InputError(f"{path}: not an ONNX model (no graph)")
+    if not proto.graph.output:
+        raise InputError(f"{path}: the graph has no outputs")
+    try:
+        checks.check_structure_proto(checks.structure_of_proto(proto))
+    except checks.InvariantError as error:
+        raise InputError(f"{path}: invalid model: {error}") from None
+
+
+def _check_external_data(path: Path, model: ir.Model) -> None:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if not isinstance(tensor, ir.ExternalTensor):
+                continue
+            location = Path(tensor.location)
+            if location.is_absolute() or ".." in location.parts:
+                raise InputError(f"{path}: external data location {tensor.location!r} "
+                                 "must stay inside the model's folder")
+            data_path = Path(tensor.path)
+            if not data_path.is_file():
+                raise InputError(f"{path}: external data file {tensor.location!r} is missing "
+                                 f"(needed by {value.name!r})")
+            end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+            if data_path.stat().st_size < end:
+                raise InputError(f"{path}: external data file {tensor.location!r} is too short "
+                                 f"for {value.name!r}")
+
+
+def from_proto(proto: onnx.ModelProto) -> ir.Model:
+    """An in-memory ModelProto as an IR model, checked like a loaded file."""
+    _check_proto(Path("<model>"), proto)
+    return ir.serde.deserialize_model(proto)
+
+
+def parameter_bytes(model: ir.Model) -> int:
+    return sum(
+        value.const_value.nbytes
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if value.const_value is not None
+    )
+
+
+def _external_sources(model: ir.Model) -> set[str]:
+    return {
+        os.path.realpath(value.const_value.path)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if isinstance(value.const_value, ir.ExternalTensor)
+    }
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
+    """Write the model atomically; return the files written.
+
+    external_data: True writes tensors to `<name>.data` beside the model, False inlines them,
+    None decides: external when the input used external data or the tensors near 2 GB.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file path")
+    real_path = os.path.realpath(path)
+    sources = _external_sources(model)
+    if real_path == model.meta.get(SOURCE_KEY) or real_path in sources:
+        raise InputError(f"{path}: refusing to overwrite the input model")
+    if external_data is None:
+        external_data = bool(sources) or (
+            parameter_bytes(model) > PROTOBUF_LIMIT_BYTES - _STRUCTURE_MARGIN_BYTES
+        )
+    elif not external_data and parameter_bytes(model) > PROTOBUF_LIMIT_BYTES - _STRUCTURE_MARGIN_BYTES:
+        raise InputError(f"{path}: tensors exceed the 2 GB protobuf limit; use external data")
+    data_name = f"{path.name}.data" if external_data else None
+    if data_name and os.path.realpath(path.with_name(data_name)) in sources:
+        raise InputError(f"{path}: refusing to overwrite the input's external data {data_name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        staged_model = staging / path.name
+        if not external_data and sources:
+            ir.external_data.load_to_model(model)
+        ir.save(model, staged_model, external_data=data_name)
+        written = []
+        if data_name:
+            os.replace(staging / data_name, path.with_name(data_name))
+            written.append(path.with_name(data_name))
+        os.replace(staged_model, path)
+        written.insert(0, path)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert_opset(model: ir.Model, version: int) -> ir.Model:
+    """A copy of the model converted to ONNX opset `version` with ONNX's version converter."""
+    current = model.opset_imports.get("", 1)
+    if version == current:
+        return model
+    if version < 7:
+        raise InputError(f"cannot convert to opset {version}: graphopt supports opset 7 and newer")
+    proto = ir.serde.serialize_model(model)
+    try:
+        converted = onnx.version_converter.convert_version(proto, version)
+    except Exception as error:
+        raise InputError(f"cannot convert from opset {current} to {version}: "
+                         f"{checks.first_line(str(error))}") from None
+    result = ir.serde.deserialize_model(converted)
+    base_dirs = {os.path.dirname(t) for t in _external_sources(model)}
+    if base_dirs:
+        ir.external_data.set_base_dir(result.graph, base_dirs.pop())
+    result.meta.update(model.meta)
+    return result
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list[int | str | None] | None
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    path: str | None
+    file_bytes: int | None
+    ir_version: int
+    producer: str
+    opsets: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    nodes: int
+    op_counts: dict[str, int]
+    initializers: int
+    parameters: int
+    parameter_bytes: int
+    parameters_by_dtype: dict[str, dict[str, int]]
+    external_data: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _tensor_info(value: ir.Value) -> TensorInfo:
+    shape = None
+    if value.shape is not None:
+        shape = [dim if isinstance(dim, int) else dim.value for dim in value.shape.dims]
+    dtype = value.dtype.name.lower() if value.dtype is not None else "unknown"
+    return TensorInfo(value.name or "", dtype, shape)
+
+
+def _op_key(node: ir.Node) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def inspect(model: ir.Model | str | os.PathLike) -> ModelInfo:
+    """Summarize a model: opsets, signature, op histogram, parameters by dtype, file size."""
+    if not isinstance(model, ir.Model):
+        model = load(model)
+    source = model.meta.get(SOURCE_KEY)
+    ops = collections.Counter(_op_key(node) for node in ir.traversal.RecursiveGraphIterator(model.graph))
+    by_dtype: dict[str, dict[str, int]] = {}
+    external = False
+    initializers = parameters = total_bytes = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None:
+                continue
+            external |= isinstance(tensor, ir.ExternalTensor)
+            size = math.prod(tensor.shape.numpy())
+            nbytes = math.ceil(size * tensor.dtype.itemsize)
+            entry = by_dtype.setdefault(tensor.dtype.name.lower(), {"tensors": 0, "parameters": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["parameters"] += size
+            entry["bytes"] += nbytes
+            initializers += 1
+            parameters += size
+            total_bytes += nbytes
+    file_bytes = None
+    if source is not None:
+        file_bytes = os.path.getsize(source) + sum(os.path.getsize(p) for p in _external_sources(model))
+    return ModelInfo(
+        path=source,
+        file_bytes=file_bytes,
+        ir_version=model.ir_version,
+        producer=" ".join(filter(None, [model.producer_name, model.producer_version])),
+        opsets=dict(sorted(model.opset_imports.items())),
+        inputs=[_tensor_info(value) for value in model.graph.inputs],
+        outputs=[_tensor_info(value) for value in model.graph.outputs],
+        nodes=sum(ops.values()),
+        op_counts=dict(ops.most_common()),
+        initializers=initializers,
+        parameters=parameters,
+        parameter_bytes=total_bytes,
+        parameters_by_dtype=by_dtype,
+        external_data=external,
+    )
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (a report) through a temp file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)

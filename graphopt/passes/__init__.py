@@ -1,0 +1,24 @@
+"""graphopt's passes, one module per family; importing this package registers them all."""
+
+from graphopt.passes import cleanup, fold, noops, simplify  # noqa: F401  (registers them)
+from graphopt.passes.registry import (
+    TARGETS,
+    Pass,
+    PassOption,
+    create_pass,
+    pass_class,
+    pass_names,
+    pass_options,
+    register,
+)
+
+__all__ = [
+    "TARGETS",
+    "Pass",
+    "PassOption",
+    "create_pass",
+    "pass_class",
+    "pass_names",
+    "pass_options",
+    "register",
+]

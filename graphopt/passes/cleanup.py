@@ -1,0 +1,147 @@
+"""Cleanup passes: dead code, constants as initializers, duplicate weights, CSE, ordering.
+
+Most wrap onnx-ir's common passes. Deduplication is our own: among tensors whose dtype and
+shape collide it compares the first and last bytes, hashes only the ones that still collide,
+confirms byte equality before merging, and never merges graph inputs or outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import defaultdict
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from graphopt.passes.registry import Pass, register
+
+_HASH_CHUNK_BYTES = 16 << 20
+_SAMPLE_BYTES = 64
+
+
+@register("remove_unused")
+class RemoveUnused(Pass):
+    """Remove dead nodes (Constant nodes included), unused initializers, functions and opsets."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = ir_passes.RemoveUnusedNodesPass()(model).modified
+        modified |= ir_passes.RemoveUnusedFunctionsPass()(model).modified
+        modified |= ir_passes.RemoveUnusedOpsetsPass()(model).modified
+        return ir.passes.PassResult(model, modified=modified)
+
+
+@register("lift_constants")
+class LiftConstants(Pass):
+    """Turn Constant nodes into initializers, so constants are data rather than nodes."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.ir_version < 4:
+            self.skip(f"IR version {model.ir_version} requires initializers to be graph inputs")
+            return ir.passes.PassResult(model, modified=False)
+        lifted = ir_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
+        return ir.passes.PassResult(model, modified=lifted(model).modified)
+
+
+@register("dedupe_initializers")
+class DedupeInitializers(Pass):
+    """Share one copy of initializers with identical dtype, shape and bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._samples: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for graph in model.graphs():
+            modified |= _dedupe_graph(graph, self._sample)
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _sample(self, tensor: ir.TensorProtocol) -> bytes:
+        """Samples are cached per tensor object, so fixed-point iterations do not re-read weights."""
+        sample = self._samples.get(tensor)
+        if sample is None:
+            sample = self._samples[tensor] = _sample(tensor)
+        return sample
+
+
+def _dedupe_graph(graph: ir.Graph, sample) -> bool:
+    groups: dict[tuple, list[ir.Value]] = defaultdict(list)
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        groups[(tensor.dtype, tuple(tensor.shape.dims))].append(value)
+    modified = False
+    for candidates in groups.values():
+        if len(candidates) < 2:
+            continue
+        by_sample: dict[bytes, list[ir.Value]] = defaultdict(list)
+        for value in candidates:
+            by_sample[sample(value.const_value)].append(value)
+        for same_sample in by_sample.values():
+            if len(same_sample) > 1:
+                modified |= _merge_identical(graph, same_sample)
+    return modified
+
+
+def _merge_identical(graph: ir.Graph, values: list[ir.Value]) -> bool:
+    """Point every use of a duplicate at the first identical tensor; hash first, then compare."""
+    kept: dict[str, list[ir.Value]] = defaultdict(list)
+    modified = False
+    for value in values:
+        digest = _digest(value.const_value)
+        twin = next((k for k in kept[digest] if _same_contents(k.const_value, value.const_value)), None)
+        if twin is None:
+            kept[digest].append(value)
+            continue
+        value.replace_all_uses_with(twin)
+        graph.initializers.pop(value.name)
+        modified = True
+    return modified
+
+
+def _byte_view(tensor: ir.TensorProtocol) -> np.ndarray:
+    if tensor.dtype == ir.DataType.STRING:
+        return np.frombuffer(b"\0".join(tensor.string_data()), dtype=np.uint8)
+    return tensor.numpy().reshape(-1).view(np.uint8)
+
+
+def _sample(tensor: ir.TensorProtocol) -> bytes:
+    """The first and last bytes: enough to tell apart nearly all different weights unread."""
+    data = _byte_view(tensor)
+    if len(data) <= 2 * _SAMPLE_BYTES:
+        return data.tobytes()
+    return data[:_SAMPLE_BYTES].tobytes() + data[-_SAMPLE_BYTES:].tobytes()
+
+
+def _digest(tensor: ir.TensorProtocol) -> str:
+    data = _byte_view(tensor)
+    hasher = hashlib.blake2b(digest_size=16)
+    for start in range(0, len(data), _HASH_CHUNK_BYTES):
+        hasher.update(data[start:start + _HASH_CHUNK_BYTES])
+    return hasher.hexdigest()
+
+
+def _same_contents(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
+    if a.dtype == ir.DataType.STRING:
+        return list(a.string_data()) == list(b.string_data())
+    return np.array_equal(_byte_view(a), _byte_view(b))
+
+
+@register("eliminate_common_subexpressions")
+class EliminateCommonSubexpressions(Pass):
+    """Merge nodes that apply the same op with the same attributes to the same inputs."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        merged = ir_passes.CommonSubexpressionEliminationPass(size_limit=1024)(model)
+        return ir.passes.PassResult(model, modified=merged.modified)
+
+
+@register("topological_sort")
+class TopologicalSort(Pass):
+    """Order nodes so every value is produced before it is read (stable for sorted graphs)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, modified=ir_passes.TopologicalSortPass()(model).modified)

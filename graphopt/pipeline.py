@@ -1,0 +1,325 @@
+"""Turns presets, pass lists and recipe files into passes, and runs them with a PassManager.
+
+The manager runs the passes in order (optionally until nothing changes), skips a pass outside
+its opset window or target with a reason, checks the model's invariants after every pass that
+changed it, and records a PassReport per pass run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import yaml
+
+from graphopt import checks
+from graphopt.errors import GraphoptError, InputError
+from graphopt.passes import TARGETS, Pass, create_pass
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_CLEANUP = (
+    "remove_unused",
+    "fold_shapes",
+    "fold_constants",
+    "eliminate_noops",
+    "collapse_shape_ops",
+    "lift_constants",
+    "dedupe_initializers",
+    "eliminate_common_subexpressions",
+    "remove_unused",
+    "topological_sort",
+)
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "O0": (),
+    "O1": _CLEANUP,
+    "O2": _CLEANUP,
+    "O3": _CLEANUP,
+}
+PRESET_SUMMARIES = {
+    "O0": "no passes (load, check and save only)",
+    "O1": "cleanup: dead code, no-ops, constant and shape folding, dedupe, CSE",
+    "O2": "O1 plus fusion (fusion passes are not in this release yet: same as O1)",
+    "O3": "everything safe for the target (same as O2 in this release)",
+}
+DEFAULT_MAX_ITERATIONS = 4
+
+
+class PassError(GraphoptError):
+    """A pass raised or left the model broken; nothing is written."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
+class PassReport:
+    name: str
+    iteration: int
+    nodes_before: int
+    nodes_after: int
+    initializers_before: int
+    initializers_after: int
+    parameter_bytes_before: int
+    parameter_bytes_after: int
+    seconds: float
+    modified: bool
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    ran: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PipelineReport:
+    passes: list[PassReport]
+    iterations: int
+    converged: bool
+    seconds: float
+    target: str
+
+    @property
+    def nodes_before(self) -> int:
+        return self.passes[0].nodes_before if self.passes else 0
+
+    @property
+    def nodes_after(self) -> int:
+        return self.passes[-1].nodes_after if self.passes else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "seconds": self.seconds,
+            "passes": [report.to_dict() for report in self.passes],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stats:
+    nodes: int
+    initializers: int
+    parameter_bytes: int
+
+
+def _stats(model: ir.Model) -> _Stats:
+    nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+    initializers = 0
+    parameter_bytes = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            initializers += 1
+            if value.const_value is not None:
+                parameter_bytes += value.const_value.nbytes
+    return _Stats(nodes, initializers, parameter_bytes)
+
+
+def model_opset(model: ir.Model) -> int:
+    """The model's ONNX (default-domain) opset version."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+PassObserver = Callable[[int, int, Pass], None]
+
+
+class PassManager:
+    """Runs passes in order, optionally to a fixed point, with invariant checks and reports."""
+
+    def __init__(
+        self,
+        passes: Sequence[Pass],
+        *,
+        target: str = "portable",
+        fixed_point: bool = False,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
+        check: bool = True,
+        observer: PassObserver | None = None,
+    ) -> None:
+        if target not in TARGETS:
+            raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+        if max_iterations < 1:
+            raise InputError("max_iterations must be at least 1")
+        self.passes = list(passes)
+        self.target = target
+        self.fixed_point = fixed_point
+        self.max_iterations = max_iterations if fixed_point else 1
+        self.check = check
+        self._observer = observer
+
+    def run(self, model: ir.Model) -> PipelineReport:
+        """Run the passes; in fixed-point mode, until a whole round changes nothing.
+
+        Passes are deterministic, so a pass that changed nothing is not run again until
+        another pass has changed the model: the last round then costs almost nothing.
+        """
+        start = time.perf_counter()
+        reports: list[PassReport] = []
+        converged = not self.fixed_point
+        generation = 0
+        idle_at: dict[int, int] = {}
+        iteration = 0
+        for iteration in range(1, self.max_iterations + 1):
+            changed = False
+            for index, pass_ in enumerate(self.passes):
+                if idle_at.get(index) == generation:
+                    continue
+                if self._observer is not None:
+                    self._observer(iteration, index, pass_)
+                report = self._run_one(pass_, model, iteration)
+                reports.append(report)
+                if report.modified:
+                    generation += 1
+                    changed = True
+                else:
+                    idle_at[index] = generation
+            if not changed:
+                converged = True
+                break
+        return PipelineReport(reports, iteration, converged, time.perf_counter() - start, self.target)
+
+    def _run_one(self, pass_: Pass, model: ir.Model, iteration: int) -> PassReport:
+        before = _stats(model)
+        reason = self._refusal(pass_, model)
+        if reason is not None:
+            return PassReport(pass_.name, iteration, before.nodes, before.nodes, before.initializers,
+                              before.initializers, before.parameter_bytes, before.parameter_bytes,
+                              0.0, False, [reason], ran=False)
+        pass_.skipped.clear()
+        start = time.perf_counter()
+        try:
+            modified = pass_(model).modified
+        except GraphoptError:
+            raise
+        except Exception as error:
+            raise PassError(f"pass {pass_.name} failed: {type(error).__name__}: "
+                            f"{checks.first_line(str(error))}; nothing was written") from error
+        seconds = time.perf_counter() - start
+        if modified and self.check:
+            try:
+                checks.check_model(model)
+            except checks.InvariantError as error:
+                raise PassError(f"pass {pass_.name} broke the model: {error}; nothing was written") from None
+        after = _stats(model)
+        return PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
+                          after.initializers, before.parameter_bytes, after.parameter_bytes,
+                          seconds, modified, list(pass_.skipped))
+
+    def _refusal(self, pass_: Pass, model: ir.Model) -> str | None:
+        if self.target not in pass_.targets:
+            return f"not for target {self.target!r}"
+        opset = model_opset(model)
+        if opset < pass_.min_opset:
+            return (f"needs opset >= {pass_.min_opset}, model has {opset} "
+                    f"(convert with --opset {pass_.min_opset})")
+        return None
+
+
+@dataclasses.dataclass
+class PipelineSpec:
+    """What to run: pass names with options, and how to iterate."""
+
+    passes: list[tuple[str, dict[str, Any]]]
+    fixed_point: bool = True
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+
+    def build(self) -> list[Pass]:
+        return [create_pass(name, options) for name, options in self.passes]
+
+
+def preset_spec(preset: str) -> PipelineSpec:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    return PipelineSpec([(name, {}) for name in PRESETS[preset]])
+
+
+def passes_spec(names: str | Sequence[str]) -> PipelineSpec:
+    """A spec from `a,b,c` or a list of names; each pass runs once, in the order given."""
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",")]
+    names = [name for name in names if name]
+    if not names:
+        raise InputError("--passes is empty")
+    return PipelineSpec([(name, {}) for name in names], fixed_point=False)
+
+
+_RECIPE_KEYS = {"passes", "fixed_point", "max_iterations"}
+
+
+def recipe_spec(path: str | Path) -> PipelineSpec:
+    """Read a TOML or YAML recipe: `passes` (names, or tables with `name` and options)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise InputError(f"cannot read recipe {path}: {error.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise InputError(f"recipe {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"recipe {path} is not valid {path.suffix[1:].upper()}: "
+                         f"{checks.first_line(str(error))}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"recipe {path} must be a table with a `passes` list")
+    unknown = set(data) - _RECIPE_KEYS
+    if unknown:
+        raise InputError(f"recipe {path}: unknown key {sorted(unknown)[0]!r} "
+                         f"(allowed: {', '.join(sorted(_RECIPE_KEYS))})")
+    entries = data.get("passes")
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"recipe {path} needs a non-empty `passes` list")
+    passes = [_recipe_entry(path, entry) for entry in entries]
+    fixed_point = data.get("fixed_point", False)
+    max_iterations = data.get("max_iterations", DEFAULT_MAX_ITERATIONS)
+    if not isinstance(fixed_point, bool):
+        raise InputError(f"recipe {path}: fixed_point must be true or false")
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        raise InputError(f"recipe {path}: max_iterations must be a positive integer")
+    spec = PipelineSpec(passes, fixed_point, max_iterations)
+    spec.build()  # reject unknown passes and bad options now, before any work
+    return spec
+
+
+def _recipe_entry(path: Path, entry: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        options = {key: value for key, value in entry.items() if key != "name"}
+        return entry["name"], options
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, options = next(iter(entry.items()))
+        if isinstance(name, str) and isinstance(options, dict):
+            return name, options
+    raise InputError(f"recipe {path}: each pass is a name or a table with `name` and options, "
+                     f"got {entry!r}")
+
+
+def resolve_spec(preset: str | None = None, passes: str | Sequence[str] | None = None,
+                 recipe: str | Path | None = None) -> PipelineSpec:
+    """The spec from exactly one of preset, passes or recipe (preset O1 when none is given)."""
+    given = [name for name, value in (("preset", preset), ("passes", passes), ("recipe", recipe))
+             if value is not None]
+    if len(given) > 1:
+        raise InputError(f"give only one of preset, passes and recipe (got {' and '.join(given)})")
+    if recipe is not None:
+        return recipe_spec(recipe)
+    if passes is not None:
+        return passes_spec(passes)
+    return preset_spec(preset or "O1")

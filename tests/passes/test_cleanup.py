@@ -1,0 +1,133 @@
+"""Cleanup passes: dead code, lifting, dedupe, CSE and sorting keep outputs identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt import optimize
+from tests.helpers import op_types, optimize_and_compare, parse, run, to_proto
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def test_remove_unused_drops_dead_nodes_constants_and_initializers():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) <float[3] unused_w = {1, 2, 3}> {
+            dead = Neg(x)
+            c = Constant<value=float {2.0}>()
+            y = Relu(x) }""")
+    result = optimize_and_compare(model, passes="remove_unused")
+    assert op_types(result.model) == ["Relu"]
+    assert not result.model.graph.initializers
+
+
+def test_remove_unused_keeps_unused_graph_inputs():
+    model = parse(HEADER + "g (float[3] x, float[3] extra) => (float[3] y) { y = Relu(x) }")
+    result = optimize_and_compare(model, passes="remove_unused")
+    assert [v.name for v in result.model.graph.inputs] == ["x", "extra"]
+
+
+def test_lift_constants_turns_constants_into_initializers():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            c = Constant<value=float[3] {1, 2, 3}>()
+            y = Add(x, c) }""")
+    result = optimize_and_compare(model, passes="lift_constants")
+    assert op_types(result.model) == ["Add"]
+    assert list(result.model.graph.initializers) == ["c"]
+
+
+def test_lift_constants_skips_ir_version_3():
+    model = parse("""<ir_version: 3, opset_import: ["" : 8]>
+        g (float[3] x) => (float[3] y) {
+            c = Constant<value=float[3] {1, 2, 3}>()
+            y = Add(x, c) }""")
+    result = optimize_and_compare(model, passes="lift_constants")
+    assert "Constant" in op_types(result.model)
+    assert "IR version 3" in result.report.passes[0].skipped[0]
+
+
+def _weights_model(values: dict[str, np.ndarray], input_names: tuple[str, ...] = ()) -> onnx.ModelProto:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
+    inits = [onnx.numpy_helper.from_array(array, name) for name, array in values.items()]
+    nodes, previous = [], "x"
+    for index, name in enumerate(values):
+        output = "y" if index == len(values) - 1 else f"t{index}"
+        nodes.append(onnx.helper.make_node("Add", [previous, name], [output]))
+        previous = output
+    inputs = [x] + [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [4]) for n in input_names]
+    graph = onnx.helper.make_graph(nodes, "g", inputs, [y], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_dedupe_merges_identical_weights_only():
+    a = np.arange(4, dtype=np.float32)
+    near = a.copy()
+    near[-1] += 1e-6
+    model = _weights_model({"w0": a, "w1": a.copy(), "w2": near, "w3": a.reshape(4).copy()})
+    result = optimize_and_compare(model, passes="dedupe_initializers,remove_unused")
+    assert sorted(result.model.graph.initializers) == ["w0", "w2"]
+
+
+def test_dedupe_distinguishes_same_edges_different_middle():
+    a = np.zeros(1000, dtype=np.float32)
+    b = a.copy()
+    b[500] = 1.0  # same first and last bytes: the sample collides, the full comparison does not
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1000])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1000])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "a"], ["t"]), onnx.helper.make_node("Add", ["t", "b"], ["y"])],
+        "g", [x], [y], [onnx.numpy_helper.from_array(a, "a"), onnx.numpy_helper.from_array(b, "b")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    result = optimize_and_compare(model, passes="dedupe_initializers")
+    assert sorted(result.model.graph.initializers) == ["a", "b"]
+
+
+def test_dedupe_never_merges_graph_inputs():
+    a = np.arange(4, dtype=np.float32)
+    model = _weights_model({"w0": a, "w1": a.copy()}, input_names=("w1",))
+    result = optimize(model, passes="dedupe_initializers")
+    assert sorted(result.model.graph.initializers) == ["w0", "w1"]
+    feeds = {"x": np.ones(4, np.float32), "w1": np.full(4, 7, np.float32)}
+    np.testing.assert_array_equal(run(model, feeds)[0], run(result.model, feeds)[0])
+
+
+def test_cse_merges_repeated_computation():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Exp(x)
+            b = Exp(x)
+            y = Add(a, b) }""")
+    result = optimize_and_compare(model, passes="eliminate_common_subexpressions,remove_unused")
+    assert op_types(result.model) == ["Exp", "Add"]
+
+
+def test_cse_keeps_random_ops_apart():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = RandomUniformLike(x)
+            b = RandomUniformLike(x)
+            y = Sub(a, b) }""")
+    result = optimize(model, passes="eliminate_common_subexpressions")
+    assert op_types(result.model).count("RandomUniformLike") == 2
+
+
+def test_topological_sort_orders_an_unsorted_graph():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Relu(x)
+            y = Neg(a) }""")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(nodes))
+    ir_model = ir.serde.deserialize_model(proto)
+    from graphopt.passes import create_pass
+    assert create_pass("topological_sort")(ir_model).modified
+    assert op_types(ir_model) == ["Relu", "Neg"]
+    feeds = {"x": np.array([-1, 0, 2], np.float32)}
+    np.testing.assert_array_equal(run(to_proto(ir_model), feeds)[0], run(model, feeds)[0])

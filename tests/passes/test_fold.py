@@ -1,0 +1,135 @@
+"""fold_constants and fold_shapes: folded graphs match ONNX Runtime; budgets are respected."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt import optimize
+from graphopt.passes import create_pass
+from graphopt.pipeline import PassManager
+from tests.helpers import op_types, optimize_and_compare, parse, run, to_proto
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def test_constant_subgraph_is_folded():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Constant<value=float[3] {1, 2, 3}>()
+            b = Constant<value=float[3] {4, 5, 6}>()
+            c = Mul(a, b)
+            d = Sqrt(c)
+            y = Add(x, d) }""")
+    result = optimize_and_compare(model, passes="fold_constants,remove_unused")
+    assert [op for op in op_types(result.model) if op != "Constant"] == ["Add"]
+
+
+def test_fold_never_touches_overridable_initializers():
+    # w is both a graph input and an initializer: a caller may feed another value.
+    model = parse(HEADER + """
+        g (float[3] x, float[3] w) => (float[3] y) <float[3] w = {1, 2, 3}> {
+            s = Sqrt(w)
+            y = Add(x, s) }""")
+    result = optimize_and_compare(model, passes="fold_constants")
+    assert "Sqrt" in op_types(result.model)
+
+
+def test_output_cap_keeps_large_results_unfolded():
+    model = parse(HEADER + """
+        g (float[64,64] x) => (float[64,64] y) {
+            shape = Constant<value=int64[2] {64, 64}>()
+            one = Constant<value=float {1.0}>()
+            big = Expand(one, shape)
+            y = Add(x, big) }""")
+    ir_model = ir.serde.deserialize_model(model)
+    fold = create_pass("fold_constants", {"max_output_bytes": 1024})
+    report = PassManager([fold]).run(ir_model)
+    assert "Expand" in op_types(ir_model)
+    assert any("max_output_bytes" in reason for reason in report.passes[0].skipped)
+    result = optimize(model, passes="fold_constants")  # default cap (1 MiB) folds the 16 KB result
+    assert "Expand" not in op_types(result.model)
+
+
+def test_growth_budget_is_model_wide():
+    nodes = "\n".join(
+        f"b{i} = Expand(one, shape)\n s{i} = Add(x, b{i})" for i in range(4)
+    )
+    adds = " ".join(f"s{i}," for i in range(4)).rstrip(",")
+    model = parse(HEADER + f"""
+        g (float[32,32] x) => (float[32,32] y) {{
+            shape = Constant<value=int64[2] {{32, 32}}>()
+            one = Constant<value=float {{1.0}}>()
+            {nodes}
+            y = Sum({adds}) }}""")
+    ir_model = ir.serde.deserialize_model(model)
+    fold = create_pass("fold_constants", {"max_growth_bytes": 2 * 32 * 32 * 4})
+    report = PassManager([fold]).run(ir_model)
+    assert op_types(ir_model).count("Expand") == 2  # two folded within budget, two kept
+    assert any("max_growth_bytes" in reason for reason in report.passes[0].skipped)
+
+
+def test_shape_of_static_tensor_folds_and_reshape_target_becomes_constant():
+    model = parse(HEADER + """
+        g (float[2,3,4] x) => (float[6,4] y) {
+            s = Shape(x)
+            i0 = Constant<value=int64[1] {0}>()
+            i1 = Constant<value=int64[1] {1}>()
+            d0 = Gather<axis=0>(s, i0)
+            d1 = Gather<axis=0>(s, i1)
+            n = Mul(d0, d1)
+            last = Constant<value=int64[1] {-1}>()
+            target = Concat<axis=0>(n, last)
+            y = Reshape(x, target) }""")
+    result = optimize_and_compare(model, passes="fold_shapes,remove_unused")
+    assert [op for op in op_types(result.model) if op != "Constant"] == ["Reshape"]
+
+
+def test_fold_shapes_keeps_dynamic_dims_dynamic():
+    model = parse(HEADER + """
+        g (float[N,4] x) => (float[N,4] y) {
+            s = Shape(x)
+            y = Reshape(x, s) }""")
+    result = optimize_and_compare(model, passes="fold_shapes")
+    assert "Shape" in op_types(result.model)
+    for n in (1, 5):
+        feeds = {"x": np.ones((n, 4), np.float32)}
+        assert run(result.model, feeds)[0].shape == (n, 4)
+
+
+def test_fold_shapes_does_not_fold_float_math():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Constant<value=float[3] {1, 4, 9}>()
+            r = Sqrt(a)
+            y = Add(x, r) }""")
+    result = optimize_and_compare(model, passes="fold_shapes")
+    assert "Sqrt" in op_types(result.model)
+
+
+def test_evaluator_failure_is_skipped_not_raised():
+    # The constant Reshape cannot be evaluated (6 elements into 4): the reason is recorded,
+    # the node stays, and the rest of the graph is still folded.
+    model = parse(HEADER + """
+        g (float[4] x) => (float[4] y) {
+            a = Constant<value=float[6] {1, 2, 3, 4, 5, 6}>()
+            t = Constant<value=int64[1] {4}>()
+            b = Reshape(a, t)
+            c = Constant<value=float[4] {1, 2, 3, 4}>()
+            d = Neg(c)
+            e = Add(b, d)
+            y = Add(x, e) }""")
+    result = optimize(model, passes="fold_constants")
+    assert "Reshape" in op_types(result.model) and "Neg" not in op_types(result.model)
+    assert any("Reshape" in reason for reason in result.report.passes[0].skipped)
+
+
+def test_folded_model_is_valid_for_checker():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Constant<value=float[3] {1, 2, 3}>()
+            b = Neg(a)
+            y = Add(x, b) }""")
+    result = optimize_and_compare(model, preset="O1")
+    onnx.checker.check_model(to_proto(result.model), full_check=True)
