@@ -38,7 +38,8 @@ _RULES = (
 )
 
 
-@register("collapse_shape_ops")
+# The rules build Reshape with allowzero and Unsqueeze with an axes input: opset 14 forms.
+@register("collapse_shape_ops", min_opset=14)
 class CollapseShapeOps(Pass):
     """Merge chains of Reshape/Unsqueeze/Transpose/Slice into one op and make known shapes constant."""
 

@@ -1,0 +1,103 @@
+"""ONNX's own node test cases as a semantic-preservation corpus: optimize each, compare in ORT."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import graphopt
+from tests.helpers import to_proto
+
+
+@functools.cache
+def node_cases() -> tuple:
+    """ONNX's node test cases that ONNX Runtime itself runs, with their first input set."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = collect_testcases(None)
+    runnable = []
+    for case in cases:
+        inputs = list(case.data_sets[0][0]) if case.data_sets else []
+        try:
+            expected = _run(case.model, inputs)
+        except Exception:
+            continue
+        runnable.append((case.name, case.model, inputs, expected, len(cases)))
+    return tuple(runnable)
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _run(model: onnx.ModelProto, inputs: list) -> list:
+    session = _session(model)
+    names = [value.name for value in session.get_inputs()]
+    return session.run(None, dict(zip(names, inputs)))
+
+
+def same_outputs(expected, actual, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Equal structure, dtypes and shapes; integers exact, floats within tolerance, NaN == NaN."""
+    if isinstance(expected, list) or isinstance(actual, list):
+        return (isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual)
+                and all(same_outputs(a, b, rtol, atol) for a, b in zip(expected, actual)))
+    if expected is None or actual is None:
+        return expected is None and actual is None
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if expected.shape != actual.shape or expected.dtype != actual.dtype:
+        return False
+    if expected.dtype.kind in "fc":
+        return bool(np.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True))
+    return bool(np.array_equal(actual, expected))
+
+
+@dataclasses.dataclass
+class CorpusResult:
+    counts: collections.Counter
+    failures: list[str]
+    total_cases: int
+
+
+def run_corpus(cases, **optimize_kwargs) -> CorpusResult:
+    counts: collections.Counter = collections.Counter()
+    failures: list[str] = []
+    logging.disable(logging.WARNING)
+    try:
+        for name, model, inputs, expected, total in cases:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            try:
+                optimized = to_proto(graphopt.optimize(copy, **optimize_kwargs).model)
+            except graphopt.GraphoptError as error:
+                counts["refused"] += 1
+                failures.append(f"{name}: refused: {error}")
+                continue
+            except Exception as error:  # noqa: BLE001 - the corpus counts every crash
+                counts["exception"] += 1
+                failures.append(f"{name}: {type(error).__name__}: {error}")
+                continue
+            try:
+                actual = _run(optimized, inputs)
+            except Exception as error:  # noqa: BLE001
+                counts["ort_rejects_output"] += 1
+                failures.append(f"{name}: ONNX Runtime rejects the result: {str(error)[:200]}")
+                continue
+            if same_outputs(expected, actual):
+                counts["identical_within_tolerance"] += 1
+            else:
+                counts["different_outputs"] += 1
+                failures.append(f"{name}: outputs differ")
+    finally:
+        logging.disable(logging.NOTSET)
+    return CorpusResult(counts, failures, cases[0][4] if cases else 0)

@@ -1,0 +1,81 @@
+"""Every preset on the same model expressed in every opset from 7 to the newest ORT runs."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphopt
+from graphopt.pipeline import PRESETS
+from tests.helpers import assert_same, run
+
+
+@functools.cache
+def _opset7_model() -> onnx.ModelProto:
+    """Conv, BatchNorm, shape arithmetic into a Reshape, MatMul, no-ops; IR 3 (inits are inputs)."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "W": rng.standard_normal((4, 3, 3, 3)), "B": rng.standard_normal(4),
+        "scale": rng.random(4) + 0.5, "bias": rng.standard_normal(4),
+        "mean": rng.standard_normal(4), "var": rng.random(4) + 0.5,
+        "M": rng.standard_normal((64, 10)),
+    }
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
+    inits += [numpy_helper.from_array(np.array(0, np.int64), "idx"),
+              numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+    nodes = [
+        helper.make_node("Identity", ["x"], ["xi"]),
+        helper.make_node("Conv", ["xi", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("Dropout", ["r"], ["d"]),
+        helper.make_node("Shape", ["d"], ["s"]),
+        helper.make_node("Gather", ["s", "idx"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n"], ["n1"], axes=[0]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["d", "target"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "M"], ["mm"]),
+        helper.make_node("Transpose", ["mm"], ["t"], perm=[0, 1]),
+        helper.make_node("Softmax", ["t"], ["y"], axis=1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])]
+    inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits]
+    graph = helper.make_graph(nodes, "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=3)
+
+
+def _in_opset(version: int) -> onnx.ModelProto | None:
+    model = _opset7_model()
+    return model if version == 7 else onnx.version_converter.convert_version(model, version)
+
+
+def _ort_runs(model: onnx.ModelProto, feeds) -> bool:
+    try:
+        run(model, feeds)
+    except Exception:
+        return False
+    return True
+
+
+_FEEDS = {"x": np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("version", range(7, onnx.defs.onnx_opset_version() + 1))
+def test_every_preset_in_every_opset(version):
+    model = _in_opset(version)
+    if not _ort_runs(model, _FEEDS):
+        pytest.skip(f"ONNX Runtime does not run opset {version}")
+    expected = run(model, _FEEDS)
+    for preset in PRESETS:
+        result = graphopt.optimize(model, preset=preset)
+        assert_same(expected, run(result.model, _FEEDS))
+        for batch in (1, 5):
+            feeds = {"x": np.ones((batch, 3, 4, 4), np.float32)}
+            assert_same(run(model, feeds), run(result.model, feeds))
+        if preset == "O1" and version >= 14:
+            assert "Dropout" not in [n.op_type for n in result.model.graph]
