@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev,export,zoo,bench]'
 	touch $(STAMP)
 
+DEMO_OUT := demo-out
+
 demo: $(STAMP)
-	$(PY) -m benchmarks.demo
+	$(PY) -c "from benchmarks.models import minilm; print('exported', minilm())"
+	$(VENV)/bin/graphopt optimize benchmarks/results/models/minilm.onnx -o $(DEMO_OUT)/minilm.O1.onnx --report $(DEMO_OUT)/report.json
+	$(VENV)/bin/graphopt inspect $(DEMO_OUT)/minilm.O1.onnx
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
@@ -29,4 +33,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/cleanup_vs_peers.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -52,7 +52,9 @@ def optimize(
                           max_iterations=spec.max_iterations, check=check, observer=observer)
     if isinstance(model, onnx.ModelProto):
         model = model_io.from_proto(model)
-    elif not isinstance(model, ir.Model):
+    elif isinstance(model, ir.Model):
+        model_io.check_input(model)
+    else:
         model = model_io.load(model)
     if opset is not None:
         model = model_io.convert_opset(model, opset)

@@ -6,7 +6,8 @@ no tensor data is copied or read, which keeps the check cheap on multi-GB models
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
 
 import onnx
 import onnx_ir as ir
@@ -20,6 +21,52 @@ def check_model(model: ir.Model) -> None:
     """Raise InvariantError unless the model is sorted, has no dangling values and passes the checker."""
     _check_graph_order(model.graph, outer=frozenset())
     check_structure_proto(structure_proto(model))
+
+
+class IncrementalChecker:
+    """Checks a model after each pass without re-serializing what earlier checks covered.
+
+    Every check verifies order, dangling values and duplicate outputs over the whole graph,
+    and runs the ONNX node checker on nodes it has not validated before (a pass that rewrites
+    replaces nodes). A new node that carries a subgraph triggers the full ONNX model checker,
+    and so does `finish`, which catches anything a pass changed in place.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self._validated: weakref.WeakSet[ir.Node] = weakref.WeakSet(_all_nodes(model.graph))
+
+    def check(self, model: ir.Model) -> None:
+        _check_graph_order(model.graph, outer=frozenset())
+        context = onnx.checker.C.CheckerContext()
+        context.ir_version = model.ir_version
+        context.opset_imports = dict(model.opset_imports)
+        needs_full_check = False
+        for node in _all_nodes(model.graph):
+            if node in self._validated:
+                continue
+            if any(True for _ in _subgraphs(node)):
+                needs_full_check = True
+                continue
+            proto = onnx.NodeProto()
+            ir.serde.serialize_node_into(proto, node)
+            try:
+                onnx.checker.check_node(proto, context)
+            except onnx.checker.ValidationError as error:
+                raise InvariantError(f"node {_node_label(node)}: {first_line(str(error))}") from None
+            self._validated.add(node)
+        if needs_full_check:
+            self.finish(model)
+
+    def finish(self, model: ir.Model) -> None:
+        check_model(model)
+        self._validated = weakref.WeakSet(_all_nodes(model.graph))
+
+
+def _all_nodes(graph: ir.Graph) -> Iterator[ir.Node]:
+    for node in graph:
+        yield node
+        for subgraph in _subgraphs(node):
+            yield from _all_nodes(subgraph)
 
 
 def check_structure_proto(proto: onnx.ModelProto) -> None:

@@ -19,8 +19,9 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from graphopt import checks
+from graphopt import checks, writer
 from graphopt.errors import InputError
+from graphopt.memory import gc_paused
 
 SOURCE_KEY = "graphopt.source"
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
@@ -29,7 +30,11 @@ _STRUCTURE_MARGIN_BYTES = 64 << 20
 
 def load(path: str | os.PathLike) -> ir.Model:
     """Read and check a model; tensors in external data stay on disk until a pass needs them."""
-    path = Path(path)
+    with gc_paused():
+        return _load(Path(path))
+
+
+def _load(path: Path) -> ir.Model:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
@@ -78,6 +83,14 @@ def _check_external_data(path: Path, model: ir.Model) -> None:
             if data_path.stat().st_size < end:
                 raise InputError(f"{path}: external data file {tensor.location!r} is too short "
                                  f"for {value.name!r}")
+
+
+def check_input(model: ir.Model) -> None:
+    """Check an in-memory model handed to the API, so a broken input is not blamed on a pass."""
+    try:
+        checks.check_model(model)
+    except checks.InvariantError as error:
+        raise InputError(f"invalid model: {error}") from None
 
 
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
@@ -130,9 +143,10 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         staged_model = staging / path.name
-        if not external_data and sources:
-            ir.external_data.load_to_model(model)
-        ir.save(model, staged_model, external_data=data_name)
+        if external_data:
+            ir.save(model, staged_model, external_data=data_name)
+        else:
+            writer.write_model(model, staged_model)
         written = []
         if data_name:
             os.replace(staging / data_name, path.with_name(data_name))

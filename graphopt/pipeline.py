@@ -20,6 +20,7 @@ import yaml
 
 from graphopt import checks
 from graphopt.errors import GraphoptError, InputError
+from graphopt.memory import gc_paused
 from graphopt.passes import TARGETS, Pass, create_pass
 
 if sys.version_info >= (3, 11):
@@ -34,6 +35,7 @@ _CLEANUP = (
     "eliminate_noops",
     "collapse_shape_ops",
     "lift_constants",
+    "fold_batchnorm",
     "dedupe_initializers",
     "eliminate_common_subexpressions",
     "remove_unused",
@@ -48,7 +50,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
-    "O1": "cleanup: dead code, no-ops, constant and shape folding, dedupe, CSE",
+    "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
     "O2": "O1 plus fusion (fusion passes are not in this release yet: same as O1)",
     "O3": "everything safe for the target (same as O2 in this release)",
 }
@@ -116,8 +118,19 @@ class _Stats:
     parameter_bytes: int
 
 
+def _count_nodes(graph: ir.Graph) -> int:
+    count = 0
+    for node in graph:
+        count += 1
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                count += _count_nodes(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                count += sum(_count_nodes(subgraph) for subgraph in attr.value)
+    return count
+
+
 def _stats(model: ir.Model) -> _Stats:
-    nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
     initializers = 0
     parameter_bytes = 0
     for graph in model.graphs():
@@ -125,7 +138,7 @@ def _stats(model: ir.Model) -> _Stats:
             initializers += 1
             if value.const_value is not None:
                 parameter_bytes += value.const_value.nbytes
-    return _Stats(nodes, initializers, parameter_bytes)
+    return _Stats(_count_nodes(model.graph), initializers, parameter_bytes)
 
 
 def model_opset(model: ir.Model) -> int:
@@ -166,12 +179,18 @@ class PassManager:
         Passes are deterministic, so a pass that changed nothing is not run again until
         another pass has changed the model: the last round then costs almost nothing.
         """
+        with gc_paused():
+            return self._run(model)
+
+    def _run(self, model: ir.Model) -> PipelineReport:
         start = time.perf_counter()
         reports: list[PassReport] = []
         converged = not self.fixed_point
         generation = 0
         idle_at: dict[int, int] = {}
         iteration = 0
+        stats = _stats(model)
+        checker = checks.IncrementalChecker(model) if self.check else None
         for iteration in range(1, self.max_iterations + 1):
             changed = False
             for index, pass_ in enumerate(self.passes):
@@ -179,7 +198,7 @@ class PassManager:
                     continue
                 if self._observer is not None:
                     self._observer(iteration, index, pass_)
-                report = self._run_one(pass_, model, iteration)
+                report, stats = self._run_one(pass_, model, iteration, stats, checker)
                 reports.append(report)
                 if report.modified:
                     generation += 1
@@ -189,15 +208,19 @@ class PassManager:
             if not changed:
                 converged = True
                 break
+        if checker is not None and generation:
+            self._check(checker.finish, model, "the pipeline")
         return PipelineReport(reports, iteration, converged, time.perf_counter() - start, self.target)
 
-    def _run_one(self, pass_: Pass, model: ir.Model, iteration: int) -> PassReport:
-        before = _stats(model)
+    def _run_one(self, pass_: Pass, model: ir.Model, iteration: int, before: _Stats,
+                 checker: checks.IncrementalChecker | None) -> tuple[PassReport, _Stats]:
+        """Run one pass; `before` are the model's stats now, the stats after are returned."""
         reason = self._refusal(pass_, model)
         if reason is not None:
-            return PassReport(pass_.name, iteration, before.nodes, before.nodes, before.initializers,
-                              before.initializers, before.parameter_bytes, before.parameter_bytes,
-                              0.0, False, [reason], ran=False)
+            report = PassReport(pass_.name, iteration, before.nodes, before.nodes, before.initializers,
+                                before.initializers, before.parameter_bytes, before.parameter_bytes,
+                                0.0, False, [reason], ran=False)
+            return report, before
         pass_.skipped.clear()
         start = time.perf_counter()
         try:
@@ -208,15 +231,20 @@ class PassManager:
             raise PassError(f"pass {pass_.name} failed: {type(error).__name__}: "
                             f"{checks.first_line(str(error))}; nothing was written") from error
         seconds = time.perf_counter() - start
-        if modified and self.check:
-            try:
-                checks.check_model(model)
-            except checks.InvariantError as error:
-                raise PassError(f"pass {pass_.name} broke the model: {error}; nothing was written") from None
-        after = _stats(model)
-        return PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
-                          after.initializers, before.parameter_bytes, after.parameter_bytes,
-                          seconds, modified, list(pass_.skipped))
+        if modified and checker is not None:
+            self._check(checker.check, model, f"pass {pass_.name}")
+        after = _stats(model) if modified else before
+        report = PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
+                            after.initializers, before.parameter_bytes, after.parameter_bytes,
+                            seconds, modified, list(pass_.skipped))
+        return report, after
+
+    @staticmethod
+    def _check(check, model: ir.Model, culprit: str) -> None:
+        try:
+            check(model)
+        except checks.InvariantError as error:
+            raise PassError(f"{culprit} broke the model: {error}; nothing was written") from None
 
     def _refusal(self, pass_: Pass, model: ir.Model) -> str | None:
         if self.target not in pass_.targets:

@@ -66,14 +66,15 @@ def assert_same(expected: list, actual: list, rtol: float = 1e-5, atol: float = 
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
-def optimize_and_compare(model: onnx.ModelProto, feeds=None, **kwargs) -> graphopt.OptimizeResult:
+def optimize_and_compare(model: onnx.ModelProto, feeds=None, rtol: float = 1e-5,
+                         **kwargs) -> graphopt.OptimizeResult:
     """Optimize a copy of `model` and assert ONNX Runtime gives the same outputs before and after."""
     feeds = feeds if feeds is not None else random_feeds(model)
     expected = run(model, feeds)
     original = onnx.ModelProto()
     original.CopyFrom(model)
     result = graphopt.optimize(original, **kwargs)
-    assert_same(expected, run(result.model, feeds))
+    assert_same(expected, run(result.model, feeds), rtol=rtol, atol=rtol)
     return result
 
 

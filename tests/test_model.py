@@ -86,13 +86,17 @@ def test_interrupted_save_leaves_no_output(tmp_path, monkeypatch):
     model = graphopt.load(path)
     out = tmp_path / "out.onnx"
 
-    def interrupted(*args, **kwargs):
+    def interrupted_midway(model, path, *args, **kwargs):
+        with open(path, "wb") as stream:
+            stream.write(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ir, "save", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        graphopt.save(model, out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    monkeypatch.setattr(graphopt.writer, "write_model", interrupted_midway)
+    monkeypatch.setattr(ir, "save", interrupted_midway)
+    for external_data in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            graphopt.save(model, out, external_data=external_data)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 def test_missing_external_data_is_an_input_error(external_model):

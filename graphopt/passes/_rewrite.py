@@ -52,6 +52,12 @@ def indexed_rule_set(rules: Sequence[rewriter.RewriteRule]) -> rewriter.RewriteR
     return rewriter.RewriteRuleSet(guarded)
 
 
-def apply_rules(model: ir.Model, rule_set: rewriter.RewriteRuleSet) -> int:
-    """Apply the rules once over the model and its subgraphs; return how many rewrites happened."""
-    return rule_set.apply_to_model(model)
+def apply_rules(model: ir.Model, rule_set: rewriter.RewriteRuleSet) -> bool:
+    """Apply the rules once over the model and its subgraphs; return whether it changed.
+
+    onnxscript also removes unused nodes after rewriting even when no rule fired, so the
+    rewrite count alone does not say whether the model changed.
+    """
+    nodes_before = sum(1 for _ in model.graph)
+    rewrites = rule_set.apply_to_model(model)
+    return bool(rewrites) or sum(1 for _ in model.graph) != nodes_before

@@ -162,7 +162,14 @@ class FoldShapes(Pass):
         return ir.passes.PassResult(model, modified=folder.run(model) or inferred)
 
     def _infer_shapes(self, model: ir.Model) -> bool:
-        """Run ONNX shape inference on the structure; adopt only what adds information."""
+        """Run ONNX shape inference on the structure; adopt only what adds information.
+
+        Skipped when every node output already has a dtype and a shape: inference could then
+        at most turn a symbolic dim into a number, which exported models do not leave behind.
+        """
+        if all(value.dtype is not None and value.shape is not None
+               for node in ir.traversal.RecursiveGraphIterator(model.graph) for value in node.outputs):
+            return False
         proto = checks.structure_proto(model, keep_elements=_SHAPE_TENSOR_ELEMENTS)
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)

@@ -341,12 +341,12 @@ class EliminateNoops(Pass):
         self._rule_set = indexed_rule_set(_rules())
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewrites = apply_rules(model, self._rule_set)
+        rewritten = apply_rules(model, self._rule_set)
         identities = 0
         for graph_like in (model.graph, *model.functions.values()):
             nodes = list(ir.traversal.RecursiveGraphIterator(graph_like))
             identities += sum(_eliminate_identity(node) for node in nodes)
-        return ir.passes.PassResult(model, modified=bool(rewrites or identities))
+        return ir.passes.PassResult(model, modified=rewritten or bool(identities))
 
 
 def _eliminate_identity(node: ir.Node) -> bool:
