@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
-from graphopt import checks
+from graphopt import shapes
 from graphopt.passes.registry import Pass, register
 
 _MIB = 1 << 20
@@ -25,7 +24,6 @@ _INTEGER_TYPES = frozenset(
      ir.DataType.BOOL}
 )
 _SHAPE_OPS = frozenset({"Shape", "Size"})
-_SHAPE_TENSOR_ELEMENTS = 64
 
 
 class _BudgetedFolder(_constant_folding.FoldConstantsPass):
@@ -150,7 +148,11 @@ class FoldShapes(Pass):
     """Infer shapes, then replace Shape/Size of static tensors and the integer math on them."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        inferred = self._infer_shapes(model)
+        try:
+            inferred = shapes.infer_shapes(model, only_if_missing=True)
+        except shapes.InferenceFailed as error:
+            self.skip(f"shape inference failed: {error}")
+            inferred = False
         folder = _BudgetedFolder(
             self,
             max_input_bytes=64 * 1024,
@@ -160,68 +162,3 @@ class FoldShapes(Pass):
             should_fold=_is_shape_computation,
         )
         return ir.passes.PassResult(model, modified=folder.run(model) or inferred)
-
-    def _infer_shapes(self, model: ir.Model) -> bool:
-        """Run ONNX shape inference on the structure; adopt only what adds information.
-
-        Skipped when every node output already has a dtype and a shape: inference could then
-        at most turn a symbolic dim into a number, which exported models do not leave behind.
-        """
-        if all(value.dtype is not None and value.shape is not None
-               for node in ir.traversal.RecursiveGraphIterator(model.graph) for value in node.outputs):
-            return False
-        proto = checks.structure_proto(model, keep_elements=_SHAPE_TENSOR_ELEMENTS)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-        except Exception as error:  # inference gives up on some graphs; folding still works
-            self.skip(f"shape inference failed: {checks.first_line(str(error))}")
-            return False
-        found: dict[str, onnx.TypeProto] = {}
-        _collect_value_types(inferred.graph, found)
-        modified = False
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            for value in node.outputs:
-                type_proto = found.get(value.name)
-                if type_proto is not None:
-                    modified |= _adopt(value, type_proto)
-        return modified
-
-
-def _collect_value_types(graph: onnx.GraphProto, found: dict[str, onnx.TypeProto]) -> None:
-    for info in (*graph.value_info, *graph.output):
-        if info.type.HasField("tensor_type"):
-            found[info.name] = info.type
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                _collect_value_types(attribute.g, found)
-            for subgraph in attribute.graphs:
-                _collect_value_types(subgraph, found)
-
-
-def _adopt(value: ir.Value, type_proto: onnx.TypeProto) -> bool:
-    """Take the inferred dtype and dims where the value has none or only symbolic ones."""
-    tensor_type = type_proto.tensor_type
-    modified = False
-    if value.dtype is None and tensor_type.elem_type:
-        value.dtype = ir.DataType(tensor_type.elem_type)
-        modified = True
-    if not tensor_type.HasField("shape"):
-        return modified
-    inferred = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim]
-    if value.shape is None:
-        value.shape = ir.Shape(
-            [dim if dim is not None else ir.SymbolicDim(None) for dim in inferred]
-        )
-        return True
-    if len(value.shape) != len(inferred):
-        return modified
-    dims = list(value.shape.dims)
-    gained = False
-    for index, dim in enumerate(inferred):
-        if dim is not None and not isinstance(dims[index], int):
-            dims[index] = dim
-            gained = True
-    if gained:
-        value.shape = ir.Shape(dims)
-    return modified or gained

@@ -1,0 +1,140 @@
+"""Comparing two runs output by output, and the tolerances that decide pass or fail.
+
+Per output: max abs error, max rel error, cosine similarity, the fraction of elements outside
+`atol + rtol * |reference|`, and top-1/top-5 agreement when the output looks like logits.
+fp32 is tight (every element within tolerance); fp16 and int8 allow a small mismatching
+fraction and are judged mostly by cosine similarity and top-1 agreement. Integer and bool
+outputs must match exactly, up to the same mismatch fraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from graphopt.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    name: str
+    rtol: float
+    atol: float
+    max_mismatch: float = 0.0
+    min_cosine: float = 0.0
+    min_top1: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TOLERANCES = {
+    "fp32": Tolerance("fp32", rtol=1e-4, atol=1e-5),
+    "fp16": Tolerance("fp16", rtol=1e-2, atol=1e-3, max_mismatch=1e-3, min_cosine=0.999),
+    "int8": Tolerance("int8", rtol=0.1, atol=0.05, max_mismatch=0.05, min_cosine=0.99, min_top1=0.9),
+}
+
+
+def tolerance(name: str = "fp32", *, rtol: float | None = None, atol: float | None = None,
+              max_mismatch: float | None = None, min_cosine: float | None = None) -> Tolerance:
+    """A preset by name, or `custom` (fp32 with the given overrides); overrides apply to presets too."""
+    if name == "custom":
+        base = TOLERANCES["fp32"]
+    elif name in TOLERANCES:
+        base = TOLERANCES[name]
+    else:
+        raise InputError(f"unknown tolerance {name!r} (choose from {', '.join(TOLERANCES)}, custom)")
+    overrides = {key: value for key, value in
+                 dict(rtol=rtol, atol=atol, max_mismatch=max_mismatch, min_cosine=min_cosine).items()
+                 if value is not None}
+    if name == "custom" and not overrides:
+        raise InputError("--tolerance custom needs at least one of --rtol, --atol, --max-mismatch, --min-cosine")
+    return dataclasses.replace(base, name=name, **overrides)
+
+
+@dataclasses.dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    dtype: str
+    max_abs_error: float
+    max_rel_error: float
+    cosine: float
+    mismatch_fraction: float
+    top1_agreement: float | None
+    top5_agreement: float | None
+    passed: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _looks_like_logits(name: str, array: np.ndarray) -> bool:
+    if array.dtype.kind != "f" or array.ndim < 2 or array.shape[-1] < 2:
+        return False
+    return any(word in name.lower() for word in ("logit", "score", "prob", "output")) or array.ndim == 2
+
+
+def _topk_agreement(expected: np.ndarray, actual: np.ndarray, k: int) -> float | None:
+    classes = expected.shape[-1]
+    if classes < k:
+        return None
+    want = expected.reshape(-1, classes)
+    got = actual.reshape(-1, classes)
+    if k == 1:
+        return float(np.mean(np.argmax(want, axis=1) == np.argmax(got, axis=1)))
+    top_want = np.argpartition(-want, k - 1, axis=1)[:, :k]
+    top_got = np.argpartition(-got, k - 1, axis=1)[:, :k]
+    hits = [len(set(a) & set(b)) / k for a, b in zip(top_want.tolist(), top_got.tolist())]
+    return float(np.mean(hits))
+
+
+def compare(name: str, expected: Any, actual: Any, tol: Tolerance) -> OutputComparison:
+    """Compare one output of the reference run with the same output of the candidate run."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if expected.shape != actual.shape or expected.dtype != actual.dtype:
+        return OutputComparison(name, list(expected.shape), str(expected.dtype), math.inf, math.inf,
+                                0.0, 1.0, None, None, False,
+                                f"shape/dtype {list(actual.shape)} {actual.dtype} differs from "
+                                f"{list(expected.shape)} {expected.dtype}")
+    if expected.size == 0:
+        return OutputComparison(name, list(expected.shape), str(expected.dtype), 0.0, 0.0, 1.0, 0.0,
+                                None, None, True)
+    floating = expected.dtype.kind in "fc"
+    want = expected.astype(np.float64) if expected.dtype.kind != "c" else expected.astype(np.complex128)
+    got = actual.astype(want.dtype)
+    both_nan = np.isnan(want) & np.isnan(got) if floating else np.zeros(want.shape, bool)
+    same_inf = np.isinf(want) & (want == got) if floating else np.zeros(want.shape, bool)
+    special = both_nan | same_inf
+    difference = np.where(special, 0.0, np.abs(want - got))
+    difference = np.where(np.isnan(difference), np.inf, difference)
+    magnitude = np.abs(want)
+    if floating:
+        outside = difference > tol.atol + tol.rtol * np.where(np.isfinite(magnitude), magnitude, 0)
+    else:
+        outside = difference > 0
+    max_abs = float(np.max(difference))
+    rel = difference / np.maximum(magnitude, np.finfo(np.float64).tiny)
+    max_rel = float(np.max(np.where(difference == 0, 0.0, rel)))
+    finite = np.isfinite(want) & np.isfinite(got)
+    a, b = np.where(finite, want, 0).ravel(), np.where(finite, got, 0).ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cosine = float(np.real(np.vdot(a, b)) / norms) if norms else (1.0 if max_abs == 0 else 0.0)
+    mismatch = float(np.mean(outside))
+    top1 = top5 = None
+    if _looks_like_logits(name, expected):
+        top1 = _topk_agreement(want, got, 1)
+        top5 = _topk_agreement(want, got, 5)
+    reasons = []
+    if mismatch > tol.max_mismatch:
+        reasons.append(f"{mismatch:.2%} of elements outside rtol={tol.rtol:g} atol={tol.atol:g}")
+    if floating and cosine < tol.min_cosine:
+        reasons.append(f"cosine {cosine:.5f} < {tol.min_cosine}")
+    if top1 is not None and top1 < tol.min_top1:
+        reasons.append(f"top-1 agreement {top1:.2%} < {tol.min_top1:.0%}")
+    return OutputComparison(name, list(expected.shape), str(expected.dtype), max_abs, max_rel, cosine,
+                            mismatch, top1, top5, not reasons, "; ".join(reasons))
