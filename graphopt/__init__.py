@@ -1,30 +1,44 @@
 """graphopt: ONNX graph optimization that proves the optimized model computes the same thing.
 
     import graphopt
-    result = graphopt.optimize("model.onnx", "model.opt.onnx", preset="O1")
-    print(result.report.to_json())
+    result = graphopt.optimize("model.onnx", "model.opt.onnx", preset="O1", validate=True)
+    print(result.report.to_json(), result.validation.summary())
 """
 
-from graphopt.api import OptimizeResult, PassInfo, list_passes, optimize
+from graphopt.api import (
+    OptimizeResult,
+    PassInfo,
+    RuntimeOptions,
+    bench,
+    list_passes,
+    optimize,
+    validate,
+)
 from graphopt.errors import GraphoptError, InputError, ValidationFailed
 from graphopt.model import ModelInfo, convert_opset, inspect, load, save
-from graphopt.pipeline import PRESETS, PassManager, PassReport, PipelineReport
 from graphopt.passes import Pass, create_pass, register
+from graphopt.pipeline import PRESETS, PassManager, PassReport, PipelineReport
+from graphopt.runtime.bench import BenchResult
+from graphopt.runtime.validate import ValidationResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "BenchResult",
     "GraphoptError",
     "InputError",
     "ModelInfo",
     "OptimizeResult",
-    "PRESETS",
     "Pass",
     "PassInfo",
     "PassManager",
     "PassReport",
     "PipelineReport",
+    "RuntimeOptions",
     "ValidationFailed",
+    "ValidationResult",
+    "bench",
     "convert_opset",
     "create_pass",
     "inspect",
@@ -33,4 +47,5 @@ __all__ = [
     "optimize",
     "register",
     "save",
+    "validate",
 ]

@@ -1,26 +1,53 @@
-"""The Python API behind every CLI command: optimize a model or a file, list passes and presets."""
+"""The Python API behind every CLI command: optimize, validate, bench, list passes."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
 from graphopt import model as model_io
-from graphopt.errors import InputError
-from graphopt.passes import pass_class, pass_names, pass_options
+from graphopt.errors import InputError, ValidationFailed
+from graphopt.passes import Pass, pass_class, pass_names, pass_options
 from graphopt.pipeline import PassManager, PassObserver, PipelineReport, resolve_spec
+from graphopt.runtime import bench as bench_module
+from graphopt.runtime.bench import BenchResult, ProgressCallback
+from graphopt.runtime.providers import SessionConfig
+from graphopt.runtime.validate import ValidationResult, Validator
+
+Shapes = dict[str, tuple[int, ...]]
+Ranges = dict[str, tuple[float, float]]
+
+
+@dataclasses.dataclass
+class RuntimeOptions:
+    """How models are run for validation and benchmarks (mirrors the CLI's runtime flags)."""
+
+    ep: str = "cpu"
+    device_id: int = 0
+    threads: int | None = None
+    opt_level: str = "all"
+    provider_options: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(self.ep, self.device_id, self.threads, self.opt_level,
+                             tuple(self.provider_options.items()))
 
 
 @dataclasses.dataclass
 class OptimizeResult:
     model: ir.Model
     report: PipelineReport
-    written: list[Path]
+    written: list[os.PathLike]
+    validation: ValidationResult | None = None
+
+
+def _reference_snapshot(model):
+    """What to validate against: the file, the proto, or a clone taken before passes run."""
+    return model.clone() if isinstance(model, ir.Model) else model
 
 
 def optimize(
@@ -36,31 +63,103 @@ def optimize(
     max_iterations: int | None = None,
     check: bool = True,
     external_data: bool | None = None,
+    validate: bool = False,
+    validate_each: bool = False,
+    force: bool = False,
+    inputs: str | os.PathLike | dict | None = None,
+    shapes: Shapes | None = None,
+    input_ranges: Ranges | None = None,
+    tolerance: str = "fp32",
+    runtime: RuntimeOptions | None = None,
     observer: PassObserver | None = None,
 ) -> OptimizeResult:
     """Optimize a model (an ir.Model is changed in place) and optionally write it atomically.
 
     Give at most one of `preset` (O0-O3, default O1), `passes` ("a,b,c" or a list) and
     `recipe` (a TOML/YAML file). `fixed_point` repeats the passes until nothing changes.
+    `validate` compares the result with the input in ONNX Runtime and raises ValidationFailed
+    (nothing written) when outputs differ beyond `tolerance`, unless `force`; `validate_each`
+    checks after every pass that changed the model and names the first one that broke it.
     """
     spec = resolve_spec(preset, passes, recipe)
     if fixed_point is not None:
         spec.fixed_point = fixed_point
     if max_iterations is not None:
         spec.max_iterations = max_iterations
-    manager = PassManager(spec.build(), target=target, fixed_point=spec.fixed_point,
-                          max_iterations=spec.max_iterations, check=check, observer=observer)
     if isinstance(model, onnx.ModelProto):
+        source = model
         model = model_io.from_proto(model)
     elif isinstance(model, ir.Model):
         model_io.check_input(model)
+        source = model
     else:
+        source = model
         model = model_io.load(model)
+    validator = None
+    if validate or validate_each:
+        validator = Validator(_reference_snapshot(source), feeds=inputs, shapes=shapes,
+                              ranges=input_ranges, tol=tolerance,
+                              config=(runtime or RuntimeOptions()).session_config())
     if opset is not None:
         model = model_io.convert_opset(model, opset)
+    manager = PassManager(spec.build(), target=target, fixed_point=spec.fixed_point,
+                          max_iterations=spec.max_iterations, check=check, observer=observer,
+                          after_change=_each_pass_check(validator) if validate_each else None)
     report = manager.run(model)
+    validation = None
+    if validator is not None:
+        validation = validator.validate(model)
+        if not validation.passed and not force:
+            raise ValidationFailed(f"the optimized model does not match the input: "
+                                   f"{validation.summary()}; nothing was written", validation)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
-    return OptimizeResult(model, report, written)
+    return OptimizeResult(model, report, written, validation)
+
+
+def _each_pass_check(validator: Validator | None):
+    def check(pass_: Pass, model: ir.Model) -> None:
+        result = validator.validate(model)
+        if not result.passed:
+            raise ValidationFailed(f"pass {pass_.name} changed the outputs: {result.summary()}; "
+                                   "nothing was written", result)
+
+    return check
+
+
+def validate(
+    reference: ir.Model | onnx.ModelProto | str | os.PathLike,
+    candidate: ir.Model | onnx.ModelProto | str | os.PathLike,
+    *,
+    inputs: str | os.PathLike | dict | None = None,
+    shapes: Shapes | None = None,
+    input_ranges: Ranges | None = None,
+    tolerance: str = "fp32",
+    runtime: RuntimeOptions | None = None,
+    locate: bool = True,
+) -> ValidationResult:
+    """Run both models on the same inputs (several shapes when axes are dynamic), compare every
+    output, and on failure name the first node whose output diverges."""
+    validator = Validator(reference, feeds=inputs, shapes=shapes, ranges=input_ranges,
+                          tol=tolerance, config=(runtime or RuntimeOptions()).session_config())
+    return validator.validate(candidate, locate=locate)
+
+
+def bench(
+    models: Sequence[str | os.PathLike],
+    *,
+    inputs: str | os.PathLike | dict | None = None,
+    shapes: Shapes | None = None,
+    input_ranges: Ranges | None = None,
+    warmup: int = 10,
+    runs: int | None = 100,
+    seconds: float | None = None,
+    runtime: RuntimeOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> BenchResult:
+    """Latency of one or more models, interleaved on the same inputs in this process."""
+    return bench_module.bench(models, config=(runtime or RuntimeOptions()).session_config(),
+                              inputs=inputs, shapes=shapes, ranges=input_ranges, warmup=warmup,
+                              runs=runs, seconds=seconds, progress=progress)
 
 
 @dataclasses.dataclass
@@ -84,5 +183,5 @@ def list_passes() -> list[PassInfo]:
 
 def check_output_differs(source: str | os.PathLike, output: str | os.PathLike) -> None:
     """Refuse an output path that is the input (before any work is done)."""
-    if os.path.exists(output) and os.path.samefile(source, output):
+    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(source, output):
         raise InputError(f"{output}: refusing to overwrite the input model")

@@ -18,8 +18,13 @@ from rich.table import Table
 
 from graphopt import api
 from graphopt import model as model_io
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, ValidationFailed
 from graphopt.pipeline import PRESET_SUMMARIES, PipelineReport
+from graphopt.runtime import bench as bench_module
+from graphopt.runtime.compare import TOLERANCES
+from graphopt.runtime.inputs import parse_ranges, parse_shapes
+from graphopt.runtime.providers import EP_CHOICES, OPT_LEVELS, parse_provider_options
+from graphopt.runtime.validate import ValidationResult
 
 _WIDE = 140
 out = Console(highlight=False)
@@ -101,6 +106,65 @@ def _progress_observer(progress: Progress, task) -> api.PassObserver:
     return observe
 
 
+def _runtime_options(command):
+    """--ep, --device-id, --threads, --opt-level, --provider-option."""
+    for option in reversed([
+        click.option("--ep", type=click.Choice(EP_CHOICES), default="cpu", show_default=True,
+                     help="Execution provider; auto = cuda when available, else cpu."),
+        click.option("--device-id", type=int, default=0, show_default=True, help="GPU index."),
+        click.option("--threads", type=int, help="Intra-op threads (ORT default: all cores)."),
+        click.option("--opt-level", type=click.Choice(list(OPT_LEVELS)), default="all", show_default=True,
+                     help="ONNX Runtime's own graph optimization level."),
+        click.option("--provider-option", "provider_option", multiple=True, metavar="KEY=VALUE",
+                     help="Execution provider option (repeatable)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _input_options(command):
+    """--inputs, --shape, --input-range."""
+    for option in reversed([
+        click.option("--inputs", "inputs_file", type=click.Path(path_type=Path),
+                     help=".npz with one array per input name (otherwise inputs are synthesized)."),
+        click.option("--shape", "shape", multiple=True, metavar="NAME=1x128",
+                     help="Shape of one input (repeatable); dynamic dims default to batch 2, sequence 16."),
+        click.option("--input-range", "input_range", multiple=True, metavar="NAME=LO:HI",
+                     help="Value range of one synthesized input (repeatable)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _runtime(ep, device_id, threads, opt_level, provider_option) -> api.RuntimeOptions:
+    return api.RuntimeOptions(ep, device_id, threads, opt_level,
+                              dict(parse_provider_options(provider_option)))
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_validation(result: ValidationResult) -> None:
+    for index, run in enumerate(result.input_sets, start=1):
+        shapes = ", ".join(f"{name} {shape}" for name, shape in run.shapes.items())
+        table = Table(title=f"input set {index}: {shapes}")
+        for column in ("output", "shape", "max abs", "max rel", "cosine", "mismatch", "top-1", "top-5", ""):
+            table.add_column(column, justify="left" if column in ("output", "") else "right")
+        for output in run.outputs:
+            table.add_row(output.name, str(output.shape), _fmt(output.max_abs_error),
+                          _fmt(output.max_rel_error), f"{output.cosine:.6f}",
+                          f"{output.mismatch_fraction:.2%}", _fmt(output.top1_agreement, ".1%"),
+                          _fmt(output.top5_agreement, ".1%"),
+                          "ok" if output.passed else f"FAIL {output.reason}")
+        out.print(table)
+    out.print(result.summary(), markup=False)
+    if result.divergence is not None:
+        divergence = result.divergence
+        inputs = ", ".join(divergence.matching_inputs) or "none compared"
+        out.print(f"  {divergence.describe()}; its inputs that still match: {inputs}", markup=False)
+
+
 @app.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
@@ -117,28 +181,58 @@ def _progress_observer(progress: Progress, task) -> api.PassObserver:
 @click.option("--external-data/--no-external-data", default=None,
               help="Tensors in OUTPUT.data (default: as the input, or when over 2 GB).")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-pass report as JSON.")
+@click.option("--validate", is_flag=True,
+              help="Compare with the input in ONNX Runtime; refuse to write a model that differs.")
+@click.option("--validate-each", is_flag=True,
+              help="Compare after every pass that changed the model; name the first that broke it.")
+@click.option("--force", is_flag=True, help="Write the model even when validation fails (exit 1).")
+@click.option("--tolerance", type=click.Choice(list(TOLERANCES)), default="fp32", show_default=True)
+@_input_options
+@_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def optimize(model: Path, output: Path, preset: str | None, target: str, passes: str | None,
              recipe: Path | None, opset: int | None, fixed_point: bool | None,
              max_iterations: int | None, external_data: bool | None, report: Path | None,
-             quiet: bool) -> None:
+             validate: bool, validate_each: bool, force: bool, tolerance: str,
+             inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
+             ep: str, device_id: int, threads: int | None, opt_level: str,
+             provider_option: tuple[str, ...], quiet: bool) -> None:
     """Run a preset, a pass list or a recipe over MODEL and write the result atomically."""
     api.check_output_differs(model, output)
     spec_args = dict(preset=preset, passes=passes, recipe=recipe)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
         task = progress.add_task("loading", total=None)
-        result = api.optimize(
-            model, output, target=target, opset=opset, fixed_point=fixed_point,
-            max_iterations=max_iterations, external_data=external_data,
-            observer=_progress_observer(progress, task), **spec_args,
-        )
+        try:
+            result = api.optimize(
+                model, output, target=target, opset=opset, fixed_point=fixed_point,
+                max_iterations=max_iterations, external_data=external_data,
+                validate=validate, validate_each=validate_each, force=force,
+                inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
+                tolerance=tolerance, runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
+                observer=_progress_observer(progress, task), **spec_args,
+            )
+        except ValidationFailed as failure:
+            progress.stop()
+            if failure.result is not None and not quiet:
+                _print_validation(failure.result)
+            raise
     if report is not None:
-        model_io.write_text_atomic(report, result.report.to_json() + "\n")
+        data = result.report.to_dict()
+        if result.validation is not None:
+            data["validation"] = result.validation.to_dict()
+        model_io.write_text_atomic(report, json.dumps(data, indent=2) + "\n")
+    if not quiet:
+        out.print(_report_table(result.report))
+        _print_skips(result.report)
+        if result.validation is not None:
+            _print_validation(result.validation)
+    if result.validation is not None and not result.validation.passed:
+        err.print(f"graphopt: validation failed; the model was written because of --force",
+                  markup=False)
+        raise click.exceptions.Exit(1)
     if quiet:
         return
-    out.print(_report_table(result.report))
-    _print_skips(result.report)
     info = model_io.inspect(result.model)
     size = sum(path.stat().st_size for path in result.written)
     out.print(
@@ -185,6 +279,80 @@ def inspect(model: Path, as_json: bool) -> None:
     for dtype, entry in info.parameters_by_dtype.items():
         dtypes.add_row(dtype, str(entry["tensors"]), f"{entry['parameters']:,}", _human_bytes(entry["bytes"]))
     out.print(dtypes)
+
+
+@app.command()
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--tolerance", type=click.Choice([*TOLERANCES, "custom"]), default="fp32", show_default=True,
+              help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement.")
+@click.option("--rtol", type=float, help="Relative tolerance (custom, or override a preset).")
+@click.option("--atol", type=float, help="Absolute tolerance (custom, or override a preset).")
+@click.option("--max-mismatch", type=float, help="Allowed fraction of elements outside tolerance.")
+@click.option("--min-cosine", type=float, help="Lowest acceptable cosine similarity.")
+@click.option("--no-locate", is_flag=True, help="Do not search for the first diverging node.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_input_options
+@_runtime_options
+def validate(reference: Path, candidate: Path, tolerance: str, rtol, atol, max_mismatch, min_cosine,
+             no_locate: bool, as_json: bool, inputs_file, shape, input_range, ep, device_id, threads,
+             opt_level, provider_option) -> None:
+    """Run REFERENCE and CANDIDATE on the same inputs and compare every output (exit 1 if they differ)."""
+    from graphopt.runtime.compare import tolerance as make_tolerance
+
+    tol = make_tolerance(tolerance, rtol=rtol, atol=atol, max_mismatch=max_mismatch, min_cosine=min_cosine)
+    result = api.validate(reference, candidate, inputs=inputs_file, shapes=parse_shapes(shape),
+                          input_ranges=parse_ranges(input_range), tolerance=tol,
+                          runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
+                          locate=not no_locate)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+    else:
+        _print_validation(result)
+    if not result.passed:
+        raise click.exceptions.Exit(1)
+
+
+@app.command()
+@click.argument("models", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model.")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed rounds (each runs every model).")
+@click.option("--seconds", type=float, help="Run for this long instead of --runs.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write results as JSON.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write results as Markdown.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of the latency distributions.")
+@_input_options
+@_runtime_options
+def bench(models: tuple[Path, ...], warmup: int, runs: int, seconds: float | None, json_file, markdown,
+          plot, inputs_file, shape, input_range, ep, device_id, threads, opt_level, provider_option) -> None:
+    """Latency of one or more models, run interleaved (A B A B …) in one process."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("benchmarking", total=None if seconds else runs)
+        result = api.bench(list(models), inputs=inputs_file, shapes=parse_shapes(shape),
+                           input_ranges=parse_ranges(input_range), warmup=warmup, runs=runs,
+                           seconds=seconds,
+                           runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
+                           progress=lambda done, total: progress.update(task, completed=done))
+    table = Table(title=f"latency on {result.ep} (inputs: "
+                  + ", ".join(f"{n} {s}" for n, s in result.input_shapes.items()) + ")")
+    for column in ("model", "size", "session ms", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
+                   "samples/s", "p50 vs first"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for entry, ratio in zip(result.models, result.ratios()):
+        table.add_row(entry.model, _human_bytes(entry.file_bytes), f"{entry.session_seconds * 1000:.0f}",
+                      f"{entry.p50_ms:.3f}", f"{entry.p90_ms:.3f}", f"{entry.p99_ms:.3f}",
+                      f"{entry.mean_ms:.3f}", f"{entry.std_ms:.3f}", f"{entry.throughput:.1f}",
+                      f"{ratio:.2f}x")
+    out.print(table)
+    out.print(f"{len(result.models[0].latencies_ms)} timed runs per model; peak resident memory "
+              f"{_human_bytes(result.peak_rss_bytes)}", markup=False)
+    if json_file is not None:
+        model_io.write_text_atomic(json_file, result.to_json() + "\n")
+    if markdown is not None:
+        model_io.write_text_atomic(markdown, result.to_markdown())
+    if plot is not None:
+        bench_module.plot(result, plot)
 
 
 @app.command("passes")

@@ -20,6 +20,10 @@ class InputError(GraphoptError):
 
 
 class ValidationFailed(GraphoptError):
-    """The optimized model broke an invariant or does not compute the same thing."""
+    """The optimized model does not compute the same thing; `result` holds the comparison."""
 
     exit_code = 1
+
+    def __init__(self, message: str, result=None) -> None:
+        super().__init__(message)
+        self.result = result

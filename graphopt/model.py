@@ -266,12 +266,17 @@ def inspect(model: ir.Model | str | os.PathLike) -> ModelInfo:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a small text file (a report) through a temp file and a rename."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a small file (a report, a plot) through a temp file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.replace(staged, path)
     finally:
         if os.path.exists(staged):

@@ -147,6 +147,7 @@ def model_opset(model: ir.Model) -> int:
 
 
 PassObserver = Callable[[int, int, Pass], None]
+PassHook = Callable[[Pass, ir.Model], None]
 
 
 class PassManager:
@@ -161,6 +162,7 @@ class PassManager:
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
         check: bool = True,
         observer: PassObserver | None = None,
+        after_change: PassHook | None = None,
     ) -> None:
         if target not in TARGETS:
             raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
@@ -172,6 +174,7 @@ class PassManager:
         self.max_iterations = max_iterations if fixed_point else 1
         self.check = check
         self._observer = observer
+        self._after_change = after_change
 
     def run(self, model: ir.Model) -> PipelineReport:
         """Run the passes; in fixed-point mode, until a whole round changes nothing.
@@ -233,6 +236,8 @@ class PassManager:
         seconds = time.perf_counter() - start
         if modified and checker is not None:
             self._check(checker.check, model, f"pass {pass_.name}")
+        if modified and self._after_change is not None:
+            self._after_change(pass_, model)
         after = _stats(model) if modified else before
         report = PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
                             after.initializers, before.parameter_bytes, after.parameter_bytes,

@@ -180,3 +180,103 @@ def test_python_dash_m_runs_without_traceback(tmp_path):
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
     assert completed.stderr.strip().startswith("graphopt: error:")
+
+
+# Validation and benchmarks from the command line.
+
+import onnx_ir as ir  # noqa: E402
+
+from graphopt.passes import Pass, register  # noqa: E402
+from tests.runtime.models import perturbed, text_classifier  # noqa: E402
+
+
+@register("test_perturb_weights")
+class _PerturbWeights(Pass):
+    """Test pass: adds 1 to the first element of every float weight (breaks numerics)."""
+
+    def call(self, model):
+        for value in model.graph.initializers.values():
+            array = value.const_value.numpy()
+            if array.dtype.kind == "f" and array.size:
+                changed = array.copy()
+                changed.flat[0] += 1.0
+                value.const_value = ir.tensor(changed, name=value.name)
+        return ir.passes.PassResult(model, modified=True)
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    path = tmp_path / "classifier.onnx"
+    onnx.save(text_classifier(), path)
+    return path
+
+
+def test_validate_command_pass_and_fail(classifier, tmp_path, capsys):
+    assert main(["validate", str(classifier), str(classifier)]) == 0
+    assert "PASS (fp32)" in capsys.readouterr().out
+    broken = tmp_path / "broken.onnx"
+    onnx.save(perturbed(text_classifier(), "w2", 2.0), broken)
+    assert main(["validate", str(classifier), str(broken)]) == 1
+    printed = capsys.readouterr().out
+    assert "FAIL" in printed and "'classifier'" in printed
+    assert main(["validate", str(classifier), str(broken), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is False and data["divergence"]["node"] == "classifier"
+
+
+def test_validate_command_bad_npz_is_exit_2(classifier, tmp_path, capsys):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, input_ids=np.zeros((1, 3), np.int64))
+    assert main(["validate", str(classifier), str(classifier), "--inputs", str(inputs)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no array for input 'attention_mask'" in error and "\n" not in error
+
+
+def test_validate_command_cuda_is_one_line_exit_2(classifier, capsys):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    assert main(["validate", str(classifier), str(classifier), "--ep", "cuda"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "CUDA execution provider is not available" in error and "\n" not in error
+
+
+def test_optimize_validate_refuses_a_model_that_changed(classifier, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(classifier), "-o", str(out), "--passes", "test_perturb_weights",
+                 "--validate"]) == 1
+    assert "does not match the input" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["optimize", str(classifier), "-o", str(out), "--passes", "test_perturb_weights",
+                 "--validate", "--force"]) == 1
+    assert out.exists()
+
+
+def test_optimize_validate_each_names_the_pass(classifier, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(classifier), "-o", str(out), "--validate-each",
+                 "--passes", "eliminate_noops,test_perturb_weights,remove_unused"]) == 1
+    assert "pass test_perturb_weights changed the outputs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_optimize_validate_passes_and_reports(classifier, tmp_path, capsys):
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    assert main(["optimize", str(classifier), "-o", str(out), "--validate", "--report", str(report)]) == 0
+    assert "PASS (fp32)" in capsys.readouterr().out
+    assert json.loads(report.read_text())["validation"]["passed"] is True
+
+
+def test_bench_command_writes_reports(classifier, tmp_path, capsys):
+    optimized = tmp_path / "o1.onnx"
+    assert main(["optimize", str(classifier), "-o", str(optimized), "-q"]) == 0
+    files = {"json": tmp_path / "b.json", "markdown": tmp_path / "b.md", "plot": tmp_path / "b.png"}
+    assert main(["bench", str(classifier), str(optimized), "--runs", "5", "--warmup", "1",
+                 "--shape", "input_ids=2x8", "--threads", "1",
+                 "--json", str(files["json"]), "--markdown", str(files["markdown"]),
+                 "--plot", str(files["plot"])]) == 0
+    printed = capsys.readouterr().out
+    assert "p50 ms" in printed and "1.00x" in printed
+    assert json.loads(files["json"].read_text())["threads"] == 1
+    assert files["plot"].stat().st_size > 1000 and "| model |" in files["markdown"].read_text()

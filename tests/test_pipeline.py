@@ -149,7 +149,7 @@ def test_pass_exception_becomes_pass_error():
         PassManager([_Raises()]).run(model)
 
 
-@register("needs_opset_99", min_opset=99)
+@register("test_needs_opset_99", min_opset=99)
 class _NeedsOpset99(Pass):
     """Test pass with a high opset floor."""
 
@@ -158,7 +158,7 @@ class _NeedsOpset99(Pass):
 
 
 def test_pass_outside_its_opset_window_is_skipped_with_reason():
-    result = graphopt.optimize(parse(MODEL), passes="needs_opset_99")
+    result = graphopt.optimize(parse(MODEL), passes="test_needs_opset_99")
     entry = result.report.passes[0]
     assert not entry.ran and "needs opset >= 99" in entry.skipped[0]
 

@@ -28,5 +28,5 @@ def test_example_recipe_is_valid():
 
 def test_every_pass_is_documented():
     for info in graphopt.list_passes():
-        if not info.name.startswith("needs_opset"):
+        if not info.name.startswith("test_"):  # passes the tests register
             assert f"`{info.name}`" in README, info.name

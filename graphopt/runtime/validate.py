@@ -1,0 +1,261 @@
+"""Validation: run a reference and a candidate on the same inputs and compare every output.
+
+Inputs are the user's (.npz) or synthesized at two shape sets when any axis is dynamic. When
+an output fails, the divergence is located: values both models compute under the same name
+are exposed as extra outputs, a chunk at a time in the candidate's topological order (one
+ONNX Runtime run per chunk and model, not per node), and the first one beyond tolerance names
+the node that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt import model as model_io
+from graphopt import shapes
+from graphopt.errors import InputError
+from graphopt.runtime import inputs as input_io
+from graphopt.runtime.compare import OutputComparison, Tolerance, compare, tolerance
+from graphopt.runtime.providers import SessionConfig, create_session
+
+EXPOSED_PER_RUN = 512
+
+
+@dataclasses.dataclass
+class InputSetResult:
+    """The comparison of every output for one set of inputs."""
+
+    shapes: dict[str, list[int]]
+    outputs: list[OutputComparison]
+
+    @property
+    def passed(self) -> bool:
+        return all(output.passed for output in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shapes": self.shapes, "passed": self.passed,
+                "outputs": [output.to_dict() for output in self.outputs]}
+
+
+@dataclasses.dataclass
+class Divergence:
+    """The first value, in the candidate's topological order, that differs beyond tolerance."""
+
+    value: str
+    node: str
+    op_type: str
+    comparison: OutputComparison
+    matching_inputs: list[str]
+
+    def describe(self) -> str:
+        return (f"first divergence at {self.op_type} node {self.node!r} (output {self.value!r}): "
+                f"max abs error {self.comparison.max_abs_error:.3g}, "
+                f"cosine {self.comparison.cosine:.6f}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["comparison"] = self.comparison.to_dict()
+        return data
+
+
+@dataclasses.dataclass
+class ValidationResult:
+    passed: bool
+    tolerance: Tolerance
+    ep: str
+    input_sets: list[InputSetResult]
+    divergence: Divergence | None = None
+    problem: str = ""
+
+    def failures(self) -> list[OutputComparison]:
+        return [output for run in self.input_sets for output in run.outputs if not output.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return (f"PASS ({self.tolerance.name}): {sum(len(r.outputs) for r in self.input_sets)} "
+                    f"output comparisons over {len(self.input_sets)} input set(s)")
+        if self.problem:
+            return f"FAIL: {self.problem}"
+        first = self.failures()[0]
+        text = f"FAIL ({self.tolerance.name}): output {first.name!r}: {first.reason}"
+        if self.divergence is not None:
+            text += f"; {self.divergence.describe()}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed, "tolerance": self.tolerance.to_dict(), "ep": self.ep,
+            "problem": self.problem, "input_sets": [run.to_dict() for run in self.input_sets],
+            "divergence": self.divergence.to_dict() if self.divergence else None,
+        }
+
+
+def _as_ir(model) -> ir.Model:
+    if isinstance(model, ir.Model):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return model_io.from_proto(model)
+    return model_io.load(model)
+
+
+def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
+    """Sequence outputs become one entry per element; optional outputs that are absent vanish."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [item for index, element in enumerate(value) for item in _flatten(f"{name}[{index}]", element)]
+    return [(name, value)]
+
+
+class Validator:
+    """Reference outputs computed once, against which candidates are checked."""
+
+    def __init__(self, reference, *, feeds: dict[str, np.ndarray] | str | os.PathLike | None = None,
+                 shapes: dict[str, tuple[int, ...]] | None = None,
+                 ranges: dict[str, tuple[float, float]] | None = None,
+                 tol: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(),
+                 seed: int = 0) -> None:
+        self.reference = reference
+        self.reference_ir = _as_ir(reference)
+        self.tolerance = tol if isinstance(tol, Tolerance) else tolerance(tol)
+        self.config = config
+        self.input_sets = self._input_sets(feeds, shapes or {}, ranges or {}, seed)
+        self._reference_session = create_session(reference, config)
+        self._expected = [self._reference_session.run(feeds_) for feeds_ in self.input_sets]
+        self._output_names = [value.name for value in self._reference_session.inner.get_outputs()]
+
+    def _input_sets(self, feeds, shape_overrides, ranges, seed) -> list[dict[str, np.ndarray]]:
+        if isinstance(feeds, (str, os.PathLike)):
+            return [input_io.load_npz(feeds, self.reference_ir)]
+        if feeds is not None:
+            return [dict(feeds)]
+        signature = input_io.signature(self.reference_ir)
+        first = input_io.synthesize(self.reference_ir, shape_overrides, ranges, seed=seed)
+        sets = [first]
+        if input_io.dynamic(signature):
+            second = input_io.synthesize(self.reference_ir, shape_overrides, ranges, seed=seed + 1,
+                                         defaults=input_io.SECOND_DIMS)
+            if any(second[name].shape != first[name].shape for name in first):
+                sets.append(second)
+        return sets
+
+    def check(self, candidate) -> ValidationResult:
+        """Compare the candidate's outputs with the reference's on every input set."""
+        session = create_session(candidate, self.config)
+        candidate_inputs = {value.name for value in session.inner.get_inputs()}
+        missing_inputs = set(self.input_sets[0]) - candidate_inputs
+        candidate_outputs = [value.name for value in session.inner.get_outputs()]
+        problem = ""
+        if missing_inputs or candidate_inputs - set(self.input_sets[0]):
+            problem = (f"the candidate's inputs {sorted(candidate_inputs)} differ from the "
+                       f"reference's {sorted(self.input_sets[0])}")
+        elif set(candidate_outputs) != set(self._output_names):
+            problem = (f"the candidate's outputs {sorted(candidate_outputs)} differ from the "
+                       f"reference's {sorted(self._output_names)}")
+        if problem:
+            return ValidationResult(False, self.tolerance, session.ep, [], problem=problem)
+        results = []
+        for feeds, expected in zip(self.input_sets, self._expected):
+            actual = dict(zip(candidate_outputs, session.run(feeds)))
+            comparisons = []
+            for name, want in zip(self._output_names, expected):
+                want_items, got_items = _flatten(name, want), _flatten(name, actual[name])
+                if [n for n, _ in want_items] != [n for n, _ in got_items]:
+                    comparisons.append(OutputComparison(name, [], "sequence", np.inf, np.inf, 0.0, 1.0,
+                                                        None, None, False, "sequence lengths differ"))
+                    continue
+                comparisons.extend(compare(item_name, a, b, self.tolerance)
+                                   for (item_name, a), (_, b) in zip(want_items, got_items))
+            results.append(InputSetResult({k: list(v.shape) for k, v in feeds.items()}, comparisons))
+        passed = all(run.passed for run in results)
+        return ValidationResult(passed, self.tolerance, session.ep, results)
+
+    def validate(self, candidate, locate: bool = True) -> ValidationResult:
+        """check(), then on failure locate the first diverging node."""
+        result = self.check(candidate)
+        if not result.passed and not result.problem and locate:
+            failing = next(i for i, run in enumerate(result.input_sets) if not run.passed)
+            result.divergence = self.locate(candidate, self.input_sets[failing])
+        return result
+
+    def locate(self, candidate, feeds: dict[str, np.ndarray]) -> Divergence | None:
+        """The first value in the candidate's order that both models name and that differs."""
+        candidate_ir = _as_ir(candidate)
+        for model in (self.reference_ir, candidate_ir):
+            try:
+                shapes.infer_shapes(model, only_if_missing=True)
+            except shapes.InferenceFailed:
+                pass
+        reference_values = {value.name: value for node in self.reference_ir.graph
+                            for value in node.outputs if _exposable(value)}
+        graph_outputs = {value.name for value in candidate_ir.graph.outputs}
+        order = [(value, node) for node in candidate_ir.graph for value in node.outputs
+                 if _exposable(value) and value.name in reference_values and value.name not in graph_outputs]
+        compared: set[str] = set()
+        for start in range(0, len(order), EXPOSED_PER_RUN):
+            chunk = order[start:start + EXPOSED_PER_RUN]
+            names = [value.name for value, _ in chunk]
+            want = _run_exposed(self.reference_ir, [reference_values[n] for n in names], feeds, self.config)
+            got = _run_exposed(candidate_ir, [value for value, _ in chunk], feeds, self.config)
+            for (value, node), a, b in zip(chunk, want, got):
+                comparison = compare(value.name, a, b, self.tolerance)
+                if not comparison.passed:
+                    matching = [v.name for v in node.inputs if v is not None and
+                                (v.name in compared or v.is_graph_input() or v.const_value is not None)]
+                    return Divergence(value.name, node.name or "", node.op_type, comparison, matching)
+                compared.add(value.name)
+        return self._output_divergence(candidate_ir, feeds)
+
+    def _output_divergence(self, candidate_ir: ir.Model, feeds) -> Divergence | None:
+        """No shared intermediate differs: blame the producer of the first failing output."""
+        session = create_session(candidate_ir, self.config)
+        expected = self._reference_session.run(feeds)
+        actual = dict(zip([v.name for v in session.inner.get_outputs()], session.run(feeds)))
+        for value in candidate_ir.graph.outputs:
+            index = self._output_names.index(value.name)
+            comparison = compare(value.name, expected[index], actual[value.name], self.tolerance)
+            producer = value.producer()
+            if not comparison.passed and producer is not None:
+                return Divergence(value.name, producer.name or "", producer.op_type, comparison, [])
+        return None
+
+
+def _exposable(value: ir.Value) -> bool:
+    return bool(value.name) and isinstance(value.type, ir.TensorType) and value.dtype is not None
+
+
+def _run_exposed(model: ir.Model, values: Sequence[ir.Value], feeds, config: SessionConfig) -> list:
+    """Run the model with `values` added as graph outputs (restored afterwards)."""
+    outputs = model.graph.outputs
+    original = list(outputs)
+    added = [value for value in values if value not in original]
+    outputs.extend(added)
+    try:
+        session = create_session(model, config)
+        results = dict(zip([v.name for v in session.inner.get_outputs()], session.run(feeds)))
+    finally:
+        outputs.clear()
+        outputs.extend(original)
+    return [results[value.name] for value in values]
+
+
+def validate(reference, candidate, *, inputs: str | os.PathLike | dict | None = None,
+             shapes: dict[str, tuple[int, ...]] | None = None,
+             ranges: dict[str, tuple[float, float]] | None = None,
+             tolerance: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(),
+             locate: bool = True, seed: int = 0) -> ValidationResult:
+    """Run both models on the same inputs and compare every output; locate the divergence on failure.
+
+    reference/candidate: paths, onnx.ModelProto or onnx_ir.Model. inputs: an .npz path or
+    {name: array}; otherwise inputs are synthesized (see graphopt.runtime.inputs).
+    """
+    validator = Validator(reference, feeds=inputs, shapes=shapes, ranges=ranges, tol=tolerance,
+                          config=config, seed=seed)
+    return validator.validate(candidate, locate=locate)

@@ -1,0 +1,49 @@
+"""Small models for the runtime tests: a text classifier with an embedding, and an MLP."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def text_classifier(vocab: int = 50, hidden: int = 8, classes: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """input_ids[batch, seq] -> Gather(embedding) -> masked mean -> MatMul -> logits[batch, classes]."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((vocab, hidden)).astype(np.float32), "embedding"),
+        numpy_helper.from_array(rng.standard_normal((hidden, hidden)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["embedding", "input_ids"], ["embedded"], name="embed"),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT, name="mask_cast"),
+        helper.make_node("Unsqueeze", ["mask_f", "axis2"], ["mask3"], name="mask_unsqueeze"),
+        helper.make_node("Mul", ["embedded", "mask3"], ["masked"], name="apply_mask"),
+        helper.make_node("ReduceMean", ["masked", "axis1"], ["pooled"], keepdims=0, name="pool"),
+        helper.make_node("MatMul", ["pooled", "w1"], ["h"], name="dense"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="dense_bias"),
+        helper.make_node("Tanh", ["hb"], ["act"], name="activation"),
+        helper.make_node("MatMul", ["act", "w2"], ["logits"], name="classifier"),
+    ]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "axis2"))
+    graph = helper.make_graph(
+        nodes, "text_classifier",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def perturbed(model: onnx.ModelProto, initializer: str, delta: float = 1.0) -> onnx.ModelProto:
+    """A copy with one element of one weight changed."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        if tensor.name == initializer:
+            array = numpy_helper.to_array(tensor).copy()
+            array.flat[0] += delta
+            tensor.CopyFrom(numpy_helper.from_array(array, initializer))
+    return copy
