@@ -19,9 +19,7 @@ $(STAMP): pyproject.toml Makefile
 DEMO_OUT := demo-out
 
 demo: $(STAMP)
-	$(PY) -c "from benchmarks.models import minilm; print('exported', minilm())"
-	$(VENV)/bin/graphopt optimize benchmarks/results/models/minilm.onnx -o $(DEMO_OUT)/minilm.O1.onnx --report $(DEMO_OUT)/report.json
-	$(VENV)/bin/graphopt inspect $(DEMO_OUT)/minilm.O1.onnx
+	$(VENV)/bin/graphopt run --zoo minilm --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

@@ -31,9 +31,19 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphopt  # noqa: E402
-from benchmarks import models  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = RESULTS / "models"
+
+
+def exported(name: str) -> Path:
+    """A zoo model exported by graphopt's exporter (dynamo, no torch-side optimization), cached."""
+    path = MODELS / f"{name}.onnx"
+    if not path.exists():
+        from graphopt.export import export_zoo
+
+        export_zoo(name, path)
+    return path
 
 
 def _peer(name: str):
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
-            path = models.MODELS[name]()
+            path = exported(name)
             print(f"benchmarking {name} ({path})", file=sys.stderr)
             result = bench_model(name, path, args.repeat, Path(workdir))
             result["ratios"] = _ratios(result)

@@ -355,6 +355,113 @@ def bench(models: tuple[Path, ...], warmup: int, runs: int, seconds: float | Non
         bench_module.plot(result, plot)
 
 
+def _model_source_options(command):
+    """--zoo NAME | --module file.py:factory, --exporter, --opset."""
+    for option in reversed([
+        click.option("--zoo", help="A built-in model (`graphopt zoo` lists them)."),
+        click.option("--module", "module_spec", metavar="FILE.py:FACTORY",
+                     help="Your model: a function returning (module, example_inputs) or a dict."),
+        click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo",
+                     show_default=True, help="torch.onnx exporter (the other is a stated fallback)."),
+        click.option("--opset", type=int, help="ONNX opset to export to (exporter default otherwise)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _export_module():
+    try:
+        from graphopt import export
+    except ImportError as error:
+        raise GraphoptError(f"exporting needs torch: pip install 'graphopt[export]' ({error})") from None
+    return export
+
+
+@app.command("export")
+@_model_source_options
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .onnx to write.")
+@click.option("--no-fallback", is_flag=True, help="Fail instead of trying the other exporter.")
+@click.option("--no-parity", is_flag=True, help="Skip the torch vs ONNX Runtime comparison.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_command(zoo, module_spec, exporter, opset, output: Path, no_fallback: bool, no_parity: bool,
+                   as_json: bool) -> None:
+    """Export a zoo model or your torch module to ONNX and check parity with torch."""
+    export = _export_module()
+    if (zoo is None) == (module_spec is None):
+        raise GraphoptError("give exactly one of --zoo NAME and --module path/to/file.py:factory")
+    spec = export.zoo_entry(zoo).build() if zoo else export.load_factory(module_spec)
+    result = export.export_spec(spec, output, exporter=exporter, opset=opset, fallback=not no_fallback,
+                                parity=not no_parity)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+        return
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"exported {output} with the {result.exporter} exporter, opset {result.opset}; "
+              f"inputs {result.input_names}, outputs {result.output_names}", markup=False)
+    for check in result.parity:
+        shapes = ", ".join(f"{name} {shape}" for name, shape in check.shapes.items())
+        out.print(f"  parity at {shapes}: max abs error {check.max_abs_error:.3g}", markup=False)
+    for dataset in export.dataset_paths(output, spec.datasets).values():
+        out.print(f"  wrote {dataset}", markup=False)
+
+
+@app.command("zoo")
+def zoo_command() -> None:
+    """List the built-in models (nothing is downloaded: weights ship in packages or are random)."""
+    from graphopt.export.zoo import ZOO
+
+    table = Table(title="model zoo")
+    for column in ("name", "weights", "what it is"):
+        table.add_column(column)
+    for entry in ZOO.values():
+        table.add_row(entry.name, entry.weights, entry.summary)
+    out.print(table)
+
+
+@app.command("run")
+@_model_source_options
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--preset", default="O1", show_default=True)
+@click.option("--target", default="portable", show_default=True)
+@click.option("--tolerance", type=click.Choice(list(TOLERANCES)), default="fp32", show_default=True)
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed benchmark rounds.")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--shape", "shape", multiple=True, metavar="NAME=1x128", help="Input shape (repeatable).")
+@_runtime_options
+def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: str,
+                runs: int, warmup: int, shape, ep, device_id, threads, opt_level, provider_option) -> None:
+    """Export, optimize, validate and benchmark in one go; write report.md/json and latency.png."""
+    _export_module()
+    from graphopt import flow
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("exporting, optimizing, validating", total=None)
+        result = flow.run(zoo=zoo, module=module_spec, out=out_dir, preset=preset, target=target,
+                          tolerance=tolerance, exporter=exporter, opset=opset, shapes=parse_shapes(shape),
+                          runs=runs, warmup=warmup,
+                          runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
+                          progress=lambda done, total: progress.update(
+                              task, description="benchmarking", completed=done, total=total))
+    export = result.export
+    out.print(f"[bold]{result.name}[/bold]: exported with {export.exporter} (opset {export.opset}), "
+              f"parity max abs error {export.max_abs_error:.3g}")
+    if result.optimize is not None:
+        out.print(_report_table(result.optimize.report))
+    if result.validation is not None:
+        _print_validation(result.validation)
+    if result.bench is not None:
+        first, second = result.bench.models
+        out.print(f"latency p50 {first.p50_ms:.3f} ms → {second.p50_ms:.3f} ms "
+                  f"({result.bench.ratios()[1]:.2f}x), on {result.bench.ep}", markup=False)
+    for label, value in result.accuracy.items():
+        out.print(f"test accuracy ({label}): {value:.2%}", markup=False)
+    out.print(f"wrote {', '.join(str(path) for path in result.files)}", markup=False)
+    if not result.passed:
+        raise click.exceptions.Exit(1)
+
+
 @app.command("passes")
 def list_passes() -> None:
     """List the registered passes and the presets."""

@@ -1,0 +1,115 @@
+"""The zoo list, --module factories, `graphopt export`, and `graphopt run` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graphopt.cli import main
+from graphopt.errors import InputError
+from graphopt.export import ZOO, load_factory
+
+EXPECTED_ZOO = {"minilm", "bert-base", "gpt2", "vit-base", "resnet18", "resnet50", "mobilenetv2",
+                "convnext-tiny", "mlp", "cnn", "lstm", "digits-cnn"}
+
+FACTORY = '''
+import torch
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, features):
+        return torch.relu(self.linear(features))
+
+def build():
+    torch.manual_seed(0)
+    return {"module": Tiny(), "example_inputs": (torch.randn(2, 4),), "input_names": ["features"],
+            "dynamic_axes": {"features": {0: "batch"}}}
+
+def broken():
+    raise RuntimeError("no weights here")
+
+def wrong():
+    return 42
+'''
+
+
+def test_zoo_lists_every_model(capsys):
+    assert set(ZOO) == EXPECTED_ZOO
+    assert main(["zoo"]) == 0
+    printed = capsys.readouterr().out
+    for name in EXPECTED_ZOO:
+        assert name in printed
+
+
+@pytest.fixture
+def factory_file(tmp_path):
+    path = tmp_path / "mymodel.py"
+    path.write_text(FACTORY)
+    return path
+
+
+@pytest.mark.parametrize("suffix, message", [
+    (":build_it", "has no function 'build_it'"),
+    (":broken", "broken() failed: RuntimeError: no weights here"),
+    (":wrong", "must return (module, example_inputs) or a dict"),
+    ("", "must look like path/to/file.py:factory"),
+])
+def test_bad_factories(factory_file, suffix, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_factory(f"{factory_file}{suffix}")
+
+
+def test_missing_factory_file_is_exit_2_without_files(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--module", str(tmp_path / "nope.py") + ":build", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "does not exist" in error and "\n" not in error
+    assert not out.exists()
+
+
+def test_export_command_with_module(factory_file, tmp_path, capsys):
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", "--module", f"{factory_file}:build", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dynamo exporter" in printed and "parity at features [3, 4]" in printed
+    assert out.exists()
+
+
+def test_export_command_unsupported_is_exit_2(tmp_path, capsys):
+    path = tmp_path / "svd.py"
+    path.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                    "        return torch.linalg.svd(x)[0]\n"
+                    "def build():\n    return M(), (torch.rand(3, 3),)\n")
+    out = tmp_path / "svd.onnx"
+    assert main(["export", "--module", f"{path}:build", "-o", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "could not export the module" in error and "svd" in error and "\n" not in error
+    assert not out.exists()
+
+
+def test_run_end_to_end(factory_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--module", f"{factory_file}:build", "--out", str(out), "--runs", "5",
+                 "--warmup", "1"]) == 0
+    names = sorted(path.name for path in out.iterdir())
+    assert names == ["latency.png", "model.O1.onnx", "model.onnx", "report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["passed"] and report["export"]["exporter"] == "dynamo"
+    assert report["passes"]["passes"][0]["name"] == "remove_unused"
+    assert len(report["bench"]["models"]) == 2
+    markdown = (out / "report.md").read_text()
+    for section in ("## Passes", "## Validation", "**PASS", "## Latency", "p50 vs first"):
+        assert section in markdown
+
+
+def test_run_digits_reports_accuracy(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert main(["run", "--zoo", "digits-cnn", "--out", str(out), "--runs", "3", "--warmup", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"]["exported"] > 0.9
+    assert report["accuracy"]["O1"] == report["accuracy"]["exported"]
+    assert (out / "model.test.npz").exists() and (out / "model.calibration.npz").exists()
