@@ -8,8 +8,10 @@ confirms byte equality before merging, and never merges graph inputs or outputs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import weakref
 from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -102,32 +104,62 @@ def _merge_identical(graph: ir.Graph, values: list[ir.Value]) -> bool:
     return modified
 
 
-def _byte_view(tensor: ir.TensorProtocol) -> np.ndarray:
+def _chunks(tensor: ir.TensorProtocol) -> Iterator[bytes | np.ndarray]:
+    """The tensor's bytes in bounded pieces; external data is read from its file, not mapped,
+    so comparing two multi-GB weights never holds more than one chunk of each."""
     if tensor.dtype == ir.DataType.STRING:
-        return np.frombuffer(b"\0".join(tensor.string_data()), dtype=np.uint8)
-    return tensor.numpy().reshape(-1).view(np.uint8)
+        yield b"\0".join(tensor.string_data())
+        return
+    if isinstance(tensor, ir.ExternalTensor):
+        with open(tensor.path, "rb") as stream:
+            stream.seek(tensor.offset or 0)
+            remaining = tensor.nbytes
+            while remaining > 0:
+                chunk = stream.read(min(_HASH_CHUNK_BYTES, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+        return
+    data = tensor.numpy().reshape(-1).view(np.uint8)
+    for start in range(0, len(data), _HASH_CHUNK_BYTES):
+        yield data[start:start + _HASH_CHUNK_BYTES]
 
 
 def _sample(tensor: ir.TensorProtocol) -> bytes:
     """The first and last bytes: enough to tell apart nearly all different weights unread."""
-    data = _byte_view(tensor)
-    if len(data) <= 2 * _SAMPLE_BYTES:
-        return data.tobytes()
+    if tensor.dtype == ir.DataType.STRING or tensor.nbytes <= 2 * _SAMPLE_BYTES:
+        whole = b"".join(bytes(chunk) for chunk in _chunks(tensor))
+        return whole[:_SAMPLE_BYTES] + whole[-_SAMPLE_BYTES:]
+    if isinstance(tensor, ir.ExternalTensor):
+        with open(tensor.path, "rb") as stream:
+            stream.seek(tensor.offset or 0)
+            head = stream.read(_SAMPLE_BYTES)
+            stream.seek((tensor.offset or 0) + tensor.nbytes - _SAMPLE_BYTES)
+            return head + stream.read(_SAMPLE_BYTES)
+    data = tensor.numpy().reshape(-1).view(np.uint8)
     return data[:_SAMPLE_BYTES].tobytes() + data[-_SAMPLE_BYTES:].tobytes()
 
 
 def _digest(tensor: ir.TensorProtocol) -> str:
-    data = _byte_view(tensor)
     hasher = hashlib.blake2b(digest_size=16)
-    for start in range(0, len(data), _HASH_CHUNK_BYTES):
-        hasher.update(data[start:start + _HASH_CHUNK_BYTES])
+    for chunk in _chunks(tensor):
+        hasher.update(chunk)
     return hasher.hexdigest()
 
 
 def _same_contents(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
     if a.dtype == ir.DataType.STRING:
         return list(a.string_data()) == list(b.string_data())
-    return np.array_equal(_byte_view(a), _byte_view(b))
+    left, right = b"", b""
+    for chunk_a, chunk_b in itertools.zip_longest(_chunks(a), _chunks(b), fillvalue=b""):
+        left += bytes(chunk_a)
+        right += bytes(chunk_b)
+        common = min(len(left), len(right))
+        if left[:common] != right[:common]:
+            return False
+        left, right = left[common:], right[common:]
+    return left == right
 
 
 @register("eliminate_common_subexpressions")
