@@ -167,7 +167,15 @@ class EliminateCommonSubexpressions(Pass):
     """Merge nodes that apply the same op with the same attributes to the same inputs."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # onnx-ir's pass may hand a graph output's name to an untyped intermediate value;
+        # an output must keep its declared type and shape.
+        declared = [(value.type, value.shape) for value in model.graph.outputs]
         merged = ir_passes.CommonSubexpressionEliminationPass(size_limit=1024)(model)
+        for value, (type_, shape) in zip(model.graph.outputs, declared):
+            if value.type is None:
+                value.type = type_
+            if value.shape is None:
+                value.shape = shape
         return ir.passes.PassResult(model, modified=merged.modified)
 
 

@@ -1,0 +1,51 @@
+"""Property: every pass alone and every preset keeps ONNX Runtime outputs on random valid graphs.
+
+The default run tries a modest number of graphs; `pytest --full` raises the budget. A graph
+that fails is shrunk by hypothesis and belongs in tests/test_fuzz_regressions.py.
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import graphopt
+from graphopt.passes import pass_names
+from graphopt.pipeline import PRESETS
+from tests.corpus import same_outputs
+from tests.fuzz_graphs import onnx_graphs
+from tests.helpers import random_feeds, run
+
+_PASSES = [name for name in pass_names() if not name.startswith("test_")]
+_PRESETS = [name for name in PRESETS if name != "O0"]
+
+
+def _budget(request) -> int:
+    return 300 if request.config.getoption("--full") else 25
+
+
+def check_graph(model: onnx.ModelProto, dynamic: bool) -> None:
+    onnx.checker.check_model(model)
+    feed_sets = [random_feeds(model, seed=0, dim=2)]
+    if dynamic:
+        feed_sets.append(random_feeds(model, seed=1, dim=3))
+    expected = [run(model, feeds) for feeds in feed_sets]
+    for options in [{"passes": [name]} for name in _PASSES] + [{"preset": name} for name in _PRESETS]:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        optimized = graphopt.optimize(copy, **options).model
+        for feeds, want in zip(feed_sets, expected):
+            got = run(optimized, feeds)
+            assert same_outputs(want, got, rtol=1e-4, atol=1e-5), (
+                f"{options} changed the outputs of\n{onnx.printer.to_text(model)}")
+
+
+def test_random_graphs_keep_their_outputs(request):
+    @settings(max_examples=_budget(request), deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(onnx_graphs())
+    def property_holds(case):
+        check_graph(*case)
+
+    property_holds()
