@@ -228,18 +228,14 @@ def optimize(model: Path, output: Path, preset: str | None, target: str, passes:
         if result.validation is not None:
             _print_validation(result.validation)
     if result.validation is not None and not result.validation.passed:
-        err.print(f"graphopt: validation failed; the model was written because of --force",
-                  markup=False)
+        err.print("graphopt: validation failed; the model was written because of --force", markup=False)
         raise click.exceptions.Exit(1)
     if quiet:
         return
-    info = model_io.inspect(result.model)
     size = sum(path.stat().st_size for path in result.written)
-    out.print(
-        f"nodes {result.report.nodes_before} → {info.nodes}, parameters {_human_bytes(info.parameter_bytes)}, "
-        f"{result.report.seconds * 1000:.0f} ms; wrote {output} ({_human_bytes(size)})",
-        markup=False,
-    )
+    out.print(f"nodes {result.report.nodes_before} → {result.report.nodes_after}, parameters "
+              f"{_human_bytes(model_io.parameter_bytes(result.model))}, "
+              f"{result.report.seconds * 1000:.0f} ms; wrote {output} ({_human_bytes(size)})", markup=False)
 
 
 @app.command()

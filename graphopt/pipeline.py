@@ -89,14 +89,8 @@ class PipelineReport:
     converged: bool
     seconds: float
     target: str
-
-    @property
-    def nodes_before(self) -> int:
-        return self.passes[0].nodes_before if self.passes else 0
-
-    @property
-    def nodes_after(self) -> int:
-        return self.passes[-1].nodes_after if self.passes else 0
+    nodes_before: int
+    nodes_after: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +98,8 @@ class PipelineReport:
             "iterations": self.iterations,
             "converged": self.converged,
             "seconds": self.seconds,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
             "passes": [report.to_dict() for report in self.passes],
         }
 
@@ -192,7 +188,7 @@ class PassManager:
         generation = 0
         idle_at: dict[int, int] = {}
         iteration = 0
-        stats = _stats(model)
+        stats = initial = _stats(model)
         checker = checks.IncrementalChecker(model) if self.check else None
         for iteration in range(1, self.max_iterations + 1):
             changed = False
@@ -213,7 +209,8 @@ class PassManager:
                 break
         if checker is not None and generation:
             self._check(checker.finish, model, "the pipeline")
-        return PipelineReport(reports, iteration, converged, time.perf_counter() - start, self.target)
+        return PipelineReport(reports, iteration, converged, time.perf_counter() - start, self.target,
+                              initial.nodes, stats.nodes)
 
     def _run_one(self, pass_: Pass, model: ir.Model, iteration: int, before: _Stats,
                  checker: checks.IncrementalChecker | None) -> tuple[PassReport, _Stats]:

@@ -1,21 +1,76 @@
-"""Semantic preservation over ONNX's node test cases: every preset keeps every output."""
+"""Semantic preservation: every preset and target over ONNX's node test cases and the zoo.
+
+Counts by outcome are printed (run with -s to see them). The default run covers the node
+corpus and the small zoo models; `--full` adds the large transformer and CNN exports.
+"""
 
 from __future__ import annotations
 
 import pytest
 
+import graphopt
+from graphopt.passes import TARGETS, pass_class
 from graphopt.pipeline import PRESETS
 from tests.corpus import node_cases, run_corpus
 
-# Presets with the same pass list run once (O2 and O3 equal O1 until fusion lands).
-_DISTINCT_PRESETS = list({PRESETS[name]: name for name in reversed(PRESETS)}.values())
+FAST_ZOO = ["mlp", "cnn", "lstm", "digits-cnn"]
+FULL_ZOO = ["minilm", "resnet18", "mobilenetv2", "convnext-tiny", "bert-base", "gpt2", "vit-base", "resnet50"]
 
 
-@pytest.mark.parametrize("preset", _DISTINCT_PRESETS)
-def test_node_corpus_outputs_unchanged(preset):
+def _effective(preset: str, target: str) -> tuple[str, ...]:
+    return tuple(name for name in PRESETS[preset] if target in pass_class(name).targets)
+
+
+# (preset, target) pairs whose effective pass lists differ; identical pipelines run once.
+_DISTINCT: dict[tuple[str, ...], tuple[str, str]] = {}
+for _preset in PRESETS:
+    for _target in TARGETS:
+        _DISTINCT.setdefault(_effective(_preset, _target), (_preset, _target))
+_COMBINATIONS = list(_DISTINCT.values())
+
+
+@pytest.mark.parametrize("preset, target", _COMBINATIONS)
+def test_node_corpus_outputs_unchanged(preset, target):
     cases = node_cases()
     assert len(cases) > 1400, "ONNX's node corpus shrank: check the onnx version"
-    result = run_corpus(cases, preset=preset)
-    print(f"\n{preset}: {len(cases)} of {result.total_cases} cases run in ONNX Runtime; "
+    result = run_corpus(cases, preset=preset, target=target)
+    print(f"\n{preset}/{target}: {len(cases)} of {result.total_cases} cases run in ONNX Runtime; "
           f"{dict(result.counts)}")
     assert not result.failures, "\n".join(result.failures[:20])
+
+
+@pytest.fixture(scope="session")
+def zoo_exports(tmp_path_factory):
+    from graphopt.export import export_zoo
+
+    folder = tmp_path_factory.mktemp("zoo")
+    cache: dict[str, object] = {}
+
+    def exported(name: str):
+        if name not in cache:
+            cache[name] = export_zoo(name, folder / f"{name}.onnx").path
+        return cache[name]
+
+    return exported
+
+
+def _zoo_parameters(full: bool):
+    names = FAST_ZOO + (FULL_ZOO if full else [])
+    return [(name, preset, target) for name in names for preset, target in _COMBINATIONS]
+
+
+def pytest_generate_tests(metafunc):
+    if "zoo_case" in metafunc.fixturenames:
+        full = metafunc.config.getoption("--full")
+        metafunc.parametrize("zoo_case", _zoo_parameters(full), ids=lambda case: "-".join(case))
+
+
+def test_zoo_models_validate_at_two_shapes(zoo_case, zoo_exports, tmp_path):
+    name, preset, target = zoo_case
+    source = zoo_exports(name)
+    out = tmp_path / f"{name}.{preset}.onnx"
+    result = graphopt.optimize(source, out, preset=preset, target=target, validate=True)
+    assert result.validation.passed, result.validation.summary()
+    assert len(result.validation.input_sets) == 2  # every zoo model has a dynamic axis
+    print(f"\n{name} {preset}/{target}: {result.report.nodes_before} -> {result.report.nodes_after} nodes; "
+          f"{result.validation.summary()}")
