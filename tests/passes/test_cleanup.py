@@ -131,3 +131,16 @@ def test_topological_sort_orders_an_unsorted_graph():
     assert op_types(ir_model) == ["Relu", "Neg"]
     feeds = {"x": np.array([-1, 0, 2], np.float32)}
     np.testing.assert_array_equal(run(to_proto(ir_model), feeds)[0], run(model, feeds)[0])
+
+
+def test_cse_keeps_the_graph_outputs_declared_type():
+    """Found by the fuzzer: onnx-ir's CSE renamed an untyped duplicate into the graph output."""
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            s = Sigmoid(x)
+            y = Sigmoid(x)
+            unused = Add(s, y) }""")
+    result = optimize_and_compare(model, passes="eliminate_common_subexpressions,remove_unused")
+    output = result.model.graph.outputs[0]
+    assert output.name == "y" and output.dtype is not None and output.shape is not None
+    onnx.checker.check_model(to_proto(result.model), full_check=True)
