@@ -12,7 +12,6 @@ from graphopt.export.torch_export import (
     EXPORTERS,
     ExportFailed,
     ExportResult,
-    ParityCheck,
     check_parity,
     from_torch,
 )
@@ -24,7 +23,6 @@ __all__ = [
     "ZOO",
     "ExportFailed",
     "ExportResult",
-    "ParityCheck",
     "ZooEntry",
     "ZooModel",
     "check_parity",

@@ -28,8 +28,9 @@ import onnx_ir as ir
 
 from graphopt import model as model_io
 from graphopt.errors import GraphoptError, InputError, ValidationFailed
-from graphopt.runtime.compare import OutputComparison, Tolerance, compare
+from graphopt.runtime.compare import Tolerance, compare
 from graphopt.runtime.providers import create_session
+from graphopt.runtime.validate import InputSetResult
 
 EXPORTERS = ("dynamo", "torchscript")
 PARITY_TOLERANCE = Tolerance("export", rtol=1e-3, atol=1e-4)
@@ -43,24 +44,6 @@ class ExportFailed(GraphoptError):
 
 
 @dataclasses.dataclass
-class ParityCheck:
-    shapes: dict[str, list[int]]
-    outputs: list[OutputComparison]
-
-    @property
-    def max_abs_error(self) -> float:
-        return max((output.max_abs_error for output in self.outputs), default=0.0)
-
-    @property
-    def passed(self) -> bool:
-        return all(output.passed for output in self.outputs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"shapes": self.shapes, "passed": self.passed, "max_abs_error": self.max_abs_error,
-                "outputs": [output.to_dict() for output in self.outputs]}
-
-
-@dataclasses.dataclass
 class ExportResult:
     model: ir.Model
     path: Path | None
@@ -68,7 +51,7 @@ class ExportResult:
     opset: int
     input_names: list[str]
     output_names: list[str]
-    parity: list[ParityCheck]
+    parity: list[InputSetResult]
     notes: list[str]
 
     @property
@@ -214,7 +197,7 @@ def _parity_inputs(args: tuple, input_names: list[str], dynamic_axes) -> list[tu
 
 
 def check_parity(module, model: ir.Model, args_sets: Sequence[tuple], input_names: list[str],
-                 tolerance: Tolerance = PARITY_TOLERANCE) -> list[ParityCheck]:
+                 tolerance: Tolerance = PARITY_TOLERANCE) -> list[InputSetResult]:
     """Run torch and ONNX Runtime on each input set and compare every output."""
     import torch
 
@@ -232,7 +215,7 @@ def check_parity(module, model: ir.Model, args_sets: Sequence[tuple], input_name
             raise ValidationFailed(f"the ONNX model has {len(actual)} outputs, torch returned {len(expected)}")
         comparisons = [compare(name, want, np.asarray(got), tolerance)
                        for name, want, got in zip(output_names, expected, actual)]
-        checks.append(ParityCheck({name: list(array.shape) for name, array in feeds.items()}, comparisons))
+        checks.append(InputSetResult({name: list(array.shape) for name, array in feeds.items()}, comparisons))
     return checks
 
 

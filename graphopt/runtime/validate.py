@@ -39,8 +39,12 @@ class InputSetResult:
     def passed(self) -> bool:
         return all(output.passed for output in self.outputs)
 
+    @property
+    def max_abs_error(self) -> float:
+        return max((output.max_abs_error for output in self.outputs), default=0.0)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"shapes": self.shapes, "passed": self.passed,
+        return {"shapes": self.shapes, "passed": self.passed, "max_abs_error": self.max_abs_error,
                 "outputs": [output.to_dict() for output in self.outputs]}
 
 
