@@ -14,7 +14,7 @@ from graphopt.api import (
     optimize,
     validate,
 )
-from graphopt.errors import GraphoptError, InputError, ValidationFailed
+from graphopt.errors import ExportFailed, GraphoptError, InputError, PassError, ValidationFailed
 from graphopt.model import ModelInfo, convert_opset, inspect, load, save
 from graphopt.passes import Pass, create_pass, register
 from graphopt.pipeline import PRESETS, PassManager, PassReport, PipelineReport
@@ -26,12 +26,14 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "BenchResult",
+    "ExportFailed",
     "GraphoptError",
     "InputError",
     "ModelInfo",
     "OptimizeResult",
     "Pass",
     "PassInfo",
+    "PassError",
     "PassManager",
     "PassReport",
     "PipelineReport",

@@ -1,7 +1,7 @@
 """The errors graphopt raises on purpose, each carrying the exit code the CLI returns.
 
-`InputError` (exit 2) is anything wrong with what the user gave us; `ValidationFailed`
-(exit 1) is a model that graphopt refuses to hand back because it does not hold up.
+`InputError` (exit 2) is anything wrong with what the user gave us; `ValidationFailed` and
+`PassError` (exit 1) mean graphopt refuses to hand back a model because it does not hold up.
 """
 
 from __future__ import annotations
@@ -27,3 +27,15 @@ class ValidationFailed(GraphoptError):
     def __init__(self, message: str, result=None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class PassError(GraphoptError):
+    """A pass raised or left the model broken; nothing is written."""
+
+    exit_code = 1
+
+
+class ExportFailed(GraphoptError):
+    """No exporter could turn the module into ONNX (an unsupported op, a failing trace)."""
+
+    exit_code = 2

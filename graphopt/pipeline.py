@@ -19,7 +19,7 @@ import onnx_ir as ir
 import yaml
 
 from graphopt import checks
-from graphopt.errors import GraphoptError, InputError
+from graphopt.errors import GraphoptError, InputError, PassError
 from graphopt.memory import gc_paused
 from graphopt.passes import TARGETS, Pass, create_pass
 
@@ -55,12 +55,6 @@ PRESET_SUMMARIES = {
     "O3": "everything safe for the target (same as O2 in this release)",
 }
 DEFAULT_MAX_ITERATIONS = 4
-
-
-class PassError(GraphoptError):
-    """A pass raised or left the model broken; nothing is written."""
-
-    exit_code = 1
 
 
 @dataclasses.dataclass

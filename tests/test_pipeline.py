@@ -8,9 +8,9 @@ import onnx_ir as ir
 import pytest
 
 import graphopt
-from graphopt.errors import InputError
+from graphopt.errors import InputError, PassError
 from graphopt.passes import Pass, create_pass, pass_names, register
-from graphopt.pipeline import PRESETS, PassError, PassManager, recipe_spec
+from graphopt.pipeline import PRESETS, PassManager, recipe_spec
 from tests.helpers import op_types, optimize_and_compare, parse
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'

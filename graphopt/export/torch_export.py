@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import model as model_io
-from graphopt.errors import GraphoptError, InputError, ValidationFailed
+from graphopt.errors import ExportFailed, GraphoptError, InputError, ValidationFailed
 from graphopt.runtime.compare import Tolerance, compare
 from graphopt.runtime.providers import create_session
 from graphopt.runtime.validate import InputSetResult
@@ -35,12 +35,6 @@ from graphopt.runtime.validate import InputSetResult
 EXPORTERS = ("dynamo", "torchscript")
 PARITY_TOLERANCE = Tolerance("export", rtol=1e-3, atol=1e-4)
 TORCHSCRIPT_OPSET = 17
-
-
-class ExportFailed(GraphoptError):
-    """Neither exporter could turn the module into ONNX."""
-
-    exit_code = 2
 
 
 @dataclasses.dataclass
