@@ -86,6 +86,8 @@ def optimize(
         spec.fixed_point = fixed_point
     if max_iterations is not None:
         spec.max_iterations = max_iterations
+    manager = PassManager(spec.build(), target=target, fixed_point=spec.fixed_point,
+                          max_iterations=spec.max_iterations, check=check, observer=observer)
     if isinstance(model, onnx.ModelProto):
         source = model
         model = model_io.from_proto(model)
@@ -100,11 +102,10 @@ def optimize(
         validator = Validator(_reference_snapshot(source), feeds=inputs, shapes=shapes,
                               ranges=input_ranges, tol=tolerance,
                               config=(runtime or RuntimeOptions()).session_config())
+    if validate_each:
+        manager.after_change = _each_pass_check(validator)
     if opset is not None:
         model = model_io.convert_opset(model, opset)
-    manager = PassManager(spec.build(), target=target, fixed_point=spec.fixed_point,
-                          max_iterations=spec.max_iterations, check=check, observer=observer,
-                          after_change=_each_pass_check(validator) if validate_each else None)
     report = manager.run(model)
     validation = None
     if validator is not None:
@@ -116,7 +117,7 @@ def optimize(
     return OptimizeResult(model, report, written, validation)
 
 
-def _each_pass_check(validator: Validator | None):
+def _each_pass_check(validator: Validator):
     def check(pass_: Pass, model: ir.Model) -> None:
         result = validator.validate(model)
         if not result.passed:

@@ -21,7 +21,7 @@ from graphopt import model as model_io
 from graphopt.errors import GraphoptError, ValidationFailed
 from graphopt.pipeline import PRESET_SUMMARIES, PipelineReport
 from graphopt.runtime import bench as bench_module
-from graphopt.runtime.compare import TOLERANCES
+from graphopt.runtime.compare import TOLERANCES, tolerance as make_tolerance
 from graphopt.runtime.inputs import parse_ranges, parse_shapes
 from graphopt.runtime.providers import EP_CHOICES, OPT_LEVELS, parse_provider_options
 from graphopt.runtime.validate import ValidationResult
@@ -49,10 +49,12 @@ def app() -> None:
 def _human_bytes(count: int | None) -> str:
     if count is None:
         return "-"
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    if abs(count) < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KB", "MB"):
+        if abs(value) < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GB"
 
@@ -294,8 +296,6 @@ def validate(reference: Path, candidate: Path, tolerance: str, rtol, atol, max_m
              no_locate: bool, as_json: bool, inputs_file, shape, input_range, ep, device_id, threads,
              opt_level, provider_option) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output (exit 1 if they differ)."""
-    from graphopt.runtime.compare import tolerance as make_tolerance
-
     tol = make_tolerance(tolerance, rtol=rtol, atol=atol, max_mismatch=max_mismatch, min_cosine=min_cosine)
     result = api.validate(reference, candidate, inputs=inputs_file, shapes=parse_shapes(shape),
                           input_ranges=parse_ranges(input_range), tolerance=tol,

@@ -164,7 +164,7 @@ class PassManager:
         self.max_iterations = max_iterations if fixed_point else 1
         self.check = check
         self._observer = observer
-        self._after_change = after_change
+        self.after_change = after_change
 
     def run(self, model: ir.Model) -> PipelineReport:
         """Run the passes; in fixed-point mode, until a whole round changes nothing.
@@ -227,8 +227,8 @@ class PassManager:
         seconds = time.perf_counter() - start
         if modified and checker is not None:
             self._check(checker.check, model, f"pass {pass_.name}")
-        if modified and self._after_change is not None:
-            self._after_change(pass_, model)
+        if modified and self.after_change is not None:
+            self.after_change(pass_, model)
         after = _stats(model) if modified else before
         report = PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
                             after.initializers, before.parameter_bytes, after.parameter_bytes,
