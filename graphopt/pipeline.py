@@ -30,7 +30,6 @@ else:  # pragma: no cover
 
 _CLEANUP = (
     "remove_unused",
-    "fold_shapes",
     "fold_constants",
     "eliminate_noops",
     "collapse_shape_ops",

@@ -1,8 +1,9 @@
 """Constant folding under a size budget, and folding of shape computations once shapes are known.
 
-Both wrap onnxscript's FoldConstantsPass. What we add: a model-wide growth budget (the sum
-of folded outputs minus the constants they free), a per-output size cap, failures of the
-evaluator recorded as skips instead of raised, and shape folding restricted to integer math.
+Both wrap onnxscript's FoldConstantsPass after filling in missing shapes (graphopt.shapes).
+What we add: a model-wide growth budget (the sum of folded outputs minus the constants they
+free), a per-output size cap, failures of the evaluator recorded as skips instead of raised,
+and a shape-only variant (fold_shapes) that folds nothing but integer math.
 """
 
 from __future__ import annotations
@@ -113,18 +114,28 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
         return tensor
 
 
+def _infer(owner: Pass, model: ir.Model) -> bool:
+    try:
+        return shapes.infer_shapes(model, only_if_missing=True)
+    except shapes.InferenceFailed as error:
+        owner.skip(f"shape inference failed: {error}")
+        return False
+
+
 @register("fold_constants")
 class FoldConstants(Pass):
-    """Evaluate nodes whose inputs are all constant, within a model-size growth budget."""
+    """Evaluate nodes whose inputs are all constant (static shapes too), within a growth budget."""
 
     def __init__(self, max_input_bytes: int = _MIB, max_output_bytes: int = _MIB,
-                 max_growth_bytes: int = 4 * _MIB) -> None:
+                 max_growth_bytes: int = 4 * _MIB, infer_shapes: bool = True) -> None:
         super().__init__()
         self.max_input_bytes = max_input_bytes
         self.max_output_bytes = max_output_bytes
         self.max_growth_bytes = max_growth_bytes
+        self.infer_shapes = infer_shapes
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        inferred = _infer(self, model) if self.infer_shapes else False
         folder = _BudgetedFolder(
             self,
             max_input_bytes=self.max_input_bytes,
@@ -132,7 +143,7 @@ class FoldConstants(Pass):
             max_growth_bytes=self.max_growth_bytes,
             shape_inference=False,
         )
-        return ir.passes.PassResult(model, modified=folder.run(model))
+        return ir.passes.PassResult(model, modified=folder.run(model) or inferred)
 
 
 def _is_shape_computation(node: ir.Node) -> bool | None:
@@ -148,11 +159,7 @@ class FoldShapes(Pass):
     """Infer shapes, then replace Shape/Size of static tensors and the integer math on them."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        try:
-            inferred = shapes.infer_shapes(model, only_if_missing=True)
-        except shapes.InferenceFailed as error:
-            self.skip(f"shape inference failed: {error}")
-            inferred = False
+        inferred = _infer(self, model)
         folder = _BudgetedFolder(
             self,
             max_input_bytes=64 * 1024,
