@@ -45,11 +45,6 @@ class OptimizeResult:
     validation: ValidationResult | None = None
 
 
-def _reference_snapshot(model):
-    """What to validate against: the file, the proto, or a clone taken before passes run."""
-    return model.clone() if isinstance(model, ir.Model) else model
-
-
 def optimize(
     model: ir.Model | onnx.ModelProto | str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -99,9 +94,13 @@ def optimize(
         model = model_io.load(model)
     validator = None
     if validate or validate_each:
-        validator = Validator(_reference_snapshot(source), feeds=inputs, shapes=shapes,
-                              ranges=input_ranges, tol=tolerance,
-                              config=(runtime or RuntimeOptions()).session_config())
+        # The reference: the file or proto as given (ORT loads it as is), described by a clone
+        # of the loaded model taken before the passes run (cheap: tensors are shared).
+        snapshot = model.clone()
+        validator = Validator(snapshot if isinstance(source, ir.Model) else source, feeds=inputs,
+                              shapes=shapes, ranges=input_ranges, tol=tolerance,
+                              config=(runtime or RuntimeOptions()).session_config(),
+                              reference_ir=snapshot)
     if validate_each:
         manager.after_change = _each_pass_check(validator)
     if opset is not None:

@@ -33,7 +33,7 @@ class IncrementalChecker:
     """
 
     def __init__(self, model: ir.Model) -> None:
-        self._validated: weakref.WeakSet[ir.Node] = weakref.WeakSet(_all_nodes(model.graph))
+        self._validated: weakref.WeakSet[ir.Node] = weakref.WeakSet(all_nodes(model.graph))
 
     def check(self, model: ir.Model) -> None:
         _check_graph_order(model.graph, outer=frozenset())
@@ -41,7 +41,7 @@ class IncrementalChecker:
         context.ir_version = model.ir_version
         context.opset_imports = dict(model.opset_imports)
         needs_full_check = False
-        for node in _all_nodes(model.graph):
+        for node in all_nodes(model.graph):
             if node in self._validated:
                 continue
             if any(True for _ in _subgraphs(node)):
@@ -59,14 +59,15 @@ class IncrementalChecker:
 
     def finish(self, model: ir.Model) -> None:
         check_model(model)
-        self._validated = weakref.WeakSet(_all_nodes(model.graph))
+        self._validated = weakref.WeakSet(all_nodes(model.graph))
 
 
-def _all_nodes(graph: ir.Graph) -> Iterator[ir.Node]:
+def all_nodes(graph: ir.Graph) -> Iterator[ir.Node]:
+    """Every node of the graph and, recursively, of the subgraphs its nodes carry."""
     for node in graph:
         yield node
         for subgraph in _subgraphs(node):
-            yield from _all_nodes(subgraph)
+            yield from all_nodes(subgraph)
 
 
 def check_structure_proto(proto: onnx.ModelProto) -> None:

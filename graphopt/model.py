@@ -207,6 +207,14 @@ class ModelInfo:
         return dataclasses.asdict(self)
 
 
+def file_bytes(model: ir.Model) -> int | None:
+    """Size on disk of the file a model was loaded from plus its external data files."""
+    source = model.meta.get(SOURCE_KEY)
+    if source is None:
+        return None
+    return os.path.getsize(source) + sum(os.path.getsize(path) for path in _external_sources(model))
+
+
 def _tensor_info(value: ir.Value) -> TensorInfo:
     shape = None
     if value.shape is not None:
@@ -243,12 +251,9 @@ def inspect(model: ir.Model | str | os.PathLike) -> ModelInfo:
             initializers += 1
             parameters += size
             total_bytes += nbytes
-    file_bytes = None
-    if source is not None:
-        file_bytes = os.path.getsize(source) + sum(os.path.getsize(p) for p in _external_sources(model))
     return ModelInfo(
         path=source,
-        file_bytes=file_bytes,
+        file_bytes=file_bytes(model),
         ir_version=model.ir_version,
         producer=" ".join(filter(None, [model.producer_name, model.producer_version])),
         opsets=dict(sorted(model.opset_imports.items())),

@@ -107,18 +107,6 @@ class _Stats:
     parameter_bytes: int
 
 
-def _count_nodes(graph: ir.Graph) -> int:
-    count = 0
-    for node in graph:
-        count += 1
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                count += _count_nodes(attr.value)
-            elif attr.type == ir.AttributeType.GRAPHS:
-                count += sum(_count_nodes(subgraph) for subgraph in attr.value)
-    return count
-
-
 def _stats(model: ir.Model) -> _Stats:
     initializers = 0
     parameter_bytes = 0
@@ -127,7 +115,7 @@ def _stats(model: ir.Model) -> _Stats:
             initializers += 1
             if value.const_value is not None:
                 parameter_bytes += value.const_value.nbytes
-    return _Stats(_count_nodes(model.graph), initializers, parameter_bytes)
+    return _Stats(sum(1 for _ in checks.all_nodes(model.graph)), initializers, parameter_bytes)
 
 
 def model_opset(model: ir.Model) -> int:

@@ -151,15 +151,9 @@ def _digest(tensor: ir.TensorProtocol) -> str:
 def _same_contents(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
     if a.dtype == ir.DataType.STRING:
         return list(a.string_data()) == list(b.string_data())
-    left, right = b"", b""
-    for chunk_a, chunk_b in itertools.zip_longest(_chunks(a), _chunks(b), fillvalue=b""):
-        left += bytes(chunk_a)
-        right += bytes(chunk_b)
-        common = min(len(left), len(right))
-        if left[:common] != right[:common]:
-            return False
-        left, right = left[common:], right[common:]
-    return left == right
+    # Same dtype and shape, so both sides yield the same _HASH_CHUNK_BYTES-sized pieces.
+    return all(bytes(chunk_a) == bytes(chunk_b)
+               for chunk_a, chunk_b in itertools.zip_longest(_chunks(a), _chunks(b), fillvalue=b""))
 
 
 @register("eliminate_common_subexpressions")

@@ -177,23 +177,25 @@ def bench(models: Sequence[str | os.PathLike], *, config: SessionConfig = Sessio
         raise InputError("--warmup must be >= 0, --runs >= 1 and --seconds > 0")
     if seconds is not None:
         runs = None
-    first = model_io.load(models[0])
-    if isinstance(inputs, (str, os.PathLike)):
-        feeds = input_io.load_npz(inputs, first)
-    elif inputs is not None:
-        feeds = dict(inputs)
-    else:
-        feeds = input_io.synthesize(first, shapes or {}, ranges or {}, seed=seed)
-    del first
     runners, entries = [], []
+    feeds = None
     for path in models:
+        loaded = model_io.load(path)
+        if feeds is None:
+            if isinstance(inputs, (str, os.PathLike)):
+                feeds = input_io.load_npz(inputs, loaded)
+            elif inputs is not None:
+                feeds = dict(inputs)
+            else:
+                feeds = input_io.synthesize(loaded, shapes or {}, ranges or {}, seed=seed)
+        size = model_io.file_bytes(loaded)
+        del loaded
         session = create_session(path, config)
         model_inputs = {value.name for value in session.inner.get_inputs()}
         if model_inputs != set(feeds):
             raise InputError(f"{path}: inputs {sorted(model_inputs)} differ from the first model's "
                              f"{sorted(feeds)}; interleaved models must share a signature")
         runners.append(_Runner(session, feeds, config.device_id))
-        size = _file_bytes(path)
         entries.append(ModelBench(str(path), size, session.created_seconds, [],
                                   _batch_size(feeds), current_rss_bytes()))
     for runner in runners:
@@ -217,13 +219,6 @@ def _batch_size(feeds: dict[str, np.ndarray]) -> int:
         if array.ndim:
             return int(array.shape[0])
     return 1
-
-
-def _file_bytes(path: str | os.PathLike) -> int | None:
-    try:
-        return model_io.inspect(path).file_bytes
-    except Exception:  # noqa: BLE001 - size is informative only
-        return Path(path).stat().st_size if Path(path).exists() else None
 
 
 def plot(result: BenchResult, path: str | os.PathLike) -> None:

@@ -125,9 +125,10 @@ class Validator:
                  shapes: dict[str, tuple[int, ...]] | None = None,
                  ranges: dict[str, tuple[float, float]] | None = None,
                  tol: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(),
-                 seed: int = 0) -> None:
+                 seed: int = 0, reference_ir: ir.Model | None = None) -> None:
+        """reference_ir: the reference already loaded (it is kept unchanged), to avoid a reload."""
         self.reference = reference
-        self.reference_ir = _as_ir(reference)
+        self.reference_ir = reference_ir if reference_ir is not None else _as_ir(reference)
         self.tolerance = tol if isinstance(tol, Tolerance) else tolerance(tol)
         self.config = config
         self.input_sets = self._input_sets(feeds, shapes or {}, ranges or {}, seed)
