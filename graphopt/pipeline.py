@@ -21,7 +21,8 @@ import yaml
 from graphopt import checks
 from graphopt.errors import GraphoptError, InputError, PassError
 from graphopt.memory import gc_paused
-from graphopt.passes import TARGETS, Pass, create_pass
+from graphopt.passes import TARGETS, Pass, create_pass, pass_class, pass_options
+from graphopt.passes.registry import option_from_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,6 +70,7 @@ class PassReport:
     seconds: float
     modified: bool
     skipped: list[str] = dataclasses.field(default_factory=list)
+    changes: list[str] = dataclasses.field(default_factory=list)
     ran: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +205,7 @@ class PassManager:
                                 0.0, False, [reason], ran=False)
             return report, before
         pass_.skipped.clear()
+        pass_.changes.clear()
         start = time.perf_counter()
         try:
             modified = pass_(model).modified
@@ -219,7 +222,7 @@ class PassManager:
         after = _stats(model) if modified else before
         report = PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
                             after.initializers, before.parameter_bytes, after.parameter_bytes,
-                            seconds, modified, list(pass_.skipped))
+                            seconds, modified, list(pass_.skipped), list(pass_.changes))
         return report, after
 
     @staticmethod
@@ -257,14 +260,33 @@ def preset_spec(preset: str) -> PipelineSpec:
     return PipelineSpec([(name, {}) for name in PRESETS[preset]])
 
 
-def passes_spec(names: str | Sequence[str]) -> PipelineSpec:
-    """A spec from `a,b,c` or a list of names; each pass runs once, in the order given."""
-    if isinstance(names, str):
-        names = [name.strip() for name in names.split(",")]
-    names = [name for name in names if name]
-    if not names:
+def passes_spec(entries: str | Sequence[str]) -> PipelineSpec:
+    """A spec from `a,b:key=value,c` or a list of such entries; each pass runs once, in order."""
+    if isinstance(entries, str):
+        entries = entries.split(",")
+    entries = [entry.strip() for entry in entries if entry.strip()]
+    if not entries:
         raise InputError("--passes is empty")
-    return PipelineSpec([(name, {}) for name in names], fixed_point=False)
+    return PipelineSpec([_pass_entry(entry) for entry in entries], fixed_point=False)
+
+
+def _pass_entry(entry: str) -> tuple[str, dict[str, Any]]:
+    """`name` or `name:key=value:key2=value2`, the values converted to the options' types."""
+    name, *settings = (part.strip() for part in entry.split(":"))
+    if not settings:
+        return name, {}
+    known = {option.name: option for option in pass_options(pass_class(name))}
+    options: dict[str, Any] = {}
+    for setting in settings:
+        key, equals, text = (part.strip() for part in setting.partition("="))
+        if not equals or not key:
+            raise InputError(f"pass {name!r}: {setting!r} in {entry!r} is not key=value")
+        if key in options:
+            raise InputError(f"pass {name!r}: option {key!r} is given twice in {entry!r}")
+        option = known.get(key)
+        # an unknown key stays text: create_pass rejects it, listing the pass's options
+        options[key] = text if option is None else option_from_text(name, option, text)
+    return name, options
 
 
 _RECIPE_KEYS = {"passes", "fixed_point", "max_iterations"}

@@ -20,8 +20,8 @@ class InferenceFailed(Exception):
     """ONNX shape inference gave up on the model; the message is its first line."""
 
 
-def infer_shapes(model: ir.Model, *, only_if_missing: bool = False) -> bool:
-    """Fill in dtypes and dims of node outputs; return whether anything was learned.
+def infer_shapes(model: ir.Model, *, only_if_missing: bool = False) -> int:
+    """Fill in dtypes and dims of node outputs; return how many values learned something.
 
     only_if_missing skips the work when every node output already has a dtype and a shape:
     inference could then at most turn a symbolic dim into a number, which exported models
@@ -30,7 +30,7 @@ def infer_shapes(model: ir.Model, *, only_if_missing: bool = False) -> bool:
     if only_if_missing and all(value.dtype is not None and value.shape is not None
                                for node in ir.traversal.RecursiveGraphIterator(model.graph)
                                for value in node.outputs):
-        return False
+        return 0
     proto = checks.structure_proto(model, keep_elements=_SHAPE_TENSOR_ELEMENTS)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
@@ -38,13 +38,13 @@ def infer_shapes(model: ir.Model, *, only_if_missing: bool = False) -> bool:
         raise InferenceFailed(checks.first_line(str(error))) from None
     found: dict[str, onnx.TypeProto] = {}
     _collect_value_types(inferred.graph, found)
-    modified = False
+    learned = 0
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for value in node.outputs:
             type_proto = found.get(value.name)
             if type_proto is not None:
-                modified |= _adopt(value, type_proto)
-    return modified
+                learned += _adopt(value, type_proto)
+    return learned
 
 
 def _collect_value_types(graph: onnx.GraphProto, found: dict[str, onnx.TypeProto]) -> None:

@@ -10,7 +10,8 @@ import pytest
 import graphopt
 from graphopt.errors import InputError, PassError
 from graphopt.passes import Pass, create_pass, pass_names, register
-from graphopt.pipeline import PRESETS, PassManager, recipe_spec
+from graphopt.passes.registry import unregister
+from graphopt.pipeline import PRESETS, PassManager, passes_spec, recipe_spec
 from tests.helpers import op_types, optimize_and_compare, parse
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -61,6 +62,64 @@ def test_pass_list_runs_in_order_once():
 def test_unknown_pass_name_suggests_the_closest():
     with pytest.raises(InputError, match="did you mean 'remove_unused'"):
         graphopt.optimize(parse(MODEL), passes="remove_unsued")
+
+
+@pytest.fixture
+def options_pass():
+    """A registered pass with one option of each type text can give; forgotten afterwards."""
+
+    @register("test_options")
+    class _Options(Pass):
+        """Test pass: records its options."""
+
+        def __init__(self, count: int = 1, scale: float = 1.0, enabled: bool = True,
+                     label: str = "") -> None:
+            super().__init__()
+            self.settings = (count, scale, enabled, label)
+
+        def call(self, model):
+            return ir.passes.PassResult(model, modified=False)
+
+    yield
+    unregister("test_options")
+
+
+def test_pass_list_options_are_converted_to_their_types(options_pass):
+    spec = passes_spec("fold_constants:max_output_bytes=2048:infer_shapes=false, remove_unused")
+    assert spec.passes == [("fold_constants", {"max_output_bytes": 2048, "infer_shapes": False}),
+                           ("remove_unused", {})]
+    spec = passes_spec(["test_options:count=3:scale=0.5:enabled=no:label=a b", "remove_unused"])
+    assert spec.build()[0].settings == (3, 0.5, False, "a b")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("TRUE", True), ("yes", True), ("1", True),
+    ("false", False), ("No", False), ("0", False),
+])
+def test_pass_list_bool_options(options_pass, text, value):
+    assert passes_spec(f"test_options:enabled={text}").passes == [("test_options", {"enabled": value})]
+
+
+def test_pass_list_options_change_what_runs():
+    model = parse(MODEL)
+    folded = optimize_and_compare(model, passes="fold_constants,remove_unused")
+    unfolded = optimize_and_compare(model, passes="fold_constants:infer_shapes=false,remove_unused")
+    assert "Shape" not in op_types(folded.model) and "Shape" in op_types(unfolded.model)
+
+
+@pytest.mark.parametrize("passes, message", [
+    ("fold_constants:max_output_bytes=big",
+     "option fold_constants.max_output_bytes must be an integer, got 'big'"),
+    ("fold_constants:infer_shapes=maybe", "option fold_constants.infer_shapes must be true or false"),
+    ("test_options:scale=wide", "option test_options.scale must be a number, got 'wide'"),
+    ("fold_constants:max_output=1", "pass 'fold_constants' has no option 'max_output' \\(options: "),
+    ("fold_constants:max_output_bytes", "'max_output_bytes' in .* is not key=value"),
+    ("fold_constants:infer_shapes=1:infer_shapes=0", "option 'infer_shapes' is given twice"),
+    ("fold_constant:infer_shapes=1", "unknown pass 'fold_constant'; did you mean 'fold_constants'"),
+])
+def test_bad_pass_list_options_are_input_errors(options_pass, passes, message):
+    with pytest.raises(InputError, match=message):
+        graphopt.optimize(parse(MODEL), passes=passes)
 
 
 def test_only_one_of_preset_passes_recipe():
@@ -172,3 +231,31 @@ def test_opset_conversion_before_passes():
     model = parse(MODEL.replace('"" : 17', '"" : 13'))
     result = optimize_and_compare(model, opset=17)
     assert result.model.opset_imports[""] == 17
+
+
+class _CountsRuns(Pass):
+    """Test pass: records which run this is, and changes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def call(self, model):
+        self.runs += 1
+        self.changed(f"run {self.runs}")
+        return ir.passes.PassResult(model, modified=False)
+
+
+def test_report_carries_the_changes_of_each_run_only():
+    _CountsRuns.name = "counts_runs"
+    counts_runs = _CountsRuns()
+    model = ir.serde.deserialize_model(parse(MODEL))
+    report = PassManager([counts_runs, counts_runs]).run(model)
+    assert [entry.changes for entry in report.passes] == [["run 1"], ["run 2"]]
+    assert json.loads(report.to_json())["passes"][0]["changes"] == ["run 1"]
+
+
+def test_folds_that_modified_the_model_say_what_they_changed():
+    result = optimize_and_compare(parse(MODEL), preset="O1")
+    folds = [entry for entry in result.report.passes if entry.name == "fold_constants" and entry.modified]
+    assert folds and all(entry.changes for entry in folds)

@@ -2,8 +2,9 @@
 
 Both wrap onnxscript's FoldConstantsPass after filling in missing shapes (graphopt.shapes).
 What we add: a model-wide growth budget (the sum of folded outputs minus the constants they
-free), a per-output size cap, failures of the evaluator recorded as skips instead of raised,
-and a shape-only variant (fold_shapes) that folds nothing but integer math.
+free), per-input and per-output size caps in bytes, rewrites the model's opset lacks and
+failures of the evaluator recorded as skips instead of raised, and a shape-only variant
+(fold_shapes) that folds nothing but integer math.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
-from graphopt import shapes
+from graphopt import checks, shapes
 from graphopt.passes.registry import Pass, register
 
 _MIB = 1 << 20
@@ -28,27 +30,38 @@ _SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
 class _BudgetedFolder(_constant_folding.FoldConstantsPass):
-    """onnxscript's folder, refusing outputs that exceed the caps and recording why."""
+    """onnxscript's folder, refusing what exceeds the caps or the model's opset, and recording why."""
 
     def __init__(self, owner: Pass, *, max_input_bytes: int, max_output_bytes: int,
                  max_growth_bytes: int, shape_inference: bool, should_fold=lambda node: None):
+        # onnxscript's own input limit refuses silently (and counts elements): the cap is
+        # applied in _should_fold instead, where the refusal can be recorded.
         super().__init__(
             shape_inference=shape_inference,
-            input_size_limit=max(1, max_input_bytes // 4),
+            input_size_limit=_UNLIMITED_ELEMENTS,
             output_size_limit=_UNLIMITED_ELEMENTS,
-            should_fold=should_fold,
+            should_fold=self._should_fold,
         )
         self._owner = owner
+        self._decide = should_fold
+        self._max_input_bytes = max_input_bytes
         self._max_output_bytes = max_output_bytes
         self._max_growth_bytes = max_growth_bytes
         self.growth_bytes = 0
+        self.folded = 0
         self._freed_by: set[int] = set()
         self._current: ir.Node | None = None
+        self._opset_context = onnx.checker.C.CheckerContext()
 
     def run(self, model: ir.Model) -> bool:
         """Fold the model; return whether it changed."""
+        self._opset_context.ir_version = model.ir_version
+        self._opset_context.opset_imports = dict(model.opset_imports)
         with self._failures_as_skips():
-            return self(model).modified
+            modified = self(model).modified
+        if self.folded:
+            self._owner.changed(f"folded {self.folded} node(s)")
+        return modified
 
     @contextlib.contextmanager
     def _failures_as_skips(self):
@@ -75,14 +88,82 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
             folding_logger.setLevel(saved[0])
             folding_logger.propagate = saved[1]
 
+    def _should_fold(self, node: ir.Node) -> bool | None:
+        """The caller's decision, else refuse (with a reason) constant inputs over max_input_bytes.
+
+        onnxscript asks only once every input is constant, and applies its op blacklist
+        after this returns None, so blacklisted ops are left to it and never reported.
+        """
+        decision = self._decide(node)
+        if decision is not None or (node.domain in ("", "ai.onnx") and node.op_type
+                                    in _constant_folding.DEFAULT_CONSTANT_FOLD_BLACKLIST):
+            return decision
+        large = [value for value in node.inputs
+                 if value is not None and value.const_value.nbytes > self._max_input_bytes]
+        if not large:
+            return None
+        # onnxscript folds single-output ops with a reference implementation only: refusing
+        # another node is no news, so it is refused without a reason.
+        if len(node.outputs) != 1 or _constant_folding._reference_evaluator.get_evaluator(
+                node.domain, node.op_type, self._opset_imports[node.domain]) is None:
+            return False
+        # onnxscript's exception to its own limit: an op like Transpose that is the only
+        # consumer of its large inputs frees them, so folding it does not grow the model.
+        if ((node.domain, node.op_type) in _constant_folding._DEFAULT_ALWAYS_FOLD_OPS
+                and all(len(value.consumers()) == 1 for value in large)):
+            return None
+        largest = max(large, key=lambda value: value.const_value.nbytes)
+        self._owner.skip(
+            f"{node.op_type} {node.name!r} not folded: input {largest.name!r} is "
+            f"{largest.const_value.nbytes} bytes > max_input_bytes {self._max_input_bytes}"
+        )
+        return False
+
     def process_node(self, node: ir.Node, is_function: bool):
         self._current = node
         try:
-            return super().process_node(node, is_function)
+            replacement = super().process_node(node, is_function)
         except Exception as error:  # the evaluator's failure must not end the pipeline
             cause = error.__cause__ or error
             self._owner.skip(f"{node.op_type} {node.name!r} not folded: {type(cause).__name__}: {cause}")
             return None
+        if replacement is not None and not self._fits_opset(node, replacement):
+            return None
+        return replacement
+
+    def _fits_opset(self, node: ir.Node, replacement: _constant_folding.Replacement) -> bool:
+        """Whether the nodes of a rewrite exist in the model's opset; record a skip if not.
+
+        onnxscript's rewrites emit the newest forms (e.g. Unsqueeze with an axes input,
+        opset 13), whatever the model's opset.
+        """
+        # An inlined If branch holds the model's own nodes, and onnxscript has already moved
+        # them out of the branch: that rewrite is neither new in form nor refusable.
+        if node.op_type == "If":
+            return True
+        for new_node in replacement.new_nodes:
+            proto = onnx.NodeProto(op_type=new_node.op_type, domain=new_node.domain)
+            # New values get their names after the rewrite (NameFixPass); the checker needs some.
+            proto.input.extend("" if value is None else value.name or "unnamed"
+                               for value in new_node.inputs)
+            proto.output.extend(value.name or "unnamed" for value in new_node.outputs)
+            proto.attribute.extend(ir.serde.serialize_attribute(attr)
+                                   for attr in new_node.attributes.values())
+            try:
+                onnx.checker.check_node(proto, self._opset_context)
+            except onnx.checker.ValidationError as error:
+                opset = self._opset_context.opset_imports.get(new_node.domain or "")
+                self._owner.skip(
+                    f"{node.op_type} {node.name!r} not folded: the rewrite emits {new_node.op_type} "
+                    f"in a form opset {opset} lacks ({checks.first_line(str(error))})"
+                )
+                return False
+        return True
+
+    def replace_node(self, node: ir.Node, replacement: _constant_folding.Replacement,
+                     root: ir.Graph | ir.Function) -> None:
+        super().replace_node(node, replacement, root)
+        self.folded += 1
 
     def _prepare_folded_tensor(self, node: ir.Node, output_name: str, output_array):
         tensor = super()._prepare_folded_tensor(node, output_name, output_array)
@@ -116,10 +197,13 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
 
 def _infer(owner: Pass, model: ir.Model) -> bool:
     try:
-        return shapes.infer_shapes(model, only_if_missing=True)
+        learned = shapes.infer_shapes(model, only_if_missing=True)
     except shapes.InferenceFailed as error:
         owner.skip(f"shape inference failed: {error}")
         return False
+    if learned:
+        owner.changed(f"filled in the shapes of {learned} value(s)")
+    return bool(learned)
 
 
 @register("fold_constants")

@@ -23,7 +23,7 @@ TARGETS = ("portable", "ort")
 
 
 class Pass(ir.passes.InPlacePass):
-    """Base of graphopt passes: a pure graph rewrite that records why it skipped anything."""
+    """Base of graphopt passes: a pure graph rewrite that records what it changed and skipped."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
@@ -33,11 +33,17 @@ class Pass(ir.passes.InPlacePass):
     def __init__(self) -> None:
         super().__init__()
         self.skipped: list[str] = []
+        self.changes: list[str] = []
 
     def skip(self, reason: str) -> None:
         """Record a case the pass left alone, for the report."""
         logger.debug("%s skipped: %s", self.name, reason)
         self.skipped.append(reason)
+
+    def changed(self, description: str) -> None:
+        """Record what the pass changed (e.g. "folded 3 nodes"), for the report."""
+        logger.debug("%s changed: %s", self.name, description)
+        self.changes.append(description)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -72,17 +78,34 @@ def register(name: str, *, min_opset: int = 1, targets: tuple[str, ...] = TARGET
     return decorate
 
 
+def unregister(name: str) -> None:
+    """Forget a registered pass (a plugin that failed half-way, a test's own pass)."""
+    del _REGISTRY[name]
+
+
 def pass_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every registered pass's name, installed plugins' included."""
+    return sorted(_loaded_registry())
 
 
 def pass_class(name: str) -> type[Pass]:
+    """The class registered under `name`; an unknown name is an InputError with a hint."""
     try:
-        return _REGISTRY[name]
+        return _loaded_registry()[name]
     except KeyError:
+        from graphopt.passes import plugins  # here, not at the top: plugins imports this module
+
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; `graphopt passes` lists them"
-        raise InputError(f"unknown pass {name!r}{hint}") from None
+        raise InputError(f"unknown pass {name!r}{hint}{plugins.missing_pass_note()}") from None
+
+
+def _loaded_registry() -> dict[str, type[Pass]]:
+    """The registry, after the installed plugins (`graphopt.passes` entry points) filled it in."""
+    from graphopt.passes import plugins  # here, not at the top: plugins imports this module
+
+    plugins.load_installed()
+    return _REGISTRY
 
 
 def pass_options(cls: type[Pass]) -> list[PassOption]:
@@ -123,3 +146,28 @@ def _coerce(pass_name: str, option: PassOption, value: Any) -> Any:
             f"option {pass_name}.{option.name} must be a {expected.__name__}, got {value!r}"
         )
     return value
+
+
+_TRUE = ("true", "yes", "1")
+_FALSE = ("false", "no", "0")
+
+
+def option_from_text(pass_name: str, option: PassOption, text: str) -> Any:
+    """An option's value from text (`--passes name:key=value`), converted to the option's type."""
+    expected = option.type
+    if expected is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise InputError(f"option {pass_name}.{option.name} must be true or false "
+                         f"(or yes/no, 1/0), got {text!r}")
+    if expected in (int, float):
+        try:
+            return expected(text)
+        except ValueError:
+            kind = "an integer" if expected is int else "a number"
+            raise InputError(f"option {pass_name}.{option.name} must be {kind}, got {text!r}") from None
+    if expected is str:
+        return text
+    type_name = getattr(expected, "__name__", expected)
+    raise InputError(f"option {pass_name}.{option.name} ({type_name}) cannot be given as text; "
+                     f"set it in a recipe")

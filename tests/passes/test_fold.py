@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 
 from graphopt import optimize
 from graphopt.passes import create_pass
 from graphopt.pipeline import PassManager
-from tests.helpers import op_types, optimize_and_compare, parse, run, to_proto
+from tests.helpers import assert_same, op_types, optimize_and_compare, parse, random_feeds, run, to_proto
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -133,3 +136,92 @@ def test_folded_model_is_valid_for_checker():
             y = Add(x, b) }""")
     result = optimize_and_compare(model, preset="O1")
     onnx.checker.check_model(to_proto(result.model), full_check=True)
+
+
+def test_input_cap_refusals_are_reported():
+    # Only Sqrt is refused for its input: Add reads a graph input, DequantizeLinear and
+    # multi-output Split are never folded, and Transpose frees the only-used constant it
+    # reads, so it folds past the cap.
+    model = parse(HEADER + """
+        g (float[4] x) => (float[4] y, float[2,2] z, float[4] d, float[2] u, float[2] v)
+            <float[4] w = {1, 4, 9, 16}, float[2,2] t = {1, 2, 3, 4}, int8[4] q = {1, 2, 3, 4},
+             float s = {0.5}> {
+            r = Sqrt(w)
+            a = Add(x, w)
+            y = Add(a, r)
+            z = Transpose(t)
+            d = DequantizeLinear(q, s)
+            u, v = Split(w) }""")
+    feeds = random_feeds(model)
+    ir_model = ir.serde.deserialize_model(model)
+    fold = create_pass("fold_constants", {"max_input_bytes": 2})
+    report = PassManager([fold]).run(ir_model)
+    assert op_types(ir_model) == ["Sqrt", "Add", "Add", "DequantizeLinear", "Split"]
+    assert report.passes[0].skipped == ["Sqrt '' not folded: input 'w' is 16 bytes > max_input_bytes 2"]
+    assert_same(run(model, feeds), run(ir_model, feeds))
+
+
+def test_report_says_what_fold_changed():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Constant<value=float[3] {1, 2, 3}>()
+            b = Constant<value=float[3] {4, 5, 6}>()
+            c = Mul(a, b)
+            d = Sqrt(c)
+            y = Add(x, d) }""")
+    result = optimize_and_compare(model, passes="fold_constants")
+    assert result.report.passes[0].changes == ["filled in the shapes of 4 value(s)", "folded 2 node(s)"]
+
+
+def test_shapes_filled_in_are_the_only_change_reported_and_not_repeated():
+    model = parse(HEADER + """
+        g (float[3] x) => (float[3] y) {
+            a = Relu(x)
+            y = Neg(a) }""")
+    feeds = random_feeds(model)
+    ir_model = ir.serde.deserialize_model(model)
+    fold = create_pass("fold_constants")
+    first, second = PassManager([fold, fold]).run(ir_model).passes
+    assert first.modified and first.changes == ["filled in the shapes of 1 value(s)"]
+    assert not second.modified and second.changes == []
+    assert ir_model.graph.node(0).outputs[0].shape == ir.Shape([3])
+    assert_same(run(model, feeds), run(ir_model, feeds))
+
+
+def test_fold_shapes_reports_what_it_folded():
+    model = parse(HEADER + """
+        g (float[2,3] x) => (float[6] y) {
+            s = Shape(x)
+            n = ReduceProd<keepdims=1>(s)
+            y = Reshape(x, n) }""")
+    result = optimize_and_compare(model, passes="fold_shapes")
+    assert result.report.passes[0].changes == ["filled in the shapes of 2 value(s)", "folded 2 node(s)"]
+
+
+def _backend_test_case(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One of ONNX's own backend test models with its first input set."""
+    folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / "simple" / name
+    model = onnx.load(folder / "model.onnx")
+    tensors = [onnx.load_tensor(path) for path in sorted((folder / "test_data_set_0").glob("input_*.pb"))]
+    return model, {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in tensors}
+
+
+@pytest.mark.parametrize("name, op", [("test_sequence_model5", "ConcatFromSequence"),
+                                      ("test_sequence_model8", "SplitToSequence")])
+def test_sequence_rewrites_an_opset_12_model_lacks_are_skipped(name, op):
+    # onnxscript rewrites these into opset-13 forms (Unsqueeze and Split with a second input).
+    model, feeds = _backend_test_case(name)
+    assert model.opset_import[0].version == 12
+    result = optimize_and_compare(model, feeds, preset="O1")
+    fold = next(entry for entry in result.report.passes if entry.name == "fold_constants")
+    assert any(reason.startswith(f"{op} ") and "opset 12 lacks" in reason for reason in fold.skipped)
+
+
+def test_sequence_rewrite_is_kept_where_the_opset_has_its_form():
+    model = parse("""<ir_version: 8, opset_import: ["" : 18]>
+        g (float[2,3] x, float[2,3] y) => (float[2,3,2] z) {
+            s = SequenceConstruct(x, y)
+            z = ConcatFromSequence<axis=-1, new_axis=1>(s) }""")
+    result = optimize_and_compare(model, passes="fold_constants,remove_unused")
+    assert "ConcatFromSequence" not in op_types(result.model)
+    assert not result.report.passes[0].skipped
