@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 DEMO_OUT := demo-out
 
 demo: $(STAMP)
-	$(VENV)/bin/graphopt run --zoo minilm --out $(DEMO_OUT)
+	$(VENV)/bin/graphopt run --zoo minilm --out $(DEMO_OUT) --bench-shape input_ids=1x128
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

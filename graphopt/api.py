@@ -11,11 +11,13 @@ import onnx_ir as ir
 
 from graphopt import model as model_io
 from graphopt.errors import InputError, ValidationFailed
+from graphopt.outputs import check_output_file
 from graphopt.passes import Pass, pass_class, pass_names, pass_options
-from graphopt.pipeline import PassManager, PassObserver, PipelineReport, resolve_spec
+from graphopt.pipeline import PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime.bench import BenchResult, ProgressCallback
-from graphopt.runtime.providers import SessionConfig
+from graphopt.runtime.compare import Tolerance
+from graphopt.runtime.providers import SessionConfig, ort_version, runs_opset
 from graphopt.runtime.validate import ValidationResult, Validator
 
 Shapes = dict[str, tuple[int, ...]]
@@ -24,17 +26,33 @@ Ranges = dict[str, tuple[float, float]]
 
 @dataclasses.dataclass
 class RuntimeOptions:
-    """How models are run for validation and benchmarks (mirrors the CLI's runtime flags)."""
+    """How models are run for validation and benchmarks (mirrors the CLI's runtime flags).
+
+    `opt_level` None is each use's default: validation compares the graphs as written
+    ("disable": ONNX Runtime's own rewrites could hide a change), benchmarks time what a
+    deployment runs ("all"). `session_config` is any ONNX Runtime session config entry.
+    """
 
     ep: str = "cpu"
     device_id: int = 0
     threads: int | None = None
-    opt_level: str = "all"
+    opt_level: str | None = None
     provider_options: dict[str, str] = dataclasses.field(default_factory=dict)
+    inter_op: int | None = None
+    execution_mode: str = "sequential"
+    spinning: bool = True
+    session_config: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def session_config(self) -> SessionConfig:
-        return SessionConfig(self.ep, self.device_id, self.threads, self.opt_level,
-                             tuple(self.provider_options.items()))
+    def for_validation(self) -> SessionConfig:
+        return self._config("disable")
+
+    def for_bench(self) -> SessionConfig:
+        return self._config("all")
+
+    def _config(self, default_opt_level: str) -> SessionConfig:
+        return SessionConfig(self.ep, self.device_id, self.threads, self.opt_level or default_opt_level,
+                             tuple(self.provider_options.items()), self.inter_op, self.execution_mode,
+                             self.spinning, tuple(self.session_config.items()))
 
 
 @dataclasses.dataclass
@@ -43,6 +61,7 @@ class OptimizeResult:
     report: PipelineReport
     written: list[os.PathLike]
     validation: ValidationResult | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def optimize(
@@ -64,7 +83,7 @@ def optimize(
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
     input_ranges: Ranges | None = None,
-    tolerance: str = "fp32",
+    tolerance: str | Tolerance = "fp32",
     runtime: RuntimeOptions | None = None,
     observer: PassObserver | None = None,
 ) -> OptimizeResult:
@@ -77,6 +96,7 @@ def optimize(
     checks after every pass that changed the model and names the first one that broke it.
     """
     spec = resolve_spec(preset, passes, recipe)
+    check_output_file(output)
     if fixed_point is not None:
         spec.fixed_point = fixed_point
     if max_iterations is not None:
@@ -99,7 +119,7 @@ def optimize(
         snapshot = model.clone()
         validator = Validator(snapshot if isinstance(source, ir.Model) else source, feeds=inputs,
                               shapes=shapes, ranges=input_ranges, tol=tolerance,
-                              config=(runtime or RuntimeOptions()).session_config(),
+                              config=(runtime or RuntimeOptions()).for_validation(),
                               reference_ir=snapshot)
     if validate_each:
         manager.after_change = _each_pass_check(validator)
@@ -113,7 +133,29 @@ def optimize(
             raise ValidationFailed(f"the optimized model does not match the input: "
                                    f"{validation.summary()}; nothing was written", validation)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
-    return OptimizeResult(model, report, written, validation)
+    return OptimizeResult(model, report, written, validation, opset_warnings(model))
+
+
+OPSET_FLOOR = 7
+
+
+def opset_warnings(model: ir.Model) -> list[str]:
+    """What could not be checked for a model outside the opsets graphopt and its tools support."""
+    opset = model_opset(model)
+    if opset < OPSET_FLOOR:
+        return [f"opset {opset} is below {OPSET_FLOOR}, the oldest graphopt supports: the ONNX checker and "
+                "graphopt's invariants passed, but the passes are untested at this opset; check the result "
+                f"with --validate, or convert it with --opset {OPSET_FLOOR}"]
+    problems = []
+    if opset > onnx.defs.onnx_opset_version():
+        problems.append(f"than onnx {onnx.__version__} knows ({onnx.defs.onnx_opset_version()}), so its ops "
+                        "were not checked against their schemas")
+    if not runs_opset(opset):
+        problems.append(f"than onnxruntime {ort_version()} runs, so it could not be run, validated or "
+                        "benchmarked")
+    if not problems:
+        return []
+    return [f"opset {opset} is newer {' and newer '.join(problems)}; graphopt's structural invariants passed"]
 
 
 def _each_pass_check(validator: Validator):
@@ -133,14 +175,14 @@ def validate(
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
     input_ranges: Ranges | None = None,
-    tolerance: str = "fp32",
+    tolerance: str | Tolerance = "fp32",
     runtime: RuntimeOptions | None = None,
     locate: bool = True,
 ) -> ValidationResult:
     """Run both models on the same inputs (several shapes when axes are dynamic), compare every
     output, and on failure name the first node whose output diverges."""
     validator = Validator(reference, feeds=inputs, shapes=shapes, ranges=input_ranges,
-                          tol=tolerance, config=(runtime or RuntimeOptions()).session_config())
+                          tol=tolerance, config=(runtime or RuntimeOptions()).for_validation())
     return validator.validate(candidate, locate=locate)
 
 
@@ -150,16 +192,22 @@ def bench(
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
     input_ranges: Ranges | None = None,
+    sweep: Sequence[dict[str, tuple[int, ...]]] | None = None,
     warmup: int = 10,
-    runs: int | None = 100,
+    runs: int | None = None,
     seconds: float | None = None,
+    concurrency: int = 1,
     runtime: RuntimeOptions | None = None,
     progress: ProgressCallback | None = None,
+    labels: Sequence[str] | None = None,
 ) -> BenchResult:
-    """Latency of one or more models, interleaved on the same inputs in this process."""
-    return bench_module.bench(models, config=(runtime or RuntimeOptions()).session_config(),
-                              inputs=inputs, shapes=shapes, ranges=input_ranges, warmup=warmup,
-                              runs=runs, seconds=seconds, progress=progress)
+    """Latency of one or more models on the same inputs, each timed while it owns the machine
+    (models take turns in time slices). `runs` (default 100) or `seconds`, not both; `sweep`
+    is a list of shape sets (see graphopt.runtime.inputs.parse_sweep); `concurrency` keeps that
+    many requests in flight on each session."""
+    return bench_module.bench(models, config=(runtime or RuntimeOptions()).for_bench(), inputs=inputs,
+                              shapes=shapes, ranges=input_ranges, sweep=sweep, warmup=warmup, runs=runs,
+                              seconds=seconds, concurrency=concurrency, progress=progress, labels=labels)
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 validation failed (or a pass broke the model), 2 bad input o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -15,48 +16,44 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from graphopt import api
 from graphopt import model as model_io
 from graphopt.errors import GraphoptError, ValidationFailed
+from graphopt.outputs import check_output_file
+from graphopt.passes.plugins import load_plugin
 from graphopt.pipeline import PRESET_SUMMARIES, PipelineReport
-from graphopt.runtime import bench as bench_module
-from graphopt.runtime.compare import TOLERANCES, tolerance as make_tolerance
-from graphopt.runtime.inputs import parse_ranges, parse_shapes
-from graphopt.runtime.providers import EP_CHOICES, OPT_LEVELS, parse_provider_options
+from graphopt.runtime import baseline, bench_report
+from graphopt.runtime.bench import BenchResult
+from graphopt.runtime.bench_report import human_bytes
+from graphopt.runtime.compare import TOLERANCES, Tolerance, tolerance as make_tolerance
+from graphopt.runtime.inputs import parse_ranges, parse_shapes, parse_sweep
+from graphopt.runtime.providers import EP_CHOICES, EXECUTION_MODES, OPT_LEVELS, parse_key_values
 from graphopt.runtime.validate import ValidationResult
 
 _WIDE = 140
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Markup is off: model, input, dim and pass names are user data ("[batch, seq]" is not a style).
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 def _bind_consoles() -> None:
     """Consoles follow the current stdout/stderr; logs and pipes get wide tables."""
     global out, err
     width = None if sys.stdout.isatty() else max(_WIDE, shutil.get_terminal_size().columns)
-    out = Console(highlight=False, width=width)
-    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False, markup=False, width=width)
+    err = Console(stderr=True, highlight=False, markup=False)
 
 
 @click.group(help="Optimize ONNX models and prove they still compute the same thing.",
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="graphopt")
-def app() -> None:
-    pass
-
-
-def _human_bytes(count: int | None) -> str:
-    if count is None:
-        return "-"
-    if abs(count) < 1024:
-        return f"{count} B"
-    value = count / 1024
-    for unit in ("KB", "MB"):
-        if abs(value) < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
+@click.option("--plugin", "plugin_specs", multiple=True, metavar="MODULE_OR_FILE",
+              help="Import a module or a .py file that registers passes (repeatable).")
+def app(plugin_specs: tuple[str, ...]) -> None:
+    for spec in plugin_specs:
+        load_plugin(spec)
 
 
 def _change(before: int, after: int) -> str:
@@ -67,7 +64,7 @@ def _change(before: int, after: int) -> str:
 
 def _bytes_change(before: int, after: int) -> str:
     delta = after - before
-    return _human_bytes(after) + (f" ({delta:+,} B)" if delta else "")
+    return human_bytes(after) + (f" ({delta:+,} B)" if delta else "")
 
 
 def _report_table(report: PipelineReport) -> Table:
@@ -75,9 +72,9 @@ def _report_table(report: PipelineReport) -> Table:
     for column in ("iter", "pass", "nodes", "initializers", "parameters", "ms", "changed", "notes"):
         table.add_column(column, justify="right" if column in ("iter", "ms") else "left")
     for entry in report.passes:
-        notes = "" if entry.ran else entry.skipped[0]
+        notes = list(entry.changes) if entry.ran else entry.skipped[:1]
         if entry.ran and entry.skipped:
-            notes = f"{len(entry.skipped)} skipped"
+            notes.append(f"{len(entry.skipped)} skipped")
         table.add_row(
             str(entry.iteration),
             entry.name,
@@ -86,7 +83,7 @@ def _report_table(report: PipelineReport) -> Table:
             _bytes_change(entry.parameter_bytes_before, entry.parameter_bytes_after),
             f"{entry.seconds * 1000:.1f}",
             "yes" if entry.modified else "",
-            notes,
+            "; ".join(notes),
         )
     return table
 
@@ -96,7 +93,7 @@ def _print_skips(report: PipelineReport, limit: int = 8) -> None:
         f"{entry.name}: {reason}" for entry in report.passes if entry.ran for reason in entry.skipped
     ))
     for reason in reasons[:limit]:
-        out.print(f"  skipped {reason}", markup=False)
+        out.print(f"  skipped {reason}")
     if len(reasons) > limit:
         out.print(f"  … and {len(reasons) - limit} more (see --report)")
 
@@ -108,20 +105,65 @@ def _progress_observer(progress: Progress, task) -> api.PassObserver:
     return observe
 
 
+_RUNTIME_FLAGS = ("ep", "device_id", "threads", "opt_level", "provider_option", "inter_op",
+                  "execution_mode", "spinning", "session_config")
+
+
 def _runtime_options(command):
-    """--ep, --device-id, --threads, --opt-level, --provider-option."""
+    """The runtime flags, handed to the command as one `runtime=RuntimeOptions(...)`."""
+
+    @functools.wraps(command)
+    def with_runtime(*args, **kwargs):
+        flags = {name: kwargs.pop(name) for name in _RUNTIME_FLAGS}
+        kwargs["runtime"] = api.RuntimeOptions(
+            flags["ep"], flags["device_id"], flags["threads"], flags["opt_level"],
+            dict(parse_key_values(flags["provider_option"])), flags["inter_op"], flags["execution_mode"],
+            flags["spinning"] == "on", dict(parse_key_values(flags["session_config"], "--session-config")))
+        kwargs["runtime"].for_bench()  # check the combination now, before any work
+        return command(*args, **kwargs)
+
     for option in reversed([
         click.option("--ep", type=click.Choice(EP_CHOICES), default="cpu", show_default=True,
                      help="Execution provider; auto = cuda when available, else cpu."),
         click.option("--device-id", type=int, default=0, show_default=True, help="GPU index."),
-        click.option("--threads", type=int, help="Intra-op threads (ORT default: all cores)."),
-        click.option("--opt-level", type=click.Choice(list(OPT_LEVELS)), default="all", show_default=True,
-                     help="ONNX Runtime's own graph optimization level."),
+        click.option("--threads", type=int, help="Intra-op threads (ORT default: one per physical core)."),
+        click.option("--inter-op", type=int, help="Inter-op threads (for --execution-mode parallel)."),
+        click.option("--execution-mode", type=click.Choice(list(EXECUTION_MODES)), default="sequential",
+                     show_default=True, help="Run independent nodes one at a time or in parallel."),
+        click.option("--spinning", type=click.Choice(["on", "off"]), default="on", show_default=True,
+                     help="Whether idle ONNX Runtime threads spin waiting for work (ORT's default: on)."),
+        click.option("--opt-level", type=click.Choice(list(OPT_LEVELS)),
+                     help="ONNX Runtime's own graph optimizations (default: disable when validating, "
+                          "so the graphs are compared as written; all when benchmarking)."),
+        click.option("--session-config", "session_config", multiple=True, metavar="KEY=VALUE",
+                     help="Any ONNX Runtime session config entry (repeatable)."),
         click.option("--provider-option", "provider_option", multiple=True, metavar="KEY=VALUE",
-                     help="Execution provider option (repeatable)."),
+                     help="GPU execution provider option (repeatable)."),
     ]):
-        command = option(command)
-    return command
+        with_runtime = option(with_runtime)
+    return with_runtime
+
+
+def _tolerance_options(command):
+    """--tolerance and its overrides, handed to the command as one `tolerance=Tolerance(...)`."""
+
+    @functools.wraps(command)
+    def with_tolerance(*args, **kwargs):
+        flags = {name: kwargs.pop(name) for name in ("tolerance", "rtol", "atol", "max_mismatch", "min_cosine")}
+        kwargs["tolerance"] = make_tolerance(flags.pop("tolerance"), **flags)
+        return command(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--tolerance", type=click.Choice([*TOLERANCES, "custom"]), default="fp32",
+                     show_default=True,
+                     help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement."),
+        click.option("--rtol", type=float, help="Relative tolerance (custom, or override a preset)."),
+        click.option("--atol", type=float, help="Absolute tolerance (custom, or override a preset)."),
+        click.option("--max-mismatch", type=float, help="Allowed fraction of elements outside tolerance."),
+        click.option("--min-cosine", type=float, help="Lowest acceptable cosine similarity."),
+    ]):
+        with_tolerance = option(with_tolerance)
+    return with_tolerance
 
 
 def _input_options(command):
@@ -136,11 +178,6 @@ def _input_options(command):
     ]):
         command = option(command)
     return command
-
-
-def _runtime(ep, device_id, threads, opt_level, provider_option) -> api.RuntimeOptions:
-    return api.RuntimeOptions(ep, device_id, threads, opt_level,
-                              dict(parse_provider_options(provider_option)))
 
 
 def _fmt(value, spec: str = ".3g") -> str:
@@ -160,21 +197,26 @@ def _print_validation(result: ValidationResult) -> None:
                           _fmt(output.top5_agreement, ".1%"),
                           "ok" if output.passed else f"FAIL {output.reason}")
         out.print(table)
-    out.print(result.summary(), markup=False)
+    out.print(result.summary())
     if result.divergence is not None:
-        divergence = result.divergence
-        inputs = ", ".join(divergence.matching_inputs) or "none compared"
-        out.print(f"  {divergence.describe()}; its inputs that still match: {inputs}", markup=False)
+        out.print(f"  {result.divergence.describe()}")
+        out.print(f"  {result.divergence.inputs_summary()}")
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"graphopt: warning: {warning}", soft_wrap=True)
 
 
 @app.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Where to write the optimized model.")
+@click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Where to write the optimized model (or give it as the second argument).")
 @click.option("--preset", help="O0, O1, O2 or O3 (default O1).")
 @click.option("--target", default="portable", show_default=True,
               help="portable (standard ONNX ops only) or ort (may use com.microsoft ops).")
-@click.option("--passes", help="Comma-separated pass names, run once in this order.")
+@click.option("--passes", help="Comma-separated pass names (name:key=value for options), run once in order.")
 @click.option("--recipe", type=click.Path(path_type=Path), help="TOML or YAML recipe file.")
 @click.option("--opset", type=int, help="Convert to this ONNX opset before the passes.")
 @click.option("--fixed-point/--once", default=None,
@@ -188,19 +230,23 @@ def _print_validation(result: ValidationResult) -> None:
 @click.option("--validate-each", is_flag=True,
               help="Compare after every pass that changed the model; name the first that broke it.")
 @click.option("--force", is_flag=True, help="Write the model even when validation fails (exit 1).")
-@click.option("--tolerance", type=click.Choice(list(TOLERANCES)), default="fp32", show_default=True)
+@_tolerance_options
 @_input_options
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def optimize(model: Path, output: Path, preset: str | None, target: str, passes: str | None,
-             recipe: Path | None, opset: int | None, fixed_point: bool | None,
+def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: str | None, target: str,
+             passes: str | None, recipe: Path | None, opset: int | None, fixed_point: bool | None,
              max_iterations: int | None, external_data: bool | None, report: Path | None,
-             validate: bool, validate_each: bool, force: bool, tolerance: str,
+             validate: bool, validate_each: bool, force: bool, tolerance: Tolerance,
              inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
-             ep: str, device_id: int, threads: int | None, opt_level: str,
-             provider_option: tuple[str, ...], quiet: bool) -> None:
+             runtime: api.RuntimeOptions, quiet: bool) -> None:
     """Run a preset, a pass list or a recipe over MODEL and write the result atomically."""
+    if (output is None) == (output_arg is None):
+        raise click.UsageError("give the output once: graphopt optimize MODEL OUTPUT, or -o OUTPUT")
+    output = output or output_arg
     api.check_output_differs(model, output)
+    check_output_file(output, "output")
+    check_output_file(report, "--report")
     spec_args = dict(preset=preset, passes=passes, recipe=recipe)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
@@ -211,8 +257,7 @@ def optimize(model: Path, output: Path, preset: str | None, target: str, passes:
                 max_iterations=max_iterations, external_data=external_data,
                 validate=validate, validate_each=validate_each, force=force,
                 inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
-                tolerance=tolerance, runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
-                observer=_progress_observer(progress, task), **spec_args,
+                tolerance=tolerance, runtime=runtime, observer=_progress_observer(progress, task), **spec_args,
             )
         except ValidationFailed as failure:
             progress.stop()
@@ -221,23 +266,25 @@ def optimize(model: Path, output: Path, preset: str | None, target: str, passes:
             raise
     if report is not None:
         data = result.report.to_dict()
+        data["warnings"] = result.warnings
         if result.validation is not None:
             data["validation"] = result.validation.to_dict()
         model_io.write_text_atomic(report, json.dumps(data, indent=2) + "\n")
+    _print_warnings(result.warnings)
     if not quiet:
         out.print(_report_table(result.report))
         _print_skips(result.report)
         if result.validation is not None:
             _print_validation(result.validation)
     if result.validation is not None and not result.validation.passed:
-        err.print("graphopt: validation failed; the model was written because of --force", markup=False)
+        err.print("graphopt: validation failed; the model was written because of --force")
         raise click.exceptions.Exit(1)
     if quiet:
         return
     size = sum(path.stat().st_size for path in result.written)
     out.print(f"nodes {result.report.nodes_before} → {result.report.nodes_after}, parameters "
-              f"{_human_bytes(model_io.parameter_bytes(result.model))}, "
-              f"{result.report.seconds * 1000:.0f} ms; wrote {output} ({_human_bytes(size)})", markup=False)
+              f"{human_bytes(model_io.parameter_bytes(result.model))}, "
+              f"{result.report.seconds * 1000:.0f} ms; wrote {output} ({human_bytes(size)})")
 
 
 @app.command()
@@ -250,12 +297,11 @@ def inspect(model: Path, as_json: bool) -> None:
         out.print_json(json.dumps(info.to_dict()))
         return
     opsets = ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in info.opsets.items())
-    out.print(f"[bold]{info.path}[/bold]  {_human_bytes(info.file_bytes)}"
-              f"{' (+ external data)' if info.external_data else ''}")
-    out.print(f"IR version {info.ir_version}; opsets: {opsets}; producer: {info.producer or '-'}",
-              markup=False)
+    out.print(Text.assemble((str(info.path), "bold"), f"  {human_bytes(info.file_bytes)}"
+                            f"{' (+ external data)' if info.external_data else ''}"))
+    out.print(f"IR version {info.ir_version}; opsets: {opsets}; producer: {info.producer or '-'}")
     out.print(f"{info.nodes} nodes, {info.initializers} initializers, {info.parameters:,} parameters "
-              f"({_human_bytes(info.parameter_bytes)})", markup=False)
+              f"({human_bytes(info.parameter_bytes)})")
     signature = Table(title="signature")
     for column in ("", "name", "dtype", "shape"):
         signature.add_column(column)
@@ -275,32 +321,24 @@ def inspect(model: Path, as_json: bool) -> None:
     for column in ("dtype", "tensors", "parameters", "bytes"):
         dtypes.add_column(column, justify="left" if column == "dtype" else "right")
     for dtype, entry in info.parameters_by_dtype.items():
-        dtypes.add_row(dtype, str(entry["tensors"]), f"{entry['parameters']:,}", _human_bytes(entry["bytes"]))
+        dtypes.add_row(dtype, str(entry["tensors"]), f"{entry['parameters']:,}", human_bytes(entry["bytes"]))
     out.print(dtypes)
 
 
 @app.command()
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
-@click.option("--tolerance", type=click.Choice([*TOLERANCES, "custom"]), default="fp32", show_default=True,
-              help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement.")
-@click.option("--rtol", type=float, help="Relative tolerance (custom, or override a preset).")
-@click.option("--atol", type=float, help="Absolute tolerance (custom, or override a preset).")
-@click.option("--max-mismatch", type=float, help="Allowed fraction of elements outside tolerance.")
-@click.option("--min-cosine", type=float, help="Lowest acceptable cosine similarity.")
+@_tolerance_options
 @click.option("--no-locate", is_flag=True, help="Do not search for the first diverging node.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_input_options
 @_runtime_options
-def validate(reference: Path, candidate: Path, tolerance: str, rtol, atol, max_mismatch, min_cosine,
-             no_locate: bool, as_json: bool, inputs_file, shape, input_range, ep, device_id, threads,
-             opt_level, provider_option) -> None:
+def validate(reference: Path, candidate: Path, tolerance: Tolerance, no_locate: bool, as_json: bool,
+             inputs_file, shape, input_range, runtime: api.RuntimeOptions) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output (exit 1 if they differ)."""
-    tol = make_tolerance(tolerance, rtol=rtol, atol=atol, max_mismatch=max_mismatch, min_cosine=min_cosine)
     result = api.validate(reference, candidate, inputs=inputs_file, shapes=parse_shapes(shape),
-                          input_ranges=parse_ranges(input_range), tolerance=tol,
-                          runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
-                          locate=not no_locate)
+                          input_ranges=parse_ranges(input_range), tolerance=tolerance,
+                          runtime=runtime, locate=not no_locate)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
     else:
@@ -311,44 +349,100 @@ def validate(reference: Path, candidate: Path, tolerance: str, rtol, atol, max_m
 
 @app.command()
 @click.argument("models", type=click.Path(path_type=Path), nargs=-1, required=True)
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model.")
-@click.option("--runs", type=int, default=100, show_default=True, help="Timed rounds (each runs every model).")
-@click.option("--seconds", type=float, help="Run for this long instead of --runs.")
+@click.option("--warmup", type=int, default=10, show_default=True,
+              help="Untimed runs per model before timing (each shape set).")
+@click.option("--runs", type=int, help="Timed runs per model and shape set (default 100).")
+@click.option("--seconds", type=float, help="A wall-clock budget per shape set instead of --runs.")
+@click.option("--sweep", multiple=True, metavar="NAME=A,B,…",
+              help="Time each shape in turn: input_ids=1x32,1x128 (an input) or seq=32,128,512 "
+                   "(a named dimension, for every input that has it); several --sweep multiply.")
+@click.option("--concurrency", type=int, default=1, show_default=True,
+              help="Requests in flight on each model's session, one thread each.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write results as JSON.")
 @click.option("--markdown", type=click.Path(path_type=Path), help="Write results as Markdown.")
-@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of the latency distributions.")
+@click.option("--plot", type=click.Path(path_type=Path),
+              help="Write a PNG: latency distributions, or latency against shape with --sweep.")
+@click.option("--save-baseline", type=click.Path(path_type=Path), help="Save this run as a baseline (JSON).")
+@click.option("--compare", "baseline_file", type=click.Path(path_type=Path),
+              help="Compare p50s with a saved baseline; exit 1 on a regression.")
+@click.option("--max-regression", default="5%", show_default=True,
+              help="Largest p50 increase --compare accepts, per model and shape.")
 @_input_options
 @_runtime_options
-def bench(models: tuple[Path, ...], warmup: int, runs: int, seconds: float | None, json_file, markdown,
-          plot, inputs_file, shape, input_range, ep, device_id, threads, opt_level, provider_option) -> None:
-    """Latency of one or more models, run interleaved (A B A B …) in one process."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
-                  transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmarking", total=None if seconds else runs)
+def bench(models: tuple[Path, ...], warmup: int, runs: int | None, seconds: float | None, sweep, concurrency: int,
+          json_file, markdown, plot, save_baseline, baseline_file, max_regression: str, inputs_file, shape,
+          input_range, runtime: api.RuntimeOptions) -> None:
+    """Latency of one or more models on the same inputs, each timed alone in turns."""
+    for path, flag in ((json_file, "--json"), (markdown, "--markdown"), (plot, "--plot"),
+                       (save_baseline, "--save-baseline")):
+        check_output_file(path, flag)
+    threshold = baseline.parse_threshold(max_regression)
+    saved = baseline.load(baseline_file) if baseline_file is not None else None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, auto_refresh=False, disable=not err.is_terminal) as progress:
+        task = progress.add_task("benchmarking", total=None)
+
+        def report(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+            progress.refresh()
+
         result = api.bench(list(models), inputs=inputs_file, shapes=parse_shapes(shape),
-                           input_ranges=parse_ranges(input_range), warmup=warmup, runs=runs,
-                           seconds=seconds,
-                           runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
-                           progress=lambda done, total: progress.update(task, completed=done))
-    table = Table(title=f"latency on {result.ep} (inputs: "
-                  + ", ".join(f"{n} {s}" for n, s in result.input_shapes.items()) + ")")
-    for column in ("model", "size", "session ms", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
-                   "samples/s", "p50 vs first"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for entry, ratio in zip(result.models, result.ratios()):
-        table.add_row(entry.model, _human_bytes(entry.file_bytes), f"{entry.session_seconds * 1000:.0f}",
-                      f"{entry.p50_ms:.3f}", f"{entry.p90_ms:.3f}", f"{entry.p99_ms:.3f}",
-                      f"{entry.mean_ms:.3f}", f"{entry.std_ms:.3f}", f"{entry.throughput:.1f}",
-                      f"{ratio:.2f}x")
-    out.print(table)
-    out.print(f"{len(result.models[0].latencies_ms)} timed runs per model; peak resident memory "
-              f"{_human_bytes(result.peak_rss_bytes)}", markup=False)
-    if json_file is not None:
-        model_io.write_text_atomic(json_file, result.to_json() + "\n")
-    if markdown is not None:
-        model_io.write_text_atomic(markdown, result.to_markdown())
+                           input_ranges=parse_ranges(input_range), sweep=parse_sweep(sweep), warmup=warmup,
+                           runs=runs, seconds=seconds, concurrency=concurrency, runtime=runtime,
+                           progress=report)
+    _print_bench(result)
+    for path, text in ((json_file, result.to_json() + "\n"), (save_baseline, result.to_json() + "\n"),
+                       (markdown, result.to_markdown())):
+        if path is not None:
+            model_io.write_text_atomic(path, text)
     if plot is not None:
-        bench_module.plot(result, plot)
+        bench_report.plot(result, plot)
+    if saved is not None:
+        comparison = baseline.compare(result, saved, threshold, str(baseline_file))
+        _print_comparison(comparison)
+        if not comparison.passed:
+            raise click.exceptions.Exit(1)
+
+
+def _print_bench(result: BenchResult) -> None:
+    concurrent = result.metadata["concurrency"] > 1
+    for case in result.cases:
+        table = Table(title=f"latency on {result.ep}, inputs: {case.shapes_text()}")
+        for column in ("model", "size", "session ms", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "runs",
+                       "samples/s (wall)" if concurrent else "samples/s (p50)", "p50 vs first"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for entry, ratio in zip(case.models, case.ratios()):
+            table.add_row(entry.model, human_bytes(entry.file_bytes), f"{entry.session_seconds * 1000:.0f}",
+                          f"{entry.p50_ms:.3f}", f"{entry.p90_ms:.3f}", f"{entry.p99_ms:.3f}",
+                          f"{entry.mean_ms:.3f}", f"{entry.std_ms:.3f}", str(len(entry.latencies_ms)),
+                          f"{entry.throughput:.1f}", f"{ratio:.2f}x")
+        out.print(table)
+    if len(result.cases) > 1:
+        labels = bench_report.sweep_labels(result)
+        table = Table(title=f"p50 ms by {bench_report.swept_input(result)} shape")
+        table.add_column("model")
+        for label in labels:
+            table.add_column(label, justify="right")
+        for index, entry in enumerate(result.models):
+            table.add_row(entry.model, *(f"{case.models[index].p50_ms:.3f}" for case in result.cases))
+        out.print(table)
+    for line in bench_report.settings_lines(result.metadata):
+        out.print(line, soft_wrap=True)
+    out.print(f"peak resident memory {human_bytes(result.peak_rss_bytes)}; p50 vs first = the model's median "
+              "latency over the first model's (below 1.00x is faster)")
+
+
+def _print_comparison(comparison: baseline.BaselineComparison) -> None:
+    table = Table(title=f"against {comparison.baseline} (max regression {comparison.max_regression:.1%})")
+    for column in ("model", "inputs", "baseline p50 ms", "p50 ms", "change", "verdict"):
+        table.add_column(column, justify="right" if "ms" in column or column == "change" else "left")
+    for row in comparison.rows:
+        table.add_row(row.model, row.shapes, _fmt(row.baseline_p50_ms, ".3f"), _fmt(row.current_p50_ms, ".3f"),
+                      _fmt(row.change, "+.1%"), row.status)
+    out.print(table)
+    for difference in comparison.setting_differences:
+        out.print(f"note: {difference}", soft_wrap=True)
+    (out if comparison.passed else err).print(comparison.summary(), soft_wrap=True)
 
 
 def _model_source_options(command):
@@ -385,6 +479,7 @@ def export_command(zoo, module_spec, exporter, opset, output: Path, no_fallback:
     export = _export_module()
     if (zoo is None) == (module_spec is None):
         raise GraphoptError("give exactly one of --zoo NAME and --module path/to/file.py:factory")
+    check_output_file(output, "-o")
     spec = export.zoo_entry(zoo).build() if zoo else export.load_factory(module_spec)
     result = export.export_spec(spec, output, exporter=exporter, opset=opset, fallback=not no_fallback,
                                 parity=not no_parity)
@@ -392,14 +487,14 @@ def export_command(zoo, module_spec, exporter, opset, output: Path, no_fallback:
         out.print_json(json.dumps(result.to_dict()))
         return
     for note in result.notes:
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {note}")
     out.print(f"exported {output} with the {result.exporter} exporter, opset {result.opset}; "
-              f"inputs {result.input_names}, outputs {result.output_names}", markup=False)
+              f"inputs {result.input_names}, outputs {result.output_names}")
     for check in result.parity:
         shapes = ", ".join(f"{name} {shape}" for name, shape in check.shapes.items())
-        out.print(f"  parity at {shapes}: max abs error {check.max_abs_error:.3g}", markup=False)
+        out.print(f"  parity at {shapes}: max abs error {check.max_abs_error:.3g}")
     for dataset in export.dataset_paths(output, spec.datasets).values():
-        out.print(f"  wrote {dataset}", markup=False)
+        out.print(f"  wrote {dataset}")
 
 
 @app.command("zoo")
@@ -420,40 +515,54 @@ def zoo_command() -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--preset", default="O1", show_default=True)
 @click.option("--target", default="portable", show_default=True)
-@click.option("--tolerance", type=click.Choice(list(TOLERANCES)), default="fp32", show_default=True)
-@click.option("--runs", type=int, default=100, show_default=True, help="Timed benchmark rounds.")
+@_tolerance_options
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--shape", "shape", multiple=True, metavar="NAME=1x128", help="Input shape (repeatable).")
+@click.option("--shape", "shape", multiple=True, metavar="NAME=1x128",
+              help="Input shape for validation and the benchmark (repeatable).")
+@click.option("--bench-shape", "bench_shape", multiple=True, metavar="NAME=1x128",
+              help="Input shape for the benchmark instead of --shape (repeatable), e.g. a deployment's.")
 @_runtime_options
-def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: str,
-                runs: int, warmup: int, shape, ep, device_id, threads, opt_level, provider_option) -> None:
+def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: Tolerance,
+                runs: int, warmup: int, shape, bench_shape, runtime: api.RuntimeOptions) -> None:
     """Export, optimize, validate and benchmark in one go; write report.md/json and latency.png."""
     _export_module()
     from graphopt import flow
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
-                  transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("exporting, optimizing, validating", total=None)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, auto_refresh=False, disable=not err.is_terminal) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def stage(description: str) -> None:
+            progress.update(task, description=description)
+            progress.refresh()
+
+        def report(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+            progress.refresh()
+
         result = flow.run(zoo=zoo, module=module_spec, out=out_dir, preset=preset, target=target,
                           tolerance=tolerance, exporter=exporter, opset=opset, shapes=parse_shapes(shape),
-                          runs=runs, warmup=warmup,
-                          runtime=_runtime(ep, device_id, threads, opt_level, provider_option),
-                          progress=lambda done, total: progress.update(
-                              task, description="benchmarking", completed=done, total=total))
+                          bench_shapes=parse_shapes(bench_shape), runs=runs, warmup=warmup, runtime=runtime,
+                          progress=report, stage=stage)
     export = result.export
-    out.print(f"[bold]{result.name}[/bold]: exported with {export.exporter} (opset {export.opset}), "
-              f"parity max abs error {export.max_abs_error:.3g}")
+    out.print(Text.assemble((result.name, "bold"), f": exported with {export.exporter} (opset {export.opset}), "
+                            f"parity max abs error {export.max_abs_error:.3g}"))
     if result.optimize is not None:
+        _print_warnings(result.optimize.warnings)
         out.print(_report_table(result.optimize.report))
     if result.validation is not None:
         _print_validation(result.validation)
     if result.bench is not None:
         first, second = result.bench.models
-        out.print(f"latency p50 {first.p50_ms:.3f} ms → {second.p50_ms:.3f} ms "
-                  f"({result.bench.ratios()[1]:.2f}x), on {result.bench.ep}", markup=False)
+        out.print(f"latency p50 {first.p50_ms:.3f} ms → {second.p50_ms:.3f} ms ({result.bench.ratios()[1]:.2f}x "
+                  f"the export's median time per run; below 1.00x is faster) at {result.bench.cases[0].shapes_text()}",
+                  soft_wrap=True)
+        for line in bench_report.settings_lines(result.bench.metadata)[:3]:
+            out.print(f"  {line}", soft_wrap=True)
     for label, value in result.accuracy.items():
-        out.print(f"test accuracy ({label}): {value:.2%}", markup=False)
-    out.print(f"wrote {', '.join(str(path) for path in result.files)}", markup=False)
+        out.print(f"test accuracy ({label}): {value:.2%}")
+    out.print(f"wrote {', '.join(str(path) for path in result.files)}")
     if not result.passed:
         raise click.exceptions.Exit(1)
 
@@ -485,13 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.exceptions.UsageError as usage:
-        err.print(f"graphopt: error: {usage.format_message()}", markup=False)
+        err.print(f"graphopt: error: {usage.format_message()}")
         return 2
     except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("graphopt: interrupted; nothing was written", markup=False)
+        err.print("graphopt: interrupted; nothing was written")
         return 130
     except GraphoptError as error:
-        err.print(f"graphopt: error: {error}", markup=False, soft_wrap=True)
+        err.print(f"graphopt: error: {error}", soft_wrap=True)
         return error.exit_code
     return result if isinstance(result, int) else 0
 

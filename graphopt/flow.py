@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ import numpy as np
 from graphopt import api
 from graphopt import model as model_io
 from graphopt.errors import InputError, ValidationFailed
-from graphopt.runtime import bench as bench_module
+from graphopt.outputs import check_output_folder
+from graphopt.passes import TARGETS
+from graphopt.pipeline import resolve_spec
+from graphopt.runtime import bench_report
 from graphopt.runtime.bench import BenchResult
+from graphopt.runtime.compare import Tolerance, tolerance as make_tolerance
 from graphopt.runtime.providers import create_session
 
 
@@ -49,7 +54,7 @@ def _accuracy(model_path: Path, dataset: Path, runtime: api.RuntimeOptions) -> f
     labels = data.pop("labels", None)
     if labels is None:
         return None
-    session = create_session(model_path, runtime.session_config())
+    session = create_session(model_path, runtime.for_bench(), label=model_path.name)
     logits = session.run({value.name: data[value.name] for value in session.inner.get_inputs()})[0]
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
@@ -61,42 +66,67 @@ def run(
     out: str | os.PathLike,
     preset: str = "O1",
     target: str = "portable",
-    tolerance: str = "fp32",
+    tolerance: str | Tolerance = "fp32",
     exporter: str = "dynamo",
     opset: int | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    bench_shapes: dict[str, tuple[int, ...]] | None = None,
     runs: int = 100,
     warmup: int = 10,
     runtime: api.RuntimeOptions | None = None,
     progress=None,
+    stage: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Export a zoo model (or a --module factory), optimize, validate, bench, and write a report."""
+    """Export a zoo model (or a --module factory), optimize, validate, bench, and write a report.
+
+    `shapes` fix inputs for validation and the benchmark; `bench_shapes`, when given, replace
+    them for the benchmark (e.g. a deployment's 1x128 while validation covers two shapes). Every option is
+    checked before the export starts. `stage(description)` is told when each step begins;
+    `progress(done, total)` counts timed benchmark runs.
+    """
     from graphopt import export
 
     if (zoo is None) == (module is None):
         raise InputError("give exactly one of --zoo NAME and --module path/to/file.py:factory")
+    resolve_spec(preset)
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    tol = tolerance if isinstance(tolerance, Tolerance) else make_tolerance(tolerance)
+    if runs < 1 or warmup < 0:
+        raise InputError("--runs must be >= 1 and --warmup >= 0")
     runtime = runtime or api.RuntimeOptions()
-    name = zoo or Path(module.rpartition(":")[0]).stem
-    spec = export.zoo_entry(zoo).build() if zoo else export.load_factory(module)
+    runtime.for_bench()  # the settings are checked here, before any work
     folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: exists and is not a folder")
+    check_output_folder(folder)
+    stage = stage or (lambda description: None)
+    name = zoo or Path(module.rpartition(":")[0]).stem
+    stage("building the model")
+    spec = export.zoo_entry(zoo).build() if zoo else export.load_factory(module)
+    _check_shape_names({**(shapes or {}), **(bench_shapes or {})}, spec.input_names)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".graphopt-run-", dir=folder))
     try:
-        return _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter, opset,
-                           shapes, runs, warmup, runtime, progress)
+        return _run_staged(name, spec, folder, staging, preset, target, tol, exporter, opset,
+                           shapes, bench_shapes or shapes, runs, warmup, runtime, progress, stage)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter, opset, shapes, runs,
-                warmup, runtime, progress) -> RunResult:
+def _check_shape_names(shapes: dict[str, tuple[int, ...]], input_names: list[str]) -> None:
+    unknown = sorted(set(shapes) - set(input_names)) if input_names else []
+    if unknown:
+        raise InputError(f"--shape names unknown input {unknown[0]!r} (inputs: {', '.join(input_names)})")
+
+
+def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter, opset, shapes, bench_shapes,
+                runs, warmup, runtime, progress, stage) -> RunResult:
     from graphopt import export
 
+    stage("exporting")
     exported_path = staging / "model.onnx"
     exported = export.export_spec(spec, exported_path, exporter=exporter, opset=opset)
     optimized_path = staging / f"model.{preset}.onnx"
+    stage(f"optimizing ({preset}) and validating")
     try:
         optimized = api.optimize(exported_path, optimized_path, preset=preset, target=target,
                                  validate=True, shapes=shapes, tolerance=tolerance, runtime=runtime)
@@ -106,11 +136,11 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
     timing = None
     accuracy: dict[str, float] = {}
     if optimized is not None:
-        timing = api.bench([exported_path, optimized_path], shapes=shapes, warmup=warmup, runs=runs,
-                           runtime=runtime, progress=progress)
-        for entry in timing.models:
-            entry.model = Path(entry.model).name
-        bench_module.plot(timing, staging / "latency.png")
+        stage("benchmarking")
+        timing = api.bench([exported_path, optimized_path], shapes=bench_shapes, warmup=warmup, runs=runs,
+                           runtime=runtime, progress=progress,
+                           labels=[exported_path.name, optimized_path.name])
+        bench_report.plot(timing, staging / "latency.png")
         test_set = export.dataset_paths(exported_path, spec.datasets).get("test")
         if test_set is not None:
             for label, path in (("exported", exported_path), (preset, optimized_path)):
@@ -118,6 +148,7 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
                 if value is not None:
                     accuracy[label] = value
     result = RunResult(name, folder, exported, optimized, validation, timing, accuracy, [])
+    exported.path = folder / exported_path.name
     model_io.write_text_atomic(staging / "report.json", json.dumps(_report_dict(result, preset), indent=2) + "\n")
     model_io.write_text_atomic(staging / "report.md", _report_markdown(result, preset))
     for staged in sorted(staging.iterdir()):
@@ -155,10 +186,11 @@ def _report_markdown(result: RunResult, preset: str) -> str:
         lines.append("| iter | pass | nodes | initializers | parameter bytes | ms | changed |")
         lines.append("|---:|---|---|---|---|---:|---|")
         for entry in report.passes:
+            changed = "; ".join(entry.changes) or ("yes" if entry.modified else "")
             lines.append(f"| {entry.iteration} | {entry.name} | {entry.nodes_before} → {entry.nodes_after} | "
                          f"{entry.initializers_before} → {entry.initializers_after} | "
                          f"{entry.parameter_bytes_before:,} → {entry.parameter_bytes_after:,} | "
-                         f"{entry.seconds * 1000:.1f} | {'yes' if entry.modified else ''} |")
+                         f"{entry.seconds * 1000:.1f} | {changed} |")
         skipped = [f"{e.name}: {reason}" for e in report.passes for reason in e.skipped]
         lines.extend(f"- skipped {reason}" for reason in dict.fromkeys(skipped))
         lines.append("")
@@ -183,7 +215,13 @@ def _report_markdown(result: RunResult, preset: str) -> str:
             lines.append(validation.divergence.describe())
     lines.append("")
     if result.bench is not None:
-        lines.append("## Latency (exported vs optimized, interleaved)")
+        first, second = result.bench.models
+        lines.append("## Latency (exported vs optimized)")
+        lines.append("")
+        lines.append(f"p50 {first.p50_ms:.3f} ms → {second.p50_ms:.3f} ms at {result.bench.cases[0].shapes_text()}: "
+                     f"the optimized model takes {result.bench.ratios()[1]:.2f}x the exported model's median "
+                     "time per run (below 1.00x is faster). Both ran in this process in turns, each alone "
+                     "on the machine while timed, with the session settings below.")
         lines.append("")
         lines.append(result.bench.to_markdown())
         lines.append("![latency](latency.png)")

@@ -22,6 +22,7 @@ import onnx_ir as ir
 from graphopt import checks, writer
 from graphopt.errors import InputError
 from graphopt.memory import gc_paused
+from graphopt.outputs import write_error
 
 SOURCE_KEY = "graphopt.source"
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
@@ -66,6 +67,7 @@ def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
 
 
 def _check_external_data(path: Path, model: ir.Model) -> None:
+    folder = path.parent.resolve()
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
@@ -76,6 +78,11 @@ def _check_external_data(path: Path, model: ir.Model) -> None:
                 raise InputError(f"{path}: external data location {tensor.location!r} "
                                  "must stay inside the model's folder")
             data_path = Path(tensor.path)
+            # A symlink may lead anywhere; what counts is where it resolves.
+            target = data_path.resolve()
+            if not target.is_relative_to(folder):
+                raise InputError(f"{path}: external data file {tensor.location!r} links to {target}, "
+                                 "outside the model's folder")
             if not data_path.is_file():
                 raise InputError(f"{path}: external data file {tensor.location!r} is missing "
                                  f"(needed by {value.name!r})")
@@ -139,6 +146,13 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     data_name = f"{path.name}.data" if external_data else None
     if data_name and os.path.realpath(path.with_name(data_name)) in sources:
         raise InputError(f"{path}: refusing to overwrite the input's external data {data_name}")
+    try:
+        return _save_staged(model, path, external_data, data_name)
+    except OSError as error:
+        raise write_error(path, error) from None
+
+
+def _save_staged(model: ir.Model, path: Path, external_data: bool, data_name: str | None) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
@@ -283,13 +297,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write a small file (a report, a plot) through a temp file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as error:
+        raise write_error(path, error) from None
     try:
         os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(staged, path)
+    except OSError as error:
+        raise write_error(path, error) from None
     finally:
         if os.path.exists(staged):
             os.unlink(staged)

@@ -53,6 +53,15 @@ def test_optimize_with_pass_list_and_recipe(model_path, tmp_path):
     assert [n.op_type for n in onnx.load(tmp_path / "b.onnx").graph.node] == ["Mul", "Relu"]
 
 
+def test_optimize_with_pass_options(model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(model_path), "-o", str(out), "-q", "--passes",
+                 "fold_constants:max_output_bytes=2048:infer_shapes=false,eliminate_noops"]) == 0
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Mul", "Relu"]
+    feeds = {"x": np.arange(8, dtype=np.float32).reshape(2, 4) - 4}
+    assert_same(run(onnx.load(model_path), feeds), run(onnx.load(out), feeds))
+
+
 def test_inspect_json(model_path, capsys):
     assert main(["inspect", str(model_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -132,6 +141,9 @@ def test_bad_model_is_one_line_exit_2_nothing_written(tmp_path, kind, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--passes", "no_such_pass"], "unknown pass 'no_such_pass'"),
+    (["--passes", "fold_constants:max_output_bytes=big"],
+     "option fold_constants.max_output_bytes must be an integer, got 'big'"),
+    (["--passes", "fold_constants:nope=1"], "pass 'fold_constants' has no option 'nope'"),
     (["--preset", "O9"], "unknown preset 'O9'"),
     (["--target", "gpu"], "unknown target 'gpu'"),
     (["--recipe", "missing.toml"], "cannot read recipe"),
@@ -273,10 +285,186 @@ def test_bench_command_writes_reports(classifier, tmp_path, capsys):
     assert main(["optimize", str(classifier), "-o", str(optimized), "-q"]) == 0
     files = {"json": tmp_path / "b.json", "markdown": tmp_path / "b.md", "plot": tmp_path / "b.png"}
     assert main(["bench", str(classifier), str(optimized), "--runs", "5", "--warmup", "1",
-                 "--shape", "input_ids=2x8", "--threads", "1",
+                 "--shape", "input_ids=2x8", "--threads", "1", "--inter-op", "1",
+                 "--execution-mode", "parallel", "--spinning", "off",
+                 "--session-config", "session.dynamic_block_base=2",
                  "--json", str(files["json"]), "--markdown", str(files["markdown"]),
                  "--plot", str(files["plot"])]) == 0
     printed = capsys.readouterr().out
-    assert "p50 ms" in printed and "1.00x" in printed
-    assert json.loads(files["json"].read_text())["threads"] == 1
+    assert "p50 ms" in printed and "1.00x" in printed and "spinning off" in printed
+    metadata = json.loads(files["json"].read_text())["metadata"]
+    assert metadata["threads"] == 1 and metadata["inter_op_threads"] == 1
+    assert metadata["execution_mode"] == "parallel" and metadata["spinning"] is False
+    assert metadata["session_config"]["session.dynamic_block_base"] == "2"
     assert files["plot"].stat().st_size > 1000 and "| model |" in files["markdown"].read_text()
+
+
+def test_bench_sweep_baseline_and_regression(classifier, tmp_path, capsys):
+    saved = tmp_path / "base.json"
+    assert main(["bench", str(classifier), "--runs", "3", "--warmup", "0", "--sweep", "batch=1",
+                 "--sweep", "seq=4,8", "--save-baseline", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    assert "p50 ms by input_ids shape" in printed and "1x4" in printed and "1x8" in printed
+    data = json.loads(saved.read_text())
+    assert [case["input_shapes"]["input_ids"] for case in data["cases"]] == [[1, 4], [1, 8]]
+    assert main(["bench", str(classifier), "--runs", "3", "--warmup", "0", "--sweep", "input_ids=1x4,1x8",
+                 "--compare", str(saved), "--max-regression", "10000%"]) == 0
+    assert "no p50 regression beyond" in capsys.readouterr().out
+    for case in data["cases"]:
+        case["models"][0]["p50_ms"] = 1e-6  # a baseline no real run can match
+    saved.write_text(json.dumps(data))
+    assert main(["bench", str(classifier), "--runs", "3", "--warmup", "0", "--sweep", "input_ids=1x4,1x8",
+                 "--compare", str(saved)]) == 1
+    captured = capsys.readouterr()
+    assert "regressed" in captured.out and "2 p50 regression(s) beyond 5.0%" in captured.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runs", "5", "--seconds", "1"], "give --runs or --seconds, not both"),
+    (["--provider-option", "device_id=1"], "the CPU provider takes none"),
+    (["--session-config", "novalue"], "--session-config 'novalue' must look like KEY=VALUE"),
+    (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--inter-op", "0"], "--inter-op must be at least 1"),
+    (["--max-regression", "lots"], "--max-regression 'lots' must be a percentage"),
+    (["--sweep", "seq=4", "--inputs", "x.npz"], "cannot be combined with --inputs"),
+    (["--shape", "input_ids=1x8", "--shape", "attention_mask=1x4"], "shapes disagree on dimension 'seq'"),
+    (["--input-range", "input_ids=0:500"], "outside the 50 rows of the embedding table"),
+    (["--shape", "input_ids=1x600000000000"], "would take 4470.3 GiB"),
+])
+def test_bench_bad_options_are_one_line_exit_2(classifier, tmp_path, capsys, args, message):
+    assert main(["bench", str(classifier), "--warmup", "0", *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error, error
+
+
+def test_runtime_failures_are_one_line_exit_2(tmp_path, capsys):
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[2, 4] y) {
+            shape = Constant<value = int64[2] {2, 4}>()
+            y = Reshape(x, shape) }""")
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, path)
+    for command in (["bench", str(path), "--shape", "x=3x4", "--runs", "1"],
+                    ["validate", str(path), str(path), "--shape", "x=3x4"],
+                    ["optimize", str(path), str(tmp_path / "o.onnx"), "--validate"]):
+        assert main(command) == 2, command
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("graphopt: error: ONNX Runtime failed running") and "\n" not in error, error
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bench_compare_with_a_file_that_is_not_a_baseline(classifier, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text('{"passes": []}')
+    assert main(["bench", str(classifier), "--compare", str(other)]) == 2
+    assert "not a graphopt bench result" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["bench", "validate", "optimize"])
+def test_output_paths_are_checked_before_any_work(classifier, tmp_path, capsys, command):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    out = tmp_path / "out.onnx"
+    cases = {
+        "bench": [["--json", str(folder)], ["--plot", str(folder)], ["--markdown", str(a_file / "b.md")]],
+        "validate": [],
+        "optimize": [["--report", str(folder)], ["--report", str(a_file / "r.json")]],
+    }[command]
+    for extra in cases:
+        head = {"bench": ["bench", str(classifier), "--runs", "1"],
+                "optimize": ["optimize", str(classifier), str(out)]}[command]
+        assert main([*head, *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("graphopt: error:") and "\n" not in error
+        assert not out.exists()
+
+
+def test_optimize_output_positional_or_flag_once(classifier, tmp_path, capsys):
+    out = tmp_path / "positional.onnx"
+    assert main(["optimize", str(classifier), str(out), "-q"]) == 0 and out.exists()
+    assert main(["optimize", str(classifier), str(out), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["optimize", str(classifier)]) == 2
+    assert "give the output once" in capsys.readouterr().err
+
+
+def test_optimize_and_run_take_custom_tolerances(classifier, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(classifier), str(out), "--validate", "--tolerance", "custom",
+                 "--atol", "1e-3", "-q"]) == 0
+    assert main(["optimize", str(classifier), str(out), "--validate", "--min-cosine", "2"]) == 2
+    assert "--min-cosine 2.0 is out of range" in capsys.readouterr().err
+
+
+def test_write_failures_are_one_line_exit_2(classifier, tmp_path, capsys, monkeypatch):
+    parent_is_file = tmp_path / "file"
+    parent_is_file.write_text("")
+    assert main(["optimize", str(classifier), str(parent_is_file / "out.onnx")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    import graphopt.model
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(graphopt.model.tempfile, "mkdtemp", refuse)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(classifier), str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"graphopt: error: {out}: cannot write: Permission denied" and not out.exists()
+
+
+def test_read_only_folder_is_refused_before_work(classifier, tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        probe = folder / "probe"
+        try:
+            probe.write_text("")
+        except PermissionError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("this user can write into read-only folders (root)")
+        assert main(["optimize", str(classifier), str(folder / "out.onnx")]) == 2
+        assert "cannot write in" in capsys.readouterr().err
+    finally:
+        os.chmod(folder, 0o700)
+
+
+def test_inspect_shows_symbolic_dims_and_literal_brackets(tmp_path, capsys):
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch, seq] x) => (float[batch, seq] y) { y = Relu(x) }""")
+    model.graph.input[0].name = "[bold]x[/bold]"
+    model.graph.node[0].input[0] = "[bold]x[/bold]"
+    path = tmp_path / "dims.onnx"
+    onnx.save(model, path)
+    assert main(["inspect", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "[batch, seq]" in printed and "[bold]x[/bold]" in printed
+
+
+@pytest.mark.parametrize("opset, message", [
+    (6, "opset 6 is below 7, the oldest graphopt supports"),
+    (29, "opset 29 is newer than onnx"),
+])
+def test_opsets_outside_the_supported_window_warn(tmp_path, capsys, opset, message):
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]),
+        opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=8)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), str(tmp_path / "out.onnx"), "-q"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("graphopt: warning: ") and message in warnings[0]
+
+
+def test_errors_print_brackets_literally(tmp_path, capsys):
+    missing = tmp_path / "[bold]model[/bold].onnx"
+    assert main(["inspect", str(missing)]) == 2
+    assert "[bold]model[/bold].onnx: no such file" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 
 import graphopt
+from graphopt.cli import main
 from graphopt.errors import InputError
 from tests.helpers import assert_same, run
 
@@ -110,6 +111,37 @@ def test_truncated_external_data_is_an_input_error(external_model):
     data.write_bytes(data.read_bytes()[:100])
     with pytest.raises(InputError, match="too short"):
         graphopt.load(external_model)
+
+
+def _move_data_behind_symlink(model_path, target):
+    """Move the model's external data to `target` and leave a symlink in its place."""
+    data = model_path.with_name("model.onnx.data")
+    target.parent.mkdir(exist_ok=True)
+    data.rename(target)
+    data.symlink_to(target)
+
+
+def test_external_data_symlinked_outside_the_folder_is_refused(external_model, tmp_path, capsys):
+    _move_data_behind_symlink(external_model, tmp_path / "elsewhere" / "weights.data")
+    with pytest.raises(InputError, match=r"links to .*weights\.data, outside the model's folder"):
+        graphopt.load(external_model)
+    out = tmp_path / "out" / "model.onnx"
+    for args in (["inspect", str(external_model)], ["optimize", str(external_model), "-o", str(out)]):
+        assert main(args) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("graphopt: error:") and "outside the model's folder" in error
+        assert "\n" not in error
+    assert not out.parent.exists()
+
+
+def test_external_data_symlinked_inside_the_folder_loads(external_model, tmp_path):
+    _move_data_behind_symlink(external_model, external_model.parent / "weights" / "w.data")
+    assert isinstance(graphopt.load(external_model).graph.initializers["w"].const_value, ir.ExternalTensor)
+    out = tmp_path / "out" / "model.onnx"
+    assert main(["optimize", str(external_model), "-o", str(out)]) == 0
+    feeds = {"x": np.ones((2, 64), np.float32)}
+    # onnx.load refuses symlinked data, so the reference is the model before it was saved.
+    assert_same(run(_linear_model(), feeds), run(onnx.load(out), feeds))
 
 
 def test_inspect_reports_signature_ops_and_parameters(tmp_path):

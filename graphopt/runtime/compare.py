@@ -52,7 +52,20 @@ def tolerance(name: str = "fp32", *, rtol: float | None = None, atol: float | No
                  if value is not None}
     if name == "custom" and not overrides:
         raise InputError("--tolerance custom needs at least one of --rtol, --atol, --max-mismatch, --min-cosine")
+    for key, value in overrides.items():
+        _check_bound(key, value)
     return dataclasses.replace(base, name=name, **overrides)
+
+
+_BOUNDS = {"rtol": (0.0, math.inf), "atol": (0.0, math.inf), "max_mismatch": (0.0, 1.0), "min_cosine": (-1.0, 1.0)}
+
+
+def _check_bound(key: str, value: float) -> None:
+    low, high = _BOUNDS[key]
+    if not (isinstance(value, (int, float)) and low <= value <= high) or math.isnan(value):
+        flag = "--" + key.replace("_", "-")
+        upper = "" if math.isinf(high) else f" and at most {high:g}"
+        raise InputError(f"{flag} {value!r} is out of range: it must be at least {low:g}{upper}")
 
 
 @dataclasses.dataclass

@@ -9,6 +9,8 @@ are ones, token type ids zeros, and `--input-range name=lo:hi` overrides any of 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ DEFAULT_DIMS = {"batch": 2, "sequence": 16, "other": 8}
 SECOND_DIMS = {"batch": 1, "sequence": 7, "other": 5}
 _SEQUENCE_WORDS = ("seq", "len", "token", "time", "step", "past", "total")
 _BATCH_WORDS = ("batch", "n", "b", "bs")
+_MAX_SYNTHESIZED_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,27 @@ def parse_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...
     return shapes
 
 
+def parse_sweep(specs: list[str] | tuple[str, ...]) -> list[dict[str, tuple[int, ...]]]:
+    """`--sweep` specs into shape sets: `input_ids=1x32,1x128` (an input's shapes) or `seq=32,128`
+    (a named dimension's sizes, for every input that has it); several specs multiply."""
+    axes: dict[str, list[tuple[int, ...]]] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip()
+        try:
+            if not sep or not name or not text.strip():
+                raise ValueError
+            values = [tuple(int(part) for part in item.strip().split("x")) for item in text.split(",")]
+        except ValueError:
+            raise InputError(f"--sweep {spec!r} must look like input_ids=1x32,1x128 or seq=32,128") from None
+        if any(dim < 0 for value in values for dim in value):
+            raise InputError(f"--sweep {spec!r} has a negative dimension")
+        if name in axes:
+            raise InputError(f"--sweep names {name!r} twice")
+        axes[name] = list(dict.fromkeys(values))
+    return [dict(zip(axes, combination)) for combination in itertools.product(*axes.values())]
+
+
 def parse_ranges(specs: list[str] | tuple[str, ...]) -> dict[str, tuple[float, float]]:
     """`name=lo:hi` strings into {name: (lo, hi)} (hi exclusive for integers)."""
     ranges = {}
@@ -88,13 +112,24 @@ def _dim_role(symbol: str | None, position: int) -> str:
 
 
 def resolve_dims(inputs: list[InputInfo], shapes: dict[str, tuple[int, ...]],
-                 defaults: dict[str, int] = DEFAULT_DIMS) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes for every input; a symbol gets one value across all inputs."""
+                 defaults: dict[str, int] = DEFAULT_DIMS,
+                 symbols: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every input; a symbol gets one value across all inputs.
+
+    `symbols` fixes named dimensions (`seq=128`) for every input that uses them; given shapes
+    that disagree about a shared symbol, or with `symbols`, are an error before any run.
+    """
     unknown = set(shapes) - {info.name for info in inputs}
     if unknown:
         valid = ", ".join(info.name for info in inputs)
         raise InputError(f"--shape names unknown input {sorted(unknown)[0]!r} (inputs: {valid})")
-    symbols: dict[str, int] = {}
+    known_symbols = {dim for info in inputs for dim in info.dims or () if isinstance(dim, str) and dim}
+    stray = set(symbols or {}) - known_symbols
+    if stray:
+        raise InputError(f"{sorted(stray)[0]!r} is neither an input nor a named dimension of one "
+                         f"(inputs: {', '.join(info.name for info in inputs)}; dimensions: "
+                         f"{', '.join(sorted(known_symbols)) or 'none'})")
+    bound: dict[str, tuple[int, str]] = {name: (value, f"{name}={value}") for name, value in (symbols or {}).items()}
     for info in inputs:
         if info.name in shapes and info.dims is not None:
             given = shapes[info.name]
@@ -104,8 +139,12 @@ def resolve_dims(inputs: list[InputInfo], shapes: dict[str, tuple[int, ...]],
             for dim, value in zip(info.dims, given):
                 if isinstance(dim, int) and dim != value:
                     raise InputError(f"--shape {info.name}: dimension {dim} is fixed, got {value}")
-                if isinstance(dim, str):
-                    symbols.setdefault(dim, value)
+                if isinstance(dim, str) and dim:
+                    source = f"{info.name}={'x'.join(map(str, given))}"
+                    earlier = bound.setdefault(dim, (value, source))
+                    if earlier[0] != value:
+                        raise InputError(f"shapes disagree on dimension {dim!r}: {earlier[1]} makes it "
+                                         f"{earlier[0]}, {source} makes it {value}")
     resolved = {}
     for info in inputs:
         if info.name in shapes:
@@ -118,11 +157,26 @@ def resolve_dims(inputs: list[InputInfo], shapes: dict[str, tuple[int, ...]],
             if isinstance(dim, int):
                 concrete.append(dim)
             elif dim:
-                concrete.append(symbols.setdefault(dim, defaults[_dim_role(dim, position)]))
+                concrete.append(bound.setdefault(dim, (defaults[_dim_role(dim, position)], ""))[0])
             else:
                 concrete.append(defaults[_dim_role(None, position)])
         resolved[info.name] = tuple(concrete)
     return resolved
+
+
+def check_consistent(inputs: list[InputInfo], feeds: dict[str, np.ndarray], source: str) -> None:
+    """Arrays given by the user agree on every named dimension they share."""
+    seen: dict[str, tuple[int, str]] = {}
+    for info in inputs:
+        array = feeds.get(info.name)
+        if array is None or info.dims is None or array.ndim != len(info.dims):
+            continue
+        for dim, size in zip(info.dims, array.shape):
+            if isinstance(dim, str) and dim:
+                earlier = seen.setdefault(dim, (size, info.name))
+                if earlier[0] != size:
+                    raise InputError(f"{source}: inputs disagree on dimension {dim!r}: {earlier[1]!r} has "
+                                     f"{earlier[0]}, {info.name!r} has {size}")
 
 
 def dynamic(inputs: list[InputInfo]) -> bool:
@@ -130,9 +184,15 @@ def dynamic(inputs: list[InputInfo]) -> bool:
     return any(info.dims is None or any(not isinstance(d, int) for d in info.dims) for info in inputs)
 
 
-def _embedding_rows(model: ir.Model) -> dict[str, int]:
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    rows: int
+    name: str
+
+
+def _embedding_tables(model: ir.Model) -> dict[str, _Table]:
     """Inputs used (directly or through Cast/Reshape/…) as Gather indices into a constant table."""
-    rows: dict[str, int] = {}
+    tables: dict[str, _Table] = {}
     passthrough = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
     for value in model.graph.inputs:
         frontier, seen = [value], set()
@@ -147,23 +207,41 @@ def _embedding_rows(model: ir.Model) -> dict[str, int]:
                     if table is not None and table.const_value is not None and table.shape is not None:
                         axis = user.attributes.get_int("axis", 0)
                         size = table.shape.dims[axis]
-                        if isinstance(size, int):
-                            rows[value.name] = min(rows.get(value.name, size), size)
+                        if isinstance(size, int) and (value.name not in tables or size < tables[value.name].rows):
+                            tables[value.name] = _Table(size, table.name or "")
                 elif user.op_type in passthrough:
                     frontier.extend(user.outputs)
-    return rows
+    return tables
+
+
+def check_index_ranges(model: ir.Model, feeds: dict[str, np.ndarray], source: str) -> None:
+    """Integer inputs that index an embedding table stay inside it (ONNX Runtime fails otherwise)."""
+    for name, table in _embedding_tables(model).items():
+        array = feeds.get(name)
+        if array is None or array.size == 0 or array.dtype.kind not in "iu":
+            continue
+        low, high = int(array.min()), int(array.max())
+        if high >= table.rows or low < -table.rows:
+            bad = high if high >= table.rows else low
+            raise InputError(f"{source}: {name!r} holds {bad}, outside the {table.rows} rows of the "
+                             f"embedding table {table.name!r} it indexes")
 
 
 def integer_ranges(model: ir.Model, overrides: dict[str, tuple[float, float]]) -> dict[str, tuple[int, int]]:
     """[low, high) for every integer input: overrides, embedding sizes, masks, type ids."""
-    rows = _embedding_rows(model)
+    tables = _embedding_tables(model)
     ranges = {}
     for info in signature(model):
         if info.name in overrides:
             low, high = overrides[info.name]
-            ranges[info.name] = (int(low), int(high))
-        elif info.name in rows:
-            ranges[info.name] = (0, rows[info.name])
+            ranges[info.name] = (math.ceil(low), math.ceil(high))
+            table = tables.get(info.name)
+            if table is not None and (ranges[info.name][1] > table.rows or ranges[info.name][0] < -table.rows):
+                raise InputError(f"--input-range {info.name}={low:g}:{high:g} reaches outside the "
+                                 f"{table.rows} rows of the embedding table {table.name!r} it indexes "
+                                 f"(ids {-table.rows} to {table.rows - 1})")
+        elif info.name in tables:
+            ranges[info.name] = (0, tables[info.name].rows)
         elif "mask" in info.name.lower():
             ranges[info.name] = (1, 2)
         elif "type" in info.name.lower():
@@ -175,19 +253,24 @@ def integer_ranges(model: ir.Model, overrides: dict[str, tuple[float, float]]) -
 
 def synthesize(model: ir.Model, shapes: dict[str, tuple[int, ...]] | None = None,
                ranges: dict[str, tuple[float, float]] | None = None, *, seed: int = 0,
-               defaults: dict[str, int] = DEFAULT_DIMS) -> dict[str, np.ndarray]:
+               defaults: dict[str, int] = DEFAULT_DIMS,
+               symbols: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs that respect dtypes, shapes and the valid ranges of integer inputs."""
     inputs = signature(model)
     ranges = ranges or {}
     unknown = set(ranges) - {info.name for info in inputs}
     if unknown:
         raise InputError(f"--input-range names unknown input {sorted(unknown)[0]!r}")
-    concrete = resolve_dims(inputs, shapes or {}, defaults)
+    concrete = resolve_dims(inputs, shapes or {}, defaults, symbols)
     int_ranges = integer_ranges(model, ranges)
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in inputs:
         shape = concrete[info.name]
+        nbytes = math.prod(shape) * info.dtype.itemsize
+        if nbytes > _MAX_SYNTHESIZED_BYTES:
+            raise InputError(f"input {info.name!r} at shape {list(shape)} would take {nbytes / 2**30:.1f} GiB; "
+                             f"graphopt synthesizes at most {_MAX_SYNTHESIZED_BYTES // 2**30} GiB per input")
         kind = info.dtype.kind
         if kind == "b":
             feeds[info.name] = rng.random(shape) > 0.5
@@ -216,21 +299,37 @@ def load_npz(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a readable .npz file ({error})") from None
     with archive:
         arrays = {name: archive[name] for name in archive.files}
+    return check_feeds(model, arrays, str(path))
+
+
+def user_feeds(model: ir.Model, given: str | os.PathLike | dict) -> dict[str, np.ndarray]:
+    """The user's inputs (an .npz path or {name: array}), checked against the model."""
+    if isinstance(given, (str, os.PathLike)):
+        return load_npz(given, model)
+    return check_feeds(model, {name: np.asarray(array) for name, array in given.items()}, "inputs")
+
+
+def check_feeds(model: ir.Model, arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """One array per input with the model's dtype, rank and fixed dims, shared dims agreeing,
+    embedding indices inside their table; extra arrays are ignored."""
+    inputs = signature(model)
     feeds = {}
-    for info in signature(model):
+    for info in inputs:
         if info.name not in arrays:
-            raise InputError(f"{path}: no array for input {info.name!r} "
+            raise InputError(f"{source}: no array for input {info.name!r} "
                              f"(has: {', '.join(sorted(arrays)) or 'nothing'})")
         array = arrays[info.name]
         if array.dtype != info.dtype:
-            raise InputError(f"{path}: {info.name!r} is {array.dtype}, the model expects {info.dtype}")
+            raise InputError(f"{source}: {info.name!r} is {array.dtype}, the model expects {info.dtype}")
         if info.dims is not None:
             if array.ndim != len(info.dims):
-                raise InputError(f"{path}: {info.name!r} has rank {array.ndim}, the model expects "
+                raise InputError(f"{source}: {info.name!r} has rank {array.ndim}, the model expects "
                                  f"rank {len(info.dims)} {list(info.dims)}")
             for dim, size in zip(info.dims, array.shape):
                 if isinstance(dim, int) and dim != size:
-                    raise InputError(f"{path}: {info.name!r} has shape {list(array.shape)}, "
+                    raise InputError(f"{source}: {info.name!r} has shape {list(array.shape)}, "
                                      f"the model fixes {list(info.dims)}")
         feeds[info.name] = array
+    check_consistent(inputs, feeds, source)
+    check_index_ranges(model, feeds, source)
     return feeds

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,15 +39,30 @@ OPT_LEVELS = {
 _INLINE_LIMIT_BYTES = 1 << 30
 
 
+EXECUTION_MODES = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionConfig:
-    """How to run a model: provider, device, threads, ORT's own graph optimizations."""
+    """How to run a model: provider, device, threads, ORT's own graph optimizations and options.
+
+    `spinning` is ONNX Runtime's `session.*.allow_spinning` (on by default, as in ORT);
+    `session_config` holds any other session config entries (KEY, VALUE) and wins over it.
+    """
 
     ep: str = "cpu"
     device_id: int = 0
     threads: int | None = None
     opt_level: str = "all"
     provider_options: tuple[tuple[str, str], ...] = ()
+    inter_op: int | None = None
+    execution_mode: str = "sequential"
+    spinning: bool = True
+    session_config: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.ep not in EP_CHOICES:
@@ -53,8 +70,16 @@ class SessionConfig:
         if self.opt_level not in OPT_LEVELS:
             raise InputError(f"unknown graph optimization level {self.opt_level!r} "
                              f"(choose from {', '.join(OPT_LEVELS)})")
+        if self.execution_mode not in EXECUTION_MODES:
+            raise InputError(f"unknown execution mode {self.execution_mode!r} "
+                             f"(choose from {', '.join(EXECUTION_MODES)})")
         if self.threads is not None and self.threads < 1:
             raise InputError("--threads must be at least 1")
+        if self.inter_op is not None and self.inter_op < 1:
+            raise InputError("--inter-op must be at least 1")
+        if self.provider_options and self.ep == "cpu":
+            raise InputError("--provider-option configures a GPU execution provider; the CPU provider "
+                             "takes none (session settings go in --session-config KEY=VALUE)")
 
     def resolved_ep(self) -> str:
         """The provider that will run: `auto` becomes cuda when ONNX Runtime has it, else cpu."""
@@ -66,15 +91,37 @@ class SessionConfig:
     def device(self) -> str:
         return "cpu" if self.resolved_ep() == "cpu" else "cuda"
 
+    def config_entries(self) -> dict[str, str]:
+        """The session config entries a session gets: spinning first, then the user's own."""
+        entries = {} if self.spinning else {key: "0" for key in SPINNING_KEYS}
+        entries.update(self.session_config)
+        return entries
 
-def parse_provider_options(pairs: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    @property
+    def spinning_effective(self) -> bool:
+        """Whether intra-op threads spin, after --session-config had its say."""
+        return self.config_entries().get(SPINNING_KEYS[0], "1") != "0"
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as they go into the session, for reports."""
+        return {
+            "ep": self.resolved_ep(), "device_id": self.device_id,
+            "threads": self.threads, "inter_op_threads": self.inter_op,
+            "execution_mode": self.execution_mode, "spinning": self.spinning_effective,
+            "graph_optimization_level": self.opt_level,
+            "session_config": self.config_entries(),
+            "provider_options": dict(self.provider_options),
+        }
+
+
+def parse_key_values(pairs: list[str] | tuple[str, ...], flag: str = "--provider-option") -> tuple[tuple[str, str], ...]:
     """`key=value` strings from the command line."""
     options = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"provider option {pair!r} must look like key=value")
-        options.append((key, value))
+        if not sep or not key.strip():
+            raise InputError(f"{flag} {pair!r} must look like KEY=VALUE")
+        options.append((key.strip(), value))
     return tuple(options)
 
 
@@ -98,11 +145,37 @@ def _providers(config: SessionConfig) -> list[Any]:
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures reach the user as one line of ours, not ORT's log
     options.graph_optimization_level = OPT_LEVELS[config.opt_level]
+    options.execution_mode = EXECUTION_MODES[config.execution_mode]
     if config.threads is not None:
         options.intra_op_num_threads = config.threads
+    if config.inter_op is not None:
+        options.inter_op_num_threads = config.inter_op
+    for key, value in config.config_entries().items():
+        options.add_session_config_entry(key, value)
     return options
+
+
+def ort_version() -> str:
+    return ort.__version__
+
+
+@functools.lru_cache(maxsize=None)
+def runs_opset(version: int) -> bool:
+    """Whether this ONNX Runtime loads models of ONNX opset `version` (probed with a tiny model)."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", version)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(probe.SerializeToString(), options, providers=[EP_NAMES["cpu"]])
+    except Exception:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -138,25 +211,49 @@ class Session:
     inner: ort.InferenceSession
     ep: str
     created_seconds: float
+    label: str = "the model"
 
     def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> list[Any]:
-        return self.inner.run(outputs, feeds)
+        """Run once; ONNX Runtime's failure becomes one line naming the model and input shapes."""
+        try:
+            return self.inner.run(outputs, feeds)
+        except Exception as error:
+            raise run_failure(self.label, feeds, error) from None
 
 
-def create_session(model, config: SessionConfig = SessionConfig()) -> Session:
+def run_failure(label: str, feeds: dict[str, Any], error: Exception) -> InputError:
+    """The error for a run ONNX Runtime refused (bad input values or shapes for this model)."""
+    return InputError(f"ONNX Runtime failed running {label} on {describe_feeds(feeds)}: {ort_message(error)}")
+
+
+def describe_feeds(feeds: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {list(getattr(array, 'shape', []))}" for name, array in feeds.items()) or "no inputs"
+
+
+def ort_message(error: Exception) -> str:
+    """The first line of an ONNX Runtime error without its status-code prefix."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+
+
+def _label(model) -> str:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+
+
+def create_session(model, config: SessionConfig = SessionConfig(), label: str | None = None) -> Session:
     """An ORT session for `model`; a GPU provider that ORT silently drops is an error."""
     providers = _providers(config)
     options = session_options(config)
+    label = label or _label(model)
     with model_source(model) as source:
         start = time.perf_counter()
         try:
             inner = ort.InferenceSession(source, options, providers=providers)
         except Exception as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"ONNX Runtime cannot load the model: {message}") from None
+            raise InputError(f"ONNX Runtime cannot load {label}: {ort_message(error)}") from None
         created = time.perf_counter() - start
     ep = config.resolved_ep()
     if EP_NAMES[ep] not in inner.get_providers():
         raise InputError(f"ONNX Runtime could not start the {ep.upper()} execution provider "
                          f"(is a GPU present and are CUDA/cuDNN libraries loadable?)")
-    return Session(inner, ep, created)
+    return Session(inner, ep, created, label)

@@ -57,11 +57,23 @@ class Divergence:
     op_type: str
     comparison: OutputComparison
     matching_inputs: list[str]
+    differing_weights: list[str] = dataclasses.field(default_factory=list)
+    uncompared_inputs: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         return (f"first divergence at {self.op_type} node {self.node!r} (output {self.value!r}): "
                 f"max abs error {self.comparison.max_abs_error:.3g}, "
                 f"cosine {self.comparison.cosine:.6f}")
+
+    def inputs_summary(self) -> str:
+        """What is known about the diverging node's inputs: matching, differing weights, unknown."""
+        parts = [f"its inputs that match the reference: {', '.join(self.matching_inputs) or 'none'}"]
+        if self.differing_weights:
+            parts.append(f"weights that differ from the reference's: {', '.join(self.differing_weights)}")
+        if self.uncompared_inputs:
+            parts.append(f"not comparable (the reference has no value of that name): "
+                         f"{', '.join(self.uncompared_inputs)}")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -77,6 +89,7 @@ class ValidationResult:
     input_sets: list[InputSetResult]
     divergence: Divergence | None = None
     problem: str = ""
+    opt_level: str = "disable"
 
     def failures(self) -> list[OutputComparison]:
         return [output for run in self.input_sets for output in run.outputs if not output.passed]
@@ -84,7 +97,7 @@ class ValidationResult:
     def summary(self) -> str:
         if self.passed:
             return (f"PASS ({self.tolerance.name}): {sum(len(r.outputs) for r in self.input_sets)} "
-                    f"output comparisons over {len(self.input_sets)} input set(s)")
+                    f"output comparisons over {len(self.input_sets)} input set(s), {self.how()}")
         if self.problem:
             return f"FAIL: {self.problem}"
         first = self.failures()[0]
@@ -93,9 +106,16 @@ class ValidationResult:
             text += f"; {self.divergence.describe()}"
         return text
 
+    def how(self) -> str:
+        """Which graphs ONNX Runtime compared: as written, or after its own optimizations."""
+        if self.opt_level == "disable":
+            return f"graphs as written on {self.ep} (ONNX Runtime graph optimizations disabled)"
+        return f"on {self.ep} after ONNX Runtime's {self.opt_level!r} graph optimizations"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed, "tolerance": self.tolerance.to_dict(), "ep": self.ep,
+            "ort_graph_optimization_level": self.opt_level,
             "problem": self.problem, "input_sets": [run.to_dict() for run in self.input_sets],
             "divergence": self.divergence.to_dict() if self.divergence else None,
         }
@@ -107,6 +127,10 @@ def _as_ir(model) -> ir.Model:
     if isinstance(model, onnx.ModelProto):
         return model_io.from_proto(model)
     return model_io.load(model)
+
+
+def _label(model, fallback: str) -> str:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else fallback
 
 
 def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
@@ -124,7 +148,7 @@ class Validator:
     def __init__(self, reference, *, feeds: dict[str, np.ndarray] | str | os.PathLike | None = None,
                  shapes: dict[str, tuple[int, ...]] | None = None,
                  ranges: dict[str, tuple[float, float]] | None = None,
-                 tol: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(),
+                 tol: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(opt_level="disable"),
                  seed: int = 0, reference_ir: ir.Model | None = None) -> None:
         """reference_ir: the reference already loaded (it is kept unchanged), to avoid a reload."""
         self.reference = reference
@@ -132,15 +156,19 @@ class Validator:
         self.tolerance = tol if isinstance(tol, Tolerance) else tolerance(tol)
         self.config = config
         self.input_sets = self._input_sets(feeds, shapes or {}, ranges or {}, seed)
-        self._reference_session = create_session(reference, config)
-        self._expected = [self._reference_session.run(feeds_) for feeds_ in self.input_sets]
+        self._reference_session = create_session(reference, config, label=_label(reference, "the reference model"))
+        try:
+            self._expected = [self._reference_session.run(feeds_) for feeds_ in self.input_sets]
+        except InputError as error:
+            if feeds is None:
+                raise InputError(f"{error} (the inputs were synthesized: give real ones with "
+                                 "--inputs FILE.npz, or --shape / --input-range)") from None
+            raise
         self._output_names = [value.name for value in self._reference_session.inner.get_outputs()]
 
     def _input_sets(self, feeds, shape_overrides, ranges, seed) -> list[dict[str, np.ndarray]]:
-        if isinstance(feeds, (str, os.PathLike)):
-            return [input_io.load_npz(feeds, self.reference_ir)]
         if feeds is not None:
-            return [dict(feeds)]
+            return [input_io.user_feeds(self.reference_ir, feeds)]
         signature = input_io.signature(self.reference_ir)
         first = input_io.synthesize(self.reference_ir, shape_overrides, ranges, seed=seed)
         sets = [first]
@@ -153,7 +181,7 @@ class Validator:
 
     def check(self, candidate) -> ValidationResult:
         """Compare the candidate's outputs with the reference's on every input set."""
-        session = create_session(candidate, self.config)
+        session = create_session(candidate, self.config, label=_label(candidate, "the candidate model"))
         candidate_inputs = {value.name for value in session.inner.get_inputs()}
         missing_inputs = set(self.input_sets[0]) - candidate_inputs
         candidate_outputs = [value.name for value in session.inner.get_outputs()]
@@ -165,7 +193,8 @@ class Validator:
             problem = (f"the candidate's outputs {sorted(candidate_outputs)} differ from the "
                        f"reference's {sorted(self._output_names)}")
         if problem:
-            return ValidationResult(False, self.tolerance, session.ep, [], problem=problem)
+            return ValidationResult(False, self.tolerance, session.ep, [], problem=problem,
+                                    opt_level=self.config.opt_level)
         results = []
         for feeds, expected in zip(self.input_sets, self._expected):
             actual = dict(zip(candidate_outputs, session.run(feeds)))
@@ -180,7 +209,7 @@ class Validator:
                                    for (item_name, a), (_, b) in zip(want_items, got_items))
             results.append(InputSetResult({k: list(v.shape) for k, v in feeds.items()}, comparisons))
         passed = all(run.passed for run in results)
-        return ValidationResult(passed, self.tolerance, session.ep, results)
+        return ValidationResult(passed, self.tolerance, session.ep, results, opt_level=self.config.opt_level)
 
     def validate(self, candidate, locate: bool = True) -> ValidationResult:
         """check(), then on failure locate the first diverging node."""
@@ -212,15 +241,38 @@ class Validator:
             for (value, node), a, b in zip(chunk, want, got):
                 comparison = compare(value.name, a, b, self.tolerance)
                 if not comparison.passed:
-                    matching = [v.name for v in node.inputs if v is not None and
-                                (v.name in compared or v.is_graph_input() or v.const_value is not None)]
-                    return Divergence(value.name, node.name or "", node.op_type, comparison, matching)
+                    return self._divergence(value, node, comparison, compared)
                 compared.add(value.name)
-        return self._output_divergence(candidate_ir, feeds)
+        return self._output_divergence(candidate_ir, feeds, compared)
 
-    def _output_divergence(self, candidate_ir: ir.Model, feeds) -> Divergence | None:
+    def _divergence(self, value: ir.Value, node: ir.Node, comparison: OutputComparison,
+                    compared: set[str]) -> Divergence:
+        """The diverging node with its inputs sorted: matching, weights that differ, unknown."""
+        reference_weights = {name: v for graph in self.reference_ir.graphs()
+                             for name, v in graph.initializers.items() if v.const_value is not None}
+        matching, differing, uncompared = [], [], []
+        for input_ in node.inputs:
+            if input_ is None:
+                continue
+            if input_.const_value is not None:
+                reference = reference_weights.get(input_.name)
+                if reference is None:
+                    uncompared.append(input_.name)
+                    continue
+                difference = _weight_difference(reference.const_value, input_.const_value)
+                if difference is None:
+                    matching.append(input_.name)
+                else:
+                    differing.append(f"{input_.name} ({difference})")
+            elif input_.name in compared or input_.is_graph_input():
+                matching.append(input_.name)
+            else:
+                uncompared.append(input_.name)
+        return Divergence(value.name, node.name or "", node.op_type, comparison, matching, differing, uncompared)
+
+    def _output_divergence(self, candidate_ir: ir.Model, feeds, compared: set[str]) -> Divergence | None:
         """No shared intermediate differs: blame the producer of the first failing output."""
-        session = create_session(candidate_ir, self.config)
+        session = create_session(candidate_ir, self.config, label="the candidate model")
         expected = self._reference_session.run(feeds)
         actual = dict(zip([v.name for v in session.inner.get_outputs()], session.run(feeds)))
         for value in candidate_ir.graph.outputs:
@@ -228,8 +280,20 @@ class Validator:
             comparison = compare(value.name, expected[index], actual[value.name], self.tolerance)
             producer = value.producer()
             if not comparison.passed and producer is not None:
-                return Divergence(value.name, producer.name or "", producer.op_type, comparison, [])
+                return self._divergence(value, producer, comparison, compared)
         return None
+
+
+def _weight_difference(reference: ir.TensorProtocol, candidate: ir.TensorProtocol) -> str | None:
+    """None when two weights are identical, else how they differ."""
+    want, got = reference.numpy(), candidate.numpy()
+    if want.shape != got.shape or want.dtype != got.dtype:
+        return f"{list(got.shape)} {got.dtype} vs {list(want.shape)} {want.dtype}"
+    if np.array_equal(want, got, equal_nan=want.dtype.kind in "fc"):
+        return None
+    if want.dtype.kind in "fciu":
+        return f"max abs difference {float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64)))):.3g}"
+    return "values differ"
 
 
 def _exposable(value: ir.Value) -> bool:
@@ -243,7 +307,7 @@ def _run_exposed(model: ir.Model, values: Sequence[ir.Value], feeds, config: Ses
     added = [value for value in values if value not in original]
     outputs.extend(added)
     try:
-        session = create_session(model, config)
+        session = create_session(model, config, label="the model with intermediate values exposed")
         results = dict(zip([v.name for v in session.inner.get_outputs()], session.run(feeds)))
     finally:
         outputs.clear()
@@ -254,7 +318,7 @@ def _run_exposed(model: ir.Model, values: Sequence[ir.Value], feeds, config: Ses
 def validate(reference, candidate, *, inputs: str | os.PathLike | dict | None = None,
              shapes: dict[str, tuple[int, ...]] | None = None,
              ranges: dict[str, tuple[float, float]] | None = None,
-             tolerance: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(),
+             tolerance: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(opt_level="disable"),
              locate: bool = True, seed: int = 0) -> ValidationResult:
     """Run both models on the same inputs and compare every output; locate the divergence on failure.
 

@@ -100,10 +100,38 @@ def test_run_end_to_end(factory_file, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["validation"]["passed"] and report["export"]["exporter"] == "dynamo"
     assert report["passes"]["passes"][0]["name"] == "remove_unused"
-    assert len(report["bench"]["models"]) == 2
+    assert report["export"]["path"] == str(out / "model.onnx")
+    bench = report["bench"]
+    assert [entry["model"] for entry in bench["cases"][0]["models"]] == ["model.onnx", "model.O1.onnx"]
+    assert bench["metadata"]["graph_optimization_level"] == "all" and bench["metadata"]["spinning"] is True
+    assert report["validation"]["ort_graph_optimization_level"] == "disable"
     markdown = (out / "report.md").read_text()
-    for section in ("## Passes", "## Validation", "**PASS", "## Latency", "p50 vs first"):
+    for section in ("## Passes", "## Validation", "**PASS", "## Latency", "p50 vs first", "below 1.00x is faster",
+                    "Inputs: features [", "intra-op threads"):
         assert section in markdown
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "O9"], "unknown preset 'O9'"),
+    (["--target", "tpu"], "unknown target 'tpu'"),
+    (["--shape", "nope=1x2"], "--shape names unknown input 'nope'"),
+    (["--tolerance", "custom"], "--tolerance custom needs"),
+    (["--atol", "-1"], "--atol -1.0 is out of range"),
+    (["--provider-option", "a=b"], "the CPU provider takes none"),
+    (["--runs", "0"], "--runs must be >= 1"),
+])
+def test_run_checks_every_option_before_the_export(factory_file, tmp_path, monkeypatch, capsys, args, message):
+    import graphopt.export
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the export ran")
+
+    monkeypatch.setattr(graphopt.export, "export_spec", no_export)
+    out = tmp_path / "run"
+    assert main(["run", "--module", f"{factory_file}:build", "--out", str(out), *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_run_digits_reports_accuracy(tmp_path, capsys):

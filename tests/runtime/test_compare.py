@@ -50,3 +50,14 @@ def test_custom_tolerance_needs_a_value():
     assert tolerance("custom", rtol=0.5).rtol == 0.5
     with pytest.raises(InputError, match="unknown tolerance"):
         tolerance("fp64")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"atol": -1.0}, "--atol -1.0 is out of range"),
+    ({"rtol": float("nan")}, "--rtol nan is out of range"),
+    ({"min_cosine": 2.0}, "--min-cosine 2.0 is out of range: it must be at least -1 and at most 1"),
+    ({"max_mismatch": 1.5}, "--max-mismatch 1.5 is out of range"),
+])
+def test_nonsense_tolerances_are_refused(override, message):
+    with pytest.raises(InputError, match=message):
+        tolerance("custom", **override)

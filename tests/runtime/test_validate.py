@@ -79,3 +79,62 @@ def test_cuda_request_is_one_clear_error(model_path):
     with pytest.raises(InputError, match="CUDA execution provider is not available"):
         create_session(model_path, SessionConfig(ep="cuda"))
     assert create_session(model_path, SessionConfig(ep="auto")).ep == "cpu"
+
+
+def test_divergence_names_the_weight_that_differs(model_path, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    onnx.save(perturbed(text_classifier(), "w2", delta=3.0), broken)
+    divergence = graphopt.validate(model_path, broken).divergence
+    assert divergence.node == "classifier"
+    assert divergence.differing_weights == ["w2 (max abs difference 3)"]
+    assert "w2" not in divergence.matching_inputs and "act" in divergence.matching_inputs
+    assert "weights that differ from the reference's: w2" in divergence.inputs_summary()
+
+
+def test_validation_compares_graphs_as_written_by_default(model_path):
+    result = graphopt.validate(model_path, model_path)
+    assert result.opt_level == "disable" and "graphs as written" in result.summary()
+    assert result.to_dict()["ort_graph_optimization_level"] == "disable"
+    optimized = graphopt.validate(model_path, model_path, runtime=graphopt.RuntimeOptions(opt_level="all"))
+    assert optimized.opt_level == "all" and "'all' graph optimizations" in optimized.summary()
+
+
+def test_conflicting_shapes_are_caught_before_any_session(model_path, monkeypatch):
+    import importlib
+
+    validate_module = importlib.import_module("graphopt.runtime.validate")
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a session was created")
+
+    monkeypatch.setattr(validate_module, "create_session", no_session)
+    with pytest.raises(InputError, match="shapes disagree on dimension 'seq': input_ids=1x8 makes it 8, "
+                                         "attention_mask=1x4 makes it 4"):
+        graphopt.validate(model_path, model_path, shapes={"input_ids": (1, 8), "attention_mask": (1, 4)})
+    with pytest.raises(InputError, match="outside the 50 rows of the embedding table 'embedding'"):
+        graphopt.validate(model_path, model_path, input_ranges={"input_ids": (0, 60)})
+
+
+def test_user_inputs_are_checked_before_any_session(model_path, tmp_path):
+    past_vocabulary = tmp_path / "past.npz"
+    np.savez(past_vocabulary, input_ids=np.array([[1, 2, 55]], np.int64), attention_mask=np.ones((1, 3), np.int64))
+    with pytest.raises(InputError, match="'input_ids' holds 55, outside the 50 rows"):
+        graphopt.validate(model_path, model_path, inputs=past_vocabulary)
+    disagreeing = tmp_path / "disagree.npz"
+    np.savez(disagreeing, input_ids=np.ones((1, 3), np.int64), attention_mask=np.ones((1, 5), np.int64))
+    with pytest.raises(InputError, match="inputs disagree on dimension 'seq'"):
+        graphopt.validate(model_path, model_path, inputs=disagreeing)
+    with pytest.raises(InputError, match="holds -51"):
+        graphopt.validate(model_path, model_path, inputs={"input_ids": np.array([[-51]], np.int64),
+                                                          "attention_mask": np.ones((1, 1), np.int64)})
+
+
+def test_runtime_failure_on_synthesized_inputs_is_one_error(tmp_path):
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[2, 4] y) {
+            shape = Constant<value = int64[2] {2, 4}>()
+            y = Reshape(x, shape) }""")
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, path)
+    with pytest.raises(InputError, match=r"failed running .*fixed.onnx on x \[1, 4\].*synthesized"):
+        graphopt.validate(path, path)

@@ -1,0 +1,178 @@
+"""Bench results for people: Markdown tables with the run's metadata, and PNG plots.
+
+One shape set gives a latency distribution per model (box plot, every run a dot); a sweep
+gives latency against shape, one line per model. Axes stay readable under outliers: limits
+come from percentiles, and a wide range of latencies switches to a log scale.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphopt import model as model_io
+from graphopt.errors import InputError
+from graphopt.runtime.bench import BenchResult, ShapeCase
+
+_LOG_SCALE_RANGE = 20.0
+
+
+def human_bytes(count: int | None) -> str:
+    """Binary units, named as such (KiB, MiB, GiB)."""
+    if count is None:
+        return "-"
+    if abs(count) < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def settings_lines(metadata: dict[str, Any]) -> list[str]:
+    """The metadata as short `key: value` lines, most important first."""
+    threads = metadata.get("threads") or metadata.get("threads_note") or "ORT default"
+    gpu = f" ({metadata['gpu']})" if metadata.get("gpu") else ""
+    runs = (f"{metadata['runs']} timed runs per model" if metadata.get("runs")
+            else f"{metadata.get('seconds')} s per shape set")
+    config = ", ".join(f"{k}={v}" for k, v in (metadata.get("session_config") or {}).items()) or "none"
+    return [
+        f"execution provider: {metadata['ep']}{gpu}; ONNX Runtime {metadata['onnxruntime_version']}; "
+        f"graphopt {metadata['graphopt_version']}",
+        f"machine: {metadata['cpu_model']}, {metadata['logical_cpus']} logical CPUs "
+        f"({metadata.get('physical_cores') or '?'} physical cores, {metadata.get('usable_cpus')} usable); "
+        f"{metadata['platform']}",
+        f"session: intra-op threads {threads}, inter-op threads {metadata.get('inter_op_threads') or 'default'}, "
+        f"execution mode {metadata['execution_mode']}, spinning {'on' if metadata['spinning'] else 'off'}, "
+        f"graph optimizations {metadata['graph_optimization_level']}; session config: {config}",
+        f"runs: {metadata['warmup']} warm-up, {runs}, {metadata['concurrency']} request(s) in flight; "
+        f"date {metadata['date']}",
+        f"timing: {metadata['timing']}",
+    ]
+
+
+def _case_table(case: ShapeCase) -> list[str]:
+    concurrent = case.models[0].concurrency > 1
+    throughput = "samples/s (wall)" if concurrent else "samples/s (p50)"
+    lines = [f"| model | size | session ms | p50 ms | p90 ms | p99 ms | mean ms | std ms | runs | "
+             f"{throughput} | p50 vs first |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for entry, ratio in zip(case.models, case.ratios()):
+        lines.append(f"| {entry.model} | {human_bytes(entry.file_bytes)} | {entry.session_seconds * 1000:.0f} | "
+                     f"{entry.p50_ms:.3f} | {entry.p90_ms:.3f} | {entry.p99_ms:.3f} | {entry.mean_ms:.3f} | "
+                     f"{entry.std_ms:.3f} | {len(entry.latencies_ms)} | {entry.throughput:.1f} | {ratio:.2f}x |")
+    return lines
+
+
+def markdown(result: BenchResult) -> str:
+    """Settings, one table per shape set, and for sweeps a p50-by-shape summary."""
+    lines = [f"- {line}" for line in settings_lines(result.metadata)]
+    for case in result.cases:
+        lines += ["", f"Inputs: {case.shapes_text()}", ""] + _case_table(case)
+    if len(result.cases) > 1:
+        labels = sweep_labels(result)
+        lines += ["", f"p50 ms by {swept_input(result)} shape:", "", "| model | " + " | ".join(labels) + " |",
+                  "|---|" + "---:|" * len(labels)]
+        for index, entry in enumerate(result.cases[0].models):
+            row = " | ".join(f"{case.models[index].p50_ms:.3f}" for case in result.cases)
+            lines.append(f"| {entry.model} | {row} |")
+    lines += ["", f"Peak resident memory of the process: {human_bytes(result.peak_rss_bytes)}"]
+    return "\n".join(lines) + "\n"
+
+
+def swept_input(result: BenchResult) -> str:
+    """The first input whose shape changes across the shape sets."""
+    names = list(result.cases[0].input_shapes)
+    changing = [name for name in names if len({tuple(case.input_shapes[name]) for case in result.cases}) > 1]
+    return (changing or names)[0]
+
+
+def sweep_labels(result: BenchResult) -> list[str]:
+    """A short name per shape set: the swept input's shape, e.g. `1x128`."""
+    name = swept_input(result)
+    return ["x".join(map(str, case.input_shapes[name])) or "scalar" for case in result.cases]
+
+
+def model_labels(result: BenchResult) -> list[str]:
+    labels = [Path(entry.model).name for entry in result.models]
+    return labels if len(set(labels)) == len(labels) else [entry.model for entry in result.models]
+
+
+def plot(result: BenchResult, path: str | os.PathLike) -> None:
+    """A PNG: latency distributions for one shape set, latency against shape for a sweep."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install 'graphopt[bench]'") from None
+    figure = (_sweep_figure(plt, result) if len(result.cases) > 1 else _distribution_figure(plt, result))
+    figure.tight_layout()
+    model_io.write_bytes_atomic(path, _figure_png(figure))
+    plt.close(figure)
+
+
+def _distribution_figure(plt, result: BenchResult):
+    labels = model_labels(result)
+    data = [entry.latencies_ms for entry in result.models]
+    figure, axis = plt.subplots(figsize=(max(6, 1.8 * len(labels) + 2), 4.5))
+    axis.boxplot(data, showfliers=False)
+    axis.set_xticks(range(1, len(labels) + 1), labels)
+    low = min(float(np.percentile(values, 1)) for values in data)
+    high = max(float(np.percentile(values, 99)) for values in data)
+    hidden = sum(int(np.sum(np.asarray(values) > high * 1.1)) for values in data)
+    if high / max(low, 1e-9) > _LOG_SCALE_RANGE:
+        axis.set_yscale("log")
+        axis.set_ylim(low / 1.3, high * 1.1)
+    else:
+        axis.set_ylim(max(0.0, low - (high - low) * 0.5), high * 1.1)
+    rng = np.random.default_rng(0)
+    for index, latencies in enumerate(data, start=1):
+        jitter = rng.uniform(-0.15, 0.15, size=len(latencies))
+        axis.scatter(index + jitter, latencies, s=6, alpha=0.4)
+    axis.set_ylabel("latency per run (ms)")
+    title = f"latency on {result.ep}, {result.cases[0].shapes_text()}"
+    if hidden:
+        title += f"\n({hidden} run(s) above {high * 1.1:.3g} ms not shown)"
+    axis.set_title(title, fontsize=9)
+    for index, (entry, ratio) in enumerate(zip(result.models, result.ratios()), start=1):
+        axis.annotate(f"p50 {entry.p50_ms:.3g} ms\n{ratio:.2f}x", (index, entry.p50_ms),
+                      textcoords="offset points", xytext=(28, 0), fontsize=8)
+    return figure
+
+
+def _sweep_figure(plt, result: BenchResult):
+    shapes = sweep_labels(result)
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(shapes) + 3), 4.5))
+    positions = np.arange(len(shapes))
+    everything = []
+    for index, label in enumerate(model_labels(result)):
+        entries = [case.models[index] for case in result.cases]
+        p50 = np.array([entry.p50_ms for entry in entries])
+        p10 = np.array([np.percentile(entry.latencies_ms, 10) for entry in entries])
+        p90 = np.array([entry.p90_ms for entry in entries])
+        axis.plot(positions, p50, marker="o", label=label)
+        axis.fill_between(positions, p10, p90, alpha=0.2)
+        everything.extend([*p10, *p90])
+    if max(everything) / max(min(everything), 1e-9) > _LOG_SCALE_RANGE:
+        axis.set_yscale("log")
+    axis.set_xticks(positions, shapes)
+    axis.set_xlabel(f"{swept_input(result)} shape")
+    axis.set_ylabel("latency p50 (ms), band p10-p90")
+    axis.set_title(f"latency against input shape on {result.ep}", fontsize=9)
+    axis.legend(fontsize=8)
+    return figure
+
+
+def _figure_png(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
