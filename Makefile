@@ -28,7 +28,8 @@ test-full: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "slow or not slow" --full
 
 bench: $(STAMP)
-	$(PY) benchmarks/cleanup_vs_peers.py
+	$(PY) benchmarks/cleanup_vs_peers.py --repeat 7
+	$(PY) benchmarks/bench_truth.py --rounds 3
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -199,7 +199,7 @@ def test_python_dash_m_runs_without_traceback(tmp_path):
 import onnx_ir as ir  # noqa: E402
 
 from graphopt.passes import Pass, register  # noqa: E402
-from tests.runtime.models import perturbed, text_classifier  # noqa: E402
+from tests.runtime.models import fixed_reshape, perturbed, text_classifier  # noqa: E402
 
 
 @register("test_perturb_weights")
@@ -299,6 +299,13 @@ def test_bench_command_writes_reports(classifier, tmp_path, capsys):
     assert files["plot"].stat().st_size > 1000 and "| model |" in files["markdown"].read_text()
 
 
+def test_bench_with_user_inputs(classifier, tmp_path, capsys):
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input_ids=np.ones((1, 5), np.int64), attention_mask=np.ones((1, 5), np.int64))
+    assert main(["bench", str(classifier), "--inputs", str(inputs), "--runs", "2", "--warmup", "0"]) == 0
+    assert "input_ids [1, 5]" in capsys.readouterr().out
+
+
 def test_bench_sweep_baseline_and_regression(classifier, tmp_path, capsys):
     saved = tmp_path / "base.json"
     assert main(["bench", str(classifier), "--runs", "3", "--warmup", "0", "--sweep", "batch=1",
@@ -338,12 +345,8 @@ def test_bench_bad_options_are_one_line_exit_2(classifier, tmp_path, capsys, arg
 
 
 def test_runtime_failures_are_one_line_exit_2(tmp_path, capsys):
-    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
-        g (float[N, 4] x) => (float[2, 4] y) {
-            shape = Constant<value = int64[2] {2, 4}>()
-            y = Reshape(x, shape) }""")
     path = tmp_path / "fixed.onnx"
-    onnx.save(model, path)
+    onnx.save(fixed_reshape(), path)
     for command in (["bench", str(path), "--shape", "x=3x4", "--runs", "1"],
                     ["validate", str(path), str(path), "--shape", "x=3x4"],
                     ["optimize", str(path), str(tmp_path / "o.onnx"), "--validate"]):

@@ -289,8 +289,8 @@ def bench(models: Sequence[str | os.PathLike], *, config: SessionConfig = Sessio
     Give `runs` (timed runs per model and shape set, default 100) or `seconds` (a wall-clock
     budget per shape set), not both. `sweep` lists shape sets to time one after another,
     each a mapping of input name -> shape or dimension name -> (size,) (see
-    inputs.parse_sweep). `concurrency` keeps that
-    many requests in flight on each model's session (one thread each).
+    inputs.parse_sweep). `concurrency` keeps that many requests in flight on each model's
+    session (one thread each).
     """
     _check_arguments(models, inputs, sweep, warmup, runs, seconds, concurrency, labels)
     if runs is None and seconds is None:
@@ -304,7 +304,7 @@ def bench(models: Sequence[str | os.PathLike], *, config: SessionConfig = Sessio
         loaded = first if index == 0 else model_io.load(path)
         size = model_io.file_bytes(loaded)
         del loaded
-        session = create_session(path, config)
+        session = create_session(path, config, label=labels[index] if labels else None)
         model_inputs = {value.name for value in session.inner.get_inputs()}
         if model_inputs != signature:
             raise InputError(f"{path}: inputs {sorted(model_inputs)} differ from the first model's "

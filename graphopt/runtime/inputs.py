@@ -82,6 +82,8 @@ def parse_sweep(specs: list[str] | tuple[str, ...]) -> list[dict[str, tuple[int,
         if name in axes:
             raise InputError(f"--sweep names {name!r} twice")
         axes[name] = list(dict.fromkeys(values))
+    if not axes:
+        return []
     return [dict(zip(axes, combination)) for combination in itertools.product(*axes.values())]
 
 

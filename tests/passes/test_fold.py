@@ -15,16 +15,17 @@ from graphopt.pipeline import PassManager
 from tests.helpers import assert_same, op_types, optimize_and_compare, parse, random_feeds, run, to_proto
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+CONSTANT_SUBGRAPH = HEADER + """
+    g (float[3] x) => (float[3] y) {
+        a = Constant<value=float[3] {1, 2, 3}>()
+        b = Constant<value=float[3] {4, 5, 6}>()
+        c = Mul(a, b)
+        d = Sqrt(c)
+        y = Add(x, d) }"""
 
 
 def test_constant_subgraph_is_folded():
-    model = parse(HEADER + """
-        g (float[3] x) => (float[3] y) {
-            a = Constant<value=float[3] {1, 2, 3}>()
-            b = Constant<value=float[3] {4, 5, 6}>()
-            c = Mul(a, b)
-            d = Sqrt(c)
-            y = Add(x, d) }""")
+    model = parse(CONSTANT_SUBGRAPH)
     result = optimize_and_compare(model, passes="fold_constants,remove_unused")
     assert [op for op in op_types(result.model) if op != "Constant"] == ["Add"]
 
@@ -162,13 +163,7 @@ def test_input_cap_refusals_are_reported():
 
 
 def test_report_says_what_fold_changed():
-    model = parse(HEADER + """
-        g (float[3] x) => (float[3] y) {
-            a = Constant<value=float[3] {1, 2, 3}>()
-            b = Constant<value=float[3] {4, 5, 6}>()
-            c = Mul(a, b)
-            d = Sqrt(c)
-            y = Add(x, d) }""")
+    model = parse(CONSTANT_SUBGRAPH)
     result = optimize_and_compare(model, passes="fold_constants")
     assert result.report.passes[0].changes == ["filled in the shapes of 4 value(s)", "folded 2 node(s)"]
 

@@ -37,6 +37,14 @@ def text_classifier(vocab: int = 50, hidden: int = 8, classes: int = 6, seed: in
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
+def fixed_reshape() -> onnx.ModelProto:
+    """x[N, 4] -> Reshape to [2, 4]: ONNX Runtime fails at run time for any N but 2."""
+    return onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[2, 4] y) {
+            shape = Constant<value = int64[2] {2, 4}>()
+            y = Reshape(x, shape) }""")
+
+
 def perturbed(model: onnx.ModelProto, initializer: str, delta: float = 1.0) -> onnx.ModelProto:
     """A copy with one element of one weight changed."""
     copy = onnx.ModelProto()

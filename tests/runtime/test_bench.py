@@ -20,7 +20,7 @@ from graphopt.runtime import bench as bench_module
 from graphopt.runtime import bench_report
 from graphopt.runtime.bench_report import human_bytes, plot, sweep_labels
 from graphopt.runtime.inputs import parse_sweep
-from tests.runtime.models import text_classifier
+from tests.runtime.models import fixed_reshape, text_classifier
 
 METADATA_FIELDS = ("date", "graphopt_version", "onnxruntime_version", "cpu_model", "logical_cpus",
                    "physical_cores", "ep", "threads", "inter_op_threads", "execution_mode", "spinning",
@@ -87,12 +87,8 @@ def test_bench_refuses_models_with_different_inputs(two_models, tmp_path):
 
 def test_run_failure_is_one_input_error(tmp_path):
     """A shape the model cannot run (Reshape to a fixed size) is a clear error, not a traceback."""
-    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
-        g (float[N, 4] x) => (float[2, 4] y) {
-            shape = Constant<value = int64[2] {2, 4}>()
-            y = Reshape(x, shape) }""")
     path = tmp_path / "fixed.onnx"
-    onnx.save(model, path)
+    onnx.save(fixed_reshape(), path)
     with pytest.raises(InputError, match=r"ONNX Runtime failed running .*fixed.onnx on x \[3, 4\]"):
         graphopt.bench([path], runs=1, warmup=0, shapes={"x": (3, 4)})
 
@@ -102,7 +98,7 @@ def test_parse_sweep():
     assert parse_sweep(["batch=1,8", "seq=32,128"]) == [
         {"batch": (1,), "seq": (32,)}, {"batch": (1,), "seq": (128,)},
         {"batch": (8,), "seq": (32,)}, {"batch": (8,), "seq": (128,)}]
-    assert parse_sweep([]) == [{}]
+    assert parse_sweep([]) == []
     for bad in ("seq", "seq=", "seq=a,b", "=1,2", "seq=-1"):
         with pytest.raises(InputError, match="--sweep"):
             parse_sweep([bad])

@@ -10,7 +10,7 @@ import pytest
 import graphopt
 from graphopt.errors import InputError
 from graphopt.runtime.providers import SessionConfig, create_session
-from tests.runtime.models import perturbed, text_classifier
+from tests.runtime.models import fixed_reshape, perturbed, text_classifier
 
 
 @pytest.fixture
@@ -130,11 +130,7 @@ def test_user_inputs_are_checked_before_any_session(model_path, tmp_path):
 
 
 def test_runtime_failure_on_synthesized_inputs_is_one_error(tmp_path):
-    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
-        g (float[N, 4] x) => (float[2, 4] y) {
-            shape = Constant<value = int64[2] {2, 4}>()
-            y = Reshape(x, shape) }""")
     path = tmp_path / "fixed.onnx"
-    onnx.save(model, path)
+    onnx.save(fixed_reshape(), path)
     with pytest.raises(InputError, match=r"failed running .*fixed.onnx on x \[1, 4\].*synthesized"):
         graphopt.validate(path, path)
