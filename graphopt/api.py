@@ -181,6 +181,8 @@ def validate(
 ) -> ValidationResult:
     """Run both models on the same inputs (several shapes when axes are dynamic), compare every
     output, and on failure name the first node whose output diverges."""
+    if isinstance(candidate, (str, os.PathLike)):
+        model_io.load(candidate)  # a missing or unreadable file is bad input, not a failed validation
     validator = Validator(reference, feeds=inputs, shapes=shapes, ranges=input_ranges,
                           tol=tolerance, config=(runtime or RuntimeOptions()).for_validation())
     return validator.validate(candidate, locate=locate)

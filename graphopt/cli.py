@@ -26,11 +26,11 @@ from graphopt.passes.plugins import load_plugin
 from graphopt.pipeline import PRESET_SUMMARIES, PipelineReport
 from graphopt.runtime import baseline, bench_report
 from graphopt.runtime.bench import BenchResult
-from graphopt.runtime.bench_report import human_bytes
 from graphopt.runtime.compare import TOLERANCES, Tolerance, tolerance as make_tolerance
 from graphopt.runtime.inputs import parse_ranges, parse_shapes, parse_sweep
 from graphopt.runtime.providers import EP_CHOICES, EXECUTION_MODES, OPT_LEVELS, parse_key_values
 from graphopt.runtime.validate import ValidationResult
+from graphopt.units import human_bytes
 
 _WIDE = 140
 # Markup is off: model, input, dim and pass names are user data ("[batch, seq]" is not a style).
@@ -365,18 +365,22 @@ def validate(reference: Path, candidate: Path, tolerance: Tolerance, no_locate: 
 @click.option("--save-baseline", type=click.Path(path_type=Path), help="Save this run as a baseline (JSON).")
 @click.option("--compare", "baseline_file", type=click.Path(path_type=Path),
               help="Compare p50s with a saved baseline; exit 1 on a regression.")
-@click.option("--max-regression", default="5%", show_default=True,
-              help="Largest p50 increase --compare accepts, per model and shape.")
+@click.option("--max-regression", metavar="PERCENT",
+              help="Largest p50 increase --compare accepts, per model and shape (default 5%).")
 @_input_options
 @_runtime_options
 def bench(models: tuple[Path, ...], warmup: int, runs: int | None, seconds: float | None, sweep, concurrency: int,
-          json_file, markdown, plot, save_baseline, baseline_file, max_regression: str, inputs_file, shape,
+          json_file, markdown, plot, save_baseline, baseline_file, max_regression: str | None, inputs_file, shape,
           input_range, runtime: api.RuntimeOptions) -> None:
     """Latency of one or more models on the same inputs, each timed alone in turns."""
     for path, flag in ((json_file, "--json"), (markdown, "--markdown"), (plot, "--plot"),
                        (save_baseline, "--save-baseline")):
         check_output_file(path, flag)
-    threshold = baseline.parse_threshold(max_regression)
+    if plot is not None:
+        bench_report.pyplot()
+    if max_regression is not None and baseline_file is None:
+        raise click.UsageError("--max-regression applies to --compare FILE.json")
+    threshold = baseline.parse_threshold(max_regression or "5%")
     saved = baseline.load(baseline_file) if baseline_file is not None else None
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, auto_refresh=False, disable=not err.is_terminal) as progress:
@@ -405,31 +409,23 @@ def bench(models: tuple[Path, ...], warmup: int, runs: int | None, seconds: floa
 
 
 def _print_bench(result: BenchResult) -> None:
-    concurrent = result.metadata["concurrency"] > 1
     for case in result.cases:
-        table = Table(title=f"latency on {result.ep}, inputs: {case.shapes_text()}")
-        for column in ("model", "size", "session ms", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "runs",
-                       "samples/s (wall)" if concurrent else "samples/s (p50)", "p50 vs first"):
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for entry, ratio in zip(case.models, case.ratios()):
-            table.add_row(entry.model, human_bytes(entry.file_bytes), f"{entry.session_seconds * 1000:.0f}",
-                          f"{entry.p50_ms:.3f}", f"{entry.p90_ms:.3f}", f"{entry.p99_ms:.3f}",
-                          f"{entry.mean_ms:.3f}", f"{entry.std_ms:.3f}", str(len(entry.latencies_ms)),
-                          f"{entry.throughput:.1f}", f"{ratio:.2f}x")
-        out.print(table)
+        _print_table(f"latency on {result.ep}, inputs: {case.shapes_text()}", *bench_report.case_table(case))
     if len(result.cases) > 1:
-        labels = bench_report.sweep_labels(result)
-        table = Table(title=f"p50 ms by {bench_report.swept_input(result)} shape")
-        table.add_column("model")
-        for label in labels:
-            table.add_column(label, justify="right")
-        for index, entry in enumerate(result.models):
-            table.add_row(entry.model, *(f"{case.models[index].p50_ms:.3f}" for case in result.cases))
-        out.print(table)
+        _print_table(f"p50 ms by {bench_report.sweep_axis_name(result)}", *bench_report.sweep_table(result))
     for line in bench_report.settings_lines(result.metadata):
         out.print(line, soft_wrap=True)
     out.print(f"peak resident memory {human_bytes(result.peak_rss_bytes)}; p50 vs first = the model's median "
               "latency over the first model's (below 1.00x is faster)")
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def _print_comparison(comparison: baseline.BaselineComparison) -> None:

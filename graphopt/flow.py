@@ -22,7 +22,7 @@ import numpy as np
 from graphopt import api
 from graphopt import model as model_io
 from graphopt.errors import InputError, ValidationFailed
-from graphopt.outputs import check_output_folder
+from graphopt.outputs import check_output_folder, write_error
 from graphopt.passes import TARGETS
 from graphopt.pipeline import resolve_spec
 from graphopt.runtime import bench_report
@@ -98,6 +98,7 @@ def run(
     runtime.for_bench()  # the settings are checked here, before any work
     folder = Path(out)
     check_output_folder(folder)
+    bench_report.pyplot()  # the report's plot needs matplotlib: say so before the export
     stage = stage or (lambda description: None)
     name = zoo or Path(module.rpartition(":")[0]).stem
     stage("building the model")
@@ -153,8 +154,13 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
     model_io.write_text_atomic(staging / "report.md", _report_markdown(result, preset))
     for staged in sorted(staging.iterdir()):
         target_path = folder / staged.name
-        os.replace(staged, target_path)
+        try:
+            os.replace(staged, target_path)
+        except OSError as error:
+            raise write_error(target_path, error) from None
         result.files.append(target_path)
+    if optimized is not None:
+        optimized.written = [folder / path.name for path in optimized.written]
     return result
 
 
@@ -164,6 +170,7 @@ def _report_dict(result: RunResult, preset: str) -> dict[str, Any]:
         "export": result.export.to_dict(),
         "preset": preset,
         "passes": result.optimize.report.to_dict() if result.optimize else None,
+        "warnings": result.optimize.warnings if result.optimize else [],
         "validation": result.validation.to_dict() if result.validation else None,
         "bench": result.bench.to_dict() if result.bench else None,
         "accuracy": result.accuracy,
@@ -193,6 +200,7 @@ def _report_markdown(result: RunResult, preset: str) -> str:
                          f"{entry.seconds * 1000:.1f} | {changed} |")
         skipped = [f"{e.name}: {reason}" for e in report.passes for reason in e.skipped]
         lines.extend(f"- skipped {reason}" for reason in dict.fromkeys(skipped))
+        lines.extend(f"- warning: {warning}" for warning in result.optimize.warnings)
         lines.append("")
     lines.append("## Validation")
     lines.append("")

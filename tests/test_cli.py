@@ -311,7 +311,7 @@ def test_bench_sweep_baseline_and_regression(classifier, tmp_path, capsys):
     assert main(["bench", str(classifier), "--runs", "3", "--warmup", "0", "--sweep", "batch=1",
                  "--sweep", "seq=4,8", "--save-baseline", str(saved)]) == 0
     printed = capsys.readouterr().out
-    assert "p50 ms by input_ids shape" in printed and "1x4" in printed and "1x8" in printed
+    assert "p50 ms by input_ids / attention_mask shape" in printed and "1x4" in printed and "1x8" in printed
     data = json.loads(saved.read_text())
     assert [case["input_shapes"]["input_ids"] for case in data["cases"]] == [[1, 4], [1, 8]]
     assert main(["bench", str(classifier), "--runs", "3", "--warmup", "0", "--sweep", "input_ids=1x4,1x8",
@@ -330,9 +330,15 @@ def test_bench_sweep_baseline_and_regression(classifier, tmp_path, capsys):
     (["--runs", "5", "--seconds", "1"], "give --runs or --seconds, not both"),
     (["--provider-option", "device_id=1"], "the CPU provider takes none"),
     (["--session-config", "novalue"], "--session-config 'novalue' must look like KEY=VALUE"),
-    (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--concurrency", "0"], "--concurrency must be between 1 and 256"),
     (["--inter-op", "0"], "--inter-op must be at least 1"),
-    (["--max-regression", "lots"], "--max-regression 'lots' must be a percentage"),
+    (["--compare", "base.json", "--max-regression", "lots"], "--max-regression 'lots' must be a percentage"),
+    (["--compare", "base.json", "--max-regression", "0.05"], "must be a percentage such as 5%"),
+    (["--max-regression", "5%"], "--max-regression applies to --compare"),
+    (["--seconds", "inf"], "--seconds a finite number > 0"),
+    (["--input-range", "input_ids=0.2:0.7"], "holds no integer"),
+    (["--input-range", "input_ids=0:inf"], "both ends must be finite"),
+    (["--ep", "auto", "--provider-option", "device_id=0"], "--ep auto found none"),
     (["--sweep", "seq=4", "--inputs", "x.npz"], "cannot be combined with --inputs"),
     (["--shape", "input_ids=1x8", "--shape", "attention_mask=1x4"], "shapes disagree on dimension 'seq'"),
     (["--input-range", "input_ids=0:500"], "outside the 50 rows of the embedding table"),
@@ -361,6 +367,18 @@ def test_bench_compare_with_a_file_that_is_not_a_baseline(classifier, tmp_path, 
     other.write_text('{"passes": []}')
     assert main(["bench", str(classifier), "--compare", str(other)]) == 2
     assert "not a graphopt bench result" in capsys.readouterr().err
+    other.write_text('{"format": "graphopt-bench/1", "cases": [{"models": [{"model": "m"}]}]}')
+    assert main(["bench", str(classifier), "--compare", str(other)]) == 2
+    assert "a damaged graphopt bench result" in capsys.readouterr().err
+
+
+def test_bench_compare_that_matches_nothing_is_an_error(classifier, tmp_path, capsys):
+    saved = tmp_path / "base.json"
+    assert main(["bench", str(classifier), "--runs", "2", "--warmup", "0", "--save-baseline", str(saved)]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(classifier), "--runs", "2", "--warmup", "0", "--shape", "input_ids=1x3",
+                 "--compare", str(saved)]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["bench", "validate", "optimize"])

@@ -86,10 +86,12 @@ def _ms(value: float | None) -> str:
 
 
 def parse_threshold(text: str) -> float:
-    """`5%` or `5` (percent) as a fraction, 0.05."""
-    stripped = text.strip().removesuffix("%")
+    """`5%` as a fraction, 0.05 (the % is required: a bare 0.05 could mean either)."""
+    stripped = text.strip()
     try:
-        value = float(stripped) / 100.0
+        if not stripped.endswith("%"):
+            raise ValueError
+        value = float(stripped[:-1]) / 100.0
     except ValueError:
         raise InputError(f"--max-regression {text!r} must be a percentage such as 5%") from None
     if not math.isfinite(value) or value < 0:
@@ -106,10 +108,27 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: no such baseline file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: not a readable JSON baseline ({error})") from None
-    if not isinstance(data, dict) or not str(data.get("format", "")).startswith(FORMAT_PREFIX) \
-            or not isinstance(data.get("cases"), list):
+    if not isinstance(data, dict) or not str(data.get("format", "")).startswith(FORMAT_PREFIX):
         raise InputError(f"{path}: not a graphopt bench result (save one with --save-baseline or --json)")
+    if not _well_formed(data):
+        raise InputError(f"{path}: a damaged graphopt bench result (each case needs input_shapes and "
+                         "models with a model name and a numeric p50_ms)")
     return data
+
+
+def _well_formed(data: dict[str, Any]) -> bool:
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not cases:
+        return False
+    for case in cases:
+        if not isinstance(case, dict) or not isinstance(case.get("input_shapes"), dict) \
+                or not isinstance(case.get("models"), list):
+            return False
+        for entry in case["models"]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) \
+                    or not isinstance(entry.get("p50_ms"), (int, float)):
+                return False
+    return True
 
 
 def shapes_key(shapes: dict[str, list[int]]) -> str:
@@ -143,6 +162,9 @@ def compare(current: BenchResult, baseline: dict[str, Any], max_regression: floa
             rows.append(row)
     rows.extend(BaselineRow(model, key, p50, None, "missing") for (model, key), p50 in saved.items()
                 if (model, key) not in used)
+    if not used:
+        raise InputError(f"nothing to compare: none of this run's models at these shapes is in {name} "
+                         f"(it has {', '.join(sorted({model for model, _ in saved}))})")
     return BaselineComparison(name, max_regression, rows, _setting_differences(baseline.get("metadata", {}),
                                                                                current.metadata))
 

@@ -1,12 +1,8 @@
-"""Latency benchmarks of several models on the same inputs, each timed while it owns the machine.
+"""Latency of several models on the same inputs, each timed while it owns the machine.
 
-Models take turns in time slices (A A A … B B B … A A A …): each slice first runs the model
-untimed for a short lead-in, long enough for the previous model's ONNX Runtime threads to
-stop spinning (they spin for tens of milliseconds after a run) and for the new one's to be
-hot, then times runs for a fixed slice. Rotating slices keeps what interleaving buys, ratios
-that hold while the machine drifts, and only the model being timed uses the cores. Progress
-is reported between slices only. On CUDA, inputs and outputs are bound on the device (IO
-binding) so the timed region is the model, not host copies.
+Models take turns in time slices, each after an untimed lead-in that outlasts the previous
+session's spinning threads; progress is reported between slices only; on CUDA, IO binding
+keeps host copies out of the timed region.
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import resource
 import statistics
@@ -34,6 +31,7 @@ from graphopt.runtime.providers import Session, SessionConfig, create_session, r
 
 LEAD_IN_SECONDS = 0.1
 SLICE_SECONDS = 0.3
+MAX_CONCURRENCY = 256
 TIMING_METHOD = (f"time slices: models take turns, each running alone for {SLICE_SECONDS:g} s slices "
                  f"after an untimed {LEAD_IN_SECONDS:g} s lead-in (the previous model's threads stop "
                  "spinning, this one's are hot); latency is per run, as one session serving "
@@ -217,8 +215,12 @@ class _Driver:
         self.runners = [_Runner(session, feeds, device_id) for _ in range(concurrency)]
 
     def warm(self, runs: int) -> None:
+        """`runs` untimed runs; every other runner (a thread's IO binding) runs once too."""
         for _ in range(runs):
             self.runners[0]()
+        if runs:
+            for runner in self.runners[1:]:
+                runner()
 
     def run_for(self, seconds: float, max_runs: int | None = None, min_runs: int = 1) -> tuple[list[float], float]:
         """Run for about `seconds` (at least `min_runs`, at most `max_runs` requests in all);
@@ -335,10 +337,11 @@ def _check_arguments(models, inputs, sweep, warmup, runs, seconds, concurrency, 
         raise InputError("bench needs at least one model")
     if runs is not None and seconds is not None:
         raise InputError("give --runs or --seconds, not both")
-    if warmup < 0 or (runs is not None and runs < 1) or (seconds is not None and seconds <= 0):
-        raise InputError("--warmup must be >= 0, --runs >= 1 and --seconds > 0")
-    if concurrency < 1:
-        raise InputError("--concurrency must be at least 1")
+    if warmup < 0 or (runs is not None and runs < 1) or (
+            seconds is not None and not (0 < seconds < math.inf)):
+        raise InputError("--warmup must be >= 0, --runs >= 1 and --seconds a finite number > 0")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise InputError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     if sweep and inputs is not None:
         raise InputError("--sweep synthesizes inputs at each shape; it cannot be combined with --inputs")
     if labels is not None and len(labels) != len(models):
@@ -369,10 +372,13 @@ class _Progress:
     def __init__(self, callback: ProgressCallback | None, total: int | None) -> None:
         self.callback, self.total, self.done = callback, total, 0
 
-    def add(self, count: int) -> None:
+    def add(self, count: int) -> bool:
+        """Count `count` more timed runs; return whether anything was reported."""
         self.done += count
-        if self.callback is not None:
-            self.callback(self.done, self.total)
+        if self.callback is None:
+            return False
+        self.callback(self.done, self.total)
+        return True
 
 
 def _time_case(drivers: list[_Driver], warmup: int, runs: int | None, seconds: float | None,
@@ -397,8 +403,8 @@ def _time_case(drivers: list[_Driver], warmup: int, runs: int | None, seconds: f
             timed, wall = driver.run_for(SLICE_SECONDS, max_runs=budget)
             latencies[index].extend(timed)
             walls[index] += wall
-            previous = index
-            progress.add(len(timed))
+            # A redrawn progress display keeps the terminal busy: the next slice gets a lead-in.
+            previous = None if progress.add(len(timed)) else index
         if deadline is not None and time.perf_counter() >= deadline:
             break
     return list(zip(latencies, walls))

@@ -16,22 +16,9 @@ import numpy as np
 from graphopt import model as model_io
 from graphopt.errors import InputError
 from graphopt.runtime.bench import BenchResult, ShapeCase
+from graphopt.units import human_bytes
 
 _LOG_SCALE_RANGE = 20.0
-
-
-def human_bytes(count: int | None) -> str:
-    """Binary units, named as such (KiB, MiB, GiB)."""
-    if count is None:
-        return "-"
-    if abs(count) < 1024:
-        return f"{count} B"
-    value = count / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def settings_lines(metadata: dict[str, Any]) -> list[str]:
@@ -56,46 +43,61 @@ def settings_lines(metadata: dict[str, Any]) -> list[str]:
     ]
 
 
-def _case_table(case: ShapeCase) -> list[str]:
+def case_table(case: ShapeCase) -> tuple[list[str], list[list[str]]]:
+    """The column names and one row of cells per model, for Markdown and the terminal alike."""
     concurrent = case.models[0].concurrency > 1
-    throughput = "samples/s (wall)" if concurrent else "samples/s (p50)"
-    lines = [f"| model | size | session ms | p50 ms | p90 ms | p99 ms | mean ms | std ms | runs | "
-             f"{throughput} | p50 vs first |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for entry, ratio in zip(case.models, case.ratios()):
-        lines.append(f"| {entry.model} | {human_bytes(entry.file_bytes)} | {entry.session_seconds * 1000:.0f} | "
-                     f"{entry.p50_ms:.3f} | {entry.p90_ms:.3f} | {entry.p99_ms:.3f} | {entry.mean_ms:.3f} | "
-                     f"{entry.std_ms:.3f} | {len(entry.latencies_ms)} | {entry.throughput:.1f} | {ratio:.2f}x |")
-    return lines
+    header = ["model", "size", "session ms", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "runs",
+              "samples/s (wall)" if concurrent else "samples/s (p50)", "p50 vs first"]
+    rows = [[entry.model, human_bytes(entry.file_bytes), f"{entry.session_seconds * 1000:.0f}",
+             f"{entry.p50_ms:.3f}", f"{entry.p90_ms:.3f}", f"{entry.p99_ms:.3f}", f"{entry.mean_ms:.3f}",
+             f"{entry.std_ms:.3f}", str(len(entry.latencies_ms)), f"{entry.throughput:.1f}", f"{ratio:.2f}x"]
+            for entry, ratio in zip(case.models, case.ratios())]
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def markdown(result: BenchResult) -> str:
     """Settings, one table per shape set, and for sweeps a p50-by-shape summary."""
     lines = [f"- {line}" for line in settings_lines(result.metadata)]
     for case in result.cases:
-        lines += ["", f"Inputs: {case.shapes_text()}", ""] + _case_table(case)
+        lines += ["", f"Inputs: {case.shapes_text()}", "", *_markdown_table(*case_table(case))]
     if len(result.cases) > 1:
-        labels = sweep_labels(result)
-        lines += ["", f"p50 ms by {swept_input(result)} shape:", "", "| model | " + " | ".join(labels) + " |",
-                  "|---|" + "---:|" * len(labels)]
-        for index, entry in enumerate(result.cases[0].models):
-            row = " | ".join(f"{case.models[index].p50_ms:.3f}" for case in result.cases)
-            lines.append(f"| {entry.model} | {row} |")
+        lines += ["", f"p50 ms by {sweep_axis_name(result)}:", "", *_markdown_table(*sweep_table(result))]
     lines += ["", f"Peak resident memory of the process: {human_bytes(result.peak_rss_bytes)}"]
     return "\n".join(lines) + "\n"
 
 
-def swept_input(result: BenchResult) -> str:
-    """The first input whose shape changes across the shape sets."""
+def swept_inputs(result: BenchResult) -> list[str]:
+    """The inputs whose shape changes across the shape sets (all of them if none does)."""
     names = list(result.cases[0].input_shapes)
     changing = [name for name in names if len({tuple(case.input_shapes[name]) for case in result.cases}) > 1]
-    return (changing or names)[0]
+    return changing or names
 
 
 def sweep_labels(result: BenchResult) -> list[str]:
-    """A short name per shape set: the swept input's shape, e.g. `1x128`."""
-    name = swept_input(result)
-    return ["x".join(map(str, case.input_shapes[name])) or "scalar" for case in result.cases]
+    """A short name per shape set: the distinct shapes of the swept inputs, e.g. `1x128`."""
+    names = swept_inputs(result)
+    labels = []
+    for case in result.cases:
+        shapes = dict.fromkeys("x".join(map(str, case.input_shapes[name])) or "scalar" for name in names)
+        labels.append(", ".join(shapes))
+    return labels
+
+
+def sweep_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """p50 by shape set: a column per shape set, a row per model."""
+    header = ["model", *sweep_labels(result)]
+    rows = [[entry.model, *(f"{case.models[index].p50_ms:.3f}" for case in result.cases)]
+            for index, entry in enumerate(result.models)]
+    return header, rows
+
+
+def sweep_axis_name(result: BenchResult) -> str:
+    return " / ".join(swept_inputs(result)) + " shape"
 
 
 def model_labels(result: BenchResult) -> list[str]:
@@ -103,15 +105,21 @@ def model_labels(result: BenchResult) -> list[str]:
     return labels if len(set(labels)) == len(labels) else [entry.model for entry in result.models]
 
 
-def plot(result: BenchResult, path: str | os.PathLike) -> None:
-    """A PNG: latency distributions for one shape set, latency against shape for a sweep."""
+def pyplot():
+    """matplotlib's pyplot on a file-only backend; without matplotlib, one clear error."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'graphopt[bench]'") from None
+        raise InputError("plots need matplotlib: pip install 'graphopt[bench]'") from None
+    return plt
+
+
+def plot(result: BenchResult, path: str | os.PathLike) -> None:
+    """A PNG: latency distributions for one shape set, latency against shape for a sweep."""
+    plt = pyplot()
     figure = (_sweep_figure(plt, result) if len(result.cases) > 1 else _distribution_figure(plt, result))
     figure.tight_layout()
     model_io.write_bytes_atomic(path, _figure_png(figure))
@@ -126,12 +134,13 @@ def _distribution_figure(plt, result: BenchResult):
     axis.set_xticks(range(1, len(labels) + 1), labels)
     low = min(float(np.percentile(values, 1)) for values in data)
     high = max(float(np.percentile(values, 99)) for values in data)
-    hidden = sum(int(np.sum(np.asarray(values) > high * 1.1)) for values in data)
     if high / max(low, 1e-9) > _LOG_SCALE_RANGE:
         axis.set_yscale("log")
-        axis.set_ylim(low / 1.3, high * 1.1)
+        bottom, top = low / 1.3, high * 1.1
     else:
-        axis.set_ylim(max(0.0, low - (high - low) * 0.5), high * 1.1)
+        bottom, top = max(0.0, low - (high - low) * 0.5), high * 1.1
+    axis.set_ylim(bottom, top)
+    hidden = sum(int(np.sum((np.asarray(values) > top) | (np.asarray(values) < bottom))) for values in data)
     rng = np.random.default_rng(0)
     for index, latencies in enumerate(data, start=1):
         jitter = rng.uniform(-0.15, 0.15, size=len(latencies))
@@ -139,7 +148,7 @@ def _distribution_figure(plt, result: BenchResult):
     axis.set_ylabel("latency per run (ms)")
     title = f"latency on {result.ep}, {result.cases[0].shapes_text()}"
     if hidden:
-        title += f"\n({hidden} run(s) above {high * 1.1:.3g} ms not shown)"
+        title += f"\n({hidden} run(s) outside {bottom:.3g}-{top:.3g} ms not shown)"
     axis.set_title(title, fontsize=9)
     for index, (entry, ratio) in enumerate(zip(result.models, result.ratios()), start=1):
         axis.annotate(f"p50 {entry.p50_ms:.3g} ms\n{ratio:.2f}x", (index, entry.p50_ms),
@@ -163,7 +172,7 @@ def _sweep_figure(plt, result: BenchResult):
     if max(everything) / max(min(everything), 1e-9) > _LOG_SCALE_RANGE:
         axis.set_yscale("log")
     axis.set_xticks(positions, shapes)
-    axis.set_xlabel(f"{swept_input(result)} shape")
+    axis.set_xlabel(sweep_axis_name(result))
     axis.set_ylabel("latency p50 (ms), band p10-p90")
     axis.set_title(f"latency against input shape on {result.ep}", fontsize=9)
     axis.legend(fontsize=8)

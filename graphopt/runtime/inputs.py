@@ -99,6 +99,8 @@ def parse_ranges(specs: list[str] | tuple[str, ...]) -> dict[str, tuple[float, f
             ranges[name] = (float(low), float(high))
         except ValueError:
             raise InputError(f"--input-range {spec!r} must look like name=0:30522") from None
+        if not all(map(math.isfinite, ranges[name])):
+            raise InputError(f"--input-range {spec!r}: both ends must be finite numbers")
         if ranges[name][0] >= ranges[name][1]:
             raise InputError(f"--input-range {spec!r}: low must be below high")
     return ranges
@@ -237,6 +239,9 @@ def integer_ranges(model: ir.Model, overrides: dict[str, tuple[float, float]]) -
         if info.name in overrides:
             low, high = overrides[info.name]
             ranges[info.name] = (math.ceil(low), math.ceil(high))
+            if ranges[info.name][0] >= ranges[info.name][1]:
+                raise InputError(f"--input-range {info.name}={low:g}:{high:g} holds no integer for this "
+                                 f"{info.dtype} input (the high end is exclusive)")
             table = tables.get(info.name)
             if table is not None and (ranges[info.name][1] > table.rows or ranges[info.name][0] < -table.rows):
                 raise InputError(f"--input-range {info.name}={low:g}:{high:g} reaches outside the "

@@ -14,14 +14,12 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-import onnxruntime as ort
-
-from graphopt.runtime.providers import SessionConfig
+from graphopt.runtime.providers import SessionConfig, ort_version
 
 # Fields that make two runs' latencies incomparable when they differ.
-COMPARABLE_FIELDS = ("cpu_model", "logical_cpus", "gpu", "onnxruntime_version", "ep", "threads",
-                     "inter_op_threads", "execution_mode", "spinning", "graph_optimization_level",
-                     "concurrency")
+COMPARABLE_FIELDS = ("cpu_model", "logical_cpus", "usable_cpus", "gpu", "onnxruntime_version", "ep",
+                     "threads", "inter_op_threads", "execution_mode", "spinning", "graph_optimization_level",
+                     "session_config", "provider_options", "concurrency")
 
 
 def cpu_model() -> str:
@@ -57,7 +55,7 @@ def gpu_name(device_id: int) -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        completed = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader",
+        completed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader",
                                     f"--id={device_id}"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -80,7 +78,7 @@ def describe(config: SessionConfig, ep: str) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "graphopt_version": graphopt_version(),
-        "onnxruntime_version": ort.__version__,
+        "onnxruntime_version": ort_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),

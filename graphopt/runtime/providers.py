@@ -51,7 +51,7 @@ class SessionConfig:
     """How to run a model: provider, device, threads, ORT's own graph optimizations and options.
 
     `spinning` is ONNX Runtime's `session.*.allow_spinning` (on by default, as in ORT);
-    `session_config` holds any other session config entries (KEY, VALUE) and wins over it.
+    `extra_entries` holds any other session config entries (KEY, VALUE) and wins over it.
     """
 
     ep: str = "cpu"
@@ -62,7 +62,7 @@ class SessionConfig:
     inter_op: int | None = None
     execution_mode: str = "sequential"
     spinning: bool = True
-    session_config: tuple[tuple[str, str], ...] = ()
+    extra_entries: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.ep not in EP_CHOICES:
@@ -94,7 +94,7 @@ class SessionConfig:
     def config_entries(self) -> dict[str, str]:
         """The session config entries a session gets: spinning first, then the user's own."""
         entries = {} if self.spinning else {key: "0" for key in SPINNING_KEYS}
-        entries.update(self.session_config)
+        entries.update(self.extra_entries)
         return entries
 
     @property
@@ -138,6 +138,9 @@ def _providers(config: SessionConfig) -> list[Any]:
     ep = config.resolved_ep()
     _check_available(ep)
     if ep == "cpu":
+        if config.provider_options:
+            raise InputError("--provider-option configures a GPU execution provider, and --ep auto "
+                             "found none: ONNX Runtime offers " + ", ".join(ort.get_available_providers()))
         return [EP_NAMES["cpu"]]
     options = {"device_id": str(config.device_id), **dict(config.provider_options)}
     return [(EP_NAMES[ep], options), EP_NAMES["cpu"]]
@@ -236,15 +239,16 @@ def ort_message(error: Exception) -> str:
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
 
 
-def _label(model) -> str:
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+def model_label(model, fallback: str = "the model") -> str:
+    """How messages name a model: its path, or `fallback` for one in memory."""
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else fallback
 
 
 def create_session(model, config: SessionConfig = SessionConfig(), label: str | None = None) -> Session:
     """An ORT session for `model`; a GPU provider that ORT silently drops is an error."""
     providers = _providers(config)
     options = session_options(config)
-    label = label or _label(model)
+    label = label or model_label(model)
     with model_source(model) as source:
         start = time.perf_counter()
         try:

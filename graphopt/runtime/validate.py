@@ -23,7 +23,7 @@ from graphopt import shapes
 from graphopt.errors import InputError
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.compare import OutputComparison, Tolerance, compare, tolerance
-from graphopt.runtime.providers import SessionConfig, create_session
+from graphopt.runtime.providers import SessionConfig, create_session, model_label
 
 EXPOSED_PER_RUN = 512
 
@@ -101,7 +101,7 @@ class ValidationResult:
         if self.problem:
             return f"FAIL: {self.problem}"
         first = self.failures()[0]
-        text = f"FAIL ({self.tolerance.name}): output {first.name!r}: {first.reason}"
+        text = f"FAIL ({self.tolerance.name}): output {first.name!r}: {first.reason}, {self.how()}"
         if self.divergence is not None:
             text += f"; {self.divergence.describe()}"
         return text
@@ -129,10 +129,6 @@ def _as_ir(model) -> ir.Model:
     return model_io.load(model)
 
 
-def _label(model, fallback: str) -> str:
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else fallback
-
-
 def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
     """Sequence outputs become one entry per element; optional outputs that are absent vanish."""
     if value is None:
@@ -156,7 +152,8 @@ class Validator:
         self.tolerance = tol if isinstance(tol, Tolerance) else tolerance(tol)
         self.config = config
         self.input_sets = self._input_sets(feeds, shapes or {}, ranges or {}, seed)
-        self._reference_session = create_session(reference, config, label=_label(reference, "the reference model"))
+        self._reference_session = create_session(reference, config,
+                                                 label=model_label(reference, "the reference model"))
         try:
             self._expected = [self._reference_session.run(feeds_) for feeds_ in self.input_sets]
         except InputError as error:
@@ -180,8 +177,20 @@ class Validator:
         return sets
 
     def check(self, candidate) -> ValidationResult:
-        """Compare the candidate's outputs with the reference's on every input set."""
-        session = create_session(candidate, self.config, label=_label(candidate, "the candidate model"))
+        """Compare the candidate's outputs with the reference's on every input set.
+
+        A candidate ONNX Runtime cannot load or run does not compute the same thing: that is
+        a failed validation (the reference and the inputs already ran), not bad input.
+        """
+        try:
+            return self._check(candidate)
+        except InputError as error:
+            return ValidationResult(False, self.tolerance, self.config.resolved_ep(), [],
+                                    problem=f"the candidate fails in ONNX Runtime: {error}",
+                                    opt_level=self.config.opt_level)
+
+    def _check(self, candidate) -> ValidationResult:
+        session = create_session(candidate, self.config, label=model_label(candidate, "the candidate model"))
         candidate_inputs = {value.name for value in session.inner.get_inputs()}
         missing_inputs = set(self.input_sets[0]) - candidate_inputs
         candidate_outputs = [value.name for value in session.inner.get_outputs()]
@@ -216,7 +225,10 @@ class Validator:
         result = self.check(candidate)
         if not result.passed and not result.problem and locate:
             failing = next(i for i, run in enumerate(result.input_sets) if not run.passed)
-            result.divergence = self.locate(candidate, self.input_sets[failing])
+            try:
+                result.divergence = self.locate(candidate, self.input_sets[failing])
+            except InputError:  # exposing intermediate values can make ORT refuse a model
+                result.divergence = None
         return result
 
     def locate(self, candidate, feeds: dict[str, np.ndarray]) -> Divergence | None:

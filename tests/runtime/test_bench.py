@@ -18,8 +18,9 @@ import graphopt
 from graphopt.errors import InputError
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime import bench_report
-from graphopt.runtime.bench_report import human_bytes, plot, sweep_labels
+from graphopt.runtime.bench_report import plot, sweep_labels
 from graphopt.runtime.inputs import parse_sweep
+from graphopt.units import human_bytes
 from tests.runtime.models import fixed_reshape, text_classifier
 
 METADATA_FIELDS = ("date", "graphopt_version", "onnxruntime_version", "cpu_model", "logical_cpus",
@@ -116,7 +117,7 @@ def test_sweep_by_dimension_and_by_input(two_models, tmp_path):
     assert sweep_labels(by_input) == ["1x3", "2x5", "4x7"]
     assert all(len(entry.latencies_ms) == 2 for case in by_input.cases for entry in case.models)
     markdown = by_input.to_markdown()
-    assert markdown.count("Inputs: ") == 3 and "p50 ms by input_ids shape" in markdown
+    assert markdown.count("Inputs: ") == 3 and "p50 ms by input_ids / attention_mask shape" in markdown
     png = tmp_path / "sweep.png"
     plot(by_input, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -174,6 +175,34 @@ def test_time_slices_rotate_models_with_a_lead_in(monkeypatch):
     blocks = [len(block) for block in order.replace("ab", "a b").replace("ba", "b a").split()]
     assert max(blocks) > 2, "each model runs a slice of several runs, not one run per turn"
     assert progress[-1] == 40 and len(progress) < 40, "progress is reported per slice, not per run"
+
+
+def test_a_redrawn_progress_display_is_followed_by_a_lead_in(monkeypatch):
+    monkeypatch.setattr(bench_module, "SLICE_SECONDS", 0.01)
+    monkeypatch.setattr(bench_module, "LEAD_IN_SECONDS", 0.005)
+    for callback, extra in ((None, False), (lambda done, total: None, True)):
+        log, in_flight = [], [0, 0]
+        driver = bench_module._Driver(_FakeSession("a", log, in_flight), {}, 0, 1)
+        timed = bench_module._time_case([driver], warmup=0, runs=30, seconds=None,
+                                        progress=bench_module._Progress(callback, 30))
+        assert len(timed[0][0]) == 30
+        assert (len(log) > 30) is extra, "untimed lead-in runs only when the display was redrawn"
+
+
+def test_seconds_must_be_finite(two_models):
+    for seconds in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(InputError, match="--seconds a finite number > 0"):
+            graphopt.bench([two_models[0]], seconds=seconds)
+
+
+def test_sweep_labels_name_every_swept_input(tmp_path):
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] a, float[M, 3] b) => (float[N, 4] y, float[M, 3] z) { y = Relu(a) z = Relu(b) }""")
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    result = graphopt.bench([path], runs=1, warmup=0, sweep=parse_sweep(["a=1x4,2x4", "b=5x3,6x3"]))
+    assert sweep_labels(result) == ["1x4, 5x3", "1x4, 6x3", "2x4, 5x3", "2x4, 6x3"]
+    assert bench_report.sweep_axis_name(result) == "a / b shape"
 
 
 def test_throughput_uses_the_median_and_wall_time():

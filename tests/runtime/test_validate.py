@@ -134,3 +134,14 @@ def test_runtime_failure_on_synthesized_inputs_is_one_error(tmp_path):
     onnx.save(fixed_reshape(), path)
     with pytest.raises(InputError, match=r"failed running .*fixed.onnx on x \[1, 4\].*synthesized"):
         graphopt.validate(path, path)
+
+
+def test_a_candidate_onnx_runtime_cannot_run_fails_validation(tmp_path):
+    reference = tmp_path / "relu.onnx"
+    onnx.save(onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }"""), reference)
+    candidate = tmp_path / "fixed.onnx"
+    onnx.save(fixed_reshape(), candidate)
+    result = graphopt.validate(reference, candidate)
+    assert not result.passed and result.problem.startswith("the candidate fails in ONNX Runtime: ")
+    assert "Reshape" in result.problem
