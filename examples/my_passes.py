@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import collections
+
 import onnx_ir as ir
 
 import graphopt
 
 
-@graphopt.register("strip_debug_info")
-class StripDebugInfo(graphopt.Pass):
-    """Remove doc strings and node metadata (exporters leave stack traces and source paths there)."""
+@graphopt.register("name_nodes")
+class NameNodes(graphopt.Pass):
+    """Name every unnamed node after its op type (reports and divergence messages can then say which)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        stripped = 0
-        for holder in (model, *model.graphs(), *(node for graph in model.graphs() for node in graph)):
-            if holder.doc_string:
-                holder.doc_string = None
-                stripped += 1
-            if isinstance(holder, ir.Node) and holder.metadata_props:
-                holder.metadata_props.clear()
-                stripped += 1
-        if stripped:
-            self.changed(f"removed debug info from {stripped} place(s)")
-        return ir.passes.PassResult(model, modified=bool(stripped))
+        taken = {node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name}
+        counters: collections.Counter[str] = collections.Counter()
+        named = 0
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.name:
+                continue
+            while True:
+                counters[node.op_type] += 1
+                candidate = f"{node.op_type.lower()}_{counters[node.op_type]}"
+                if candidate not in taken:
+                    break
+            node.name = candidate
+            taken.add(candidate)
+            named += 1
+        if named:
+            self.changed(f"named {named} node(s)")
+        return ir.passes.PassResult(model, modified=bool(named))

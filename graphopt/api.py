@@ -86,6 +86,8 @@ def optimize(
     tolerance: str | Tolerance = "fp32",
     runtime: RuntimeOptions | None = None,
     observer: PassObserver | None = None,
+    fix_shapes: Shapes | None = None,
+    keep_metadata: bool = False,
 ) -> OptimizeResult:
     """Optimize a model (an ir.Model is changed in place) and optionally write it atomically.
 
@@ -94,8 +96,15 @@ def optimize(
     `validate` compares the result with the input in ONNX Runtime and raises ValidationFailed
     (nothing written) when outputs differ beyond `tolerance`, unless `force`; `validate_each`
     checks after every pass that changed the model and names the first one that broke it.
+    `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs at
+    those shapes); `keep_metadata` keeps the debug info O2/O3 strip.
     """
     spec = resolve_spec(preset, passes, recipe)
+    if keep_metadata:
+        spec.without("strip_debug_info")
+    if fix_shapes:
+        spec.first("fix_shape", {"shapes": dict(fix_shapes)})
+        shapes = {**fix_shapes, **(shapes or {})}
     check_output_file(output)
     if fixed_point is not None:
         spec.fixed_point = fixed_point

@@ -225,6 +225,11 @@ def _print_warnings(warnings: list[str]) -> None:
 @click.option("--external-data/--no-external-data", default=None,
               help="Tensors in OUTPUT.data (default: as the input, or when over 2 GB).")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-pass report as JSON.")
+@click.option("--fix-shape", "fix_shape", multiple=True, metavar="NAME=1x128",
+              help="Make an input's shape static (repeatable); dims sharing its symbols follow, "
+                   "and the shape arithmetic folds away.")
+@click.option("--keep-metadata", is_flag=True,
+              help="Keep the exporter's debug info (stack traces, FX metadata) that O2/O3 strip.")
 @click.option("--validate", is_flag=True,
               help="Compare with the input in ONNX Runtime; refuse to write a model that differs.")
 @click.option("--validate-each", is_flag=True,
@@ -237,6 +242,7 @@ def _print_warnings(warnings: list[str]) -> None:
 def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: str | None, target: str,
              passes: str | None, recipe: Path | None, opset: int | None, fixed_point: bool | None,
              max_iterations: int | None, external_data: bool | None, report: Path | None,
+             fix_shape: tuple[str, ...], keep_metadata: bool,
              validate: bool, validate_each: bool, force: bool, tolerance: Tolerance,
              inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
              runtime: api.RuntimeOptions, quiet: bool) -> None:
@@ -257,7 +263,8 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
                 max_iterations=max_iterations, external_data=external_data,
                 validate=validate, validate_each=validate_each, force=force,
                 inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
-                tolerance=tolerance, runtime=runtime, observer=_progress_observer(progress, task), **spec_args,
+                tolerance=tolerance, runtime=runtime, observer=_progress_observer(progress, task),
+                fix_shapes=parse_shapes(fix_shape, "--fix-shape"), keep_metadata=keep_metadata, **spec_args,
             )
         except ValidationFailed as failure:
             progress.stop()

@@ -45,13 +45,13 @@ _CLEANUP = (
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": (),
     "O1": _CLEANUP,
-    "O2": _CLEANUP,
-    "O3": _CLEANUP,
+    "O2": (*_CLEANUP, "strip_debug_info"),
+    "O3": (*_CLEANUP, "strip_debug_info"),
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
-    "O2": "O1 plus fusion (fusion passes are not in this release yet: same as O1)",
+    "O2": "O1 plus deployment hygiene (exporters' debug info stripped; fusions are on their way)",
     "O3": "everything safe for the target (same as O2 in this release)",
 }
 DEFAULT_MAX_ITERATIONS = 4
@@ -252,6 +252,14 @@ class PipelineSpec:
 
     def build(self) -> list[Pass]:
         return [create_pass(name, options) for name, options in self.passes]
+
+    def without(self, name: str) -> None:
+        """Drop every run of the pass `name` (e.g. strip_debug_info for --keep-metadata)."""
+        self.passes = [(entry, options) for entry, options in self.passes if entry != name]
+
+    def first(self, name: str, options: dict[str, Any]) -> None:
+        """Run the pass `name` with `options` before the others (e.g. fix_shape)."""
+        self.passes.insert(0, (name, options))
 
 
 def preset_spec(preset: str) -> PipelineSpec:

@@ -48,7 +48,7 @@ def signature(model: ir.Model) -> list[InputInfo]:
     return infos
 
 
-def parse_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+def parse_shapes(specs: list[str] | tuple[str, ...], flag: str = "--shape") -> dict[str, tuple[int, ...]]:
     """`name=1x128` strings into {name: (1, 128)}; `name=` (empty) is a scalar."""
     shapes = {}
     for spec in specs:
@@ -58,9 +58,9 @@ def parse_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...
                 raise ValueError
             shapes[name] = tuple(int(part) for part in text.split("x")) if text else ()
         except ValueError:
-            raise InputError(f"--shape {spec!r} must look like name=1x128") from None
+            raise InputError(f"{flag} {spec!r} must look like name=1x128") from None
         if any(dim < 0 for dim in shapes[name]):
-            raise InputError(f"--shape {spec!r} has a negative dimension")
+            raise InputError(f"{flag} {spec!r} has a negative dimension")
     return shapes
 
 
