@@ -61,8 +61,10 @@ class FoldBatchNorm(Pass):
     def __init__(self) -> None:
         super().__init__()
         self._rule_set = indexed_rule_set(
-            [_ConvBatchNorm.rule(), _ConvTransposeBatchNorm.rule(), _GemmBatchNorm.rule()]
+            [_ConvBatchNorm.rule(name="BatchNormalization into Conv"),
+             _ConvTransposeBatchNorm.rule(name="BatchNormalization into ConvTranspose"),
+             _GemmBatchNorm.rule(name="BatchNormalization into Gemm")]
         )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, modified=apply_rules(model, self._rule_set))
+        return ir.passes.PassResult(model, modified=apply_rules(model, self._rule_set, owner=self, refusals=True))

@@ -341,7 +341,7 @@ class EliminateNoops(Pass):
         self._rule_set = indexed_rule_set(_rules())
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewritten = apply_rules(model, self._rule_set)
+        rewritten = apply_rules(model, self._rule_set, owner=self)
         identities = 0
         for graph_like in (model.graph, *model.functions.values()):
             nodes = list(ir.traversal.RecursiveGraphIterator(graph_like))

@@ -48,4 +48,4 @@ class CollapseShapeOps(Pass):
         self._rule_set = indexed_rule_set(_RULES)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, modified=apply_rules(model, self._rule_set))
+        return ir.passes.PassResult(model, modified=apply_rules(model, self._rule_set, owner=self))

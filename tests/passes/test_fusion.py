@@ -46,6 +46,15 @@ def test_training_mode_batchnorm_is_kept():
     # ONNX Runtime's inference build refuses training mode, so only the structure is checked.
     result = graphopt.optimize(_bn_model("Conv", training_mode=1), passes="fold_batchnorm")
     assert "BatchNormalization" in op_types(result.model)
+    entry = result.report.passes[0]
+    assert not entry.changes and len(entry.skipped) == 1
+    assert entry.skipped[0].startswith("BatchNormalization into Conv refused at BatchNormalization")
+    assert entry.skipped[0].endswith(": BatchNormalization runs in training mode")
+
+
+def test_report_counts_what_each_rule_folded():
+    result = optimize_and_compare(_bn_model("Conv"), passes="fold_batchnorm", rtol=1e-4)
+    assert result.report.passes[0].changes == ["BatchNormalization into Conv: 1"]
 
 
 def test_batchnorm_in_o1():
