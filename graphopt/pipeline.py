@@ -42,16 +42,18 @@ _CLEANUP = (
     "topological_sort",
 )
 
+_FUSIONS = ("fuse_gelu",)
+
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": (),
     "O1": _CLEANUP,
-    "O2": (*_CLEANUP, "strip_debug_info"),
-    "O3": (*_CLEANUP, "strip_debug_info"),
+    "O2": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
+    "O3": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
-    "O2": "O1 plus deployment hygiene (exporters' debug info stripped; fusions are on their way)",
+    "O2": "O1 plus fusions for the target (GELU so far; more are on their way) and deployment hygiene",
     "O3": "everything safe for the target (same as O2 in this release)",
 }
 DEFAULT_MAX_ITERATIONS = 4
@@ -206,6 +208,7 @@ class PassManager:
             return report, before
         pass_.skipped.clear()
         pass_.changes.clear()
+        pass_.target = self.target
         start = time.perf_counter()
         try:
             modified = pass_(model).modified

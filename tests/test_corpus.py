@@ -18,10 +18,11 @@ FULL_ZOO = ["minilm", "resnet18", "mobilenetv2", "convnext-tiny", "bert-base", "
 
 
 def _effective(preset: str, target: str) -> tuple[str, ...]:
-    return tuple(name for name in PRESETS[preset] if target in pass_class(name).targets)
+    names = tuple(name for name in PRESETS[preset] if target in pass_class(name).targets)
+    return names + ((target,) if any(pass_class(name).target_aware for name in names) else ())
 
 
-# (preset, target) pairs whose effective pass lists differ; identical pipelines run once.
+# (preset, target) pairs whose effective pipelines differ; identical pipelines run once.
 _DISTINCT: dict[tuple[str, ...], tuple[str, str]] = {}
 for _preset in PRESETS:
     for _target in TARGETS:

@@ -29,11 +29,16 @@ class Pass(ir.passes.InPlacePass):
     summary: ClassVar[str] = ""
     min_opset: ClassVar[int] = 1
     targets: ClassVar[frozenset[str]] = frozenset(TARGETS)
+    # True for a pass that emits different ops for portable and ort (it reads self.target).
+    target_aware: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self.skipped: list[str] = []
         self.changes: list[str] = []
+        # The pass manager sets the target before each run; a pass that emits different ops
+        # for portable and ort reads it.
+        self.target: str = "portable"
 
     def skip(self, reason: str) -> None:
         """Record a case the pass left alone, for the report."""

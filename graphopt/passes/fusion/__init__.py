@@ -1,0 +1,8 @@
+"""Fusions: several nodes become one that computes the same thing, one module per family.
+
+batchnorm: inference BatchNormalization folded into the Conv/ConvTranspose/Gemm before it.
+gelu: the erf and tanh GELU formulas exporters write out become one Gelu (ONNX opset 20 for
+the portable target, com.microsoft Gelu/FastGelu/BiasGelu for ort).
+"""
+
+from graphopt.passes.fusion import batchnorm, gelu  # noqa: F401  (registers them)

@@ -1,0 +1,92 @@
+"""Small helpers for fusions written as Python walks over the IR.
+
+A fusion anchors on a distinctive node (Erf, Tanh, …) and walks outwards from it, taking
+either operand order of commutative ops; each helper answers None when the structure is not
+there, so the fusion can say which step failed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def is_op(node: ir.Node | None, *op_types: str) -> bool:
+    """Whether `node` is one of the standard-domain `op_types`."""
+    return node is not None and node.domain in ("", "ai.onnx") and node.op_type in op_types
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """The number a constant with a single element holds (0-d or [1]), else None."""
+    if value is None:
+        return None
+    tensor = value.const_value
+    if tensor is None:
+        producer = value.producer()
+        if not is_op(producer, "Constant") or "value" not in producer.attributes:
+            return None
+        tensor = producer.attributes["value"].as_tensor()
+    if math.prod(tensor.shape.numpy()) != 1:
+        return None
+    array = tensor.numpy()
+    return float(array.reshape(-1)[0]) if array.dtype.kind in "fiu" else None
+
+
+def close(value: float | None, target: float, rel: float = 1e-4) -> bool:
+    return value is not None and math.isclose(value, target, rel_tol=rel)
+
+
+def only_consumer(value: ir.Value) -> ir.Node | None:
+    """The one node that reads `value` (once), when nothing else (a graph output) does."""
+    uses = value.uses()
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    """For a two-input node, the input that is not `value`."""
+    if len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    if first is value and second is not value:
+        return second
+    if second is value and first is not value:
+        return first
+    return None
+
+
+def operands(node: ir.Node | None, op_type: str) -> tuple[ir.Value, ir.Value] | None:
+    """The two inputs of a binary standard op, or None when `node` is something else."""
+    if not is_op(node, op_type) or len(node.inputs) != 2 or None in node.inputs:
+        return None
+    return node.inputs[0], node.inputs[1]
+
+
+def split_constant(node: ir.Node | None, op_type: str) -> tuple[ir.Value, float] | None:
+    """For `op_type(a, c)` or `op_type(c, a)` with a single-element constant c: (a, c)."""
+    pair = operands(node, op_type)
+    if pair is None:
+        return None
+    first, second = pair
+    if scalar(second) is not None:
+        return first, scalar(second)
+    if scalar(first) is not None:
+        return second, scalar(first)
+    return None
+
+
+def is_float(value: ir.Value) -> bool:
+    return value.dtype in FLOAT_TYPES
+
+
+def vector(value: ir.Value) -> np.ndarray | None:
+    """A constant 1-D tensor's values (a bias), else None."""
+    tensor = value.const_value
+    if tensor is None or len(tensor.shape) != 1:
+        return None
+    return tensor.numpy()
