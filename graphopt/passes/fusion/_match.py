@@ -90,3 +90,23 @@ def vector(value: ir.Value) -> np.ndarray | None:
     if tensor is None or len(tensor.shape) != 1:
         return None
     return tensor.numpy()
+
+
+def fresh_node_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_2`, `base_3` … whichever no node of the graph has."""
+    return _fresh(base, {node.name for node in graph})
+
+
+def fresh_value_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_2` … whichever no input, initializer or node output of the graph has."""
+    taken = {value.name for value in graph.inputs} | set(graph.initializers)
+    taken |= {value.name for node in graph for value in node.outputs}
+    return _fresh(base, taken)
+
+
+def _fresh(base: str, taken: set) -> str:
+    name, index = base, 1
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    return name

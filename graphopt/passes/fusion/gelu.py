@@ -20,6 +20,7 @@ import onnx_ir as ir
 from graphopt import shapes
 from graphopt.passes.fusion._match import (
     close,
+    fresh_node_name,
     is_float,
     is_op,
     only_consumer,
@@ -242,10 +243,4 @@ class FuseGelu(Pass):
 
 
 def _name(graph: ir.Graph, output: ir.Value, op_type: str) -> str:
-    base = f"{output.name or 'gelu'}/{op_type}"
-    taken = {node.name for node in graph}
-    name, index = base, 1
-    while name in taken:
-        index += 1
-        name = f"{base}_{index}"
-    return name
+    return fresh_node_name(graph, f"{output.name or 'gelu'}/{op_type}")
