@@ -92,6 +92,17 @@ def vector(value: ir.Value) -> np.ndarray | None:
     return tensor.numpy()
 
 
+def leaking_node(nodes: list[ir.Node], output: ir.Value) -> ir.Node | None:
+    """The first node among `nodes` whose result (other than `output`) is read outside them."""
+    inside = set(nodes)
+    for node in nodes:
+        for value in node.outputs:
+            if value is not output and (value.is_graph_output()
+                                        or any(use.node not in inside for use in value.uses())):
+                return node
+    return None
+
+
 def fresh_node_name(graph: ir.Graph, base: str) -> str:
     """`base`, or `base_2`, `base_3` … whichever no node of the graph has."""
     return _fresh(base, {node.name for node in graph})

@@ -23,6 +23,7 @@ from graphopt.passes.fusion._match import (
     fresh_node_name,
     is_float,
     is_op,
+    leaking_node,
     only_consumer,
     operands,
     other_input,
@@ -151,12 +152,9 @@ def _match(anchor: ir.Node) -> _Gelu | None:
         raise _Refused(f"x is {x.dtype}, not a floating-point tensor")
     output, tail_nodes = _tail(anchor, x)
     nodes = [*head_nodes, anchor, *tail_nodes]
-    inside = set(nodes)
-    for node in nodes:
-        for value in node.outputs:
-            if value is not output and (value.is_graph_output()
-                                        or any(use.node not in inside for use in value.uses())):
-                raise _Refused(f"{node.op_type} {node.name!r}'s output is also used outside the GELU")
+    leak = leaking_node(nodes, output)
+    if leak is not None:
+        raise _Refused(f"{leak.op_type} {leak.name!r}'s output is also used outside the GELU")
     return _Gelu(x, output, nodes, "none" if anchor.op_type == "Erf" else "tanh")
 
 

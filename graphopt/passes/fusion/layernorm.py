@@ -23,6 +23,7 @@ from graphopt.passes.fusion._match import (
     fresh_value_name,
     is_float,
     is_op,
+    leaking_node,
     only_consumer,
     operands,
     scalar,
@@ -175,12 +176,9 @@ def _over_axes(constant: ir.Value, axes: tuple[int, ...]) -> bool:
 
 
 def _check_private(nodes: list[ir.Node], output: ir.Value) -> None:
-    inside = set(nodes)
-    for node in nodes:
-        for value in node.outputs:
-            if value is not output and (value.is_graph_output()
-                                        or any(use.node not in inside for use in value.uses())):
-                raise _Refused(f"{node.op_type} {node.name!r}'s output is also used outside the LayerNorm")
+    leak = leaking_node(nodes, output)
+    if leak is not None:
+        raise _Refused(f"{leak.op_type} {leak.name!r}'s output is also used outside the LayerNorm")
 
 
 def _parameter(graph: ir.Graph, value: ir.Value | None, size: tuple[int, ...], fill: float, dtype,
