@@ -4,7 +4,8 @@ Graphs are built step by step from rank-3 float inputs [batch, seq, hidden] (bat
 dynamic), tracking each value's shape so every op is valid: elementwise ops, ops with exact
 0/1 constants (no-op candidates), constant-only subexpressions (folding), duplicate weights
 (dedupe), repeated nodes (CSE), MatMul/Gemm, Conv+BatchNorm, Reshape/Transpose/Concat/Split/
-Slice/Expand, reductions, and Shape arithmetic on the dynamic batch.
+Slice/Expand, reductions, Shape arithmetic on the dynamic batch, and decomposed LayerNorm and
+GELU blocks in their exporter variants, some of them near misses a fusion must refuse.
 """
 
 from __future__ import annotations
@@ -221,14 +222,69 @@ def _unsqueeze_squeeze(b: _Builder, draw, x, shape):
     return b.node("Squeeze", [up, axes], shape)
 
 
-_STEPS = [_unary, _binary_same, _binary_const, _folded_constant, _duplicate_weight, _repeat_node,
+def _layernorm(b: _Builder, draw, x, shape):
+    """(x − mean)/√(var + ε)·γ + β, with the variations exporters write (and ε outside the root)."""
+    inner = shape if draw(st.integers(0, 7)) == 0 else None  # sometimes an intermediate leaks
+    two_axes = len(shape) == 3 and _static(shape[1:]) and draw(st.booleans())
+    axes = b.init(np.array([-2, -1] if two_axes else [-1], np.int64), "axes")
+    reduced = None
+    mean = b.node("ReduceMean", [x, axes], reduced, keepdims=1)
+    d = b.node("Sub", [x, mean], inner)
+    square = (b.node("Pow", [d, b.init(np.array(2.0, np.float32), "two")], None) if draw(st.booleans())
+              else b.node("Mul", [d, d], None))
+    variance = b.node("ReduceMean", [square, axes], reduced, keepdims=1)
+    epsilon = b.init(np.array(draw(st.sampled_from([1e-5, 1e-12])), np.float32), "eps")
+    if draw(st.integers(0, 4)):
+        std = b.node("Sqrt", [b.node("Add", [variance, epsilon], reduced)], reduced)
+    else:
+        std = b.node("Add", [b.node("Sqrt", [variance], reduced), epsilon], reduced)
+    affine = isinstance(shape[-1], int) and draw(st.booleans())
+    bias = affine and draw(st.booleans())
+    if draw(st.booleans()):
+        normalized = b.node("Div", [d, std], None if affine else shape)
+    else:
+        normalized = b.node("Mul", [b.node("Reciprocal", [std], None), d], None if affine else shape)
+    if affine:
+        gamma = b.init(b.floats((shape[-1],)), "gamma")
+        operands = [gamma, normalized] if draw(st.booleans()) else [normalized, gamma]
+        normalized = b.node("Mul", operands, None if bias else shape)
+        if bias:
+            normalized = b.node("Add", [normalized, b.init(b.floats((shape[-1],)), "beta")], shape)
+    return normalized
+
+
+def _gelu(b: _Builder, draw, x, shape):
+    """0.5·x·(1 + erf(x/√2)) or the tanh form, in the product orders exporters write (or slightly off)."""
+    def constant(value: float) -> str:
+        off = draw(st.integers(0, 9)) == 0
+        return b.init(np.array(value * (1.1 if off else 1.0), np.float32), "k")
+
+    inner = shape if draw(st.integers(0, 7)) == 0 else None  # sometimes an intermediate leaks
+    if draw(st.booleans()):
+        core = b.node("Erf", [b.node("Div", [x, constant(2 ** 0.5)], None)], None)
+    else:
+        cube = (b.node("Pow", [x, b.init(np.array(3.0, np.float32), "three")], None) if draw(st.booleans())
+                else b.node("Mul", [b.node("Mul", [x, x], None), x], None))
+        summed = b.node("Add", [x, b.node("Mul", [cube, constant(0.044715)], None)], None)
+        core = b.node("Tanh", [b.node("Mul", [summed, constant((2 / np.pi) ** 0.5)], None)], None)
+    plus_one = b.node("Add", [core, constant(1.0)], inner)
+    order = draw(st.integers(0, 2))
+    if order == 0:
+        return b.node("Mul", [b.node("Mul", [x, plus_one], None), constant(0.5)], shape)
+    if order == 1:
+        return b.node("Mul", [x, b.node("Mul", [constant(0.5), plus_one], None)], shape)
+    return b.node("Mul", [b.node("Mul", [x, constant(0.5)], None), plus_one], shape)
+
+
+# Hypothesis draws early entries more often: the fusion blocks come first so they appear often.
+_STEPS = [_layernorm, _gelu, _unary, _binary_same, _binary_const, _folded_constant, _duplicate_weight, _repeat_node,
           _matmul, _gemm, _conv_bn, _reshape, _dynamic_flatten, _transpose, _concat_split, _slice,
           _expand, _reduce, _unsqueeze_squeeze]
 
 
 @st.composite
 def onnx_graphs(draw) -> tuple[onnx.ModelProto, bool]:
-    """(model, has a dynamic batch dim); opset 18, IR 9, float32."""
+    """(model, has a dynamic batch dim); opset 18 or 20 (ONNX Gelu), IR 9, float32."""
     b = _Builder(np.random.default_rng(draw(st.integers(0, 2**16))))
     dynamic = draw(st.booleans())
     seq, hidden = draw(st.sampled_from([2, 3])), draw(st.sampled_from([4, 6]))
@@ -251,5 +307,6 @@ def onnx_graphs(draw) -> tuple[onnx.ModelProto, bool]:
                               [helper.make_tensor_value_info(v, TensorProto.FLOAT, list(b.values[v]))
                                for v in outputs],
                               b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    opset = draw(st.sampled_from([18, 20]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     return model, dynamic

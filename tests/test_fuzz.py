@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import graphopt
-from graphopt.passes import pass_names
+from graphopt.passes import TARGETS, pass_names
 from graphopt.pipeline import PRESETS
 from tests.corpus import same_outputs
 from tests.fuzz_graphs import onnx_graphs
@@ -31,7 +31,8 @@ def check_graph(model: onnx.ModelProto, dynamic: bool) -> None:
     if dynamic:
         feed_sets.append(random_feeds(model, seed=1, dim=3))
     expected = [run(model, feeds) for feeds in feed_sets]
-    for options in [{"passes": [name]} for name in _PASSES] + [{"preset": name} for name in _PRESETS]:
+    presets = [{"preset": name, "target": target} for name in _PRESETS for target in TARGETS]
+    for options in [{"passes": [name]} for name in _PASSES] + presets:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         optimized = graphopt.optimize(copy, **options).model
