@@ -4,6 +4,7 @@ batchnorm: inference BatchNormalization folded into the Conv/ConvTranspose/Gemm 
 gelu: the erf and tanh GELU formulas exporters write out become one Gelu (ONNX opset 20 for
 the portable target, com.microsoft Gelu/FastGelu/BiasGelu for ort).
 layernorm: the decomposed mean/variance formula becomes LayerNormalization (opset 17).
+skip_layernorm (ort): a residual Add (+ bias) and LayerNormalization become SkipLayerNormalization.
 """
 
-from graphopt.passes.fusion import batchnorm, gelu, layernorm  # noqa: F401  (registers them)
+from graphopt.passes.fusion import batchnorm, gelu, layernorm, skip_layernorm  # noqa: F401  (registers them)

@@ -1,0 +1,145 @@
+"""SkipLayerNormalization fusion (ort): a residual Add feeding a LayerNormalization becomes one node.
+
+    y = LayerNorm(a + b [+ bias]) over the last axis  →  com.microsoft.SkipLayerNormalization(a, b, γ, β, bias)
+
+The sum stays available (output 3) when the residual path reads it too, as pre-LayerNorm
+transformers (GPT-2) do. ONNX Runtime's kernel wants input and skip of one shape [B, S, D]:
+the fusion proves it from the two operands' dims (equal numbers or the same named symbol),
+naming anonymous dims first with ONNX Runtime's symbolic shape inference, and refuses,
+saying so, when it cannot (a position embedding of batch 1, say).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from graphopt import shapes
+from graphopt.passes.fusion._match import fresh_node_name, is_op, operands, vector
+from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.registry import Pass, register
+
+
+def _dims_text(value: ir.Value) -> str:
+    if value.shape is None:
+        return "unknown"
+    return "[" + ", ".join(str(dim if isinstance(dim, int) else dim.value) for dim in value.shape.dims) + "]"
+
+
+def _same_shape(first: ir.Value, second: ir.Value) -> bool:
+    """Provably equal 3-D shapes: each dim the same number or the same named symbol."""
+    if first.shape is None or second.shape is None or len(first.shape) != 3 or len(second.shape) != 3:
+        return False
+    for one, other in zip(first.shape.dims, second.shape.dims):
+        if isinstance(one, int) or isinstance(other, int):
+            if one != other:
+                return False
+        elif one.value is None or one.value != other.value:
+            return False
+    return True
+
+
+def _split_bias(value: ir.Value, width: int) -> tuple[ir.Value, ir.Value | None, ir.Node | None]:
+    """(h, bias, Add) when `value` = Add(h, bias) with a [width] constant bias used only here."""
+    add = value.producer()
+    pair = operands(add, "Add")
+    if pair is None or value.is_graph_output() or len(value.uses()) != 1:
+        return value, None, None
+    for h, bias in (pair, pair[::-1]):
+        values = vector(bias)
+        if values is not None and values.shape == (width,) and h.const_value is None:
+            return h, bias, add
+    return value, None, None
+
+
+def _anonymous(value: ir.Value) -> bool:
+    """Whether a value's shape is unknown or has a dim with neither a size nor a name."""
+    return value.shape is None or any(isinstance(dim, ir.SymbolicDim) and dim.value is None
+                                      for dim in value.shape.dims)
+
+
+@register("fuse_skip_layernorm", targets=("ort",))
+class FuseSkipLayerNorm(Pass):
+    """Fuse a residual Add (+ bias) and LayerNormalization into com.microsoft SkipLayerNormalization."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        try:
+            shapes.infer_shapes(model, only_if_missing=True)
+        except shapes.InferenceFailed as error:
+            self.skip(f"shape inference failed, some shapes stay unknown: {error}")
+        self._named = False
+        fused = 0
+        for graph in model.graphs():
+            for node in list(graph):
+                if node.graph is graph and is_op(node, "LayerNormalization"):
+                    refusal = self._fuse(model, graph, node)
+                    if refusal is None:
+                        fused += 1
+                    elif refusal:
+                        self.skip(f"LayerNormalization {node.name!r} not fused with its residual Add: {refusal}")
+        if fused:
+            self.changed(f"{fused} SkipLayerNormalization")
+        return ir.passes.PassResult(model, modified=bool(fused))
+
+    def _fuse(self, model: ir.Model, graph: ir.Graph, layernorm: ir.Node) -> str | None:
+        """None when fused, a reason when refused, "" when this LayerNorm has no residual Add."""
+        total = layernorm.inputs[0]
+        add = total.producer() if total is not None else None
+        pair = operands(add, "Add")
+        if pair is None or any(value.const_value is not None for value in pair):
+            return ""
+        if total.dtype != ir.DataType.FLOAT:
+            return f"the sum is {total.dtype}; ONNX Runtime's SkipLayerNormalization kernel is float32"
+        scale = layernorm.inputs[1] if len(layernorm.inputs) > 1 else None
+        beta = layernorm.inputs[2] if len(layernorm.inputs) > 2 else None
+        width = total.shape.dims[-1] if total.shape is not None and len(total.shape) else None
+        axis = layernorm.attributes.get_int("axis", -1)
+        if not isinstance(width, int) or axis not in (-1, len(total.shape) - 1):
+            return "it does not normalize over a last axis of known size"
+        if any(value is not None and (vector(value) is None or vector(value).shape != (width,))
+               for value in (scale, beta)):
+            return f"γ and β are not constant [{width}] vectors"
+        if layernorm.attributes.get_int("stash_type", 1) != 1:
+            return "stash_type is not float32"
+        if any(output.uses() or output.is_graph_output() for output in layernorm.outputs[1:]):
+            return "its mean or inverse standard deviation outputs are used"
+        first, bias, bias_add = _split_bias(pair[0], width)
+        second = pair[1]
+        if bias is None:
+            second, bias, bias_add = _split_bias(pair[1], width)
+            first = pair[0]
+        if not _same_shape(first, second) and (_anonymous(first) or _anonymous(second)):
+            self._name_dims(model)
+        if not _same_shape(first, second):
+            return (f"the residual operands' shapes {_dims_text(first)} and {_dims_text(second)} are not "
+                    "provably equal")
+        self._replace(model, graph, layernorm, add, bias_add, [first, second, scale, beta, bias])
+        return None
+
+    def _name_dims(self, model: ir.Model) -> None:
+        """Symbolic shape inference, once per run, the first time a proof needs named dims."""
+        if self._named:
+            return
+        self._named = True
+        try:
+            shapes.infer_symbolic(model)
+        except shapes.InferenceFailed as error:
+            self.skip(f"symbolic shape inference failed, anonymous dims stay unproven: {error}")
+
+    def _replace(self, model: ir.Model, graph: ir.Graph, layernorm: ir.Node, add: ir.Node,
+                 bias_add: ir.Node | None, inputs: list[ir.Value | None]) -> None:
+        total = add.outputs[0]
+        keeps_sum = total.is_graph_output() or any(use.node is not layernorm for use in total.uses())
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        epsilon = layernorm.attributes.get_float("epsilon", 1e-5)
+        node = ir.Node(MS_DOMAIN, "SkipLayerNormalization", inputs, [ir.AttrFloat32("epsilon", epsilon)],
+                       num_outputs=4 if keeps_sum else 1,
+                       name=fresh_node_name(graph, f"{layernorm.name or 'layernorm'}/SkipLayerNormalization"))
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        old_values, new_values = [layernorm.outputs[0]], [node.outputs[0]]
+        if keeps_sum:
+            old_values.append(total)
+            new_values.append(node.outputs[3])
+        removed = [node_ for node_ in (bias_add, add, layernorm) if node_ is not None]
+        # Right after the Add: readers of the sum may come before the LayerNorm in the graph.
+        ir.convenience.replace_nodes_and_values(graph, add, removed, [node], old_values, new_values)
