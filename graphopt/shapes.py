@@ -58,10 +58,18 @@ def infer_symbolic(model: ir.Model) -> int:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     proto = checks.structure_proto(model, keep_elements=_SHAPE_TENSOR_ELEMENTS)
+    # The steps of SymbolicShapeInference.infer_shapes, without its last one: when inference
+    # is incomplete that writes sym_shape_infer_temp.onnx into the working directory and
+    # raises, while the partial result is still worth having.
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
     try:
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
     except Exception as error:  # it gives up on ops it does not know
         raise InferenceFailed(checks.first_line(str(error)) or type(error).__name__) from None
+    inferred = inference.out_mp_
     found: dict[str, onnx.TypeProto] = {}
     _collect_value_types(inferred.graph, found)
     learned = 0
