@@ -103,8 +103,12 @@ def optimize(
     if keep_metadata:
         spec.without("strip_debug_info")
     if fix_shapes:
+        clash = sorted(name for name in set(fix_shapes) & set(shapes or {}) if tuple(shapes[name]) != tuple(fix_shapes[name]))
+        if clash:
+            raise InputError(f"--shape {clash[0]} differs from --fix-shape {clash[0]}: the fixed model only runs "
+                             "at the fixed shape")
         spec.first("fix_shape", {"shapes": dict(fix_shapes)})
-        shapes = {**fix_shapes, **(shapes or {})}
+        shapes = {**(shapes or {}), **fix_shapes}
     check_output_file(output)
     if fixed_point is not None:
         spec.fixed_point = fixed_point
@@ -228,6 +232,7 @@ class PassInfo:
     min_opset: int
     targets: list[str]
     options: dict[str, object]
+    target_aware: bool = False
 
 
 def list_passes() -> list[PassInfo]:
@@ -236,7 +241,7 @@ def list_passes() -> list[PassInfo]:
     for name in pass_names():
         cls = pass_class(name)
         options = {option.name: option.default for option in pass_options(cls)}
-        infos.append(PassInfo(name, cls.summary, cls.min_opset, sorted(cls.targets), options))
+        infos.append(PassInfo(name, cls.summary, cls.min_opset, sorted(cls.targets), options, cls.target_aware))
     return infos
 
 

@@ -574,11 +574,12 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
 def list_passes() -> None:
     """List the registered passes and the presets."""
     table = Table(title="passes")
-    for column in ("name", "what it does", "opset", "options"):
+    for column in ("name", "what it does", "opset", "targets", "options"):
         table.add_column(column)
     for info in api.list_passes():
         options = ", ".join(f"{key}={value}" for key, value in info.options.items())
-        table.add_row(info.name, info.summary, f">= {info.min_opset}", options)
+        targets = " ".join(info.targets) + (" (emits per target)" if info.target_aware else "")
+        table.add_row(info.name, info.summary, f">= {info.min_opset}", targets, options)
     out.print(table)
     presets = Table(title="presets")
     presets.add_column("preset")

@@ -47,40 +47,6 @@ def infer_shapes(model: ir.Model, *, only_if_missing: bool = False) -> int:
     return learned
 
 
-def infer_symbolic(model: ir.Model) -> int:
-    """Name the dims ONNX's inference leaves anonymous, with ONNX Runtime's symbolic inference.
-
-    It follows the shape arithmetic exporters write (Reshape targets built from Shape, Concat,
-    Gather) and merges symbols that broadcasting requires to be equal (`Min(512, seq)` with
-    `seq`: a model whose dims disagree there cannot run). Only anonymous dims and missing
-    shapes are filled in; returns how many values learned something.
-    """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    proto = checks.structure_proto(model, keep_elements=_SHAPE_TENSOR_ELEMENTS)
-    # The steps of SymbolicShapeInference.infer_shapes, without its last one: when inference
-    # is incomplete that writes sym_shape_infer_temp.onnx into the working directory and
-    # raises, while the partial result is still worth having.
-    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
-    try:
-        inference._preprocess(proto)
-        while inference.run_:
-            inference._infer_impl()
-        inference._update_output_from_vi()
-    except Exception as error:  # it gives up on ops it does not know
-        raise InferenceFailed(checks.first_line(str(error)) or type(error).__name__) from None
-    inferred = inference.out_mp_
-    found: dict[str, onnx.TypeProto] = {}
-    _collect_value_types(inferred.graph, found)
-    learned = 0
-    for node in model.graph:
-        for value in node.outputs:
-            type_proto = found.get(value.name)
-            if type_proto is not None:
-                learned += _adopt(value, type_proto, names=True)
-    return learned
-
-
 def _collect_value_types(graph: onnx.GraphProto, found: dict[str, onnx.TypeProto]) -> None:
     for info in (*graph.value_info, *graph.output):
         if info.type.HasField("tensor_type"):
@@ -93,9 +59,8 @@ def _collect_value_types(graph: onnx.GraphProto, found: dict[str, onnx.TypeProto
                 _collect_value_types(subgraph, found)
 
 
-def _adopt(value: ir.Value, type_proto: onnx.TypeProto, names: bool = False) -> bool:
-    """Take the inferred dtype and dims where the value has none or only symbolic ones;
-    with `names`, also an inferred symbol's name where the value's dim has none."""
+def _adopt(value: ir.Value, type_proto: onnx.TypeProto) -> bool:
+    """Take the inferred dtype and dims where the value has none or only symbolic ones."""
     tensor_type = type_proto.tensor_type
     modified = False
     if value.dtype is None and tensor_type.elem_type:
@@ -103,8 +68,7 @@ def _adopt(value: ir.Value, type_proto: onnx.TypeProto, names: bool = False) -> 
         modified = True
     if not tensor_type.HasField("shape"):
         return modified
-    inferred = [dim.dim_value if dim.HasField("dim_value")
-                else (dim.dim_param if names and dim.dim_param else None) for dim in tensor_type.shape.dim]
+    inferred = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim]
     if value.shape is None:
         value.shape = ir.Shape(
             [dim if dim is not None else ir.SymbolicDim(None) for dim in inferred]
@@ -115,11 +79,8 @@ def _adopt(value: ir.Value, type_proto: onnx.TypeProto, names: bool = False) -> 
     dims = list(value.shape.dims)
     gained = False
     for index, dim in enumerate(inferred):
-        if isinstance(dim, int) and not isinstance(dims[index], int):
+        if dim is not None and not isinstance(dims[index], int):
             dims[index] = dim
-            gained = True
-        elif isinstance(dim, str) and isinstance(dims[index], ir.SymbolicDim) and dims[index].value is None:
-            dims[index] = ir.SymbolicDim(dim)
             gained = True
     if gained:
         value.shape = ir.Shape(dims)

@@ -76,6 +76,11 @@ def test_fix_shape_makes_shared_dims_static_and_folds_the_shape_arithmetic():
     assert_same(run(parse(DYNAMIC), _feeds(2, 5)), run(model, _feeds(2, 5)))
 
 
+def test_validation_shapes_must_agree_with_the_fixed_ones():
+    with pytest.raises(InputError, match="--shape x differs from --fix-shape x"):
+        graphopt.optimize(parse(DYNAMIC), fix_shapes={"x": (2, 5)}, shapes={"x": (3, 5)}, validate=True)
+
+
 @pytest.mark.parametrize("shapes, message", [
     ({"nope": (1, 2)}, "--fix-shape names unknown input 'nope'"),
     ({"x": (1, 2, 3)}, "--fix-shape x: rank 3 but the input has rank 2"),

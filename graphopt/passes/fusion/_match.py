@@ -20,8 +20,18 @@ def is_op(node: ir.Node | None, *op_types: str) -> bool:
     return node is not None and node.domain in ("", "ai.onnx") and node.op_type in op_types
 
 
-def scalar(value: ir.Value | None) -> float | None:
-    """The number a constant with a single element holds (0-d or [1]), else None."""
+class Constant(float):
+    """A constant's value that knows how closely its dtype can hold a target (float16: 1e-3)."""
+
+    rel: float = 0.0
+
+
+_DTYPE_PRECISION = {ir.DataType.FLOAT16: 1e-3, ir.DataType.BFLOAT16: 1e-2}
+
+
+def scalar(value: ir.Value | None, partner: ir.Value | None = None) -> Constant | None:
+    """The number a single-element constant holds, when broadcasting it against `partner` cannot
+    change the result's shape: 0-d, or of no higher rank than `partner` (whose rank is known)."""
     if value is None:
         return None
     tensor = value.const_value
@@ -32,12 +42,24 @@ def scalar(value: ir.Value | None) -> float | None:
         tensor = producer.attributes["value"].as_tensor()
     if math.prod(tensor.shape.numpy()) != 1:
         return None
+    if len(tensor.shape) and (partner is None or partner.shape is None or len(tensor.shape) > len(partner.shape)):
+        return None
     array = tensor.numpy()
-    return float(array.reshape(-1)[0]) if array.dtype.kind in "fiu" else None
+    if array.dtype.kind not in "fiu":
+        return None
+    number = Constant(array.reshape(-1)[0])
+    number.rel = _DTYPE_PRECISION.get(tensor.dtype, 0.0)
+    return number
 
 
 def close(value: float | None, target: float, rel: float = 1e-4) -> bool:
-    return value is not None and math.isclose(value, target, rel_tol=rel)
+    """Whether `value` is `target`, as closely as the constant's dtype can hold it."""
+    return value is not None and math.isclose(value, target, rel_tol=max(rel, getattr(value, "rel", 0.0)))
+
+
+def in_graph(graph: ir.Graph, *nodes: ir.Node | None) -> bool:
+    """Whether every node belongs to `graph` itself (a match must not reach into or out of a subgraph)."""
+    return all(node is not None and node.graph is graph for node in nodes)
 
 
 def only_consumer(value: ir.Value) -> ir.Node | None:
@@ -67,16 +89,16 @@ def operands(node: ir.Node | None, op_type: str) -> tuple[ir.Value, ir.Value] | 
     return node.inputs[0], node.inputs[1]
 
 
-def split_constant(node: ir.Node | None, op_type: str) -> tuple[ir.Value, float] | None:
+def split_constant(node: ir.Node | None, op_type: str) -> tuple[ir.Value, Constant] | None:
     """For `op_type(a, c)` or `op_type(c, a)` with a single-element constant c: (a, c)."""
     pair = operands(node, op_type)
     if pair is None:
         return None
     first, second = pair
-    if scalar(second) is not None:
-        return first, scalar(second)
-    if scalar(first) is not None:
-        return second, scalar(first)
+    if scalar(second, first) is not None:
+        return first, scalar(second, first)
+    if scalar(first, second) is not None:
+        return second, scalar(first, second)
     return None
 
 

@@ -21,6 +21,7 @@ from graphopt import shapes
 from graphopt.passes.fusion._match import (
     close,
     fresh_node_name,
+    in_graph,
     is_float,
     is_op,
     leaking_node,
@@ -56,8 +57,8 @@ def _erf_head(erf: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
     """x and the node computing x/√2 (Div by √2 or Mul by 1/√2) in front of the Erf."""
     producer = erf.inputs[0].producer() if erf.inputs and erf.inputs[0] is not None else None
     divided = operands(producer, "Div")
-    if divided is not None and scalar(divided[1]) is not None:
-        x, divisor = divided[0], scalar(divided[1])
+    if divided is not None and scalar(divided[1], divided[0]) is not None:
+        x, divisor = divided[0], scalar(divided[1], divided[0])
         if not close(divisor, _SQRT2):
             raise _Refused(f"Erf's input is x / {divisor:g}, GELU needs x / √2")
         return x, [producer]
@@ -75,7 +76,7 @@ def _cube_of(value: ir.Value) -> ir.Value | None:
     producer = value.producer()
     powered = operands(producer, "Pow")
     if powered is not None:
-        return powered[0] if close(scalar(powered[1]), 3.0, rel=1e-6) else None
+        return powered[0] if close(scalar(powered[1], powered[0]), 3.0, rel=1e-6) else None
     multiplied = operands(producer, "Mul")
     if multiplied is None:
         return None
@@ -131,7 +132,7 @@ def _tail(anchor: ir.Node, x: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
         if half is None or not close(half[1], 0.5):
             raise _Refused("x · (1 + …) is not multiplied by 0.5")
         return second.outputs[0], [plus_one, first, second]
-    if close(scalar(partner), 0.5):
+    if close(scalar(partner, one_plus), 0.5):
         second = only_consumer(first.outputs[0])
         if not is_op(second, "Mul") or other_input(second, first.outputs[0]) is not x:
             raise _Refused("0.5 · (1 + …) is not multiplied by x")
@@ -152,6 +153,8 @@ def _match(anchor: ir.Node) -> _Gelu | None:
         raise _Refused(f"x is {x.dtype}, not a floating-point tensor")
     output, tail_nodes = _tail(anchor, x)
     nodes = [*head_nodes, anchor, *tail_nodes]
+    if not in_graph(anchor.graph, *nodes):
+        return None
     leak = leaking_node(nodes, output)
     if leak is not None:
         raise _Refused(f"{leak.op_type} {leak.name!r}'s output is also used outside the GELU")
@@ -164,9 +167,12 @@ def _bias(x: ir.Value, users: set[ir.Node]) -> tuple[ir.Value, ir.Value, ir.Node
     pair = operands(add, "Add")
     if pair is None or x.is_graph_output() or any(use.node not in users for use in x.uses()):
         return None
+    if not in_graph(next(iter(users)).graph, add):
+        return None
     for h, b in (pair, pair[::-1]):
         values = vector(b)
-        last = x.shape.dims[-1] if x.shape is not None and len(x.shape) else None
+        # BiasGelu/FastGelu add b along h's own last axis: h must already have that width.
+        last = h.shape.dims[-1] if h.shape is not None and len(h.shape) else None
         if values is not None and h.const_value is None and isinstance(last, int) and values.shape[0] == last:
             return h, b, add
     return None
@@ -211,8 +217,10 @@ class FuseGelu(Pass):
             return self._emit_ort(model, graph, gelu.x, gelu.nodes, gelu.output, gelu.approximate)
         opset = model.opset_imports.get("", 1)
         if opset < GELU_OPSET:
+            hint = ("; the com.microsoft kernels --target ort uses are float32, x is " + str(gelu.x.dtype)
+                    if self.target == "ort" else ", or use --target ort")
             self.skip(f"{anchor.op_type} {anchor.name!r} not fused: ONNX Gelu needs opset {GELU_OPSET}, "
-                      f"the model has {opset} (convert with --opset {GELU_OPSET}, or use --target ort)")
+                      f"the model has {opset} (convert with --opset {GELU_OPSET}{hint})")
             return None
         attributes = [ir.AttrString("approximate", gelu.approximate)] if gelu.approximate == "tanh" else []
         node = ir.Node("", "Gelu", [gelu.x], attributes, name=_name(graph, gelu.output, "Gelu"))

@@ -21,6 +21,7 @@ from graphopt.passes.fusion._match import (
     close,
     fresh_node_name,
     fresh_value_name,
+    in_graph,
     is_float,
     is_op,
     leaking_node,
@@ -73,7 +74,7 @@ def _trailing(axes: tuple[int, ...]) -> bool:
 def _squared(value: ir.Value, d: ir.Value) -> ir.Node | None:
     producer = value.producer()
     powered = operands(producer, "Pow")
-    if powered is not None and powered[0] is d and close(scalar(powered[1]), 2.0, rel=1e-6):
+    if powered is not None and powered[0] is d and close(scalar(powered[1], d), 2.0, rel=1e-6):
         return producer
     multiplied = operands(producer, "Mul")
     if multiplied is not None and multiplied[0] is d and multiplied[1] is d:
@@ -123,8 +124,10 @@ def _match(mean: ir.Node) -> _LayerNorm | None:
     std = root.outputs[0]
     normalize, nodes = _normalization(std, d)
     nodes = [mean, subtract, square, variance, std_input, root, *nodes]
-    output, scale, bias, affine = _affine(normalize.outputs[0], axes)
+    output, scale, bias, affine = _affine(normalize.outputs[0], axes, rank)
     nodes += affine
+    if not in_graph(mean.graph, *nodes):
+        return None
     _check_private(nodes, output)
     return _LayerNorm(x, -len(axes), epsilon, scale, bias, output, nodes)
 
@@ -143,8 +146,8 @@ def _normalization(std: ir.Value, d: ir.Value) -> tuple[ir.Node, list[ir.Node]]:
     raise _Refused("x − μ is not divided by √(σ² + ε)")
 
 
-def _affine(normalized: ir.Value, axes: tuple[int, ...]) -> tuple[ir.Value, ir.Value | None, ir.Value | None,
-                                                                   list[ir.Node]]:
+def _affine(normalized: ir.Value, axes: tuple[int, ...], rank: int | None
+            ) -> tuple[ir.Value, ir.Value | None, ir.Value | None, list[ir.Node]]:
     """The optional · γ + β after the normalization: (output, γ, β, nodes)."""
     output, scale, bias, nodes = normalized, None, None, []
     for op_type in ("Mul", "Add"):
@@ -155,7 +158,7 @@ def _affine(normalized: ir.Value, axes: tuple[int, ...]) -> tuple[ir.Value, ir.V
         constant = pair[1] if pair[0] is output else pair[0] if pair[1] is output else None
         if constant is None or constant.const_value is None:
             break
-        if not _over_axes(constant, axes):
+        if not _over_axes(constant, axes, rank):
             raise _Refused(f"{'γ' if op_type == 'Mul' else 'β'} {constant.name!r} is not a constant over the "
                            "normalized axes only")
         if op_type == "Mul":
@@ -167,9 +170,12 @@ def _affine(normalized: ir.Value, axes: tuple[int, ...]) -> tuple[ir.Value, ir.V
     return output, scale, bias, nodes
 
 
-def _over_axes(constant: ir.Value, axes: tuple[int, ...]) -> bool:
-    """Whether the constant broadcasts over the normalized (trailing) axes only."""
+def _over_axes(constant: ir.Value, axes: tuple[int, ...], rank: int | None) -> bool:
+    """Whether the constant broadcasts over the normalized (trailing) axes only, without
+    raising x's rank (a [1, 1, 1, 6] γ on a rank-3 x makes the result rank 4)."""
     dims = list(constant.const_value.shape.numpy())
+    if rank is None or len(dims) > rank:
+        return False
     while dims and dims[0] == 1 and len(dims) > len(axes):
         dims.pop(0)
     return len(dims) <= len(axes)

@@ -5,7 +5,7 @@
 The sum stays available (output 3) when the residual path reads it too, as pre-LayerNorm
 transformers (GPT-2) do. ONNX Runtime's kernel wants input and skip of one shape [B, S, D]:
 the fusion proves it from the two operands' dims (equal numbers or the same named symbol),
-naming anonymous dims first with ONNX Runtime's symbolic shape inference, and refuses,
+naming anonymous dims first from what the ops between prove (graphopt.dims), and refuses,
 saying so, when it cannot (a position embedding of batch 1, say).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from graphopt import shapes
-from graphopt.passes.fusion._match import fresh_node_name, is_op, operands, vector
+from graphopt import dims, shapes
+from graphopt.passes.fusion._match import fresh_node_name, in_graph, is_op, operands, vector
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
 
@@ -38,11 +38,11 @@ def _same_shape(first: ir.Value, second: ir.Value) -> bool:
     return True
 
 
-def _split_bias(value: ir.Value, width: int) -> tuple[ir.Value, ir.Value | None, ir.Node | None]:
+def _split_bias(value: ir.Value, width: int, graph: ir.Graph) -> tuple[ir.Value, ir.Value | None, ir.Node | None]:
     """(h, bias, Add) when `value` = Add(h, bias) with a [width] constant bias used only here."""
     add = value.producer()
     pair = operands(add, "Add")
-    if pair is None or value.is_graph_output() or len(value.uses()) != 1:
+    if pair is None or value.is_graph_output() or len(value.uses()) != 1 or not in_graph(graph, add):
         return value, None, None
     for h, bias in (pair, pair[::-1]):
         values = vector(bias)
@@ -66,7 +66,7 @@ class FuseSkipLayerNorm(Pass):
             shapes.infer_shapes(model, only_if_missing=True)
         except shapes.InferenceFailed as error:
             self.skip(f"shape inference failed, some shapes stay unknown: {error}")
-        self._named = False
+        self._invented: dict[ir.Graph, set[str]] | None = None
         fused = 0
         for graph in model.graphs():
             for node in list(graph):
@@ -76,6 +76,8 @@ class FuseSkipLayerNorm(Pass):
                         fused += 1
                     elif refusal:
                         self.skip(f"LayerNormalization {node.name!r} not fused with its residual Add: {refusal}")
+        for graph, invented in (self._invented or {}).items():
+            dims.forget_dims(graph, invented)
         if fused:
             self.changed(f"{fused} SkipLayerNormalization")
         return ir.passes.PassResult(model, modified=bool(fused))
@@ -85,7 +87,7 @@ class FuseSkipLayerNorm(Pass):
         total = layernorm.inputs[0]
         add = total.producer() if total is not None else None
         pair = operands(add, "Add")
-        if pair is None or any(value.const_value is not None for value in pair):
+        if pair is None or any(value.const_value is not None for value in pair) or not in_graph(graph, add):
             return ""
         if total.dtype != ir.DataType.FLOAT:
             return f"the sum is {total.dtype}; ONNX Runtime's SkipLayerNormalization kernel is float32"
@@ -102,28 +104,25 @@ class FuseSkipLayerNorm(Pass):
             return "stash_type is not float32"
         if any(output.uses() or output.is_graph_output() for output in layernorm.outputs[1:]):
             return "its mean or inverse standard deviation outputs are used"
-        first, bias, bias_add = _split_bias(pair[0], width)
+        first, bias, bias_add = _split_bias(pair[0], width, graph)
         second = pair[1]
         if bias is None:
-            second, bias, bias_add = _split_bias(pair[1], width)
+            second, bias, bias_add = _split_bias(pair[1], width, graph)
             first = pair[0]
         if not _same_shape(first, second) and (_anonymous(first) or _anonymous(second)):
             self._name_dims(model)
         if not _same_shape(first, second):
             return (f"the residual operands' shapes {_dims_text(first)} and {_dims_text(second)} are not "
                     "provably equal")
+        if first.shape.dims[-1] != width:
+            return f"the residual operands' last dim is {_dims_text(first)}, γ and β are [{width}]"
         self._replace(model, graph, layernorm, add, bias_add, [first, second, scale, beta, bias])
         return None
 
     def _name_dims(self, model: ir.Model) -> None:
-        """Symbolic shape inference, once per run, the first time a proof needs named dims."""
-        if self._named:
-            return
-        self._named = True
-        try:
-            shapes.infer_symbolic(model)
-        except shapes.InferenceFailed as error:
-            self.skip(f"symbolic shape inference failed, anonymous dims stay unproven: {error}")
+        """Name anonymous dims from what the ops prove, once per run, when a proof first needs it."""
+        if self._invented is None:
+            self._invented = {graph: dims.name_dims(graph) for graph in model.graphs()}
 
     def _replace(self, model: ir.Model, graph: ir.Graph, layernorm: ir.Node, add: ir.Node,
                  bias_add: ir.Node | None, inputs: list[ir.Value | None]) -> None:
