@@ -33,6 +33,13 @@ def dims_of(value: ir.Value | None) -> list[Dim] | None:
     return [dim if isinstance(dim, int) else dim.value for dim in value.shape.dims]
 
 
+def shape_text(shape: ir.Shape | None) -> str:
+    """`[batch, seq, 384]`, or `unknown` for a value without a shape."""
+    if shape is None:
+        return "unknown"
+    return "[" + ", ".join(str(dim if isinstance(dim, int) else dim.value) for dim in shape.dims) + "]"
+
+
 def broadcast(shapes: Sequence[list[Dim]]) -> list[Dim]:
     """Numpy broadcasting over symbolic dims, keeping only what the rules force."""
     rank = max(len(shape) for shape in shapes)

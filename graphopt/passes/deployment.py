@@ -14,6 +14,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from graphopt import shapes
+from graphopt.dims import shape_text
 from graphopt.errors import InputError
 from graphopt.passes.registry import Pass, register
 
@@ -80,7 +81,7 @@ class FixShape(Pass):
             value.shape = ir.Shape(after)
             changed += 1
             if value in graph_inputs:
-                fixed.append(f"{value.name} {_text(before)} → {_text(value.shape)}")
+                fixed.append(f"{value.name} {shape_text(before)} → {shape_text(value.shape)}")
         if not changed:
             return ir.passes.PassResult(model, modified=False)
         try:
@@ -102,7 +103,7 @@ def _symbols_to_fix(inputs: dict[str, ir.Value], wanted: dict[str, tuple[int, ..
             continue
         if len(value.shape) != len(shape):
             raise InputError(f"--fix-shape {name}: rank {len(shape)} but the input has rank "
-                             f"{len(value.shape)} {_text(value.shape)}")
+                             f"{len(value.shape)} {shape_text(value.shape)}")
         for dim, size in zip(value.shape.dims, shape):
             if isinstance(dim, int) and dim != size:
                 raise InputError(f"--fix-shape {name}: dimension {dim} is fixed, got {size}")
@@ -112,6 +113,3 @@ def _symbols_to_fix(inputs: dict[str, ir.Value], wanted: dict[str, tuple[int, ..
                                      f"{symbols[dim.value]} and {size}")
     return symbols
 
-
-def _text(shape: ir.Shape) -> str:
-    return "[" + ", ".join(str(dim.value if isinstance(dim, ir.SymbolicDim) else dim) for dim in shape.dims) + "]"

@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from graphopt.checks import first_line
 from graphopt.errors import InputError
 
 EP_NAMES = {
@@ -235,8 +236,7 @@ def describe_feeds(feeds: dict[str, Any]) -> str:
 
 def ort_message(error: Exception) -> str:
     """The first line of an ONNX Runtime error without its status-code prefix."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", first_line(str(error)) or type(error).__name__)
 
 
 def model_label(model, fallback: str = "the model") -> str:

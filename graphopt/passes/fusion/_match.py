@@ -12,7 +12,18 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from graphopt import shapes
+
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def infer_types(owner, model: ir.Model) -> None:
+    """Fill in missing dtypes and shapes before matching (fusions decide by them); a failure is
+    reported by `owner` and the values stay unknown, which only means fewer fusions."""
+    try:
+        shapes.infer_shapes(model, only_if_missing=True)
+    except shapes.InferenceFailed as error:
+        owner.skip(f"shape inference failed, values of unknown type or shape are not fused: {error}")
 
 
 def is_op(node: ir.Node | None, *op_types: str) -> bool:

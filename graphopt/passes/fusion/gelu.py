@@ -17,11 +17,11 @@ import math
 
 import onnx_ir as ir
 
-from graphopt import shapes
 from graphopt.passes.fusion._match import (
     close,
     fresh_node_name,
     in_graph,
+    infer_types,
     is_float,
     is_op,
     leaking_node,
@@ -185,10 +185,7 @@ class FuseGelu(Pass):
     target_aware = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        try:
-            shapes.infer_shapes(model, only_if_missing=True)  # dtypes and the bias's axis decide
-        except shapes.InferenceFailed as error:
-            self.skip(f"shape inference failed, values without a known type are not fused: {error}")
+        infer_types(self, model)
         counts: dict[str, int] = {}
         for graph in model.graphs():
             for node in list(graph):

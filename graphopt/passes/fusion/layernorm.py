@@ -16,12 +16,12 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import shapes
 from graphopt.passes.fusion._match import (
     close,
     fresh_node_name,
     fresh_value_name,
     in_graph,
+    infer_types,
     is_float,
     is_op,
     leaking_node,
@@ -211,10 +211,7 @@ class FuseLayerNorm(Pass):
     """Fuse the decomposed mean/variance formula into LayerNormalization (opset 17)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        try:
-            shapes.infer_shapes(model, only_if_missing=True)
-        except shapes.InferenceFailed as error:
-            self.skip(f"shape inference failed, values without a known shape are not fused: {error}")
+        infer_types(self, model)
         fused = 0
         for graph in model.graphs():
             for node in list(graph):

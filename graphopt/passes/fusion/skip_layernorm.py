@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from graphopt import dims, shapes
-from graphopt.passes.fusion._match import fresh_node_name, in_graph, is_op, operands, vector
+from graphopt import dims
+from graphopt.passes.fusion._match import fresh_node_name, in_graph, infer_types, is_op, operands, vector
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
-
-
-def _dims_text(value: ir.Value) -> str:
-    if value.shape is None:
-        return "unknown"
-    return "[" + ", ".join(str(dim if isinstance(dim, int) else dim.value) for dim in value.shape.dims) + "]"
 
 
 def _same_shape(first: ir.Value, second: ir.Value) -> bool:
@@ -62,10 +56,7 @@ class FuseSkipLayerNorm(Pass):
     """Fuse a residual Add (+ bias) and LayerNormalization into com.microsoft SkipLayerNormalization."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        try:
-            shapes.infer_shapes(model, only_if_missing=True)
-        except shapes.InferenceFailed as error:
-            self.skip(f"shape inference failed, some shapes stay unknown: {error}")
+        infer_types(self, model)
         self._invented: dict[ir.Graph, set[str]] | None = None
         fused = 0
         for graph in model.graphs():
@@ -112,10 +103,10 @@ class FuseSkipLayerNorm(Pass):
         if not _same_shape(first, second) and (_anonymous(first) or _anonymous(second)):
             self._name_dims(model)
         if not _same_shape(first, second):
-            return (f"the residual operands' shapes {_dims_text(first)} and {_dims_text(second)} are not "
+            return (f"the residual operands' shapes {dims.shape_text(first.shape)} and {dims.shape_text(second.shape)} are not "
                     "provably equal")
         if first.shape.dims[-1] != width:
-            return f"the residual operands' last dim is {_dims_text(first)}, γ and β are [{width}]"
+            return f"the residual operands' last dim is {dims.shape_text(first.shape)}, γ and β are [{width}]"
         self._replace(model, graph, layernorm, add, bias_add, [first, second, scale, beta, bias])
         return None
 
