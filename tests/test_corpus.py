@@ -14,7 +14,8 @@ from graphopt.pipeline import PRESETS
 from tests.corpus import node_cases, run_corpus
 
 FAST_ZOO = ["mlp", "cnn", "lstm", "digits-cnn"]
-FULL_ZOO = ["minilm", "resnet18", "mobilenetv2", "convnext-tiny", "bert-base", "gpt2", "vit-base", "resnet50"]
+FULL_ZOO = ["minilm", "resnet18", "mobilenetv2", "convnext-tiny", "bert-base", "gpt2", "vit-base", "resnet50",
+            "minilm@torchscript", "gpt2@torchscript"]  # name@exporter: the fusions must hold on both exports
 
 
 def _effective(preset: str, target: str) -> tuple[str, ...]:
@@ -47,10 +48,12 @@ def zoo_exports(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zoo")
     cache: dict[str, object] = {}
 
-    def exported(name: str):
-        if name not in cache:
-            cache[name] = export_zoo(name, folder / f"{name}.onnx").path
-        return cache[name]
+    def exported(case: str):
+        if case not in cache:
+            name, _, exporter = case.partition("@")
+            cache[case] = export_zoo(name, folder / f"{name}.{exporter or 'dynamo'}.onnx",
+                                     exporter=exporter or "dynamo", fallback=False).path
+        return cache[case]
 
     return exported
 
