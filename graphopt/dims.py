@@ -4,14 +4,18 @@ ONNX's shape inference leaves a dim anonymous when it cannot name it (behind a R
 target is computed, say); a fusion that must prove two shapes equal then cannot. This pass
 names such dims from the op's semantics alone: elementwise ops keep their input's dims,
 broadcasting keeps a dim only where the rules force it (never assuming two symbols equal or
-a symbol not 1), MatMul, Transpose, Gather, Split and Reshape (targets built from constants
-and Shape slices, 0 copies a dim, -1 is solved when the other dims cancel) map them exactly.
+a symbol not 1), MatMul, Transpose, Gather(Elements), Unsqueeze, Squeeze, Range, Slice,
+Expand and Reshape (targets built from constants and Shape slices, 0 copies a dim, -1 is solved
+when the other dims cancel, the exporters' `Where(Equal(shape, -1), 1, shape)`) map them
+exactly. A slice [0:s] of a dim d is `Min(d, s)`, as the dynamo exporter writes it; broadcast
+against s it gives s (a run where they differ and neither is 1 fails in the original too).
 Only anonymous dims are filled in; nothing known is replaced.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import onnx_ir as ir
@@ -59,7 +63,20 @@ def _broadcast_dim(column: list[Dim]) -> Dim:
         return max(sizes)  # a valid model has every other dim equal to it or 1
     if len(symbols) == 1:
         return next(iter(symbols))  # the symbol, or 1 when it is 1
+    if len(symbols) == 2:
+        first, second = sorted(symbols)
+        for bound, whole in ((first, second), (second, first)):
+            if whole in _min_operands(bound):
+                return whole  # max(s, min(d, s)) is s
     return 1 if not symbols else None  # two symbols: either may be 1, nothing is proven
+
+
+_MIN = re.compile(r"^Min\((.+), (.+)\)$")
+
+
+def _min_operands(symbol: str) -> tuple[str, ...]:
+    match = _MIN.match(symbol)
+    return match.groups() if match else ()
 
 
 def shape_contents(value: ir.Value | None, cache: dict | None = None) -> list[Dim] | None:
@@ -91,6 +108,14 @@ def _shape_contents(value: ir.Value, cache: dict) -> list[Dim] | None:
         start = node.attributes.get_int("start", 0)
         end = node.attributes.get_int("end", len(dims))
         return dims[slice(start, end)]
+    if node.op_type == "ConstantOfShape" and inputs and inputs[0] is not None and len(inputs[0]) == 1 \
+            and isinstance(inputs[0][0], int):
+        fill = node.attributes["value"].as_tensor().numpy().reshape(-1)[0] if "value" in node.attributes else 0
+        return [int(fill)] * inputs[0][0] if fill.dtype.kind in "iu" or fill == 0 else None
+    if node.op_type == "Mul" and len(inputs) == 2 and None not in inputs:
+        return _elementwise(inputs[0], inputs[1], _times)
+    if node.op_type == "Where" and len(inputs) == 3 and None not in inputs[1:]:
+        return _where_equal(node, inputs[1], inputs[2], cache)
     if node.op_type == "Concat" and all(part is not None for part in inputs):
         return [dim for part in inputs for dim in part]
     if node.op_type in ("Unsqueeze", "Squeeze", "Identity", "Cast") and inputs and inputs[0] is not None:
@@ -108,6 +133,51 @@ def _shape_contents(value: ir.Value, cache: dict) -> list[Dim] | None:
             return None
         return inputs[0][slice(inputs[1][0], inputs[2][0], steps[0])]
     return None
+
+
+def _elementwise(first: list[Dim], second: list[Dim], combine) -> list[Dim] | None:
+    """Combine two shape vectors element by element, a 1-element one broadcasting."""
+    if len(first) != len(second) and 1 not in (len(first), len(second)):
+        return None
+    length = max(len(first), len(second))
+    return [combine(first[index % len(first)], second[index % len(second)]) for index in range(length)]
+
+
+def _times(first: Dim, second: Dim) -> Dim:
+    if isinstance(first, int) and isinstance(second, int):
+        return first * second
+    return second if first == 1 else first if second == 1 else None
+
+
+def _where_equal(node: ir.Node, picked: list[Dim], other: list[Dim], cache: dict) -> list[Dim] | None:
+    """`Where(Equal(x, y), a, b)` element by element, where equality is decided: equal sizes or
+    one symbol, and a symbol (a dim, never negative) against a negative size."""
+    condition = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if condition is None or condition.op_type != "Equal" or condition.domain not in ("", "ai.onnx"):
+        return None
+    compared = [shape_contents(value, cache) for value in condition.inputs]
+    if None in compared:
+        return None
+    equal = _elementwise(*compared, _equal)
+    if equal is None or len(equal) not in (len(picked), 1) or len(other) not in (len(equal), 1):
+        return None
+    chosen = []
+    for index, verdict in enumerate(equal):
+        if verdict is None:
+            return None
+        chosen.append((picked if verdict else other)[index % len(picked if verdict else other)])
+    return chosen
+
+
+def _equal(first: Dim, second: Dim) -> bool | None:
+    if first is None or second is None:
+        return None
+    if isinstance(first, int) and isinstance(second, int):
+        return first == second
+    if first == second:
+        return True
+    size = first if isinstance(first, int) else second if isinstance(second, int) else None
+    return False if size is not None and size < 0 else None
 
 
 def _reshape(data: list[Dim], target: list[Dim], allowzero: bool) -> list[Dim]:
@@ -159,7 +229,89 @@ def _outputs_dims(node: ir.Node, cache: dict) -> list[list[Dim] | None]:
     if op == "Gather" and first is not None and len(ins) > 1 and ins[1] is not None:
         axis = node.attributes.get_int("axis", 0) % len(first)
         return [first[:axis] + ins[1] + first[axis + 1:]]
+    if op == "Split" and first is not None:
+        return _split(node, first, cache)
+    if op == "GatherElements" and len(ins) > 1 and ins[1] is not None:
+        return [ins[1]]
+    if op in ("Unsqueeze", "Squeeze") and first is not None:
+        return [_unsqueeze(node, first, cache)]
+    if op == "Range":
+        return [_range(node, cache)]
+    if op == "Slice" and first is not None:
+        return [_slice(node, first, cache)]
     return [None] * len(node.outputs)
+
+
+def _axes(node: ir.Node, cache: dict) -> list[Dim] | None:
+    """An op's axes, from its second input (opset 13 on) or its attribute."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        return shape_contents(node.inputs[1], cache)
+    return list(node.attributes.get_ints("axes", [])) if "axes" in node.attributes else None
+
+
+def _unsqueeze(node: ir.Node, first: list[Dim], cache: dict) -> list[Dim] | None:
+    axes = _axes(node, cache)
+    if axes is None or not all(isinstance(axis, int) for axis in axes):
+        return None
+    if node.op_type == "Squeeze":
+        if not axes:
+            return None  # every 1 goes, and which dims are 1 may not be known
+        drop = {axis % len(first) for axis in axes}
+        return [dim for index, dim in enumerate(first) if index not in drop]
+    rank = len(first) + len(axes)
+    inserted = {axis % rank for axis in axes}
+    rest = iter(first)
+    return [1 if index in inserted else next(rest) for index in range(rank)]
+
+
+def _split(node: ir.Node, first: list[Dim], cache: dict) -> list[list[Dim] | None]:
+    """Split keeps every dim but the split axis, whose parts are the given sizes (or equal parts)."""
+    axis = node.attributes.get_int("axis", 0) % len(first)
+    count = len(node.outputs)
+    sizes = shape_contents(node.inputs[1], cache) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if sizes is None and "split" in node.attributes:
+        sizes = list(node.attributes.get_ints("split"))
+    if sizes is None and isinstance(first[axis], int) and first[axis] % count == 0:
+        sizes = [first[axis] // count] * count
+    if sizes is None or len(sizes) != count:
+        return [None] * count
+    return [first[:axis] + [size] + first[axis + 1:] for size in sizes]
+
+
+def _range(node: ir.Node, cache: dict) -> list[Dim] | None:
+    """Range(0, n, 1) holds n elements: [n]."""
+    parts = [shape_contents(value, cache) for value in node.inputs]
+    if len(parts) != 3 or any(part is None or len(part) != 1 for part in parts):
+        return None
+    (start,), (limit,), (delta,) = parts
+    if start != 0 or delta != 1 or limit is None:
+        return None
+    return [max(limit, 0) if isinstance(limit, int) else limit]
+
+
+def _slice(node: ir.Node, first: list[Dim], cache: dict) -> list[Dim] | None:
+    """Slice with known starts/ends/axes/steps: sizes where all is numeric, [0:s] of d as Min(d, s)."""
+    parts = [shape_contents(value, cache) if value is not None else None for value in node.inputs[1:5]]
+    starts, ends = parts[0], parts[1] if len(parts) > 1 else None
+    if starts is None or ends is None or len(starts) != len(ends):
+        return None
+    axes = parts[2] if len(parts) > 2 and parts[2] is not None else list(range(len(starts)))
+    steps = parts[3] if len(parts) > 3 and parts[3] is not None else [1] * len(starts)
+    out = list(first)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if not isinstance(axis, int):
+            return None
+        axis %= len(first)
+        size = first[axis]
+        if all(isinstance(item, int) for item in (start, end, step, size)):
+            out[axis] = len(range(*slice(start, end, step).indices(size)))
+        elif start == 0 and step == 1 and isinstance(end, int) and end >= 2**62:
+            out[axis] = size
+        elif start == 0 and step == 1 and isinstance(end, str) and size is not None:
+            out[axis] = end if end == size else f"Min({size}, {end})"
+        else:
+            out[axis] = None
+    return out
 
 
 def name_dims(graph: ir.Graph) -> set[str]:

@@ -61,3 +61,44 @@ def test_unproven_dims_get_made_up_names_that_forget_removes():
     assert dims.dims_of(value) == dims.dims_of(graph.inputs[0]) and dims.dims_of(value)[0] in invented
     dims.forget_dims(graph, invented)
     assert dims.dims_of(value) == [None, 4] and dims.dims_of(graph.inputs[0]) == [None, 4]
+
+
+def test_min_of_a_slice_broadcasts_to_the_full_dim():
+    assert dims.broadcast([["B", "S", 4], [1, "Min(512, S)", 4]]) == ["B", "S", 4]
+    assert dims.broadcast([["B", "S", 4], [1, "Min(512, T)", 4]]) == ["B", None, 4]
+
+
+def test_torchscript_position_ids_and_mask_plumbing_are_followed():
+    # position ids = buffer[:, :S]; an Expand target through Where(Equal(shape, -1), 1, shape);
+    # Range(0, B) unsqueezed; a packed projection split in three.
+    graph = _graph("""
+        g (int64[B,S] ids, float[B,S,12] qkv, int64[1,512] buffer) => (int64[B,S] expanded, int64[B,1,1,1] rows,
+                                                                        float[B,S,4] q, int64[1,S] pos) {
+            dims = Shape(ids)
+            one = Constant<value = int64 {1}>()
+            seq = Gather<axis = 0>(dims, one)
+            zero = Constant<value = int64[1] {0}>()
+            axis = Constant<value = int64[1] {1}>()
+            end = Unsqueeze(seq, zero)
+            pos = Slice(buffer, zero, end, axis)
+            two = Constant<value = int64[1] {2}>()
+            ones = ConstantOfShape<value = int64[1] {1}>(two)
+            minus = Constant<value = int64 {-1}>()
+            all_minus = Mul(ones, minus)
+            is_minus = Equal(dims, all_minus)
+            target = Where(is_minus, ones, dims)
+            expanded = Expand(pos, target)
+            zero_scalar = Constant<value = int64 {0}>()
+            batch = Gather<axis = 0>(dims, zero_scalar)
+            range = Range(zero_scalar, batch, one)
+            axes = Constant<value = int64[3] {1, 2, 3}>()
+            rows = Unsqueeze(range, axes)
+            q, k, v = Split<axis = 2>(qkv) }""")
+    for node in graph:
+        for value in node.outputs:
+            value.shape = None
+    dims.name_dims(graph)
+    assert dims.dims_of(graph.outputs[3]) == [1, "Min(512, S)"]
+    assert dims.dims_of(graph.outputs[0]) == ["B", "S"]
+    assert dims.dims_of(graph.outputs[1]) == ["B", 1, 1, 1]
+    assert dims.dims_of(graph.outputs[2]) == ["B", "S", 4]

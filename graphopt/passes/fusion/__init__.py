@@ -5,6 +5,8 @@ gelu: the erf and tanh GELU formulas exporters write out become one Gelu (ONNX o
 the portable target, com.microsoft Gelu/FastGelu/BiasGelu for ort).
 layernorm: the decomposed mean/variance formula becomes LayerNormalization (opset 17).
 skip_layernorm (ort): a residual Add (+ bias) and LayerNormalization become SkipLayerNormalization.
+attention: scaled dot-product attention becomes com.microsoft Attention/MultiHeadAttention (ort)
+or ONNX Attention (portable, opset 23).
 """
 
-from graphopt.passes.fusion import batchnorm, gelu, layernorm, skip_layernorm  # noqa: F401  (registers them)
+from graphopt.passes.fusion import attention, batchnorm, gelu, layernorm, skip_layernorm  # noqa: F401  (registers them)
