@@ -9,7 +9,7 @@ Expand and Reshape (targets built from constants and Shape slices, 0 copies a di
 when the other dims cancel, the exporters' `Where(Equal(shape, -1), 1, shape)`) map them
 exactly. A slice [0:s] of a dim d is `Min(d, s)`, as the dynamo exporter writes it; broadcast
 against s it gives s (a run where they differ and neither is 1 fails in the original too).
-Only anonymous dims are filled in; nothing known is replaced.
+Only anonymous dims (and ONNX's made-up `unk__N`) are filled in; nothing known is replaced.
 """
 
 from __future__ import annotations
@@ -342,6 +342,11 @@ def forget_dims(graph: ir.Graph, invented: set[str]) -> None:
                                     else dim for dim in value.shape.dims])
 
 
+def _anonymous(name: str | None) -> bool:
+    """No name, or one ONNX's shape inference made up for a dim it could not name (`unk__7`)."""
+    return name is None or name.startswith("unk__")
+
+
 def _invent(value: ir.Value, invented: set[str]) -> None:
     if value.shape is None or not any(isinstance(dim, ir.SymbolicDim) and dim.value is None
                                       for dim in value.shape.dims):
@@ -366,7 +371,7 @@ def _adopt(value: ir.Value, dims: list[Dim]) -> bool:
         return False
     gained = False
     for index, (have, proven) in enumerate(zip(current, dims)):
-        if isinstance(have, ir.SymbolicDim) and have.value is None and proven is not None:
+        if isinstance(have, ir.SymbolicDim) and _anonymous(have.value) and proven is not None and proven != have.value:
             current[index] = proven if isinstance(proven, int) else ir.SymbolicDim(proven)
             gained = True
     if gained:

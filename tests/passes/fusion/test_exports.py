@@ -25,8 +25,20 @@ def test_minilm_ort_fuses_every_layer_and_validates(minilm, exporter):
     result = graphopt.optimize(minilm[exporter], preset="O2", target="ort", validate=True)
     assert result.validation.passed, result.validation.summary()
     ops = collections.Counter(node.op_type for node in result.model.graph)
-    assert ops["SkipLayerNormalization"] == 12 and ops["BiasGelu"] == 6, ops
+    assert ops["SkipLayerNormalization"] == 12 and ops["BiasGelu"] == 6 and ops["Attention"] == 6, ops
     assert ops["LayerNormalization"] == 1  # the embeddings' (its skip is a [1, seq] position table)
+    assert "Softmax" not in ops
+    # torchscript's mask is -inf: the NaN guard stays, on the fused output; dynamo's is finite.
+    assert ops["IsNaN"] == (6 if exporter == "torchscript" else 0)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_minilm_portable_fuses_attention_at_opset_23(minilm, exporter):
+    result = graphopt.optimize(minilm[exporter], preset="O2", opset=23, validate=True)
+    assert result.validation.passed, result.validation.summary()
+    ops = collections.Counter(node.op_type for node in result.model.graph)
+    assert ops["Attention"] == 6 and ops["Gelu"] == 6 and "Softmax" not in ops, ops
+    assert not any(node.domain for node in result.model.graph)
 
 
 def test_minilm_portable_torchscript_fuses_gelu_once_opset_20(minilm):
