@@ -4,8 +4,8 @@ Graphs are built step by step from rank-3 float inputs [batch, seq, hidden] (bat
 dynamic), tracking each value's shape so every op is valid: elementwise ops, ops with exact
 0/1 constants (no-op candidates), constant-only subexpressions (folding), duplicate weights
 (dedupe), repeated nodes (CSE), MatMul/Gemm, Conv+BatchNorm, Reshape/Transpose/Concat/Split/
-Slice/Expand, reductions, Shape arithmetic on the dynamic batch, and decomposed LayerNorm and
-GELU blocks in their exporter variants, some of them near misses a fusion must refuse.
+Slice/Expand, reductions, Shape arithmetic on the dynamic batch, and decomposed LayerNorm,
+GELU and attention blocks in their exporter variants, some of them near misses a fusion must refuse.
 """
 
 from __future__ import annotations
@@ -276,15 +276,73 @@ def _gelu(b: _Builder, draw, x, shape):
     return b.node("Mul", [b.node("Mul", [x, constant(0.5)], None), plus_one], shape)
 
 
+def _heads(b: _Builder, draw, x3, source, shape, heads, perm):
+    """Reshape [B, S, D] to [B, S, H, D/H] (target constant with 0s, or from Shape slices), then Transpose."""
+    if draw(st.booleans()):
+        target = b.init(np.array([0, 0, heads, shape[-1] // heads], np.int64), "heads")
+    else:
+        lead = b.node("Shape", [source], None, start=0, end=2)
+        target = b.node("Concat", [lead, b.init(np.array([-1, shape[-1] // heads], np.int64), "tail")], None, axis=0)
+    return b.node("Transpose", [b.node("Reshape", [x3, target], None)], None, perm=list(perm))
+
+
+def _attention(b: _Builder, draw, x, shape):
+    """Self-attention as the exporters write it: per-head Q/K/V (three projections or one split
+    three ways), Kᵀ in their three forms, scales on Q and Kᵀ or on the scores, an additive causal
+    mask (finite or -inf) or none, the softmax NaN guard; sometimes the probabilities leak."""
+    if len(shape) != 3 or not isinstance(shape[-1], int) or shape[-1] % 2:
+        return x
+    hidden, heads = shape[-1], 2
+    head = hidden // heads
+    bias = draw(st.booleans())
+    if draw(st.booleans()):
+        packed = b.node("MatMul", [x, b.init(b.floats((hidden, 3 * hidden)))], None)
+        if bias:
+            packed = b.node("Add", [packed, b.init(b.floats((3 * hidden,)), "b")], None)
+        q3, k3, v3 = (b.name("split") for _ in range(3))
+        b.nodes.append(helper.make_node("Split", [packed, b.init(np.array([hidden] * 3, np.int64), "sizes")],
+                                        [q3, k3, v3], axis=2))
+    else:
+        q3, k3, v3 = (b.node("MatMul", [x, b.init(b.floats((hidden, hidden)))], None) for _ in range(3))
+        if bias:
+            q3, k3, v3 = (b.node("Add", [b.init(b.floats((hidden,)), "b"), value], None) for value in (q3, k3, v3))
+    q = _heads(b, draw, q3, x, shape, heads, (0, 2, 1, 3))
+    form = draw(st.integers(0, 2))
+    if form == 0:
+        kt = _heads(b, draw, k3, x, shape, heads, (0, 2, 3, 1))
+    else:
+        kt = b.node("Transpose", [_heads(b, draw, k3, x, shape, heads, (0, 2, 1, 3))], None, perm=[0, 1, 3, 2])
+    v = _heads(b, draw, v3, x, shape, heads, (0, 2, 1, 3))
+    if draw(st.booleans()):
+        quarter = b.init(np.array(head ** -0.25, np.float32), "scale")
+        scores = b.node("MatMul", [b.node("Mul", [q, quarter], None), b.node("Mul", [kt, quarter], None)], None)
+    else:
+        scores = b.node("Div", [b.node("MatMul", [q, kt], None), b.init(np.array(head ** 0.5, np.float32), "root")],
+                        None)
+    mask = draw(st.sampled_from(["none", "finite", "inf"]))
+    if mask != "none" and isinstance(shape[1], int):
+        low = np.float32(np.finfo(np.float32).min if mask == "finite" else -np.inf)
+        causal = np.where(np.tril(np.ones((shape[1], shape[1]), bool)), np.float32(0), low)[None, None]
+        scores = b.node("Add", [scores, b.init(causal.astype(np.float32), "mask")], None)
+    probabilities = b.node("Softmax", [scores], None, axis=-1)
+    if draw(st.integers(0, 7)) == 0:
+        b.values[probabilities] = (shape[0], heads, shape[1], shape[1])  # may become a graph output
+    if draw(st.booleans()):
+        isnan = b.node("IsNaN", [probabilities], None)
+        probabilities = b.node("Where", [isnan, b.init(np.array([0.0], np.float32), "zero"), probabilities], None)
+    merged = b.node("Transpose", [b.node("MatMul", [probabilities, v], None)], None, perm=[0, 2, 1, 3])
+    return b.node("Reshape", [merged, b.init(np.array([0, 0, hidden], np.int64), "merge")], shape)
+
+
 # Hypothesis draws early entries more often: the fusion blocks come first so they appear often.
-_STEPS = [_layernorm, _gelu, _unary, _binary_same, _binary_const, _folded_constant, _duplicate_weight, _repeat_node,
+_STEPS = [_attention, _layernorm, _gelu, _unary, _binary_same, _binary_const, _folded_constant, _duplicate_weight, _repeat_node,
           _matmul, _gemm, _conv_bn, _reshape, _dynamic_flatten, _transpose, _concat_split, _slice,
           _expand, _reduce, _unsqueeze_squeeze]
 
 
 @st.composite
 def onnx_graphs(draw) -> tuple[onnx.ModelProto, bool]:
-    """(model, has a dynamic batch dim); opset 18 or 20 (ONNX Gelu), IR 9, float32."""
+    """(model, has a dynamic batch dim); opset 18, 20 (ONNX Gelu) or 23 (ONNX Attention, IR 11), IR 9, float32."""
     b = _Builder(np.random.default_rng(draw(st.integers(0, 2**16))))
     dynamic = draw(st.booleans())
     seq, hidden = draw(st.sampled_from([2, 3])), draw(st.sampled_from([4, 6]))
@@ -307,6 +365,6 @@ def onnx_graphs(draw) -> tuple[onnx.ModelProto, bool]:
                               [helper.make_tensor_value_info(v, TensorProto.FLOAT, list(b.values[v]))
                                for v in outputs],
                               b.inits)
-    opset = draw(st.sampled_from([18, 20]))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    opset = draw(st.sampled_from([18, 20, 23]))  # 20: ONNX Gelu; 23: ONNX Attention
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=11 if opset >= 23 else 9)
     return model, dynamic

@@ -197,21 +197,28 @@ class FuseAttention(Pass):
         return op_type
 
     def _mask(self, graph: ir.Graph, found: Attention, queries: ir.Value, nodes: list[ir.Node]) -> ir.Value:
-        """The mask as the fused op wants it: [B|1, H|1, S, Skv], expanded over S (the length of
-        `queries`) once per mask."""
-        if found.mask_dims[2] != 1 or dims.dims_of(found.q)[1] == 1:
+        """The mask as the fused ops want it, 4-D [B|1, H|1, S, Skv]: a mask over keys only is
+        expanded over S (the length of `queries`), a lower-rank one gets its leading 1s; once per mask."""
+        seq = dims.dims_of(found.q)[1]
+        over_queries = found.mask_dims[2] == 1 and seq != 1
+        if not over_queries and len(dims.dims_of(found.mask)) == 4:
             return found.mask
-        key = (id(found.mask), dims.dims_of(found.q)[1], graph)
+        key = (id(found.mask), seq if over_queries else None, graph)
         if key not in self._expanded:
-            name = fresh_node_name(graph, f"{found.mask.name or 'mask'}/ExpandQueries")
-            shape = ir.Node("", "Shape", [queries], [ir.AttrInt64("start", 1), ir.AttrInt64("end", 2)],
-                            name=f"{name}/Shape")
-            ones = _constant(graph, np.ones(2, np.int64), f"{name}/ones")
-            one = _constant(graph, np.ones(1, np.int64), f"{name}/one")
-            target = ir.Node("", "Concat", [ones, shape.outputs[0], one], [ir.AttrInt64("axis", 0)],
-                             name=f"{name}/Concat")
-            expand = ir.Node("", "Expand", [found.mask, target.outputs[0]], name=name)
-            nodes.extend([shape, target, expand])
+            name = fresh_node_name(graph, f"{found.mask.name or 'mask'}/Expand")
+            if over_queries:
+                length = ir.Node("", "Shape", [queries], [ir.AttrInt64("start", 1), ir.AttrInt64("end", 2)],
+                                 name=f"{name}/Shape")
+                ones = _constant(graph, np.ones(2, np.int64), f"{name}/ones")
+                one = _constant(graph, np.ones(1, np.int64), f"{name}/one")
+                target = ir.Node("", "Concat", [ones, length.outputs[0], one], [ir.AttrInt64("axis", 0)],
+                                 name=f"{name}/Concat")
+                nodes.extend([length, target])
+                shape = target.outputs[0]
+            else:
+                shape = _constant(graph, np.ones(4, np.int64), f"{name}/rank4")
+            expand = ir.Node("", "Expand", [found.mask, shape], name=name)
+            nodes.append(expand)
             self._expanded[key] = expand.outputs[0]
         return self._expanded[key]
 

@@ -146,7 +146,8 @@ def _feeds(model: onnx.ModelProto, batch: int = 2, seq: int = 5, mem: int = 6, m
             keep[1] = False  # a sequence with no key at all: the guard's zeros
         feeds["keep"] = keep
     if "bias" in names:
-        feeds["bias"] = np.where(rng.random((batch, 1, seq, keys)) < 0.3, -1e4, 0).astype(np.float32)
+        rank = next(len(value.type.tensor_type.shape.dim) for value in model.graph.input if value.name == "bias")
+        feeds["bias"] = np.where(rng.random((batch, 1, seq, keys)[4 - rank:]) < 0.3, -1e4, 0).astype(np.float32)
     if "scale" in names:
         feeds["scale"] = np.array(0.5, np.float32)
     return feeds
@@ -183,6 +184,12 @@ def test_a_fully_masked_row_reads_zeros_not_nans_after_fusion():
 def test_a_keys_only_mask_is_expanded_over_the_queries_once():
     result = _fuse(_model(mask="finite"))
     assert op_types(result.model).count("Expand") == 1
+
+
+def test_a_lower_rank_mask_gets_its_leading_ones_once():
+    result = _fuse(_model(mask="bias", mask_shape=["seq", "seq"]))
+    ops = op_types(result.model)
+    assert ops.count("Attention") == 1 and ops.count("Expand") == 1
 
 
 def test_gpt2_style_packed_projection_and_flat_merge():
