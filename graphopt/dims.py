@@ -4,7 +4,7 @@ ONNX's shape inference leaves a dim anonymous when it cannot name it (behind a R
 target is computed, say); a fusion that must prove two shapes equal then cannot. This pass
 names such dims from the op's semantics alone: elementwise ops keep their input's dims,
 broadcasting keeps a dim only where the rules force it (never assuming two symbols equal or
-a symbol not 1), MatMul, Transpose, Gather(Elements), Unsqueeze, Squeeze, Range, Slice,
+a symbol not 1), MatMul, Transpose, Gather(Elements), Conv and pooling (batch and channels), Unsqueeze, Squeeze, Range, Slice,
 Expand and Reshape (targets built from constants and Shape slices, 0 copies a dim, -1 is solved
 when the other dims cancel, the exporters' `Where(Equal(shape, -1), 1, shape)`) map them
 exactly. A slice [0:s] of a dim d is `Min(d, s)`, as the dynamo exporter writes it; broadcast
@@ -27,6 +27,9 @@ _SAME_SHAPE = frozenset({
     "Softmax", "LogSoftmax", "LayerNormalization", "Dropout", "Not", "IsNaN", "Reciprocal", "CastLike",
     "BiasGelu", "FastGelu", "SkipLayerNormalization", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip",
 })
+# Ops over [N, C, spatial…] that keep the batch dim (and the channels, for pooling).
+_SPATIAL = frozenset({"Conv", "FusedConv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool",
+                      "GlobalMaxPool", "LpPool", "BatchNormalization", "InstanceNormalization"})
 _BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Where", "And", "Or", "Xor", "Equal", "Less",
                         "Greater", "LessOrEqual", "GreaterOrEqual", "Max", "Min", "Mod"})
 
@@ -229,6 +232,10 @@ def _outputs_dims(node: ir.Node, cache: dict) -> list[list[Dim] | None]:
     if op == "Gather" and first is not None and len(ins) > 1 and ins[1] is not None:
         axis = node.attributes.get_int("axis", 0) % len(first)
         return [first[:axis] + ins[1] + first[axis + 1:]]
+    if op in _SPATIAL and first is not None and len(first) >= 3:
+        channels = ins[1][0] if op in ("Conv", "FusedConv") and len(ins) > 1 and ins[1] else first[1]
+        return [[first[0], channels if op != "ConvTranspose" else None] + [None] * (len(first) - 2)] + \
+            [None] * (len(node.outputs) - 1)
     if op == "Split" and first is not None:
         return _split(node, first, cache)
     if op == "GatherElements" and len(ins) > 1 and ins[1] is not None:

@@ -7,6 +7,8 @@ layernorm: the decomposed mean/variance formula becomes LayerNormalization (opse
 skip_layernorm (ort): a residual Add (+ bias) and LayerNormalization become SkipLayerNormalization.
 attention: scaled dot-product attention becomes com.microsoft Attention/MultiHeadAttention (ort)
 or ONNX Attention (portable, opset 23).
+conv: zero Pads into Conv, Conv [+ residual] + activation into com.microsoft FusedConv (ort).
+linear: 2-D MatMul + bias into Gemm; flatten → Gemm → unflatten into MatMul + bias on N-D input.
 """
 
-from graphopt.passes.fusion import attention, batchnorm, gelu, layernorm, skip_layernorm  # noqa: F401  (registers them)
+from graphopt.passes.fusion import attention, batchnorm, conv, gelu, layernorm, linear, skip_layernorm  # noqa: F401  (registers them)

@@ -185,6 +185,7 @@ class FuseAttention(Pass):
         attention = ir.Node(domain, op_type, inputs, attributes, name=base)
         nodes.append(attention)
         result = attention.outputs[0]
+        result.shape, result.dtype = found.q.shape, found.q.dtype  # [B, S, H·Dh], as ONNX cannot infer it
         if found.nan_guard and found.mask is not None and not finite(found.mask):
             result = self._guard(graph, result, nodes, base)
         graph.insert_before(found.merge, nodes)
@@ -227,5 +228,6 @@ class FuseAttention(Pass):
         isnan = ir.Node("", "IsNaN", [value], name=f"{base}/IsNaN")
         zero = _constant(graph, np.zeros((), np.float32), f"{base}/zero")
         where = ir.Node("", "Where", [isnan.outputs[0], zero, value], name=f"{base}/NaNToZero")
+        where.outputs[0].shape, where.outputs[0].dtype = value.shape, value.dtype
         nodes.extend([isnan, where])
         return where.outputs[0]

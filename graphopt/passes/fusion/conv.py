@@ -1,0 +1,166 @@
+"""CNN fusions: what the exporters leave around convolutions and linear layers becomes one node.
+
+fuse_pad_into_conv: a zero constant-mode Pad over spatial axes only, read only by a Conv,
+becomes the Conv's own pads (HF MobileNetV2's TF-style padding).
+fuse_conv_activation (ort): Conv [+ a residual Add of the same shape] + Relu / Clip /
+LeakyRelu / Sigmoid / Tanh / HardSigmoid becomes com.microsoft.FusedConv, whose kernel applies
+the activation (and adds the residual, input Z) while the output is in cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import dims
+from graphopt.passes.fusion._match import (
+    fresh_node_name,
+    in_graph,
+    infer_types,
+    is_op,
+    only_consumer,
+    operands,
+)
+from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.registry import Pass, register
+
+
+def _constant_array(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if is_op(producer, "Constant") and "value" in producer.attributes:
+        return producer.attributes["value"].as_tensor().numpy()
+    return None
+
+
+@register("fuse_pad_into_conv")
+class FusePadIntoConv(Pass):
+    """Fold a zero constant-mode Pad over spatial axes into the Conv that reads it."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        fused = 0
+        for graph in model.graphs():
+            for node in list(graph):
+                if node.graph is graph and is_op(node, "Conv"):
+                    fused += self._fuse(graph, node)
+        if fused:
+            self.changed(f"{fused} Pad into Conv")
+        return ir.passes.PassResult(model, modified=bool(fused))
+
+    def _fuse(self, graph: ir.Graph, conv: ir.Node) -> bool:
+        pad = conv.inputs[0].producer() if conv.inputs and conv.inputs[0] is not None else None
+        if not is_op(pad, "Pad") or only_consumer(pad.outputs[0]) is not conv or not in_graph(graph, pad):
+            return False
+        if pad.attributes.get_string("mode", "constant") != "constant":
+            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: mode is not constant")
+            return False
+        if "pads" in pad.attributes:  # opset < 11
+            pads = np.array(pad.attributes.get_ints("pads"))
+            value = np.array(pad.attributes.get_float("value", 0.0))
+        else:
+            pads = _constant_array(pad.inputs[1] if len(pad.inputs) > 1 else None)
+            value = _constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None \
+                else np.array(0.0)
+            if len(pad.inputs) > 3 and pad.inputs[3] is not None:
+                self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: it names its axes")
+                return False
+        if pads is None or value is None or value.size != 1 or float(value.reshape(-1)[0]) != 0.0:
+            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: pads or pad value not a constant zero")
+            return False
+        rank = len(pads) // 2
+        begins, ends = pads[:rank], pads[rank:]
+        if rank < 3 or begins[:2].any() or ends[:2].any() or (pads < 0).any():
+            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: it pads the batch or channel "
+                      "axis, or crops")
+            return False
+        if conv.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: the Conv uses auto_pad")
+            return False
+        spatial = rank - 2
+        current = np.array(conv.attributes.get_ints("pads", [0] * (2 * spatial)))
+        merged = current + np.concatenate([begins[2:], ends[2:]])
+        conv.attributes["pads"] = ir.AttrInt64s("pads", [int(item) for item in merged])
+        conv.replace_input_with(0, pad.inputs[0])
+        graph.remove(pad, safe=True)
+        return True
+
+
+# Activations FusedConv applies, with the parameters it takes (in its activation_params order).
+def _activation(node: ir.Node) -> tuple[str, list[float]] | None:
+    if is_op(node, "Relu", "Sigmoid", "Tanh"):
+        return node.op_type, []
+    if is_op(node, "LeakyRelu"):
+        return "LeakyRelu", [node.attributes.get_float("alpha", 0.01)]
+    if is_op(node, "HardSigmoid"):
+        return "HardSigmoid", [node.attributes.get_float("alpha", 0.2), node.attributes.get_float("beta", 0.5)]
+    if is_op(node, "Clip"):
+        if "min" in node.attributes or "max" in node.attributes:  # opset < 11
+            return "Clip", [node.attributes.get_float("min", float(np.finfo(np.float32).min)),
+                            node.attributes.get_float("max", float(np.finfo(np.float32).max))]
+        bounds = [_constant_array(value) if value is not None else None for value in node.inputs[1:3]]
+        if any(value is not None and _constant_array(value) is None for value in node.inputs[1:3]):
+            return None
+        low = float(bounds[0]) if len(bounds) > 0 and bounds[0] is not None else float(np.finfo(np.float32).min)
+        high = float(bounds[1]) if len(bounds) > 1 and bounds[1] is not None else float(np.finfo(np.float32).max)
+        return "Clip", [low, high]
+    return None
+
+
+@register("fuse_conv_activation", targets=("ort",))
+class FuseConvActivation(Pass):
+    """Fuse Conv [+ residual Add] + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid into com.microsoft FusedConv."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        infer_types(self, model)
+        invented = {graph: dims.name_dims(graph) for graph in model.graphs()}
+        fused = 0
+        for graph in model.graphs():
+            for node in list(graph):
+                if node.graph is graph and is_op(node, "Conv"):
+                    fused += self._fuse(model, graph, node)
+        for graph, names in invented.items():
+            dims.forget_dims(graph, names)
+        if fused:
+            self.changed(f"{fused} FusedConv")
+        return ir.passes.PassResult(model, modified=bool(fused))
+
+    def _fuse(self, model: ir.Model, graph: ir.Graph, conv: ir.Node) -> bool:
+        out = conv.outputs[0]
+        if out.dtype != ir.DataType.FLOAT:
+            return False  # the CPU kernel is float32
+        user = only_consumer(out)
+        residual, add = None, None
+        pair = operands(user, "Add")
+        if pair is not None and in_graph(graph, user):
+            other = pair[1] if pair[0] is out else pair[0]
+            if other is not out and _same_dims(other, out) and only_consumer(user.outputs[0]) is not None:
+                residual, add = other, user
+                user = only_consumer(user.outputs[0])
+        activation = _activation(user) if in_graph(graph, user) else None
+        if activation is None:
+            return False
+        kind, params = activation
+        attributes = [attr for attr in conv.attributes.values()]
+        attributes.append(ir.AttrString("activation", kind))
+        if params:
+            attributes.append(ir.AttrFloat32s("activation_params", params))
+        inputs = list(conv.inputs) + [None] * (3 - len(conv.inputs))
+        if residual is not None:
+            inputs.append(residual)
+        while inputs[-1] is None:
+            inputs.pop()
+        fused = ir.Node(MS_DOMAIN, "FusedConv", inputs, attributes,
+                        name=fresh_node_name(graph, f"{conv.name or 'conv'}/FusedConv"))
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        removed = [node for node in (conv, add, user) if node is not None]
+        ir.convenience.replace_nodes_and_values(graph, user, removed, [fused], [user.outputs[0]], [fused.outputs[0]])
+        return True
+
+
+def _same_dims(first: ir.Value, second: ir.Value) -> bool:
+    """Provably the same shape: every dim the same number or the same named symbol."""
+    one, other = dims.dims_of(first), dims.dims_of(second)
+    return one is not None and one == other and None not in one
