@@ -220,9 +220,12 @@ def match(softmax: ir.Node) -> Attention | None:
     if not full and len(heads_out.uses()) > 1:
         raise Refused(f"the heads are merged to {dims.shape_text(reshape.outputs[0].shape)}, not provably "
                       "[B, S, D], and their shape is read too (the unfused attention would stay alive)")
+    scale = q_scale * k_scale * post_scale
+    if scale == 0:  # the fused ops read a scale of 0 as "use 1/√Dh"
+        raise Refused("the scores are scaled by 0")
     # Merged to [B, S, D]: the fused output replaces the merge; otherwise the merge reshapes it
     # as it reshaped the heads (same elements in the same order, no 0 copying a head dim).
-    return Attention(q, k, v, heads, head_size, q_scale * k_scale * post_scale, mask, mask_dims, guarded,
+    return Attention(q, k, v, heads, head_size, scale, mask, mask_dims, guarded,
                      reshape.outputs[0] if full else heads_out, reshape)
 
 

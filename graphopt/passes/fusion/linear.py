@@ -116,6 +116,10 @@ class UnflattenGemm(Pass):
         nodes = [ir.Node("", "MatMul", [x, w_value], name=name)]
         if bias is not None:
             nodes.append(ir.Node("", "Add", [nodes[0].outputs[0], bias], name=f"{name}/Add"))
+        old_weight = gemm.inputs[1]
         ir.convenience.replace_nodes_and_values(graph, restore, [flatten, gemm, restore], nodes,
                                                 [restore.outputs[0]], [nodes[-1].outputs[0]])
+        if w_value is not old_weight and not old_weight.uses() and old_weight.name in graph.initializers \
+                and not old_weight.is_graph_input() and not old_weight.is_graph_output():
+            graph.initializers.pop(old_weight.name)  # only its transpose is read now
         return True

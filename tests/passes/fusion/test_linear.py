@@ -41,6 +41,7 @@ def test_flatten_gemm_unflatten_becomes_matmul_and_bias(trans_b):
     result = optimize_and_compare(parse(_flattened(restore, trans_b)), feeds, passes="unflatten_gemm")
     assert [op for op in op_types(result.model) if op not in ("Constant", "Shape", "Concat")] == ["MatMul", "Add"]
     assert result.report.passes[0].changes == ["1 Gemm as MatMul + Add"]
+    assert len(result.model.graph.initializers) == 2  # transB: the transposed weight replaces the old one
 
 
 def test_a_restore_to_other_dims_is_refused():
