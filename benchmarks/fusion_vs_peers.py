@@ -39,6 +39,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphopt  # noqa: E402
+from benchmarks.cleanup_vs_peers import _max_error  # noqa: E402  (same ORT comparison)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = RESULTS / "models"
@@ -132,15 +133,6 @@ def _feeds(path: Path) -> dict[str, np.ndarray]:
         else:
             feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
-
-
-def _max_error(original: Path, candidate: Path, feeds) -> float:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = ort.InferenceSession(str(candidate), options, providers=["CPUExecutionProvider"]).run(None, feeds)
-    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-               for a, b in zip(want, got))
 
 
 def _structure(path: Path) -> dict:

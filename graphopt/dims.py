@@ -14,9 +14,10 @@ Only anonymous dims (and ONNX's made-up `unk__N`) are filled in; nothing known i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import onnx_ir as ir
 
@@ -338,6 +339,23 @@ def name_dims(graph: ir.Graph) -> set[str]:
                 _adopt(value, dims)
             _invent(value, invented)
     return invented
+
+
+@contextlib.contextmanager
+def named(model: ir.Model) -> Iterator[None]:
+    """Name the dims of every graph of `model` for the duration (name_dims), then forget the made-up ones."""
+    invented = {graph: name_dims(graph) for graph in model.graphs()}
+    try:
+        yield
+    finally:
+        for graph, names in invented.items():
+            forget_dims(graph, names)
+
+
+def provably_equal(first: ir.Value, second: ir.Value) -> bool:
+    """Same shape: every dim the same size or the same named symbol (an unnamed dim proves nothing)."""
+    one, other = dims_of(first), dims_of(second)
+    return one is not None and one == other and None not in one
 
 
 def forget_dims(graph: ir.Graph, invented: set[str]) -> None:

@@ -116,15 +116,13 @@ def _key(value: ir.Value) -> tuple[ir.Value, list]:
 
 def finite(value: ir.Value, depth: int = 8) -> bool:
     """Whether a mask is provably finite: finite constants, selected by Where, reshaped or cast."""
-    if value.const_value is not None:
-        array = value.const_value.numpy()
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        array = tensor.numpy()
         return array.dtype.kind != "f" or bool(np.isfinite(array).all())
     producer = value.producer()
     if depth == 0 or producer is None or producer.domain not in ("", "ai.onnx"):
         return False
-    if producer.op_type == "Constant" and "value" in producer.attributes:
-        array = producer.attributes["value"].as_tensor().numpy()
-        return array.dtype.kind != "f" or bool(np.isfinite(array).all())
     if producer.op_type == "Where":
         return all(finite(branch, depth - 1) for branch in producer.inputs[1:])
     if producer.op_type in ("Expand", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity", "Transpose"):

@@ -68,6 +68,15 @@ def close(value: float | None, target: float, rel: float = 1e-4) -> bool:
     return value is not None and math.isclose(value, target, rel_tol=max(rel, getattr(value, "rel", 0.0)))
 
 
+def anchors(model: ir.Model, *op_types: str):
+    """(graph, node) for every standard node of `op_types`, graph by graph in order, skipping the
+    nodes an earlier rewrite of the same run has removed."""
+    for graph in model.graphs():
+        for node in list(graph):
+            if node.graph is graph and is_op(node, *op_types):
+                yield graph, node
+
+
 def in_graph(graph: ir.Graph, *nodes: ir.Node | None) -> bool:
     """Whether every node belongs to `graph` itself (a match must not reach into or out of a subgraph)."""
     return all(node is not None and node.graph is graph for node in nodes)

@@ -19,6 +19,7 @@ import onnx_ir as ir
 from graphopt import dims
 from graphopt.passes.fusion._attention_match import Attention, Refused, finite, match
 from graphopt.passes.fusion._match import (
+    anchors,
     fresh_node_name,
     fresh_value_name,
     infer_types,
@@ -127,13 +128,10 @@ class FuseAttention(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
-        invented = {graph: dims.name_dims(graph) for graph in model.graphs()}
         self._expanded: dict[tuple, ir.Value] = {}
         counts: dict[str, int] = {}
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is not graph or not is_op(node, "Softmax"):
-                    continue
+        with dims.named(model):
+            for graph, node in anchors(model, "Softmax"):
                 try:
                     found = match(node)
                     fused = self._fuse(model, graph, found) if found is not None else None
@@ -142,8 +140,6 @@ class FuseAttention(Pass):
                     continue
                 if fused:
                     counts[fused] = counts.get(fused, 0) + 1
-        for graph, names in invented.items():
-            dims.forget_dims(graph, names)
         if counts:
             ir.passes.common.RemoveUnusedNodesPass()(model)
         for op_type, count in counts.items():

@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from graphopt import dims
 from graphopt.passes.fusion._match import (
+    anchors,
     fresh_node_name,
     in_graph,
     infer_types,
@@ -26,14 +27,8 @@ from graphopt.passes.registry import Pass, register
 
 
 def _constant_array(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if is_op(producer, "Constant") and "value" in producer.attributes:
-        return producer.attributes["value"].as_tensor().numpy()
-    return None
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return tensor.numpy() if tensor is not None else None
 
 
 @register("fuse_pad_into_conv")
@@ -41,11 +36,7 @@ class FusePadIntoConv(Pass):
     """Fold a zero constant-mode Pad over spatial axes into the Conv that reads it."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        fused = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is graph and is_op(node, "Conv"):
-                    fused += self._fuse(graph, node)
+        fused = sum(self._fuse(graph, node) for graph, node in anchors(model, "Conv"))
         if fused:
             self.changed(f"{fused} Pad into Conv")
         return ir.passes.PassResult(model, modified=bool(fused))
@@ -115,14 +106,8 @@ class FuseConvActivation(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
-        invented = {graph: dims.name_dims(graph) for graph in model.graphs()}
-        fused = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is graph and is_op(node, "Conv"):
-                    fused += self._fuse(model, graph, node)
-        for graph, names in invented.items():
-            dims.forget_dims(graph, names)
+        with dims.named(model):
+            fused = sum(self._fuse(model, graph, node) for graph, node in anchors(model, "Conv"))
         if fused:
             self.changed(f"{fused} FusedConv")
         return ir.passes.PassResult(model, modified=bool(fused))
@@ -136,7 +121,7 @@ class FuseConvActivation(Pass):
         pair = operands(user, "Add")
         if pair is not None and in_graph(graph, user):
             other = pair[1] if pair[0] is out else pair[0]
-            if other is not out and _same_dims(other, out) and only_consumer(user.outputs[0]) is not None:
+            if other is not out and dims.provably_equal(other, out) and only_consumer(user.outputs[0]) is not None:
                 residual, add = other, user
                 user = only_consumer(user.outputs[0])
         activation = _activation(user) if in_graph(graph, user) else None
@@ -159,8 +144,3 @@ class FuseConvActivation(Pass):
         ir.convenience.replace_nodes_and_values(graph, user, removed, [fused], [user.outputs[0]], [fused.outputs[0]])
         return True
 
-
-def _same_dims(first: ir.Value, second: ir.Value) -> bool:
-    """Provably the same shape: every dim the same number or the same named symbol."""
-    one, other = dims.dims_of(first), dims.dims_of(second)
-    return one is not None and one == other and None not in one

@@ -18,6 +18,7 @@ import math
 import onnx_ir as ir
 
 from graphopt.passes.fusion._match import (
+    anchors,
     close,
     fresh_node_name,
     in_graph,
@@ -187,17 +188,14 @@ class FuseGelu(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
         counts: dict[str, int] = {}
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is not graph:
-                    continue  # removed by an earlier fusion in this run
-                fused = None
-                if is_op(node, "Erf", "Tanh"):
-                    fused = self._fuse_formula(model, graph, node)
-                elif is_op(node, "Gelu") and self.target == "ort":
-                    fused = self._fuse_bias_into_gelu(model, graph, node)
-                if fused:
-                    counts[fused] = counts.get(fused, 0) + 1
+        for graph, node in anchors(model, "Erf", "Tanh", "Gelu"):
+            fused = None
+            if node.op_type != "Gelu":
+                fused = self._fuse_formula(model, graph, node)
+            elif self.target == "ort":
+                fused = self._fuse_bias_into_gelu(model, graph, node)
+            if fused:
+                counts[fused] = counts.get(fused, 0) + 1
         for op_type, count in counts.items():
             self.changed(f"{count} {op_type}")
         return ir.passes.PassResult(model, modified=bool(counts))

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.passes.fusion._match import (
+    anchors,
     close,
     fresh_node_name,
     fresh_value_name,
@@ -213,17 +214,14 @@ class FuseLayerNorm(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
         fused = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is not graph or not is_op(node, "ReduceMean"):
-                    continue
-                try:
-                    layernorm = _match(node)
-                except _Refused as refusal:
-                    self.skip(f"ReduceMean {node.name!r} not fused into a LayerNormalization: {refusal}")
-                    continue
-                if layernorm is not None and self._replace(graph, layernorm):
-                    fused += 1
+        for graph, node in anchors(model, "ReduceMean"):
+            try:
+                layernorm = _match(node)
+            except _Refused as refusal:
+                self.skip(f"ReduceMean {node.name!r} not fused into a LayerNormalization: {refusal}")
+                continue
+            if layernorm is not None and self._replace(graph, layernorm):
+                fused += 1
         if fused:
             self.changed(f"{fused} LayerNormalization")
         return ir.passes.PassResult(model, modified=bool(fused))

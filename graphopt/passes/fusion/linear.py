@@ -16,6 +16,7 @@ import onnx_ir as ir
 
 from graphopt import dims
 from graphopt.passes.fusion._match import (
+    anchors,
     fresh_node_name,
     fresh_value_name,
     in_graph,
@@ -34,11 +35,7 @@ class FuseMatMulAdd(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
-        fused = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is graph and is_op(node, "MatMul"):
-                    fused += self._fuse(graph, node)
+        fused = sum(self._fuse(graph, node) for graph, node in anchors(model, "MatMul"))
         if fused:
             self.changed(f"{fused} Gemm")
         return ir.passes.PassResult(model, modified=bool(fused))
@@ -68,14 +65,8 @@ class UnflattenGemm(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
-        invented = {graph: dims.name_dims(graph) for graph in model.graphs()}
-        rewritten = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is graph and is_op(node, "Gemm"):
-                    rewritten += self._rewrite(graph, node)
-        for graph, names in invented.items():
-            dims.forget_dims(graph, names)
+        with dims.named(model):
+            rewritten = sum(self._rewrite(graph, node) for graph, node in anchors(model, "Gemm"))
         if rewritten:
             self.changed(f"{rewritten} Gemm as MatMul + Add")
         return ir.passes.PassResult(model, modified=bool(rewritten))

@@ -14,22 +14,14 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from graphopt import dims
-from graphopt.passes.fusion._match import fresh_node_name, in_graph, infer_types, is_op, operands, vector
+from graphopt.passes.fusion._match import anchors, fresh_node_name, in_graph, infer_types, operands, vector
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
 
 
 def _same_shape(first: ir.Value, second: ir.Value) -> bool:
-    """Provably equal 3-D shapes: each dim the same number or the same named symbol."""
-    if first.shape is None or second.shape is None or len(first.shape) != 3 or len(second.shape) != 3:
-        return False
-    for one, other in zip(first.shape.dims, second.shape.dims):
-        if isinstance(one, int) or isinstance(other, int):
-            if one != other:
-                return False
-        elif one.value is None or one.value != other.value:
-            return False
-    return True
+    """Provably equal 3-D shapes."""
+    return first.shape is not None and len(first.shape) == 3 and dims.provably_equal(first, second)
 
 
 def _split_bias(value: ir.Value, width: int, graph: ir.Graph) -> tuple[ir.Value, ir.Value | None, ir.Node | None]:
@@ -59,14 +51,12 @@ class FuseSkipLayerNorm(Pass):
         infer_types(self, model)
         self._invented: dict[ir.Graph, set[str]] | None = None
         fused = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.graph is graph and is_op(node, "LayerNormalization"):
-                    refusal = self._fuse(model, graph, node)
-                    if refusal is None:
-                        fused += 1
-                    elif refusal:
-                        self.skip(f"LayerNormalization {node.name!r} not fused with its residual Add: {refusal}")
+        for graph, node in anchors(model, "LayerNormalization"):
+            refusal = self._fuse(model, graph, node)
+            if refusal is None:
+                fused += 1
+            elif refusal:
+                self.skip(f"LayerNormalization {node.name!r} not fused with its residual Add: {refusal}")
         for graph, invented in (self._invented or {}).items():
             dims.forget_dims(graph, invented)
         if fused:
