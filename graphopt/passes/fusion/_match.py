@@ -157,6 +157,23 @@ def fresh_value_name(graph: ir.Graph, base: str) -> str:
     return _fresh(base, taken)
 
 
+def new_initializer(graph: ir.Graph, array: np.ndarray, base: str) -> ir.Value:
+    """A new initializer of `graph` holding `array`, named `base` or the next free variant."""
+    value = ir.Value(name=fresh_value_name(graph, base), const_value=ir.tensor(np.ascontiguousarray(array)))
+    value.shape, value.dtype = ir.Shape(array.shape), value.const_value.dtype
+    graph.register_initializer(value)
+    return value
+
+
+def drop_unused_initializers(graph: ir.Graph, values) -> None:
+    """Remove those of `values` that are initializers of `graph` nothing reads any more."""
+    for value in values:
+        if value is not None and not value.uses() and value.name in graph.initializers \
+                and graph.initializers[value.name] is value and not value.is_graph_input() \
+                and not value.is_graph_output():
+            graph.initializers.pop(value.name)
+
+
 def _fresh(base: str, taken: set) -> str:
     name, index = base, 1
     while name in taken:

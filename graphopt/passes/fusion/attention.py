@@ -21,9 +21,9 @@ from graphopt.passes.fusion._attention_match import Attention, Refused, finite, 
 from graphopt.passes.fusion._match import (
     anchors,
     fresh_node_name,
-    fresh_value_name,
     infer_types,
     is_op,
+    new_initializer,
     operands,
     vector,
 )
@@ -31,15 +31,6 @@ from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
 
 ATTENTION_OPSET = 23
-
-
-def _constant(graph: ir.Graph, array: np.ndarray, base: str) -> ir.Value:
-    """A new initializer holding `array`."""
-    value = ir.Value(name=fresh_value_name(graph, base), const_value=ir.tensor(array))
-    value.shape = ir.Shape(array.shape)
-    value.dtype = value.const_value.dtype
-    graph.register_initializer(value)
-    return value
 
 
 def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | None:
@@ -171,8 +162,8 @@ class FuseAttention(Pass):
             attributes = [ir.AttrInt64("num_heads", found.heads), scale]
             if packed is not None:
                 op_type, (x, weight, bias) = "Attention", packed
-                inputs = [x, _constant(graph, weight, f"{base}/qkv_weight"), _constant(graph, bias, f"{base}/qkv_bias"),
-                          None, None, mask]
+                inputs = [x, new_initializer(graph, weight, f"{base}/qkv_weight"),
+                          new_initializer(graph, bias, f"{base}/qkv_bias"), None, None, mask]
             else:
                 op_type = "MultiHeadAttention"
                 inputs = [found.q, found.k, found.v, None, None, mask]
@@ -206,14 +197,14 @@ class FuseAttention(Pass):
             if over_queries:
                 length = ir.Node("", "Shape", [queries], [ir.AttrInt64("start", 1), ir.AttrInt64("end", 2)],
                                  name=f"{name}/Shape")
-                ones = _constant(graph, np.ones(2, np.int64), f"{name}/ones")
-                one = _constant(graph, np.ones(1, np.int64), f"{name}/one")
+                ones = new_initializer(graph, np.ones(2, np.int64), f"{name}/ones")
+                one = new_initializer(graph, np.ones(1, np.int64), f"{name}/one")
                 target = ir.Node("", "Concat", [ones, length.outputs[0], one], [ir.AttrInt64("axis", 0)],
                                  name=f"{name}/Concat")
                 nodes.extend([length, target])
                 shape = target.outputs[0]
             else:
-                shape = _constant(graph, np.ones(4, np.int64), f"{name}/rank4")
+                shape = new_initializer(graph, np.ones(4, np.int64), f"{name}/rank4")
             expand = ir.Node("", "Expand", [found.mask, shape], name=name)
             nodes.append(expand)
             self._expanded[key] = expand.outputs[0]
@@ -222,7 +213,7 @@ class FuseAttention(Pass):
     def _guard(self, graph: ir.Graph, value: ir.Value, nodes: list[ir.Node], base: str) -> ir.Value:
         """Where(IsNaN(y), 0, y): the zeros the export's guard gave fully masked rows."""
         isnan = ir.Node("", "IsNaN", [value], name=f"{base}/IsNaN")
-        zero = _constant(graph, np.zeros((), np.float32), f"{base}/zero")
+        zero = new_initializer(graph, np.zeros((), np.float32), f"{base}/zero")
         where = ir.Node("", "Where", [isnan.outputs[0], zero, value], name=f"{base}/NaNToZero")
         where.outputs[0].shape, where.outputs[0].dtype = value.shape, value.dtype
         nodes.extend([isnan, where])

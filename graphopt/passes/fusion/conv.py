@@ -1,7 +1,9 @@
 """CNN fusions: what the exporters leave around convolutions and linear layers becomes one node.
 
-fuse_pad_into_conv: a zero constant-mode Pad over spatial axes only, read only by a Conv,
-becomes the Conv's own pads (HF MobileNetV2's TF-style padding).
+fuse_pad: a constant-mode Pad over spatial axes only, read only by a Conv, AveragePool or
+MaxPool, becomes that node's own pads when it pads with what the node's padding reads as (zeros
+for Conv and AveragePool, which then counts them; -inf for MaxPool): HF MobileNetV2's TF-style
+padding, ResNet's explicit pooling pads.
 fuse_conv_activation (ort): Conv [+ a residual Add of the same shape] + Relu / Clip /
 LeakyRelu / Sigmoid / Tanh / HardSigmoid becomes com.microsoft.FusedConv, whose kernel applies
 the activation (and adds the residual, input Z) while the output is in cache.
@@ -31,52 +33,70 @@ def _constant_array(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy() if tensor is not None else None
 
 
-@register("fuse_pad_into_conv")
-class FusePadIntoConv(Pass):
-    """Fold a zero constant-mode Pad over spatial axes into the Conv that reads it."""
+@register("fuse_pad")
+class FusePad(Pass):
+    """Fold a constant Pad over spatial axes into the Conv, AveragePool or MaxPool that reads it."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        fused = sum(self._fuse(graph, node) for graph, node in anchors(model, "Conv"))
+        fused = sum(self._fuse(graph, node) for graph, node in anchors(model, "Conv", "AveragePool", "MaxPool"))
         if fused:
-            self.changed(f"{fused} Pad into Conv")
+            self.changed(f"{fused} Pad into Conv/pooling")
         return ir.passes.PassResult(model, modified=bool(fused))
 
-    def _fuse(self, graph: ir.Graph, conv: ir.Node) -> bool:
-        pad = conv.inputs[0].producer() if conv.inputs and conv.inputs[0] is not None else None
-        if not is_op(pad, "Pad") or only_consumer(pad.outputs[0]) is not conv or not in_graph(graph, pad):
+    def _fuse(self, graph: ir.Graph, node: ir.Node) -> bool:
+        pad = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+        if not is_op(pad, "Pad") or only_consumer(pad.outputs[0]) is not node or not in_graph(graph, pad):
             return False
-        if pad.attributes.get_string("mode", "constant") != "constant":
-            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: mode is not constant")
+        refusal = self._refusal(pad, node)
+        if refusal is not None:
+            self.skip(f"Pad {pad.name!r} not folded into {node.op_type} {node.name!r}: {refusal}")
             return False
-        if "pads" in pad.attributes:  # opset < 11
-            pads = np.array(pad.attributes.get_ints("pads"))
-            value = np.array(pad.attributes.get_float("value", 0.0))
-        else:
-            pads = _constant_array(pad.inputs[1] if len(pad.inputs) > 1 else None)
-            value = _constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None \
-                else np.array(0.0)
-            if len(pad.inputs) > 3 and pad.inputs[3] is not None:
-                self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: it names its axes")
-                return False
-        if pads is None or value is None or value.size != 1 or float(value.reshape(-1)[0]) != 0.0:
-            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: pads or pad value not a constant zero")
-            return False
+        pads, _ = _pad_constants(pad)
         rank = len(pads) // 2
-        begins, ends = pads[:rank], pads[rank:]
-        if rank < 3 or begins[:2].any() or ends[:2].any() or (pads < 0).any():
-            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: it pads the batch or channel "
-                      "axis, or crops")
-            return False
-        if conv.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
-            self.skip(f"Pad {pad.name!r} not folded into Conv {conv.name!r}: the Conv uses auto_pad")
-            return False
         spatial = rank - 2
-        current = np.array(conv.attributes.get_ints("pads", [0] * (2 * spatial)))
-        merged = current + np.concatenate([begins[2:], ends[2:]])
-        conv.attributes["pads"] = ir.AttrInt64s("pads", [int(item) for item in merged])
-        conv.replace_input_with(0, pad.inputs[0])
+        current = np.array(node.attributes.get_ints("pads", [0] * (2 * spatial)))
+        merged = current + np.concatenate([pads[2:rank], pads[rank + 2:]])
+        node.attributes["pads"] = ir.AttrInt64s("pads", [int(item) for item in merged])
+        if node.op_type == "AveragePool":
+            node.attributes["count_include_pad"] = ir.AttrInt64("count_include_pad", 1)
+        node.replace_input_with(0, pad.inputs[0])
         graph.remove(pad, safe=True)
         return True
+
+    @staticmethod
+    def _refusal(pad: ir.Node, node: ir.Node) -> str | None:
+        if pad.attributes.get_string("mode", "constant") != "constant":
+            return "mode is not constant"
+        pads, value = _pad_constants(pad)
+        if pads is None or value is None or value.size != 1:
+            return "pads or pad value not constant, or it names its axes"
+        value = float(value.reshape(-1)[0])
+        # What the node's own padding reads as: Conv and (counted) AveragePool zeros, MaxPool -inf.
+        wanted = -np.inf if node.op_type == "MaxPool" else 0.0
+        if value != wanted:
+            return f"it pads with {value}, not the {wanted} that {node.op_type}'s own padding reads as"
+        rank = len(pads) // 2
+        if rank < 3 or pads[[0, 1, rank, rank + 1]].any() or (pads < 0).any():
+            return "it pads the batch or channel axis, or crops"
+        if node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+            return f"the {node.op_type} uses auto_pad"
+        if node.op_type != "Conv" and node.attributes.get_int("ceil_mode", 0):
+            return "ceil_mode windows may overhang the padding"
+        if node.op_type == "AveragePool" and not node.attributes.get_int("count_include_pad", 0) \
+                and any(node.attributes.get_ints("pads", [])):
+            return "the AveragePool's own padding is not counted, the Pad's zeros are"
+        return None
+
+
+def _pad_constants(pad: ir.Node) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A Pad's pads and pad value when both are constants (None when it names its axes)."""
+    if "pads" in pad.attributes:  # opset < 11
+        return np.array(pad.attributes.get_ints("pads")), np.array(pad.attributes.get_float("value", 0.0))
+    if len(pad.inputs) > 3 and pad.inputs[3] is not None:
+        return None, None
+    pads = _constant_array(pad.inputs[1] if len(pad.inputs) > 1 else None)
+    value = _constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.array(0.0)
+    return pads, value
 
 
 # Activations FusedConv applies, with the parameters it takes (in its activation_params order).

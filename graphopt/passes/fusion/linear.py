@@ -17,11 +17,13 @@ import onnx_ir as ir
 from graphopt import dims
 from graphopt.passes.fusion._match import (
     anchors,
+    drop_unused_initializers,
     fresh_node_name,
     fresh_value_name,
     in_graph,
     infer_types,
     is_op,
+    new_initializer,
     only_consumer,
     operands,
     vector,
@@ -98,10 +100,7 @@ class UnflattenGemm(Pass):
             return False  # a Gemm C other than a [N] bias broadcasts differently
         name = fresh_node_name(graph, f"{gemm.name or 'gemm'}/MatMul")
         if attrs.get_int("transB", 0):
-            w_value = ir.Value(name=fresh_value_name(graph, f"{gemm.inputs[1].name}_t"),
-                               const_value=ir.tensor(np.ascontiguousarray(weight)))
-            w_value.shape, w_value.dtype = ir.Shape(weight.shape), gemm.inputs[1].dtype
-            graph.register_initializer(w_value)
+            w_value = new_initializer(graph, weight, f"{gemm.inputs[1].name}_t")
         else:
             w_value = gemm.inputs[1]
         nodes = [ir.Node("", "MatMul", [x, w_value], name=name)]
@@ -110,7 +109,88 @@ class UnflattenGemm(Pass):
         old_weight = gemm.inputs[1]
         ir.convenience.replace_nodes_and_values(graph, restore, [flatten, gemm, restore], nodes,
                                                 [restore.outputs[0]], [nodes[-1].outputs[0]])
-        if w_value is not old_weight and not old_weight.uses() and old_weight.name in graph.initializers \
-                and not old_weight.is_graph_input() and not old_weight.is_graph_output():
-            graph.initializers.pop(old_weight.name)  # only its transpose is read now
+        if w_value is not old_weight:
+            drop_unused_initializers(graph, [old_weight])  # only its transpose is read now
         return True
+
+
+@register("pack_parallel_matmuls", targets=("portable",), min_opset=13)
+class PackParallelMatMuls(Pass):
+    """Pack MatMuls of one input by constant weights (Q, K, V) into one MatMul (+ bias) and a Split."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        infer_types(self, model)
+        packed = 0
+        for graph in model.graphs():
+            groups: dict[ir.Value, list[ir.Node]] = {}
+            for node in graph:
+                if is_op(node, "MatMul") and self._weight(node) is not None:
+                    groups.setdefault(node.inputs[0], []).append(node)
+            for members in groups.values():
+                members = self._packable(members)
+                if len(members) > 1:
+                    self._pack(graph, members)
+                    packed += len(members)
+        if packed:
+            self.changed(f"{packed} MatMuls packed")
+        return ir.passes.PassResult(model, modified=bool(packed))
+
+    @staticmethod
+    def _weight(matmul: ir.Node) -> np.ndarray | None:
+        tensor = matmul.inputs[1].const_value if matmul.inputs[1] is not None else None
+        return tensor.numpy() if tensor is not None and len(tensor.shape) == 2 else None
+
+    @staticmethod
+    def _bias(matmul: ir.Node) -> tuple[ir.Node, np.ndarray, ir.Value] | None:
+        """(Add, its [N] values, the bias value) when the MatMul's only reader adds a constant bias."""
+        add = only_consumer(matmul.outputs[0])
+        pair = operands(add, "Add")
+        if pair is None or add.graph is not matmul.graph:
+            return None
+        value = pair[1] if pair[0] is matmul.outputs[0] else pair[0]
+        bias = vector(value)
+        return (add, bias, value) if bias is not None and bias.shape == (matmul.inputs[1].shape[1],) else None
+
+    def _packable(self, members: list[ir.Node]) -> list[ir.Node]:
+        """The members whose weights share K and dtype with the first and whose result is no graph output."""
+        first = self._weight(members[0])
+        kept = []
+        for node in members:
+            weight = self._weight(node)
+            if weight.shape[0] != first.shape[0] or weight.dtype != first.dtype:
+                continue
+            bias = self._bias(node)
+            last = bias[0] if bias is not None else node
+            if not last.outputs[0].is_graph_output():
+                kept.append(node)
+        return kept
+
+    def _pack(self, graph: ir.Graph, members: list[ir.Node]) -> None:
+        weights = [self._weight(node) for node in members]
+        biases = [self._bias(node) for node in members]
+        widths = [weight.shape[1] for weight in weights]
+        base = fresh_node_name(graph, f"{members[0].name or 'matmul'}/packed")
+        packed_w = new_initializer(graph, np.concatenate(weights, axis=1), f"{base}_weight")
+        nodes = [ir.Node("", "MatMul", [members[0].inputs[0], packed_w], name=base)]
+        if any(bias is not None for bias in biases):
+            packed_b = np.concatenate([bias[1] if bias is not None else np.zeros(width, weights[0].dtype)
+                                       for bias, width in zip(biases, widths)])
+            nodes.append(ir.Node("", "Add", [nodes[-1].outputs[0], new_initializer(graph, packed_b, f"{base}_bias")],
+                                 name=f"{base}/Add"))
+        split_sizes = new_initializer(graph, np.array(widths, dtype=np.int64), f"{base}_split")
+        split = ir.Node("", "Split", [nodes[-1].outputs[0], split_sizes], [ir.AttrInt64("axis", -1)],
+                        num_outputs=len(members), name=f"{base}/Split")
+        nodes.append(split)
+        graph.insert_before(members[0], nodes)
+        replaced = [node.inputs[1] for node in members] + [bias[2] for bias in biases if bias]
+        old = []
+        for index, (node, bias) in enumerate(zip(members, biases)):
+            last = bias[0] if bias is not None else node
+            result = split.outputs[index]
+            result.name = fresh_value_name(graph, f"{last.outputs[0].name}_packed")
+            result.shape, result.dtype = last.outputs[0].shape, last.outputs[0].dtype
+            last.outputs[0].replace_all_uses_with(result)
+            old += [last, node] if bias is not None else [node]
+        for node in old:
+            graph.remove(node, safe=True)
+        drop_unused_initializers(graph, replaced)

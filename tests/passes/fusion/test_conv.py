@@ -1,4 +1,4 @@
-"""CNN fusions: Pad into Conv, Conv [+ residual] + activation into FusedConv."""
+"""CNN fusions: Pad into Conv and pooling, Conv [+ residual] + activation into FusedConv."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _feeds(shape=(2, 3, 8, 8)):
 
 
 def test_a_zero_spatial_pad_becomes_the_convs_pads():
-    result = optimize_and_compare(parse(_pad_model("0, 0, 1, 1, 0, 0, 1, 1")), _feeds(), passes="fuse_pad_into_conv")
+    result = optimize_and_compare(parse(_pad_model("0, 0, 1, 1, 0, 0, 1, 1")), _feeds(), passes="fuse_pad")
     assert [op for op in op_types(result.model) if op != "Constant"] == ["Conv"]
     conv = next(node for node in result.model.graph if node.op_type == "Conv")
     assert list(conv.attributes.get_ints("pads")) == [1, 1, 1, 1]
@@ -33,10 +33,44 @@ def test_a_zero_spatial_pad_becomes_the_convs_pads():
 
 @pytest.mark.parametrize("model, reason", [
     (_pad_model("0, 0, 1, 1, 0, 0, 1, 1", mode="reflect"), "mode is not constant"),
-    (_pad_model("0, 0, 1, 1, 0, 0, 1, 1", value="1.0"), "not a constant zero"),
+    (_pad_model("0, 0, 1, 1, 0, 0, 1, 1", value="1.0"), "pads with 1.0, not the 0.0"),
 ], ids=["reflect", "non-zero value"])
 def test_pads_a_conv_cannot_express_are_refused(model, reason):
-    result = optimize_and_compare(parse(model), _feeds(), passes="fuse_pad_into_conv")
+    result = optimize_and_compare(parse(model), _feeds(), passes="fuse_pad")
+    assert "Pad" in op_types(result.model)
+    assert reason in result.report.passes[0].skipped[0]
+
+
+def _pool_model(pool: str, value: str) -> str:
+    return f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 3, 8, 8] x) => (float[N, 3, 4, 4] y) {{
+            pads = Constant<value = int64[8] {{0, 0, 1, 1, 0, 0, 1, 1}}>()
+            value = Constant<value = float {{{value}}}>()
+            padded = Pad(x, pads, value)
+            y = {pool}(padded) }}"""
+
+
+@pytest.mark.parametrize("pool, value, attributes", [
+    ("AveragePool<kernel_shape = [3, 3], strides = [2, 2]>", "0.0", {"count_include_pad": 1}),
+    ("MaxPool<kernel_shape = [3, 3], strides = [2, 2]>", "-inf", {}),
+], ids=["average counts the zeros", "max ignores -inf"])
+def test_a_pad_the_pooling_would_read_the_same_becomes_its_pads(pool, value, attributes):
+    result = optimize_and_compare(parse(_pool_model(pool, value)), _feeds(), passes="fuse_pad")
+    node = next(node for node in result.model.graph if node.op_type.endswith("Pool"))
+    assert "Pad" not in op_types(result.model)
+    assert list(node.attributes.get_ints("pads")) == [1, 1, 1, 1]
+    for name, expected in attributes.items():
+        assert node.attributes.get_int(name) == expected
+
+
+@pytest.mark.parametrize("pool, value, reason", [
+    ("MaxPool<kernel_shape = [3, 3], strides = [2, 2]>", "0.0", "pads with 0.0, not the -inf"),
+    ("AveragePool<kernel_shape = [3, 3], strides = [2, 2], pads = [0, 0, 1, 1]>", "0.0", "not counted"),
+    ("AveragePool<kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1>", "0.0", "ceil_mode"),
+], ids=["max of zeros", "uncounted own pads", "ceil mode"])
+def test_pads_a_pooling_would_read_differently_are_refused(pool, value, reason):
+    model = _pool_model(pool, value).replace("float[N, 3, 4, 4] y", "float[N, 3, ?, ?] y")
+    result = optimize_and_compare(parse(model), _feeds(), passes="fuse_pad")
     assert "Pad" in op_types(result.model)
     assert reason in result.report.passes[0].skipped[0]
 

@@ -1,4 +1,4 @@
-"""Linear layers: 2-D MatMul + bias into Gemm; flatten → Gemm → unflatten into MatMul + bias."""
+"""Linear layers: 2-D MatMul + bias into Gemm; flatten → Gemm → unflatten into MatMul + bias; parallel MatMuls packed."""
 
 from __future__ import annotations
 
@@ -50,3 +50,36 @@ def test_a_restore_to_other_dims_is_refused():
     result = optimize_and_compare(parse(_flattened(restore)), feeds, passes="unflatten_gemm")
     assert "Gemm" in op_types(result.model)
     assert "not provably back to the input's leading dims" in result.report.passes[0].skipped[0]
+
+
+_PARALLEL = """<ir_version: 9, opset_import: ["" : 18]>
+    g (float[B, S, 4] x) => (float[B, S, 3] q, float[B, S, 3] k, float[B, S, 2] v, float[B, S, 3] o)
+      <float[4, 3] wq = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, float[3] bq = {0.5, -1, 2},
+       float[4, 3] wk = {-1, 2, -3, 4, -5, 6, -7, 8, -9, 10, -11, 12}, float[3] bk = {1, 1, -1},
+       float[4, 2] wv = {0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4}, float[5, 3] wo = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}> {
+        mq = MatMul(x, wq)
+        q1 = Add(mq, bq)
+        q = Relu(q1)
+        mk = MatMul(x, wk)
+        k1 = Add(bk, mk)
+        k = Neg(k1)
+        v1 = MatMul(x, wv)
+        v = Sigmoid(v1)
+        pad = Constant<value = int64[6] {0, 0, 1, 0, 0, 0}>()
+        x5 = Pad(x, pad)
+        o = MatMul(x5, wo) }"""
+
+
+def test_parallel_matmuls_of_one_input_become_one_matmul_and_a_split():
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)}
+    result = optimize_and_compare(parse(_PARALLEL), feeds, passes="pack_parallel_matmuls", target="portable")
+    assert [op for op in op_types(result.model) if op != "Constant"].count("MatMul") == 2  # packed + o
+    assert "Split" in op_types(result.model)
+    assert not {"wq", "wk", "wv", "bq", "bk"} & set(result.model.graph.initializers)
+    assert result.report.passes[0].changes == ["3 MatMuls packed"]
+
+
+def test_packing_is_for_the_portable_target():
+    feeds = {"x": np.ones((2, 5, 4), np.float32)}
+    result = optimize_and_compare(parse(_PARALLEL), feeds, passes="pack_parallel_matmuls", target="ort")
+    assert "Split" not in op_types(result.model)
