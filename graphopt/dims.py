@@ -94,16 +94,21 @@ def shape_contents(value: ir.Value | None, cache: dict | None = None) -> list[Di
     return cache[id(value)]
 
 
+def _integer_vector(tensor: ir.TensorProtocol) -> list[int] | None:
+    """A 0-d or 1-d integer tensor's values; None for anything else, decided before reading it (weights)."""
+    if len(tensor.shape) > 1 or not tensor.dtype.is_integer():
+        return None
+    return [int(item) for item in tensor.numpy().reshape(-1)]
+
+
 def _shape_contents(value: ir.Value, cache: dict) -> list[Dim] | None:
     if value.const_value is not None:
-        array = value.const_value.numpy()
-        return [int(item) for item in array.reshape(-1)] if array.dtype.kind in "iu" and array.ndim <= 1 else None
+        return _integer_vector(value.const_value)
     node = value.producer()
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Constant" and "value" in node.attributes:
-        array = node.attributes["value"].as_tensor().numpy()
-        return [int(item) for item in array.reshape(-1)] if array.dtype.kind in "iu" and array.ndim <= 1 else None
+        return _integer_vector(node.attributes["value"].as_tensor())
     inputs = [shape_contents(input_, cache) for input_ in node.inputs]
     if node.op_type == "Shape":
         dims = dims_of(node.inputs[0])

@@ -137,8 +137,9 @@ def _sample(tensor: ir.TensorProtocol) -> bytes:
             head = stream.read(_SAMPLE_BYTES)
             stream.seek((tensor.offset or 0) + tensor.nbytes - _SAMPLE_BYTES)
             return head + stream.read(_SAMPLE_BYTES)
-    data = tensor.numpy().reshape(-1).view(np.uint8)
-    return data[:_SAMPLE_BYTES].tobytes() + data[-_SAMPLE_BYTES:].tobytes()
+    array = tensor.numpy()
+    count = max(1, _SAMPLE_BYTES // array.itemsize)  # .flat reads only these, even from a strided view
+    return array.flat[:count].tobytes() + array.flat[array.size - count:].tobytes()
 
 
 def _digest(tensor: ir.TensorProtocol) -> str:

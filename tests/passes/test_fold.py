@@ -220,3 +220,24 @@ def test_sequence_rewrite_is_kept_where_the_opset_has_its_form():
     result = optimize_and_compare(model, passes="fold_constants,remove_unused")
     assert "ConcatFromSequence" not in op_types(result.model)
     assert not result.report.passes[0].skipped
+
+
+def test_a_folded_transpose_is_stored_in_c_order_with_every_element_in_place():
+    # 130 x 70 is not a multiple of the copy's tiles; the result is compared element by element.
+    weight = np.arange(130 * 70, dtype=np.float32).reshape(130, 70)
+    graph = ir.Graph([ir.Input("x", ir.Shape([2, 130]), ir.TensorType(ir.DataType.FLOAT))], [], nodes=[],
+                     opset_imports={"": 17}, name="g")
+    w = ir.Value(name="w", const_value=ir.tensor(weight.T.copy()))
+    graph.register_initializer(w)
+    transposed = ir.node("Transpose", [w], attributes={"perm": [1, 0]})
+    product = ir.node("MatMul", [graph.inputs[0], transposed.outputs[0]])
+    graph.extend([transposed, product])
+    graph.outputs.append(product.outputs[0])
+    product.outputs[0].name, product.outputs[0].dtype = "y", ir.DataType.FLOAT
+    product.outputs[0].shape = ir.Shape([2, 70])
+    model = ir.Model(graph, ir_version=8)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 130)).astype(np.float32)}
+    result = optimize_and_compare(to_proto(model), feeds, passes="fold_constants,remove_unused")
+    folded = next(iter(result.model.graph.initializers.values())).const_value.numpy()
+    assert op_types(result.model) == ["MatMul"]
+    assert folded.flags.c_contiguous and np.array_equal(folded, weight)
