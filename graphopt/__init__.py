@@ -12,6 +12,7 @@ from graphopt.api import (
     bench,
     list_passes,
     optimize,
+    quantize,
     validate,
 )
 from graphopt.errors import ExportFailed, GraphoptError, InputError, PassError, ValidationFailed
@@ -47,6 +48,7 @@ __all__ = [
     "list_passes",
     "load",
     "optimize",
+    "quantize",
     "register",
     "save",
     "validate",

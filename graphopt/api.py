@@ -13,7 +13,7 @@ from graphopt import model as model_io
 from graphopt.errors import InputError, ValidationFailed
 from graphopt.outputs import check_output_file
 from graphopt.passes import Pass, pass_class, pass_names, pass_options
-from graphopt.pipeline import PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
+from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime.bench import BenchResult, ProgressCallback
 from graphopt.runtime.compare import Tolerance
@@ -83,7 +83,7 @@ def optimize(
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
     input_ranges: Ranges | None = None,
-    tolerance: str | Tolerance = "fp32",
+    tolerance: str | Tolerance | None = None,
     runtime: RuntimeOptions | None = None,
     observer: PassObserver | None = None,
     fix_shapes: Shapes | None = None,
@@ -94,12 +94,15 @@ def optimize(
     Give at most one of `preset` (O0-O3, default O1), `passes` ("a,b,c" or a list) and
     `recipe` (a TOML/YAML file). `fixed_point` repeats the passes until nothing changes.
     `validate` compares the result with the input in ONNX Runtime and raises ValidationFailed
-    (nothing written) when outputs differ beyond `tolerance`, unless `force`; `validate_each`
+    (nothing written) when outputs differ beyond `tolerance` (default fp32, int8 when a pass
+    quantizes), unless `force`; `validate_each`
     checks after every pass that changed the model and names the first one that broke it.
     `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs at
     those shapes); `keep_metadata` keeps the debug info O2/O3 strip.
     """
     spec = resolve_spec(preset, passes, recipe)
+    if tolerance is None:
+        tolerance = "int8" if spec.lossy else "fp32"
     if keep_metadata:
         spec.without("strip_debug_info")
     if fix_shapes:
@@ -147,6 +150,47 @@ def optimize(
                                    f"{validation.summary()}; nothing was written", validation)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
     return OptimizeResult(model, report, written, validation, opset_warnings(model))
+
+
+QUANTIZE_MODES = ("dynamic",)
+
+
+def quantize(
+    model: ir.Model | onnx.ModelProto | str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    mode: str = "dynamic",
+    bits: int = 8,
+    per_channel: bool = True,
+    exclude: Sequence[str] = (),
+    embeddings: bool = True,
+    preset: str = "O3",
+    target: str = "portable",
+    validate: bool = True,
+    force: bool = False,
+    inputs: str | os.PathLike | dict | None = None,
+    shapes: Shapes | None = None,
+    input_ranges: Ranges | None = None,
+    tolerance: str | Tolerance = "int8",
+    runtime: RuntimeOptions | None = None,
+    observer: PassObserver | None = None,
+    external_data: bool | None = None,
+) -> OptimizeResult:
+    """Quantize a model's weights to int8 (activations at run time, `mode` "dynamic"), after the
+    `preset`'s cleanup and fusions (O3; O0 quantizes the graph as it is), and validate it against
+    the input at int8 tolerance (cosine, top-1 agreement). `exclude` names nodes or op types kept
+    float; `embeddings` quantizes embedding tables too."""
+    if mode not in QUANTIZE_MODES:
+        raise InputError(f"unknown quantization mode {mode!r} (choose from {', '.join(QUANTIZE_MODES)})")
+    if bits != 8:
+        raise InputError(f"--bits {bits}: dynamic quantization is int8 (--bits 8)")
+    if preset not in PRESETS or preset.startswith("int"):
+        raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
+    options = {"per_channel": per_channel, "exclude": ";".join(exclude), "embeddings": embeddings}
+    return optimize(model, output, passes=[*PRESETS[preset], ("quantize_dynamic", options)],
+                    fixed_point=preset != "O0", target=target, validate=validate, force=force,
+                    inputs=inputs, shapes=shapes, input_ranges=input_ranges, tolerance=tolerance,
+                    runtime=runtime, observer=observer, external_data=external_data)
 
 
 OPSET_FLOOR = 7

@@ -144,19 +144,25 @@ def _runtime_options(command):
     return with_runtime
 
 
-def _tolerance_options(command):
+def _tolerance_options(command=None, *, default: str = "fp32"):
     """--tolerance and its overrides, handed to the command as one `tolerance=Tolerance(...)`."""
+    if command is None:
+        return functools.partial(_tolerance_options, default=default)
 
     @functools.wraps(command)
     def with_tolerance(*args, **kwargs):
         flags = {name: kwargs.pop(name) for name in ("tolerance", "rtol", "atol", "max_mismatch", "min_cosine")}
-        kwargs["tolerance"] = make_tolerance(flags.pop("tolerance"), **flags)
+        name = flags.pop("tolerance")
+        overridden = any(value is not None for value in flags.values())
+        # None: the command's own default (optimize: fp32, or int8 when a pass quantizes)
+        kwargs["tolerance"] = None if name is None and not overridden else make_tolerance(name or "fp32", **flags)
         return command(*args, **kwargs)
 
     for option in reversed([
-        click.option("--tolerance", type=click.Choice([*TOLERANCES, "custom"]), default="fp32",
-                     show_default=True,
-                     help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement."),
+        click.option("--tolerance", type=click.Choice([*TOLERANCES, "custom"]), default=default,
+                     show_default=default is not None,
+                     help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement."
+                          + ("" if default else " Default: fp32, int8 when a pass quantizes.")),
         click.option("--rtol", type=float, help="Relative tolerance (custom, or override a preset)."),
         click.option("--atol", type=float, help="Absolute tolerance (custom, or override a preset)."),
         click.option("--max-mismatch", type=float, help="Allowed fraction of elements outside tolerance."),
@@ -235,7 +241,7 @@ def _print_warnings(warnings: list[str]) -> None:
 @click.option("--validate-each", is_flag=True,
               help="Compare after every pass that changed the model; name the first that broke it.")
 @click.option("--force", is_flag=True, help="Write the model even when validation fails (exit 1).")
-@_tolerance_options
+@_tolerance_options(default=None)
 @_input_options
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -271,6 +277,11 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
             if failure.result is not None and not quiet:
                 _print_validation(failure.result)
             raise
+    _finish(result, output, report, quiet)
+
+
+def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet: bool) -> None:
+    """The report file, the tables, the validation verdict and the one-line summary."""
     if report is not None:
         data = result.report.to_dict()
         data["warnings"] = result.warnings
@@ -289,9 +300,66 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
     if quiet:
         return
     size = sum(path.stat().st_size for path in result.written)
-    out.print(f"nodes {result.report.nodes_before} → {result.report.nodes_after}, parameters "
-              f"{human_bytes(model_io.parameter_bytes(result.model))}, "
+    after = model_io.parameter_bytes(result.model)
+    before = result.report.passes[0].parameter_bytes_before if result.report.passes else after
+    parameters = human_bytes(after) if before == after else f"{human_bytes(before)} → {human_bytes(after)}"
+    out.print(f"nodes {result.report.nodes_before} → {result.report.nodes_after}, parameters {parameters}, "
               f"{result.report.seconds * 1000:.0f} ms; wrote {output} ({human_bytes(size)})")
+
+
+@app.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the quantized model.")
+@click.option("--mode", type=click.Choice(api.QUANTIZE_MODES), default="dynamic", show_default=True,
+              help="dynamic: int8 weights, activations quantized at run time.")
+@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True,
+              help="One weight scale per output channel, or one per tensor.")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="A node name or op type to keep float (repeatable).")
+@click.option("--embeddings/--no-embeddings", default=True, show_default=True,
+              help="Quantize embedding tables (Gather of a constant table) to int8 rows.")
+@click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
+@click.option("--target", default="portable", show_default=True,
+              type=click.Choice(["portable", "ort"]), help="portable: standard ONNX ops; ort: ONNX Runtime's contrib ops.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Compare with the input in ONNX Runtime; nothing is written if it fails.")
+@click.option("--force", is_flag=True, help="Write the model even when validation fails (exit 1).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in a side file (default: only when the model needs it).")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the per-pass report as JSON.")
+@_tolerance_options(default="int8")
+@_input_options
+@_runtime_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int, per_channel: bool,
+             exclude: tuple[str, ...], embeddings: bool, preset: str, target: str, validate: bool, force: bool,
+             external_data: bool | None, report: Path | None, tolerance: Tolerance, inputs_file: Path | None,
+             shape: tuple[str, ...], input_range: tuple[str, ...], runtime: api.RuntimeOptions, quiet: bool) -> None:
+    """Quantize MODEL (after the preset's float passes) and write it atomically, validated at int8 tolerance."""
+    if (output is None) == (output_arg is None):
+        raise click.UsageError("give the output once: graphopt quantize MODEL OUTPUT, or -o OUTPUT")
+    output = output or output_arg
+    api.check_output_differs(model, output)
+    check_output_file(output, "output")
+    check_output_file(report, "--report")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
+        task = progress.add_task("loading", total=None)
+        try:
+            result = api.quantize(
+                model, output, mode=mode, bits=bits, per_channel=per_channel, exclude=exclude,
+                embeddings=embeddings, preset=preset, target=target, validate=validate, force=force,
+                inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
+                tolerance=tolerance, runtime=runtime, observer=_progress_observer(progress, task),
+                external_data=external_data,
+            )
+        except ValidationFailed as failure:
+            progress.stop()
+            if failure.result is not None and not quiet:
+                _print_validation(failure.result)
+            raise
+    _finish(result, output, report, quiet)
 
 
 @app.command()

@@ -50,12 +50,14 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "O1": _CLEANUP,
     "O2": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
     "O3": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
+    "int8-dynamic": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_dynamic"),
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
     "O2": "O1 plus fusions for the target (LayerNorm, SkipLayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm) and deployment hygiene",
     "O3": "everything safe for the target (same as O2 in this release)",
+    "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
 }
 DEFAULT_MAX_ITERATIONS = 4
 
@@ -257,6 +259,11 @@ class PipelineSpec:
     def build(self) -> list[Pass]:
         return [create_pass(name, options) for name, options in self.passes]
 
+    @property
+    def lossy(self) -> bool:
+        """Whether a pass changes the numbers on purpose (then validation defaults to int8 tolerance)."""
+        return any(pass_class(name).lossy for name, _ in self.passes)
+
     def without(self, name: str) -> None:
         """Drop every run of the pass `name` (e.g. strip_debug_info for --keep-metadata)."""
         self.passes = [(entry, options) for entry, options in self.passes if entry != name]
@@ -272,14 +279,17 @@ def preset_spec(preset: str) -> PipelineSpec:
     return PipelineSpec([(name, {}) for name in PRESETS[preset]])
 
 
-def passes_spec(entries: str | Sequence[str]) -> PipelineSpec:
-    """A spec from `a,b:key=value,c` or a list of such entries; each pass runs once, in order."""
+def passes_spec(entries: str | Sequence[str | tuple[str, dict[str, Any]]]) -> PipelineSpec:
+    """A spec from `a,b:key=value,c`, or a list of such entries and (name, options) pairs; each
+    pass runs once, in order."""
     if isinstance(entries, str):
         entries = entries.split(",")
-    entries = [entry.strip() for entry in entries if entry.strip()]
+    entries = [entry if isinstance(entry, tuple) else entry.strip() for entry in entries
+               if isinstance(entry, tuple) or entry.strip()]
     if not entries:
         raise InputError("--passes is empty")
-    return PipelineSpec([_pass_entry(entry) for entry in entries], fixed_point=False)
+    return PipelineSpec([(entry[0], dict(entry[1])) if isinstance(entry, tuple) else _pass_entry(entry)
+                         for entry in entries], fixed_point=False)
 
 
 def _pass_entry(entry: str) -> tuple[str, dict[str, Any]]:

@@ -489,3 +489,31 @@ def test_errors_print_brackets_literally(tmp_path, capsys):
     missing = tmp_path / "[bold]model[/bold].onnx"
     assert main(["inspect", str(missing)]) == 2
     assert "[bold]model[/bold].onnx: no such file" in capsys.readouterr().err
+
+
+QUANTIZABLE_TEXT = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 64] x) => (float[N, 32] y) <float[64, 32] w = {""" + ", ".join(
+    f"{((i * 37) % 101 - 50) / 50}" for i in range(64 * 32)) + """}> {
+        y = MatMul(x, w) }"""
+
+
+def test_quantize_writes_a_smaller_validated_model(tmp_path, capsys):
+    path, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(parse(QUANTIZABLE_TEXT), path)
+    assert main(["quantize", str(path), "-o", str(out), "--target", "ort"]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS (int8)" in printed and "parameters 8.0 KiB → 2.1 KiB" in printed
+    assert [node.op_type for node in onnx.load(out).graph.node] == ["DynamicQuantizeMatMul"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "3"], "--bits 3: dynamic quantization is int8"),
+    (["--exclude", "nothing_here"], "--exclude names no node or op type of the model: nothing_here"),
+])
+def test_bad_quantize_options_are_one_line_exit_2(tmp_path, args, message, capsys):
+    path, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(parse(QUANTIZABLE_TEXT), path)
+    assert main(["quantize", str(path), "-o", str(out), *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert not out.exists()

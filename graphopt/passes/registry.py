@@ -31,6 +31,8 @@ class Pass(ir.passes.InPlacePass):
     targets: ClassVar[frozenset[str]] = frozenset(TARGETS)
     # True for a pass that emits different ops for portable and ort (it reads self.target).
     target_aware: ClassVar[bool] = False
+    # True for a pass that changes the numbers on purpose (quantization): validated at int8 tolerance.
+    lossy: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

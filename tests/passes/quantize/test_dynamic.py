@@ -1,0 +1,196 @@
+"""quantize_dynamic: every emitted form runs in ONNX Runtime and computes the quantization math.
+
+The reference is numpy doing what the kernels promise: x quantized to uint8 over its own
+range (DynamicQuantizeLinear), int8 weights with per-channel or per-tensor scales, an exact
+integer product, then the rescale. Agreement is to float rounding, not to "close to float".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import graphopt
+from graphopt.errors import InputError
+from graphopt.passes.quantize.scales import dequantize, symmetric_int8
+from tests.helpers import op_types, parse, run
+
+_RNG = np.random.default_rng(0)
+_W = _RNG.standard_normal((8, 6)).astype(np.float32) * np.array([0.01, 0.1, 1, 3, 0.5, 2], np.float32)
+_B = _RNG.standard_normal(6).astype(np.float32)
+
+
+def _floats(array: np.ndarray) -> str:
+    return ", ".join(repr(float(item)) for item in array.reshape(-1))
+
+
+def _quantize_activation(x: np.ndarray) -> np.ndarray:
+    """DynamicQuantizeLinear and back: the x the integer kernels effectively multiply."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = np.float32((high - low) / 255)
+    zero = np.clip(np.rint(-low / scale), 0, 255)
+    q = np.clip(np.rint(x / scale) + zero, 0, 255)
+    return ((q - zero) * scale).astype(np.float32)
+
+
+def _reference(x: np.ndarray, weight: np.ndarray, per_channel: bool) -> np.ndarray:
+    q, scale = symmetric_int8(weight, axis=1 if per_channel else None)
+    return _quantize_activation(x) @ dequantize(q, scale, axis=1 if per_channel else None)
+
+
+def _matmul_model(body: str = "m = MatMul(x, w)\n y = Add(m, b)") -> onnx.ModelProto:
+    return parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, S, 8] x) => (float[B, S, 6] y) <float[8, 6] w = {{{_floats(_W)}}}, float[6] b = {{{_floats(_B)}}}> {{
+            {body} }}""")
+
+
+def _x(shape=(2, 5, 8)) -> np.ndarray:
+    return _RNG.standard_normal(shape).astype(np.float32)
+
+
+def test_scales_per_channel_and_per_tensor_match_a_direct_computation():
+    q, scale = symmetric_int8(_W, axis=1)
+    np.testing.assert_allclose(scale, np.abs(_W).max(axis=0) / 127, rtol=1e-7)
+    np.testing.assert_array_equal(q, np.clip(np.rint(_W / scale), -127, 127).astype(np.int8))
+    q, scale = symmetric_int8(_W, axis=None)
+    assert scale.shape == () and np.isclose(scale, np.abs(_W).max() / 127)
+    assert np.abs(dequantize(q, scale, None) - _W).max() <= scale / 2 + 1e-7
+    # a per-tensor scale loses the small columns the per-channel one keeps
+    per_tensor_error = np.abs(dequantize(q, scale, None) - _W)[:, 0].max()
+    q1, s1 = symmetric_int8(_W, axis=1)
+    assert np.abs(dequantize(q1, s1, 1) - _W)[:, 0].max() < per_tensor_error / 10
+
+
+def test_an_all_zero_channel_gets_a_usable_scale():
+    weight = _W.copy()
+    weight[:, 2] = 0
+    q, scale = symmetric_int8(weight, axis=1)
+    assert scale[2] == 1 and not q[:, 2].any()
+
+
+@pytest.mark.parametrize("target, ops", [
+    ("ort", ["DynamicQuantizeMatMul"]),
+    ("portable", ["DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul", "Add"]),
+])
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_a_matmul_with_bias_runs_the_integer_math(target, ops, per_channel):
+    model = _matmul_model()
+    x = _x()
+    result = graphopt.optimize(model, passes=[("quantize_dynamic", {"per_channel": per_channel})], target=target)
+    assert op_types(result.model) == ops
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, _reference(x, _W, per_channel) + _B, rtol=1e-4, atol=1e-4)
+    (want,) = run(model, {"x": x})
+    assert np.corrcoef(got.reshape(-1), want.reshape(-1))[0, 1] > 0.999
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_matmuls_reading_one_input_quantize_it_once(target):
+    w2 = (_W[::-1] * 0.5).copy()
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, S, 8] x) => (float[B, S, 6] y) <float[8, 6] w = {{{_floats(_W)}}}, float[8, 6] w2 = {{{_floats(w2)}}}> {{
+            m = MatMul(x, w)
+            n = MatMul(x, w2)
+            y = Add(m, n) }}""")
+    x = _x()
+    result = graphopt.optimize(model, passes="quantize_dynamic", target=target)
+    assert op_types(result.model).count("DynamicQuantizeLinear") == 1
+    if target == "ort":
+        assert op_types(result.model).count("MatMulIntegerToFloat") == 2
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, _reference(x, _W, True) + _reference(x, w2, True), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_gemm_reads_as_matmul_and_bias(trans_b, target):
+    weight = _W.T.copy() if trans_b else _W
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 8] x) => (float[N, 6] y) <float[{weight.shape[0]}, {weight.shape[1]}] w = {{{_floats(weight)}}},
+                                             float[6] b = {{{_floats(_B)}}}> {{
+            y = Gemm<transB = {trans_b}>(x, w, b) }}""")
+    x = _x((4, 8))
+    result = graphopt.optimize(model, passes="quantize_dynamic", target=target)
+    assert "Gemm" not in op_types(result.model)
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, _reference(x, _W, True) + _B, rtol=1e-4, atol=1e-4)
+
+
+def test_an_embedding_table_becomes_int8_rows_with_row_scales():
+    table = _RNG.standard_normal((50, 6)).astype(np.float32) * np.linspace(0.01, 5, 50, dtype=np.float32)[:, None]
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (int64[B, S] ids) => (float[B, S, 6] y) <float[50, 6] table = {{{_floats(table)}}}> {{
+            y = Gather(table, ids) }}""")
+    ids = _RNG.integers(0, 50, (2, 7)).astype(np.int64)
+    result = graphopt.optimize(model, passes=[("quantize_dynamic", {"min_embedding_bytes": 0})])
+    (got,) = run(result.model, {"ids": ids})
+    q, scale = symmetric_int8(table, axis=0)
+    np.testing.assert_allclose(got, dequantize(q, scale, 0)[ids], rtol=1e-6)
+    sizes = {value.const_value.dtype.name: value.const_value.nbytes for value in result.model.graph.initializers.values()}
+    assert sizes["INT8"] == table.size
+
+
+def test_attention_keeps_its_mask_and_quantizes_the_qkv_projection():
+    d, heads = 8, 2
+    weight = _RNG.standard_normal((d, 3 * d)).astype(np.float32) * 0.3
+    bias = _RNG.standard_normal(3 * d).astype(np.float32) * 0.1
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[B, S, {d}] x, float[B, 1, S, S] mask) => (float[B, S, {d}] y)
+          <float[{d}, {3 * d}] w = {{{_floats(weight)}}}, float[{3 * d}] b = {{{_floats(bias)}}}> {{
+            y = com.microsoft.Attention<num_heads = {heads}>(x, w, b, , , mask) }}""")
+    x = _x((2, 5, d))
+    mask = np.where(_RNG.random((2, 1, 5, 5)) > 0.3, 0, -10000).astype(np.float32)
+    result = graphopt.optimize(model, passes="quantize_dynamic", target="ort")
+    assert op_types(result.model) == ["DynamicQuantizeMatMul", "Split", "MultiHeadAttention"]
+    assert "1 Attention QKV projections int8" in result.report.passes[0].changes[1]
+    (want,) = run(model, {"x": x, "mask": mask})
+    (got,) = run(result.model, {"x": x, "mask": mask})
+    cosine = float(np.dot(got.reshape(-1), want.reshape(-1)) / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cosine > 0.999
+
+
+def test_excluded_nodes_stay_float_with_the_reason():
+    model = _matmul_model("m = MatMul(x, w)\n y = Add(m, b)")
+    result = graphopt.optimize(model, passes=[("quantize_dynamic", {"exclude": "MatMul"})])
+    assert op_types(result.model) == ["MatMul", "Add"]
+    assert "kept float: excluded" in result.report.passes[0].skipped[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bits": 3}, "--bits 3"),
+    ({"mode": "fancy"}, "unknown quantization mode 'fancy'"),
+    ({"exclude": ["no_such_node"]}, "--exclude names no node or op type of the model: no_such_node"),
+    ({"preset": "int8-dynamic"}, "choose the float passes"),
+])
+def test_bad_quantize_options_are_clear_errors(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        graphopt.quantize(_matmul_model(), **kwargs)
+
+
+def test_quantize_validates_at_int8_tolerance_and_reports_the_size(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_matmul_model(), path)
+    result = graphopt.quantize(path, tmp_path / "q.onnx", preset="O0", target="ort")
+    assert result.validation.passed and result.validation.tolerance.name == "int8"
+    assert result.report.passes[-1].parameter_bytes_after < result.report.passes[-1].parameter_bytes_before
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_chained_and_unnamed_matmuls_quantize_one_after_the_other(target):
+    # Each MatMul reads the one before; quantizing the first replaces the value the second reads.
+    square = _RNG.standard_normal((6, 6)).astype(np.float32)
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, 8] x) => (float[B, 6] y) <float[8, 6] w = {{{_floats(_W)}}}, float[6, 6] v = {{{_floats(square)}}}> {{
+            a = MatMul(x, w)
+            b = MatMul(a, v)
+            c = MatMul(a, v)
+            y = Add(b, c) }}""")
+    for node in model.graph.node:
+        node.name = ""
+    x = _x((3, 8))
+    result = graphopt.optimize(model, passes="quantize_dynamic", target=target)
+    (got,) = run(result.model, {"x": x})
+    (want,) = run(model, {"x": x})
+    assert "MatMul" not in op_types(result.model)
+    assert float(np.dot(got.reshape(-1), want.reshape(-1)) / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
