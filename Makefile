@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cleanup_vs_peers.py --repeat 7
 	$(PY) benchmarks/bench_truth.py --rounds 3
 	$(PY) benchmarks/fusion_vs_peers.py --repeat 1 --models minilm@dynamo,minilm@torchscript,bert-base@dynamo,gpt2@dynamo,gpt2@torchscript
+	$(PY) benchmarks/quant_vs_ort.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
