@@ -508,7 +508,7 @@ def test_quantize_writes_a_smaller_validated_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--bits", "3"], "--bits 3: dynamic quantization is int8"),
-    (["--exclude", "nothing_here"], "--exclude names no node or op type of the model: nothing_here"),
+    (["--exclude", "nothing_here"], "--exclude names no node or op type of the model (after the float passes): nothing_here"),
 ])
 def test_bad_quantize_options_are_one_line_exit_2(tmp_path, args, message, capsys):
     path, out = tmp_path / "m.onnx", tmp_path / "q.onnx"

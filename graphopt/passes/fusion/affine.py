@@ -177,7 +177,8 @@ class FoldAffineIntoLinear(Pass):
             inputs[2] = new_bias
         while inputs[-1] is None:
             inputs.pop()
-        replacement = [ir.Node("", linear.node.op_type, inputs, attributes, name=fresh_node_name(graph, f"{base}/folded"))]
+        replacement = [ir.Node("", linear.node.op_type, inputs, attributes,
+                               name=fresh_node_name(graph, f"{base}/folded"))]
         if bias_add is not None:
             replacement.append(ir.Node("", "Add", [replacement[0].outputs[0], new_bias],
                                        name=fresh_node_name(graph, f"{bias_add.name or 'add'}/folded")))

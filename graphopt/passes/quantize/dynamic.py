@@ -104,7 +104,8 @@ class QuantizeDynamic(Pass):
                 {node.op_type for graph in model.graphs() for node in graph}
         unknown = sorted(self.exclude - known)
         if unknown:
-            raise InputError(f"--exclude names no node or op type of the model: {', '.join(unknown)}")
+            raise InputError(f"--exclude names no node or op type of the model (after the float passes): "
+                             f"{', '.join(unknown)}")
 
     def _excluded(self, node: ir.Node) -> bool:
         if node.name in self.exclude or node.op_type in self.exclude:

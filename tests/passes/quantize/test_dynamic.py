@@ -160,7 +160,7 @@ def test_excluded_nodes_stay_float_with_the_reason():
 @pytest.mark.parametrize("kwargs, message", [
     ({"bits": 3}, "--bits 3"),
     ({"mode": "fancy"}, "unknown quantization mode 'fancy'"),
-    ({"exclude": ["no_such_node"]}, "--exclude names no node or op type of the model: no_such_node"),
+    ({"exclude": ["no_such_node"]}, "--exclude names no node or op type of the model \\(after the float passes\\): no_such_node"),
     ({"preset": "int8-dynamic"}, "choose the float passes"),
 ])
 def test_bad_quantize_options_are_clear_errors(kwargs, message):
