@@ -144,6 +144,9 @@ _INTERRUPT_DRIVER = textwrap.dedent("""
     import graphopt.writer as writer
     from graphopt.cli import main
 
+    # As in a terminal: a shell's background job (CI under `&`) starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def interrupted_write(model, path):
         with open(path, "wb") as stream:
             stream.write(b"half of a model")
