@@ -253,31 +253,42 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
              inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
              runtime: api.RuntimeOptions, quiet: bool) -> None:
     """Run a preset, a pass list or a recipe over MODEL and write the result atomically."""
+    output = _output_path("optimize", model, output_arg, output, report)
+    result = _with_progress(quiet, lambda observer: api.optimize(
+        model, output, preset=preset, passes=passes, recipe=recipe, target=target, opset=opset,
+        fixed_point=fixed_point, max_iterations=max_iterations, external_data=external_data,
+        validate=validate, validate_each=validate_each, force=force,
+        inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
+        tolerance=tolerance, runtime=runtime, observer=observer,
+        fix_shapes=parse_shapes(fix_shape, "--fix-shape"), keep_metadata=keep_metadata,
+    ))
+    _finish(result, output, report, quiet)
+
+
+def _output_path(command: str, model: Path, output_arg: Path | None, output: Path | None,
+                 report: Path | None) -> Path:
+    """The output given once (argument or -o), checked with --report before any work."""
     if (output is None) == (output_arg is None):
-        raise click.UsageError("give the output once: graphopt optimize MODEL OUTPUT, or -o OUTPUT")
+        raise click.UsageError(f"give the output once: graphopt {command} MODEL OUTPUT, or -o OUTPUT")
     output = output or output_arg
     api.check_output_differs(model, output)
     check_output_file(output, "output")
     check_output_file(report, "--report")
-    spec_args = dict(preset=preset, passes=passes, recipe=recipe)
+    return output
+
+
+def _with_progress(quiet: bool, call):
+    """Run `call(observer)` under a transient progress bar; a failed validation's table is printed."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
         task = progress.add_task("loading", total=None)
         try:
-            result = api.optimize(
-                model, output, target=target, opset=opset, fixed_point=fixed_point,
-                max_iterations=max_iterations, external_data=external_data,
-                validate=validate, validate_each=validate_each, force=force,
-                inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
-                tolerance=tolerance, runtime=runtime, observer=_progress_observer(progress, task),
-                fix_shapes=parse_shapes(fix_shape, "--fix-shape"), keep_metadata=keep_metadata, **spec_args,
-            )
+            return call(_progress_observer(progress, task))
         except ValidationFailed as failure:
             progress.stop()
             if failure.result is not None and not quiet:
                 _print_validation(failure.result)
             raise
-    _finish(result, output, report, quiet)
 
 
 def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet: bool) -> None:
@@ -337,28 +348,13 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
              external_data: bool | None, report: Path | None, tolerance: Tolerance, inputs_file: Path | None,
              shape: tuple[str, ...], input_range: tuple[str, ...], runtime: api.RuntimeOptions, quiet: bool) -> None:
     """Quantize MODEL (after the preset's float passes) and write it atomically, validated at int8 tolerance."""
-    if (output is None) == (output_arg is None):
-        raise click.UsageError("give the output once: graphopt quantize MODEL OUTPUT, or -o OUTPUT")
-    output = output or output_arg
-    api.check_output_differs(model, output)
-    check_output_file(output, "output")
-    check_output_file(report, "--report")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
-        task = progress.add_task("loading", total=None)
-        try:
-            result = api.quantize(
-                model, output, mode=mode, bits=bits, per_channel=per_channel, exclude=exclude,
-                embeddings=embeddings, preset=preset, target=target, validate=validate, force=force,
-                inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
-                tolerance=tolerance, runtime=runtime, observer=_progress_observer(progress, task),
-                external_data=external_data,
-            )
-        except ValidationFailed as failure:
-            progress.stop()
-            if failure.result is not None and not quiet:
-                _print_validation(failure.result)
-            raise
+    output = _output_path("quantize", model, output_arg, output, report)
+    result = _with_progress(quiet, lambda observer: api.quantize(
+        model, output, mode=mode, bits=bits, per_channel=per_channel, exclude=exclude,
+        embeddings=embeddings, preset=preset, target=target, validate=validate, force=force,
+        inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
+        tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,
+    ))
     _finish(result, output, report, quiet)
 
 

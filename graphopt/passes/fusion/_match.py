@@ -122,6 +122,20 @@ def split_constant(node: ir.Node | None, op_type: str) -> tuple[ir.Value, Consta
     return None
 
 
+def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor an initializer or Constant node holds (unread); None for anything else, an
+    overridable initializer (also a graph input) included."""
+    if value is None or value.is_graph_input():
+        return None
+    return ir.convenience.get_const_tensor(value)
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """constant_tensor's contents as an array."""
+    tensor = constant_tensor(value)
+    return tensor.numpy() if tensor is not None else None
+
+
 def is_float(value: ir.Value) -> bool:
     return value.dtype in FLOAT_TYPES
 

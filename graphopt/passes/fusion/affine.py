@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from graphopt.passes.fusion._match import (
     anchors,
+    constant_array,
     drop_unused_initializers,
     fresh_node_name,
     in_graph,
@@ -31,10 +32,6 @@ from graphopt.passes.fusion._match import (
 )
 from graphopt.passes.registry import Pass, register
 
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    return tensor.numpy() if tensor is not None else None
 
 
 def _channel_vector(constant: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
@@ -69,7 +66,7 @@ class _Linear:
 def _linear(node: ir.Node | None) -> _Linear | str | None:
     """The node as a _Linear, a reason it cannot take a fold, or None when it is not linear."""
     if is_op(node, "Conv", "ConvTranspose"):
-        weight = _constant(node.inputs[1])
+        weight = constant_array(node.inputs[1])
         if weight is None:
             return f"{node.op_type} {node.name!r}'s weights are not constant"
         transposed = node.op_type == "ConvTranspose"
@@ -78,13 +75,13 @@ def _linear(node: ir.Node | None) -> _Linear | str | None:
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return _Linear(node, weight, 1 if transposed else 0, 1, bias)
     if is_op(node, "Gemm"):
-        weight = _constant(node.inputs[1])
+        weight = constant_array(node.inputs[1])
         if weight is None:
             return f"Gemm {node.name!r}'s weights are not constant"
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return _Linear(node, weight, 0 if node.attributes.get_int("transB", 0) else 1, -1, bias)
     if is_op(node, "MatMul"):
-        weight = _constant(node.inputs[1])
+        weight = constant_array(node.inputs[1])
         if weight is None or weight.ndim != 2:
             return None  # activations times activations (attention scores): nothing to fold into
         return _Linear(node, weight, 1, -1, None)
@@ -108,7 +105,7 @@ class FoldAffineIntoLinear(Pass):
         if pair is None:
             return False
         for value, other in (pair, pair[::-1]):
-            constant = _constant(other)
+            constant = constant_array(other)
             if constant is None or value.producer() is None or only_consumer(value) is not node:
                 continue
             chain = [value.producer()]
@@ -130,7 +127,7 @@ class FoldAffineIntoLinear(Pass):
         """[MatMul, Add] for MatMul(x, W) + constant bias read only by the Mul."""
         pair = operands(add, "Add")
         for value, bias in (pair, pair[::-1]) if pair else ():
-            if is_op(value.producer(), "MatMul") and only_consumer(value) is add and _constant(bias) is not None:
+            if is_op(value.producer(), "MatMul") and only_consumer(value) is add and constant_array(bias) is not None:
                 return [value.producer(), add]
         return None
 
@@ -152,7 +149,7 @@ class FoldAffineIntoLinear(Pass):
         bias_add = chain[1] if len(chain) > 1 else None
         bias_in = (bias_add.inputs[1] if bias_add.inputs[0] is linear.node.outputs[0] else bias_add.inputs[0]) \
             if bias_add is not None else inputs[2]
-        bias = _constant(bias_in) if bias_in is not None else None
+        bias = constant_array(bias_in) if bias_in is not None else None
         if bias_in is not None and bias is None:
             self.skip(f"{where}: the bias is not constant")
             return False

@@ -17,6 +17,7 @@ import onnx_ir as ir
 from graphopt import dims
 from graphopt.passes.fusion._match import (
     anchors,
+    constant_array,
     fresh_node_name,
     in_graph,
     infer_types,
@@ -27,10 +28,6 @@ from graphopt.passes.fusion._match import (
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
 
-
-def _constant_array(value: ir.Value | None) -> np.ndarray | None:
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    return tensor.numpy() if tensor is not None else None
 
 
 @register("fuse_pad")
@@ -94,8 +91,8 @@ def _pad_constants(pad: ir.Node) -> tuple[np.ndarray | None, np.ndarray | None]:
         return np.array(pad.attributes.get_ints("pads")), np.array(pad.attributes.get_float("value", 0.0))
     if len(pad.inputs) > 3 and pad.inputs[3] is not None:
         return None, None
-    pads = _constant_array(pad.inputs[1] if len(pad.inputs) > 1 else None)
-    value = _constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.array(0.0)
+    pads = constant_array(pad.inputs[1] if len(pad.inputs) > 1 else None)
+    value = constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.array(0.0)
     return pads, value
 
 
@@ -111,8 +108,8 @@ def _activation(node: ir.Node) -> tuple[str, list[float]] | None:
         if "min" in node.attributes or "max" in node.attributes:  # opset < 11
             return "Clip", [node.attributes.get_float("min", float(np.finfo(np.float32).min)),
                             node.attributes.get_float("max", float(np.finfo(np.float32).max))]
-        bounds = [_constant_array(value) if value is not None else None for value in node.inputs[1:3]]
-        if any(value is not None and _constant_array(value) is None for value in node.inputs[1:3]):
+        bounds = [constant_array(value) if value is not None else None for value in node.inputs[1:3]]
+        if any(value is not None and constant_array(value) is None for value in node.inputs[1:3]):
             return None
         low = float(bounds[0]) if len(bounds) > 0 and bounds[0] is not None else float(np.finfo(np.float32).min)
         high = float(bounds[1]) if len(bounds) > 1 and bounds[1] is not None else float(np.finfo(np.float32).max)

@@ -19,6 +19,8 @@ import onnx_ir as ir
 
 from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
+    constant_array,
+    constant_tensor,
     drop_unused_initializers,
     fresh_node_name,
     fresh_value_name,
@@ -32,10 +34,6 @@ from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import Pass, register
 
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    return tensor.numpy() if tensor is not None else None
 
 
 class _Linear:
@@ -119,7 +117,7 @@ class QuantizeDynamic(Pass):
         if not is_op(node, "MatMul", "Gemm"):
             return None
         weight = node.inputs[1]
-        tensor = ir.convenience.get_const_tensor(weight) if weight is not None else None
+        tensor = constant_tensor(weight)
         if tensor is None or len(tensor.shape) != 2:
             return None  # activations times activations (attention scores) stay float
         where = f"{node.op_type} {node.name!r} kept float"
@@ -137,7 +135,8 @@ class QuantizeDynamic(Pass):
                 return None
             bias = node.inputs[2] if len(node.inputs) > 2 else None
             columns = tensor.shape[0] if attrs.get_int("transB", 0) else tensor.shape[1]
-            if bias is not None and (_constant(bias) is None or _constant(bias).shape != (columns,)):
+            values = constant_array(bias) if bias is not None else None
+            if bias is not None and (values is None or values.shape != (columns,)):
                 self.skip(f"{where}: its C is not a constant [N] bias")
                 return None
             return _Linear([node], weight, bool(attrs.get_int("transB", 0)), bias, node.outputs[0])
@@ -146,7 +145,7 @@ class QuantizeDynamic(Pass):
         pair = operands(add, "Add")
         if pair is not None and add.graph is node.graph:
             other = pair[1] if pair[0] is node.outputs[0] else pair[0]
-            values = _constant(other)
+            values = constant_array(other)
             if values is not None and values.shape == (tensor.shape[1],) and values.dtype == np.float32:
                 bias, nodes, out = other, [node, add], add.outputs[0]
         return _Linear(nodes, weight, False, bias, out)
@@ -155,7 +154,7 @@ class QuantizeDynamic(Pass):
         """The int8 weight [K, N] and its scales, made once per float weight."""
         key = (id(linear.weight), linear.transposed)
         if key not in self._quantized:
-            weight = _constant(linear.weight)
+            weight = constant_array(linear.weight)
             weight = weight.T if linear.transposed else weight
             q, scale = symmetric_int8(weight, axis=1 if self.per_channel else None)
             base = linear.weight.name or "weight"
@@ -220,7 +219,7 @@ class QuantizeDynamic(Pass):
         projection is quantized like any MatMul (ONNX Runtime's QAttention takes no attention bias)."""
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
         where = f"Attention {node.name!r} kept float"
-        weight, bias = _constant(inputs[1]), _constant(inputs[2])
+        weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
         if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] % 3:
             self.skip(f"{where}: weights or bias not constant [D, 3D]")
             return False
@@ -255,7 +254,7 @@ class QuantizeDynamic(Pass):
 
     def _embedding(self, graph: ir.Graph, node: ir.Node) -> bool:
         table = node.inputs[0]
-        tensor = ir.convenience.get_const_tensor(table) if table is not None else None
+        tensor = constant_tensor(table)
         if tensor is None or len(tensor.shape) != 2 or tensor.nbytes < self.min_embedding_bytes:
             return False
         if tensor.dtype != ir.DataType.FLOAT or node.attributes.get_int("axis", 0) != 0:
