@@ -42,8 +42,8 @@ _CLEANUP = (
     "topological_sort",
 )
 
-_FUSIONS = ("unflatten_gemm", "fuse_layernorm", "fuse_skip_layernorm", "fuse_gelu", "fuse_attention",
-            "fold_affine_into_linear", "pack_parallel_matmuls", "fuse_pad", "fuse_conv_activation", "fuse_matmul_add")
+_FUSIONS = ("unflatten_gemm", "fuse_layernorm", "fuse_gelu", "fuse_attention", "fold_affine_into_linear",
+            "pack_parallel_matmuls", "fuse_pad", "fuse_conv_activation", "fuse_matmul_add", "residual_sum")
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": (),
@@ -55,7 +55,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
-    "O2": "O1 plus fusions for the target (LayerNorm, SkipLayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm) and deployment hygiene",
+    "O2": "O1 plus fusions for the target (LayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm, residual Add as Sum) and deployment hygiene",
     "O3": "everything safe for the target (same as O2 in this release)",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
 }

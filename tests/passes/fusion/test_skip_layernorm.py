@@ -1,4 +1,5 @@
-"""fuse_skip_layernorm (ort): residual Add (+ bias) and LayerNormalization become SkipLayerNormalization."""
+"""The residual Add before a LayerNormalization: fuse_skip_layernorm (ort) makes it SkipLayerNormalization,
+residual_sum (both targets) a Sum that ONNX Runtime's own SkipLayerNormalization fusion leaves alone."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxruntime as ort
+
 import graphopt
-from tests.helpers import op_types, optimize_and_compare
+from tests.helpers import op_types, optimize_and_compare, to_proto
 
 HIDDEN = 8
 
@@ -81,3 +84,39 @@ def test_portable_target_keeps_standard_ops():
     result = graphopt.optimize(_model(), passes="fuse_skip_layernorm")
     assert op_types(result.model) == ["MatMul", "Add", "LayerNormalization"]
     assert result.report.passes[0].skipped == ["not for target 'portable'"]
+
+
+@pytest.mark.parametrize("target", ["portable", "ort"])
+@pytest.mark.parametrize("options", [{}, {"bias": True}, {"keep_sum": True}], ids=["plain", "bias", "keep-sum"])
+def test_residual_sum_computes_the_same_and_absorbs_the_bias(target, options):
+    result = optimize_and_compare(_model(**options), _feeds(), passes="residual_sum", target=target)
+    expected = ["MatMul", "Sum", "LayerNormalization"] + (["Relu"] if options.get("keep_sum") else [])
+    assert op_types(result.model) == expected
+    total = next(node for node in result.model.graph if node.op_type == "Sum")
+    assert [value.name for value in total.inputs] == ["projected", "skip"] + (["b"] if options.get("bias") else [])
+    assert total.outputs[0].name == "total"
+    assert result.report.passes[0].changes == ["1 residual Add → Sum before LayerNormalization"]
+
+
+def test_residual_sum_keeps_ort_from_fusing_skip_layernorm(tmp_path):
+    """The point of the pass: ONNX Runtime's load-time fusion turns Add + LayerNormalization into its
+    (slower on CPU) SkipLayerNormalization, and does not touch Sum + LayerNormalization."""
+    def fused_by_ort(model) -> list[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "after_ort.onnx")
+        ort.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+    assert "SkipLayerNormalization" in fused_by_ort(_model())
+    rewritten = graphopt.optimize(_model(), passes="residual_sum").model
+    assert "SkipLayerNormalization" not in fused_by_ort(rewritten)
+
+
+def test_residual_sum_leaves_a_bias_add_alone():
+    model = _model()
+    for node in model.graph.node:
+        if node.op_type == "Add":
+            node.input[1] = "b"  # LayerNorm(x·W + b): no residual
+    result = graphopt.optimize(model, passes="residual_sum")
+    assert op_types(result.model) == ["MatMul", "Add", "LayerNormalization"]
+    assert not result.report.passes[0].modified
