@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 DEMO_OUT := demo-out
 
 demo: $(STAMP)
-	$(VENV)/bin/graphopt run --zoo minilm --out $(DEMO_OUT) --bench-shape input_ids=1x128
+	$(VENV)/bin/graphopt run --zoo minilm --out $(DEMO_OUT) --preset O3 --target ort --quantize dynamic --bench-shape input_ids=1x128
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

@@ -7,6 +7,9 @@ Variants of each export (dynamo exporter unless the spec says otherwise):
   ort-transformers+dynamic ORT's transformers optimizer, then quantize_dynamic per channel
   graphopt-int8-ort        graphopt quantize (O3, then int8; --target ort)
   graphopt-int8-portable   the same with standard ops only (--target portable)
+  graphopt-int8-ort-0.99   graphopt quantize --target ort --min-cosine 0.99 (the sensitivity fallback
+                           on graphopt's synthesized validation inputs, not on the sentences)
+  graphopt-int4-ort        graphopt quantize --mode weight-only --target ort (MatMulNBits, block 32)
 For each: file size, fidelity against float (MiniLM: the lowest cosine of mean-pooled sentence
 embeddings over benchmarks/data/sentences.txt, each sentence at its own length; the others:
 the lowest output cosine over 8 random inputs at seq 128), and p50 latency at batch 1 for each
@@ -40,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 DEFAULT_MODELS = "minilm@dynamo:128:512,bert-base@dynamo:128,gpt2@dynamo:128"
 VARIANTS = ("float", "ort-dynamic", "graphopt-O1+ort-dynamic", "ort-transformers+dynamic",
-            "graphopt-int8-ort", "graphopt-int8-portable")
+            "graphopt-int8-ort", "graphopt-int8-portable", "graphopt-int8-ort-0.99", "graphopt-int4-ort")
 
 
 def _ort_dynamic(source: Path, out: Path, per_channel: bool) -> None:
@@ -67,8 +70,12 @@ def build(variant: str, zoo_name: str, path: Path, workdir: Path) -> Path:
         optimize_model(str(path), model_type=ORT_MODEL_TYPES[zoo_name], num_heads=0, hidden_size=0,
                        opt_level=0).save_model_to_file(str(fused))
         _ort_dynamic(fused, out, per_channel=True)
+    elif variant == "graphopt-int8-ort-0.99":
+        graphopt.quantize(path, out, target="ort", min_cosine=0.99, check_speed=False)
+    elif variant == "graphopt-int4-ort":
+        graphopt.quantize(path, out, mode="weight-only", target="ort", validate=False, check_speed=False)
     elif variant.startswith("graphopt-int8"):
-        graphopt.quantize(path, out, target=variant.rsplit("-", 1)[1], validate=False)
+        graphopt.quantize(path, out, target=variant.rsplit("-", 1)[1], validate=False, check_speed=False)
     else:
         raise ValueError(variant)
     return out
@@ -164,7 +171,8 @@ def bench_model(spec: str, workdir: Path) -> dict:
 
 
 def _quantized_ops(path: Path) -> int:
-    ops = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QAttention", "QLinearMatMul"}
+    ops = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QAttention", "QLinearMatMul",
+           "MatMulNBits"}
     return sum(node.op_type in ops for node in onnx.load(path, load_external_data=False).graph.node)
 
 
@@ -173,7 +181,7 @@ def _markdown(results: list[dict]) -> str:
     for result in results:
         sizes = result["sizes"]
         lines.append(f"### {result['model']} ({result['fidelity']})\n")
-        lines.append("| variant | int8 matmuls | size vs float | min cosine | " +
+        lines.append("| variant | quantized matmuls | size vs float | min cosine | " +
                      " | ".join(f"p50 ms @{size} | speedup @{size}" for size in sizes) + " |")
         lines.append("|---|" + "---:|" * (3 + 2 * len(sizes)))
         for variant, row in result["variants"].items():

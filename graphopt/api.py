@@ -10,10 +10,11 @@ import onnx
 import onnx_ir as ir
 
 from graphopt import model as model_io
+from graphopt import quantization
 from graphopt.errors import InputError, ValidationFailed
 from graphopt.outputs import check_output_file
 from graphopt.passes import Pass, pass_class, pass_names, pass_options
-from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
+from graphopt.pipeline import PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime.bench import BenchResult, ProgressCallback
 from graphopt.runtime.compare import Tolerance
@@ -102,7 +103,7 @@ def optimize(
     """
     spec = resolve_spec(preset, passes, recipe)
     if tolerance is None:
-        tolerance = "int8" if spec.lossy else "fp32"
+        tolerance = spec.default_tolerance
     if keep_metadata:
         spec.without("strip_debug_info")
     if fix_shapes:
@@ -152,7 +153,8 @@ def optimize(
     return OptimizeResult(model, report, written, validation, opset_warnings(model))
 
 
-QUANTIZE_MODES = ("dynamic",)
+QUANTIZE_MODES = tuple(quantization.MODES)
+QuantizeResult = quantization.QuantizeResult
 
 
 def quantize(
@@ -160,37 +162,52 @@ def quantize(
     output: str | os.PathLike | None = None,
     *,
     mode: str = "dynamic",
-    bits: int = 8,
+    bits: int | None = None,
     per_channel: bool = True,
     exclude: Sequence[str] = (),
     embeddings: bool = True,
+    block_size: int = 32,
+    algorithm: str = "rtn",
+    smooth: float | None = None,
+    min_cosine: float | None = None,
+    max_drop: float | None = None,
     preset: str = "O3",
     target: str = "portable",
+    opset: int | None = None,
     validate: bool = True,
+    check_speed: bool = True,
     force: bool = False,
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
     input_ranges: Ranges | None = None,
-    tolerance: str | Tolerance = "int8",
+    tolerance: str | Tolerance | None = None,
     runtime: RuntimeOptions | None = None,
     observer: PassObserver | None = None,
     external_data: bool | None = None,
-) -> OptimizeResult:
-    """Quantize a model's weights to int8 (activations at run time, `mode` "dynamic"), after the
-    `preset`'s cleanup and fusions (O3; O0 quantizes the graph as it is), and validate it against
-    the input at int8 tolerance (cosine, top-1 agreement). `exclude` names nodes or op types kept
-    float; `embeddings` quantizes embedding tables too."""
-    if mode not in QUANTIZE_MODES:
-        raise InputError(f"unknown quantization mode {mode!r} (choose from {', '.join(QUANTIZE_MODES)})")
-    if bits != 8:
-        raise InputError(f"--bits {bits}: dynamic quantization is int8 (--bits 8)")
-    if preset not in PRESETS or preset.startswith("int"):
-        raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
-    options = {"per_channel": per_channel, "exclude": ";".join(exclude), "embeddings": embeddings}
-    return optimize(model, output, passes=[*PRESETS[preset], ("quantize_dynamic", options)],
-                    fixed_point=preset != "O0", target=target, validate=validate, force=force,
-                    inputs=inputs, shapes=shapes, input_ranges=input_ranges, tolerance=tolerance,
-                    runtime=runtime, observer=observer, external_data=external_data)
+) -> QuantizeResult:
+    """Quantize a model after the `preset`'s float passes (O3; O0 quantizes the graph as it is).
+
+    `mode` "dynamic": int8 weights, activations quantized at run time (`bits` 8); "weight-only":
+    int4 weights in blocks of `block_size` along K (`bits` 4; `algorithm` "rtn" rounds to nearest,
+    "mse" searches each block's clipping against activation-weighted error). `exclude` names
+    nodes or op types kept float; `smooth` (SmoothQuant's alpha) moves activation outliers into
+    the weights first. The result is validated against the input at int8 tolerance; with
+    `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
+    layers go back to float until the budget is met. `check_speed` times float against quantized
+    on the EP and refuses (QuantizationRefused) a slower model, as it refuses ops the EP has no
+    kernel for, unless `force`. `opset` converts first (portable int4 needs 21).
+    """
+    settings = quantization.QuantizeSettings(
+        mode=mode, bits=bits if bits is not None else quantization.MODES.get(mode, (8,))[0],
+        per_channel=per_channel, exclude=tuple(exclude), embeddings=embeddings, block_size=block_size,
+        algorithm=algorithm, smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)
+    runtime = runtime or RuntimeOptions()
+    check_output_file(output)
+    return quantization.run(model, output, settings, preset=preset, target=target, opset=opset, validate=validate,
+                            check_speed=check_speed, force=force, inputs=inputs, shapes=shapes,
+                            input_ranges=input_ranges, tol=tolerance or ("int4" if mode == "weight-only" else "int8"),
+                            config=runtime.for_validation(),
+                            bench_config=runtime.for_bench(), observer=observer, external_data=external_data)
 
 
 OPSET_FLOOR = 7

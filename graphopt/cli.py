@@ -144,14 +144,16 @@ def _runtime_options(command):
     return with_runtime
 
 
-def _tolerance_options(command=None, *, default: str = "fp32"):
-    """--tolerance and its overrides, handed to the command as one `tolerance=Tolerance(...)`."""
+def _tolerance_options(command=None, *, default: str = "fp32", cosine: bool = True):
+    """--tolerance and its overrides, handed to the command as one `tolerance=Tolerance(...)`.
+    cosine=False leaves --min-cosine to the command (quantize: a budget the tolerance follows)."""
     if command is None:
-        return functools.partial(_tolerance_options, default=default)
+        return functools.partial(_tolerance_options, default=default, cosine=cosine)
 
     @functools.wraps(command)
     def with_tolerance(*args, **kwargs):
-        flags = {name: kwargs.pop(name) for name in ("tolerance", "rtol", "atol", "max_mismatch", "min_cosine")}
+        names = ("tolerance", "rtol", "atol", "max_mismatch") + (("min_cosine",) if cosine else ())
+        flags = {name: kwargs.pop(name) for name in names}
         name = flags.pop("tolerance")
         overridden = any(value is not None for value in flags.values())
         # None: the command's own default (optimize: fp32, or int8 when a pass quantizes)
@@ -166,7 +168,7 @@ def _tolerance_options(command=None, *, default: str = "fp32"):
         click.option("--rtol", type=float, help="Relative tolerance (custom, or override a preset)."),
         click.option("--atol", type=float, help="Absolute tolerance (custom, or override a preset)."),
         click.option("--max-mismatch", type=float, help="Allowed fraction of elements outside tolerance."),
-        click.option("--min-cosine", type=float, help="Lowest acceptable cosine similarity."),
+        *([click.option("--min-cosine", type=float, help="Lowest acceptable cosine similarity.")] if cosine else []),
     ]):
         with_tolerance = option(with_tolerance)
     return with_tolerance
@@ -298,6 +300,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
         data["warnings"] = result.warnings
         if result.validation is not None:
             data["validation"] = result.validation.to_dict()
+        if isinstance(result, api.QuantizeResult):
+            data["quantization"] = result.to_dict()
         model_io.write_text_atomic(report, json.dumps(data, indent=2) + "\n")
     _print_warnings(result.warnings)
     if not quiet:
@@ -305,6 +309,9 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
         _print_skips(result.report)
         if result.validation is not None:
             _print_validation(result.validation)
+        if isinstance(result, api.QuantizeResult):
+            for line in result.summary_lines():
+                out.print(line, highlight=False)
     if result.validation is not None and not result.validation.passed:
         err.print("graphopt: validation failed; the model was written because of --force")
         raise click.exceptions.Exit(1)
@@ -323,35 +330,55 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the quantized model.")
 @click.option("--mode", type=click.Choice(api.QUANTIZE_MODES), default="dynamic", show_default=True,
-              help="dynamic: int8 weights, activations quantized at run time.")
-@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits.")
+              help="dynamic: int8 weights, activations quantized at run time; weight-only: int4 weight blocks.")
+@click.option("--bits", type=int, help="Weight bits: 8 for dynamic (default), 4 for weight-only (default).")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="weight-only: weights per scale, along the reduction axis (a power of two, at least 16).")
+@click.option("--algorithm", type=click.Choice(["rtn", "mse"]), default="rtn", show_default=True,
+              help="weight-only: rtn rounds to nearest; mse searches each block's clipping, weighing the "
+                   "error by the validation inputs' activations.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="One weight scale per output channel, or one per tensor.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="A node name or op type to keep float (repeatable).")
 @click.option("--embeddings/--no-embeddings", default=True, show_default=True,
-              help="Quantize embedding tables (Gather of a constant table) to int8 rows.")
+              help="Quantize embedding tables (Gather of a constant table) too.")
+@click.option("--smooth", type=float, metavar="ALPHA",
+              help="SmoothQuant first: move activation outliers into the weights (alpha 0-1, e.g. 0.5).")
+@click.option("--min-cosine", type=float,
+              help="Budget: the worst output cosine; the most sensitive layers stay float until it is met.")
+@click.option("--max-drop", type=float,
+              help="Budget: top-1 agreement lost at most (0.01 = 1 point); layers stay float until it is met.")
 @click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
 @click.option("--target", default="portable", show_default=True,
               type=click.Choice(["portable", "ort"]), help="portable: standard ONNX ops; ort: ONNX Runtime's contrib ops.")
+@click.option("--opset", type=int, help="Convert to this opset first (portable int4 needs 21).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Compare with the input in ONNX Runtime; nothing is written if it fails.")
-@click.option("--force", is_flag=True, help="Write the model even when validation fails (exit 1).")
+@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
+              help="Time float against quantized on the EP; a slower quantized model is not written.")
+@click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in a side file (default: only when the model needs it).")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-pass report as JSON.")
-@_tolerance_options(default="int8")
+@_tolerance_options(default="int8", cosine=False)
 @_input_options
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int, per_channel: bool,
-             exclude: tuple[str, ...], embeddings: bool, preset: str, target: str, validate: bool, force: bool,
-             external_data: bool | None, report: Path | None, tolerance: Tolerance, inputs_file: Path | None,
-             shape: tuple[str, ...], input_range: tuple[str, ...], runtime: api.RuntimeOptions, quiet: bool) -> None:
-    """Quantize MODEL (after the preset's float passes) and write it atomically, validated at int8 tolerance."""
+def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
+             block_size: int, algorithm: str, per_channel: bool, exclude: tuple[str, ...], embeddings: bool,
+             smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
+             opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,
+             tolerance: Tolerance, inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
+             runtime: api.RuntimeOptions, quiet: bool) -> None:
+    """Quantize MODEL (after the preset's float passes), validate it (int8 tolerance; int4 for
+    weight-only), check it is faster than float, and write it atomically."""
     output = _output_path("quantize", model, output_arg, output, report)
+    if mode == "weight-only" and tolerance == make_tolerance("int8"):
+        tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
     result = _with_progress(quiet, lambda observer: api.quantize(
-        model, output, mode=mode, bits=bits, per_channel=per_channel, exclude=exclude,
-        embeddings=embeddings, preset=preset, target=target, validate=validate, force=force,
+        model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, per_channel=per_channel,
+        exclude=exclude, embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,
+        preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,
     ))
@@ -589,9 +616,11 @@ def zoo_command() -> None:
               help="Input shape for validation and the benchmark (repeatable).")
 @click.option("--bench-shape", "bench_shape", multiple=True, metavar="NAME=1x128",
               help="Input shape for the benchmark instead of --shape (repeatable), e.g. a deployment's.")
+@click.option("--quantize", type=click.Choice(api.QUANTIZE_MODES),
+              help="Also quantize (after the preset's passes), validate at int8 tolerance, check the speed, bench it.")
 @_runtime_options
 def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: Tolerance,
-                runs: int, warmup: int, shape, bench_shape, runtime: api.RuntimeOptions) -> None:
+                runs: int, warmup: int, shape, bench_shape, quantize: str | None, runtime: api.RuntimeOptions) -> None:
     """Export, optimize, validate and benchmark in one go; write report.md/json and latency.png."""
     _export_module()
     from graphopt import flow
@@ -611,7 +640,7 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
         result = flow.run(zoo=zoo, module=module_spec, out=out_dir, preset=preset, target=target,
                           tolerance=tolerance, exporter=exporter, opset=opset, shapes=parse_shapes(shape),
                           bench_shapes=parse_shapes(bench_shape), runs=runs, warmup=warmup, runtime=runtime,
-                          progress=report, stage=stage)
+                          progress=report, stage=stage, quantize=quantize)
     export = result.export
     out.print(Text.assemble((result.name, "bold"), f": exported with {export.exporter} (opset {export.opset}), "
                             f"parity max abs error {export.max_abs_error:.3g}"))
@@ -620,11 +649,17 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
         out.print(_report_table(result.optimize.report))
     if result.validation is not None:
         _print_validation(result.validation)
+    if result.quantized is not None:
+        for line in result.quantized.summary_lines():
+            out.print(line, highlight=False, soft_wrap=True)
+    if result.quantize_refusal:
+        err.print(f"graphopt: the quantized model was not written: {result.quantize_refusal}", soft_wrap=True)
     if result.bench is not None:
-        first, second = result.bench.models
-        out.print(f"latency p50 {first.p50_ms:.3f} ms → {second.p50_ms:.3f} ms ({result.bench.ratios()[1]:.2f}x "
-                  f"the export's median time per run; below 1.00x is faster) at {result.bench.cases[0].shapes_text()}",
-                  soft_wrap=True)
+        models = result.bench.models
+        p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)
+        ratios = ", ".join(f"{ratio:.2f}x" for ratio in result.bench.ratios()[1:])
+        out.print(f"latency p50 {p50s} ({ratios} the export's median time per run; below 1.00x is faster) "
+                  f"at {result.bench.cases[0].shapes_text()}", soft_wrap=True)
         for line in bench_report.settings_lines(result.bench.metadata)[:3]:
             out.print(f"  {line}", soft_wrap=True)
     for label, value in result.accuracy.items():

@@ -39,3 +39,9 @@ class ExportFailed(GraphoptError):
     """No exporter could turn the module into ONNX (an unsupported op, a failing trace)."""
 
     exit_code = 2
+
+
+class QuantizationRefused(GraphoptError):
+    """The quantized model is slower than the float one, or uses ops its execution provider lacks."""
+
+    exit_code = 1

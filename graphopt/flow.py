@@ -1,8 +1,9 @@
 """The one-command flow: export -> optimize -> validate -> bench -> report, into one folder.
 
 Files in the output folder: model.onnx (the export, plus <name>.<dataset>.npz for zoo models
-that ship data), model.<preset>.onnx (only when validation passes), report.md, report.json and
-latency.png. Everything is staged and moved into place at the end, so a failure leaves
+that ship data), model.<preset>.onnx (only when validation passes), with `quantize` also
+model.<mode>.onnx (only when it validates at int8 tolerance and beats the float model's
+latency), report.md, report.json and latency.png. Everything is staged and moved into place at the end, so a failure leaves
 no half-written files.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from graphopt import api
 from graphopt import model as model_io
-from graphopt.errors import InputError, ValidationFailed
+from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
 from graphopt.outputs import check_output_folder, write_error
 from graphopt.passes import TARGETS
 from graphopt.pipeline import resolve_spec
@@ -41,10 +42,12 @@ class RunResult:
     bench: BenchResult | None
     accuracy: dict[str, float]
     files: list[Path]
+    quantized: api.QuantizeResult | None = None
+    quantize_refusal: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.validation is not None and self.validation.passed
+        return self.validation is not None and self.validation.passed and not self.quantize_refusal
 
 
 def _accuracy(model_path: Path, dataset: Path, runtime: api.RuntimeOptions) -> float | None:
@@ -76,19 +79,25 @@ def run(
     runtime: api.RuntimeOptions | None = None,
     progress=None,
     stage: Callable[[str], None] | None = None,
+    quantize: str | None = None,
 ) -> RunResult:
     """Export a zoo model (or a --module factory), optimize, validate, bench, and write a report.
 
     `shapes` fix inputs for validation and the benchmark; `bench_shapes`, when given, replace
     them for the benchmark (e.g. a deployment's 1x128 while validation covers two shapes). Every option is
     checked before the export starts. `stage(description)` is told when each step begins;
-    `progress(done, total)` counts timed benchmark runs.
+    `progress(done, total)` counts timed benchmark runs. `quantize` ("dynamic" or "weight-only")
+    also quantizes the export after the preset's passes (graphopt.quantize, its latency guard
+    included; the most sensitive layers stay float until the int8 tolerance's cosine is met)
+    and benchmarks it beside the other two.
     """
     from graphopt import export
 
     if (zoo is None) == (module is None):
         raise InputError("give exactly one of --zoo NAME and --module path/to/file.py:factory")
     resolve_spec(preset)
+    if quantize is not None and quantize not in api.QUANTIZE_MODES:
+        raise InputError(f"--quantize {quantize!r}: choose from {', '.join(api.QUANTIZE_MODES)}")
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     tol = tolerance if isinstance(tolerance, Tolerance) else make_tolerance(tolerance)
@@ -108,7 +117,7 @@ def run(
     staging = Path(tempfile.mkdtemp(prefix=".graphopt-run-", dir=folder))
     try:
         return _run_staged(name, spec, folder, staging, preset, target, tol, exporter, opset,
-                           shapes, bench_shapes or shapes, runs, warmup, runtime, progress, stage)
+                           shapes, bench_shapes or shapes, runs, warmup, runtime, progress, stage, quantize)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -120,7 +129,7 @@ def _check_shape_names(shapes: dict[str, tuple[int, ...]], input_names: list[str
 
 
 def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter, opset, shapes, bench_shapes,
-                runs, warmup, runtime, progress, stage) -> RunResult:
+                runs, warmup, runtime, progress, stage, quantize) -> RunResult:
     from graphopt import export
 
     stage("exporting")
@@ -134,21 +143,32 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
         validation = optimized.validation
     except ValidationFailed as failure:
         optimized, validation = None, failure.result
+    quantized, refusal = None, ""
+    timed = [("exported", exported_path), (preset, optimized_path)]
+    if optimized is not None and quantize is not None:
+        stage(f"quantizing ({quantize}), validating and checking the speed")
+        quantized_path = staging / f"model.{quantize}.onnx"
+        try:
+            quantized = api.quantize(exported_path, quantized_path, mode=quantize, preset=preset, target=target,
+                                     shapes=shapes, runtime=runtime,
+                                     min_cosine=make_tolerance("int4" if quantize == "weight-only" else "int8").min_cosine)
+            timed.append((quantize, quantized_path))
+        except (ValidationFailed, QuantizationRefused) as failure:
+            refusal = str(failure)
     timing = None
     accuracy: dict[str, float] = {}
     if optimized is not None:
         stage("benchmarking")
-        timing = api.bench([exported_path, optimized_path], shapes=bench_shapes, warmup=warmup, runs=runs,
-                           runtime=runtime, progress=progress,
-                           labels=[exported_path.name, optimized_path.name])
+        timing = api.bench([path for _, path in timed], shapes=bench_shapes, warmup=warmup, runs=runs,
+                           runtime=runtime, progress=progress, labels=[path.name for _, path in timed])
         bench_report.plot(timing, staging / "latency.png")
         test_set = export.dataset_paths(exported_path, spec.datasets).get("test")
         if test_set is not None:
-            for label, path in (("exported", exported_path), (preset, optimized_path)):
+            for label, path in timed:
                 value = _accuracy(path, test_set, runtime)
                 if value is not None:
                     accuracy[label] = value
-    result = RunResult(name, folder, exported, optimized, validation, timing, accuracy, [])
+    result = RunResult(name, folder, exported, optimized, validation, timing, accuracy, [], quantized, refusal)
     exported.path = folder / exported_path.name
     model_io.write_text_atomic(staging / "report.json", json.dumps(_report_dict(result, preset), indent=2) + "\n")
     model_io.write_text_atomic(staging / "report.md", _report_markdown(result, preset))
@@ -159,8 +179,9 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
         except OSError as error:
             raise write_error(target_path, error) from None
         result.files.append(target_path)
-    if optimized is not None:
-        optimized.written = [folder / path.name for path in optimized.written]
+    for done in (optimized, quantized):
+        if done is not None:
+            done.written = [folder / path.name for path in done.written]
     return result
 
 
@@ -174,6 +195,8 @@ def _report_dict(result: RunResult, preset: str) -> dict[str, Any]:
         "validation": result.validation.to_dict() if result.validation else None,
         "bench": result.bench.to_dict() if result.bench else None,
         "accuracy": result.accuracy,
+        "quantization": result.quantized.to_dict() if result.quantized else None,
+        "quantization_refused": result.quantize_refusal or None,
     }
 
 
@@ -222,14 +245,28 @@ def _report_markdown(result: RunResult, preset: str) -> str:
             lines.append("")
             lines.append(validation.divergence.describe())
     lines.append("")
-    if result.bench is not None:
-        first, second = result.bench.models
-        lines.append("## Latency (exported vs optimized)")
+    if result.quantized is not None or result.quantize_refusal:
+        lines.append("## Quantization")
         lines.append("")
-        lines.append(f"p50 {first.p50_ms:.3f} ms → {second.p50_ms:.3f} ms at {result.bench.cases[0].shapes_text()}: "
-                     f"the optimized model takes {result.bench.ratios()[1]:.2f}x the exported model's median "
-                     "time per run (below 1.00x is faster). Both ran in this process in turns, each alone "
-                     "on the machine while timed, with the session settings below.")
+        if result.quantized is not None:
+            quantized = result.quantized
+            lines.extend(f"- {line}" for line in quantized.summary_lines())
+            lines.append(f"- validation against the export: **{quantized.validation.summary()}**")
+            cosines = [output.cosine for run in quantized.validation.input_sets for output in run.outputs]
+            lines.append(f"- worst output cosine {min(cosines):.4f}")
+        else:
+            lines.append(f"**not written: {result.quantize_refusal}**")
+        lines.append("")
+    if result.bench is not None:
+        models = result.bench.models
+        names = " vs ".join(model.model for model in models)
+        lines.append(f"## Latency ({names})")
+        lines.append("")
+        p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)
+        ratios = ", ".join(f"{model.model} {ratio:.2f}x" for model, ratio in zip(models[1:], result.bench.ratios()[1:]))
+        lines.append(f"p50 {p50s} at {result.bench.cases[0].shapes_text()}: median time per run against the "
+                     f"exported model's: {ratios} (below 1.00x is faster). All ran in this process in turns, "
+                     "each alone on the machine while timed, with the session settings below.")
         lines.append("")
         lines.append(result.bench.to_markdown())
         lines.append("![latency](latency.png)")

@@ -51,6 +51,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "O2": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
     "O3": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
     "int8-dynamic": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_dynamic"),
+    "int4-weight-only": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_weight_only"),
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
@@ -58,6 +59,7 @@ PRESET_SUMMARIES = {
     "O2": "O1 plus fusions for the target (LayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm, residual Add as Sum) and deployment hygiene",
     "O3": "everything safe for the target (same as O2 in this release)",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
+    "int4-weight-only": "O3, then int4 weight blocks (32 along K) for MatMul/Gemm (ort: MatMulNBits; portable: blocked DequantizeLinear, opset 21) and embedding tables",
 }
 DEFAULT_MAX_ITERATIONS = 4
 
@@ -261,8 +263,14 @@ class PipelineSpec:
 
     @property
     def lossy(self) -> bool:
-        """Whether a pass changes the numbers on purpose (then validation defaults to int8 tolerance)."""
+        """Whether a pass changes the numbers on purpose (then validation defaults to its tolerance)."""
         return any(pass_class(name).lossy for name, _ in self.passes)
+
+    @property
+    def default_tolerance(self) -> str:
+        """fp32, or the loosest tolerance a lossy pass asks for (int4 over int8)."""
+        wanted = {pass_class(name).lossy_tolerance for name, _ in self.passes if pass_class(name).lossy}
+        return "int4" if "int4" in wanted else "int8" if wanted else "fp32"
 
     def without(self, name: str) -> None:
         """Drop every run of the pass `name` (e.g. strip_debug_info for --keep-metadata)."""

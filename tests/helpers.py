@@ -66,13 +66,13 @@ def assert_same(expected: list, actual: list, rtol: float = 1e-5, atol: float = 
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
-def assert_int8_close(expected: list, actual: list) -> None:
-    """Outputs within the int8 tolerance graphopt validates quantized models at (cosine, top-1)."""
+def assert_int8_close(expected: list, actual: list, tolerance: str = "int8") -> None:
+    """Outputs within the tolerance graphopt validates quantized models at (int8 or int4: cosine, top-1)."""
     from graphopt.runtime.compare import TOLERANCES, compare
 
     assert len(expected) == len(actual)
     for index, (want, got) in enumerate(zip(expected, actual)):
-        result = compare(f"output {index}", np.asarray(want), np.asarray(got), TOLERANCES["int8"])
+        result = compare(f"output {index}", np.asarray(want), np.asarray(got), TOLERANCES[tolerance])
         assert result.passed, result
 
 

@@ -31,8 +31,10 @@ class Pass(ir.passes.InPlacePass):
     targets: ClassVar[frozenset[str]] = frozenset(TARGETS)
     # True for a pass that emits different ops for portable and ort (it reads self.target).
     target_aware: ClassVar[bool] = False
-    # True for a pass that changes the numbers on purpose (quantization): validated at int8 tolerance.
+    # True for a pass that changes the numbers on purpose (quantization): validated at the
+    # `lossy_tolerance` (graphopt.runtime.compare's int8 or int4) instead of fp32.
     lossy: ClassVar[bool] = False
+    lossy_tolerance: ClassVar[str] = "int8"
 
     def __init__(self) -> None:
         super().__init__()

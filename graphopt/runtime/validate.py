@@ -248,8 +248,8 @@ class Validator:
         for start in range(0, len(order), EXPOSED_PER_RUN):
             chunk = order[start:start + EXPOSED_PER_RUN]
             names = [value.name for value, _ in chunk]
-            want = _run_exposed(self.reference_ir, [reference_values[n] for n in names], feeds, self.config)
-            got = _run_exposed(candidate_ir, [value for value, _ in chunk], feeds, self.config)
+            want = run_exposed(self.reference_ir, [reference_values[n] for n in names], feeds, self.config)
+            got = run_exposed(candidate_ir, [value for value, _ in chunk], feeds, self.config)
             for (value, node), a, b in zip(chunk, want, got):
                 comparison = compare(value.name, a, b, self.tolerance)
                 if not comparison.passed:
@@ -312,7 +312,7 @@ def _exposable(value: ir.Value) -> bool:
     return bool(value.name) and isinstance(value.type, ir.TensorType) and value.dtype is not None
 
 
-def _run_exposed(model: ir.Model, values: Sequence[ir.Value], feeds, config: SessionConfig) -> list:
+def run_exposed(model: ir.Model, values: Sequence[ir.Value], feeds, config: SessionConfig) -> list:
     """Run the model with `values` added as graph outputs (restored afterwards)."""
     outputs = model.graph.outputs
     original = list(outputs)

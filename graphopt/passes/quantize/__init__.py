@@ -1,7 +1,10 @@
 """Quantization passes: weights to int8/int4 with the scales the kernels take.
 
 scales: the symmetric int8 arithmetic (per tensor, per channel) in numpy.
+smooth: SmoothQuant's activation outliers moved into the weights (exact in float).
 dynamic: int8 weights for MatMul/Gemm/Attention, activations quantized at run time; int8 embeddings.
+blocks: the blocked symmetric int4 arithmetic (round-to-nearest, error-minimizing clip, packing) in numpy.
+weight_only: int4 weights in blocks (MatMulNBits, or DequantizeLinear at opset 21), activations float.
 """
 
-from graphopt.passes.quantize import dynamic  # noqa: F401  (registers it)
+from graphopt.passes.quantize import dynamic, smooth, weight_only  # noqa: F401  (registers them)

@@ -17,52 +17,34 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
     constant_array,
-    constant_tensor,
-    drop_unused_initializers,
     fresh_node_name,
     fresh_value_name,
     infer_types,
     is_op,
     new_initializer,
-    only_consumer,
-    operands,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize._linear import Linear, WeightQuantizer
 from graphopt.passes.quantize.scales import symmetric_int8
-from graphopt.passes.registry import Pass, register
+from graphopt.passes.registry import register
 
-
-
-class _Linear:
-    """One x·W (+ bias) to quantize: the nodes it replaces and where its result goes."""
-
-    def __init__(self, nodes: list[ir.Node], weight: ir.Value, transposed: bool, bias: ir.Value | None,
-                 out: ir.Value):
-        self.nodes, self.weight, self.transposed, self.bias, self.out = nodes, weight, transposed, bias, out
-
-    @property
-    def x(self) -> ir.Value:
-        """Read when emitting: quantizing the layer before may have replaced the value."""
-        return self.nodes[0].inputs[0]
 
 
 @register("quantize_dynamic", min_opset=11)
-class QuantizeDynamic(Pass):
+class QuantizeDynamic(WeightQuantizer):
     """Quantize MatMul/Gemm/Attention weights to int8 (activations at run time) and embedding tables to int8 rows."""
 
     target_aware = True
     lossy = True
+    float32_only = "dynamic int8 quantizes float32 activations"
 
     def __init__(self, per_channel: bool = True, exclude: str = "", embeddings: bool = True,
                  min_embedding_bytes: int = 1 << 20) -> None:
-        super().__init__()
+        super().__init__(exclude, min_embedding_bytes)
         self.per_channel = per_channel
-        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}  # names may hold commas
         self.embeddings = embeddings
-        self.min_embedding_bytes = min_embedding_bytes
         self._quantized: dict[tuple[int, bool], tuple[ir.Value, ir.Value]] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -74,7 +56,7 @@ class QuantizeDynamic(Pass):
             if self.target == "ort":
                 counts["attention"] += sum(self._split_attention(model, graph, node) for node in list(graph)
                                            if node.domain == MS_DOMAIN and node.op_type == "Attention")
-            groups: dict[ir.Value, list[_Linear]] = {}
+            groups: dict[ir.Value, list[Linear]] = {}
             for node in list(graph):
                 linear = self._linear(node)
                 if linear is not None:
@@ -97,60 +79,7 @@ class QuantizeDynamic(Pass):
             ir.passes.common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)
 
-    def _check_exclude(self, model: ir.Model) -> None:
-        known = {node.name for graph in model.graphs() for node in graph} | \
-                {node.op_type for graph in model.graphs() for node in graph}
-        unknown = sorted(self.exclude - known)
-        if unknown:
-            raise InputError(f"--exclude names no node or op type of the model (after the float passes): "
-                             f"{', '.join(unknown)}")
-
-    def _excluded(self, node: ir.Node) -> bool:
-        if node.name in self.exclude or node.op_type in self.exclude:
-            self.skip(f"{node.op_type} {node.name!r} kept float: excluded")
-            return True
-        return False
-
-    # -- what can be quantized -------------------------------------------------------------
-
-    def _linear(self, node: ir.Node) -> _Linear | None:
-        if not is_op(node, "MatMul", "Gemm"):
-            return None
-        weight = node.inputs[1]
-        tensor = constant_tensor(weight)
-        if tensor is None or len(tensor.shape) != 2:
-            return None  # activations times activations (attention scores) stay float
-        where = f"{node.op_type} {node.name!r} kept float"
-        x = node.inputs[0]
-        if tensor.dtype != ir.DataType.FLOAT or x.dtype != ir.DataType.FLOAT:
-            self.skip(f"{where}: not float32 (dynamic int8 quantizes float32 activations)")
-            return None
-        if self._excluded(node):
-            return None
-        if node.op_type == "Gemm":
-            attrs = node.attributes
-            if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or \
-                    attrs.get_float("beta", 1.0) != 1.0:
-                self.skip(f"{where}: transA, alpha or beta other than the defaults")
-                return None
-            bias = node.inputs[2] if len(node.inputs) > 2 else None
-            columns = tensor.shape[0] if attrs.get_int("transB", 0) else tensor.shape[1]
-            values = constant_array(bias) if bias is not None else None
-            if bias is not None and (values is None or values.shape != (columns,)):
-                self.skip(f"{where}: its C is not a constant [N] bias")
-                return None
-            return _Linear([node], weight, bool(attrs.get_int("transB", 0)), bias, node.outputs[0])
-        bias, nodes, out = None, [node], node.outputs[0]
-        add = only_consumer(node.outputs[0])
-        pair = operands(add, "Add")
-        if pair is not None and add.graph is node.graph:
-            other = pair[1] if pair[0] is node.outputs[0] else pair[0]
-            values = constant_array(other)
-            if values is not None and values.shape == (tensor.shape[1],) and values.dtype == np.float32:
-                bias, nodes, out = other, [node, add], add.outputs[0]
-        return _Linear(nodes, weight, False, bias, out)
-
-    def _weights(self, graph: ir.Graph, linear: _Linear) -> tuple[ir.Value, ir.Value]:
+    def _weights(self, graph: ir.Graph, linear: Linear) -> tuple[ir.Value, ir.Value]:
         """The int8 weight [K, N] and its scales, made once per float weight."""
         key = (id(linear.weight), linear.transposed)
         if key not in self._quantized:
@@ -164,7 +93,7 @@ class QuantizeDynamic(Pass):
 
     # -- emitting ---------------------------------------------------------------------------
 
-    def _emit(self, model: ir.Model, graph: ir.Graph, members: list[_Linear]) -> None:
+    def _emit(self, model: ir.Model, graph: ir.Graph, members: list[Linear]) -> None:
         first = members[0].nodes[0]
         name = fresh_node_name(graph, f"{first.name or 'matmul'}/quant")
         if self.target == "ort" and len(members) == 1:
@@ -207,13 +136,6 @@ class QuantizeDynamic(Pass):
             inputs.pop()
         return inputs
 
-    @staticmethod
-    def _replace(graph: ir.Graph, linear: _Linear, nodes: list[ir.Node]) -> None:
-        old_weight = linear.weight
-        ir.convenience.replace_nodes_and_values(graph, linear.nodes[-1], linear.nodes, nodes, [linear.out],
-                                                [nodes[-1].outputs[0]])
-        drop_unused_initializers(graph, [old_weight])
-
     def _split_attention(self, model: ir.Model, graph: ir.Graph, node: ir.Node) -> bool:
         """Attention(x, W, b, mask…) → MatMul(x, W) + b → Split → MultiHeadAttention, so the
         projection is quantized like any MatMul (ONNX Runtime's QAttention takes no attention bias)."""
@@ -250,30 +172,4 @@ class QuantizeDynamic(Pass):
         ir.convenience.replace_nodes_and_values(graph, node, [node], [project, add, split, attention],
                                                 [node.outputs[0]], [attention.outputs[0]])
         model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return True
-
-    def _embedding(self, graph: ir.Graph, node: ir.Node) -> bool:
-        table = node.inputs[0]
-        tensor = constant_tensor(table)
-        if tensor is None or len(tensor.shape) != 2 or tensor.nbytes < self.min_embedding_bytes:
-            return False
-        if tensor.dtype != ir.DataType.FLOAT or node.attributes.get_int("axis", 0) != 0:
-            if tensor.dtype.is_floating_point():
-                self.skip(f"Gather {node.name!r} kept float: not a float32 table gathered by rows")
-            return False
-        if self._excluded(node):
-            return False
-        q, scale = symmetric_int8(tensor.numpy(), axis=0)
-        base = table.name or "table"
-        name = fresh_node_name(graph, f"{node.name or 'gather'}/int8")
-        rows = ir.Node("", "Gather", [new_initializer(graph, q, f"{base}_int8"), node.inputs[1]], name=name)
-        row_scales = ir.Node("", "Gather", [new_initializer(graph, scale.reshape(-1, 1), f"{base}_scale"),
-                                            node.inputs[1]], name=fresh_node_name(graph, f"{name}/scales"))
-        as_float = ir.Node("", "Cast", [rows.outputs[0]], [ir.AttrInt64("to", ir.DataType.FLOAT)],
-                           name=fresh_node_name(graph, f"{name}/Cast"))
-        scaled = ir.Node("", "Mul", [as_float.outputs[0], row_scales.outputs[0]],
-                         name=fresh_node_name(graph, f"{name}/rescale"))
-        ir.convenience.replace_nodes_and_values(graph, node, [node], [rows, row_scales, as_float, scaled],
-                                                [node.outputs[0]], [scaled.outputs[0]])
-        drop_unused_initializers(graph, [table])
         return True

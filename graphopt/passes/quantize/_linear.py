@@ -1,0 +1,148 @@
+"""What the weight quantizers share: finding the weights they may quantize, and the int8 rows.
+
+A weight is the constant 2-D float32 W of x·W (+ bias) — a MatMul, a following [N] bias Add, a
+Gemm read the same way — or an embedding table, the constant [V, D] float32 data of a Gather by
+rows. `exclude` keeps named nodes and op types float; every refusal is a reason in the report.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.errors import InputError
+from graphopt.passes.fusion._match import (
+    constant_array,
+    constant_tensor,
+    drop_unused_initializers,
+    fresh_node_name,
+    is_op,
+    new_initializer,
+    only_consumer,
+    operands,
+)
+from graphopt.passes.quantize.scales import symmetric_int8
+from graphopt.passes.registry import Pass
+
+
+class Linear:
+    """One x·W (+ bias) to quantize: the nodes it replaces and where its result goes."""
+
+    def __init__(self, nodes: list[ir.Node], weight: ir.Value, transposed: bool, bias: ir.Value | None,
+                 out: ir.Value):
+        self.nodes, self.weight, self.transposed, self.bias, self.out = nodes, weight, transposed, bias, out
+
+    @property
+    def x(self) -> ir.Value:
+        """Read when emitting: quantizing the layer before may have replaced the value."""
+        return self.nodes[0].inputs[0]
+
+
+class WeightQuantizer(Pass):
+    """Base of the passes that quantize weights: which layers qualify, and why the others do not."""
+
+    # Why a float16/float64 layer is kept float, after "not float32".
+    float32_only: ClassVar[str] = "this quantizer reads float32 weights"
+
+    def __init__(self, exclude: str, min_embedding_bytes: int) -> None:
+        super().__init__()
+        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}  # names may hold commas
+        self.min_embedding_bytes = min_embedding_bytes
+
+    def _check_exclude(self, model: ir.Model) -> None:
+        known = {node.name for graph in model.graphs() for node in graph} | \
+                {node.op_type for graph in model.graphs() for node in graph}
+        unknown = sorted(self.exclude - known)
+        if unknown:
+            raise InputError(f"--exclude names no node or op type of the model (after the float passes): "
+                             f"{', '.join(unknown)}")
+
+    def _excluded(self, node: ir.Node) -> bool:
+        if node.name in self.exclude or node.op_type in self.exclude:
+            self.skip(f"{node.op_type} {node.name!r} kept float: excluded")
+            return True
+        return False
+
+    def _linear(self, node: ir.Node) -> Linear | None:
+        if not is_op(node, "MatMul", "Gemm"):
+            return None
+        weight = node.inputs[1]
+        tensor = constant_tensor(weight)
+        if tensor is None or len(tensor.shape) != 2:
+            return None  # activations times activations (attention scores) stay float
+        where = f"{node.op_type} {node.name!r} kept float"
+        x = node.inputs[0]
+        if tensor.dtype != ir.DataType.FLOAT or x.dtype != ir.DataType.FLOAT:
+            self.skip(f"{where}: not float32 ({self.float32_only})")
+            return None
+        if self._excluded(node):
+            return None
+        if node.op_type == "Gemm":
+            attrs = node.attributes
+            if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or \
+                    attrs.get_float("beta", 1.0) != 1.0:
+                self.skip(f"{where}: transA, alpha or beta other than the defaults")
+                return None
+            bias = node.inputs[2] if len(node.inputs) > 2 else None
+            columns = tensor.shape[0] if attrs.get_int("transB", 0) else tensor.shape[1]
+            values = constant_array(bias) if bias is not None else None
+            if bias is not None and (values is None or values.shape != (columns,)):
+                self.skip(f"{where}: its C is not a constant [N] bias")
+                return None
+            return Linear([node], weight, bool(attrs.get_int("transB", 0)), bias, node.outputs[0])
+        bias, nodes, out = None, [node], node.outputs[0]
+        add = only_consumer(node.outputs[0])
+        pair = operands(add, "Add")
+        if pair is not None and add.graph is node.graph:
+            other = pair[1] if pair[0] is node.outputs[0] else pair[0]
+            values = constant_array(other)
+            if values is not None and values.shape == (tensor.shape[1],) and values.dtype == np.float32:
+                bias, nodes, out = other, [node, add], add.outputs[0]
+        return Linear(nodes, weight, False, bias, out)
+
+    @staticmethod
+    def _replace(graph: ir.Graph, linear: Linear, nodes: list[ir.Node]) -> None:
+        old_weight = linear.weight
+        ir.convenience.replace_nodes_and_values(graph, linear.nodes[-1], linear.nodes, nodes, [linear.out],
+                                                [nodes[-1].outputs[0]])
+        drop_unused_initializers(graph, [old_weight])
+
+    def _embedding_table(self, node: ir.Node) -> ir.TensorProtocol | None:
+        """The table a Gather reads rows of, when it is a float32 one worth quantizing."""
+        tensor = constant_tensor(node.inputs[0])
+        if tensor is None or len(tensor.shape) != 2 or tensor.nbytes < self.min_embedding_bytes:
+            return None
+        if tensor.dtype != ir.DataType.FLOAT or node.attributes.get_int("axis", 0) != 0:
+            if tensor.dtype.is_floating_point():
+                self.skip(f"Gather {node.name!r} kept float: not a float32 table gathered by rows")
+            return None
+        if self._excluded(node):
+            return None
+        return tensor
+
+    def _embedding(self, graph: ir.Graph, node: ir.Node) -> bool:
+        tensor = self._embedding_table(node)
+        if tensor is None:
+            return False
+        self._int8_rows(graph, node, tensor)
+        return True
+
+    @staticmethod
+    def _int8_rows(graph: ir.Graph, node: ir.Node, tensor: ir.TensorProtocol) -> None:
+        """Gather int8 rows and their scales, then multiply: Gather(q, ids) · Gather(s, ids)."""
+        table = node.inputs[0]
+        q, scale = symmetric_int8(tensor.numpy(), axis=0)
+        base = table.name or "table"
+        name = fresh_node_name(graph, f"{node.name or 'gather'}/int8")
+        rows = ir.Node("", "Gather", [new_initializer(graph, q, f"{base}_int8"), node.inputs[1]], name=name)
+        row_scales = ir.Node("", "Gather", [new_initializer(graph, scale.reshape(-1, 1), f"{base}_scale"),
+                                            node.inputs[1]], name=fresh_node_name(graph, f"{name}/scales"))
+        as_float = ir.Node("", "Cast", [rows.outputs[0]], [ir.AttrInt64("to", ir.DataType.FLOAT)],
+                           name=fresh_node_name(graph, f"{name}/Cast"))
+        scaled = ir.Node("", "Mul", [as_float.outputs[0], row_scales.outputs[0]],
+                         name=fresh_node_name(graph, f"{name}/rescale"))
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [rows, row_scales, as_float, scaled],
+                                                [node.outputs[0]], [scaled.outputs[0]])
+        drop_unused_initializers(graph, [table])

@@ -1,0 +1,80 @@
+"""Blocked symmetric int4 weights: the arithmetic of weight-only quantization, in numpy.
+
+A weight [K, N] is cut, for each output column n, into blocks of `block_size` consecutive
+elements along K (zero-padded to whole blocks); each block holds W ≈ s · q with
+q = clip(round(W / s), -8, 7) and s = r · max|W| / 7. Round-to-nearest takes r = 1; the
+error-minimizing search takes, per block, the clipping ratio r that minimizes Σ_k c_k (W − s·q)²,
+where c weighs the input channels (mean squared activations; 1 when unknown).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QMIN, QMAX = -8, 7
+# 1.0 first: a block keeps round-to-nearest's scale unless a smaller ratio is strictly better.
+CLIP_RATIOS = np.linspace(1.0, 0.7, 20, dtype=np.float32)
+
+
+def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """[K, N] → [N, k_blocks, block_size]: each output column's K values in blocks, zero-padded."""
+    k, n = weight.shape
+    padded = np.zeros((-(-k // block_size) * block_size, n), np.float32)
+    padded[:k] = weight
+    return np.ascontiguousarray(padded.T).reshape(n, -1, block_size)
+
+
+def quantize_int4(weight: np.ndarray, block_size: int, algorithm: str = "rtn",
+                  channel_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(q int8 in [-8, 7] of shape [N, k_blocks, block_size], scale float32 [N, k_blocks]) for a
+    [K, N] weight; `algorithm` is "rtn" or "mse", `channel_weights` a [K] weighting for "mse"."""
+    blocks = to_blocks(np.asarray(weight, np.float32), block_size)
+    peak = np.abs(blocks).max(axis=-1)
+    if algorithm == "mse":
+        importance = np.ones(weight.shape[0], np.float32) if channel_weights is None else channel_weights
+        ratio = best_clip_ratios(blocks, peak, to_blocks(np.reshape(importance, (-1, 1)), block_size)[0])
+    else:
+        ratio = np.float32(1.0)
+    scale = _scale(peak, ratio)
+    return _round(blocks, scale), scale
+
+
+def best_clip_ratios(blocks: np.ndarray, peak: np.ndarray, importance: np.ndarray) -> np.ndarray:
+    """Per block, the ratio of CLIP_RATIOS whose scale reconstructs it with the least weighted
+    squared error; `importance` [k_blocks, block_size] weighs the elements of every column's blocks."""
+    best_ratio = np.ones(peak.shape, np.float32)
+    best_error = np.full(peak.shape, np.inf, np.float32)
+    for ratio in CLIP_RATIOS:
+        scale = _scale(peak, ratio)
+        error = block_error(blocks, _round(blocks, scale), scale, importance)
+        better = error < best_error
+        best_ratio[better], best_error[better] = ratio, error[better]
+    return best_ratio
+
+
+def block_error(blocks: np.ndarray, q: np.ndarray, scale: np.ndarray, importance: np.ndarray) -> np.ndarray:
+    """Σ importance · (W − s·q)² of every block: [N, k_blocks]."""
+    residual = blocks - q * scale[..., None]
+    return np.einsum("nkb,nkb,kb->nk", residual, residual, importance)
+
+
+def dequantize_int4(q: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:
+    """The float [K, N] weight that blocks q · s stand for (padding dropped)."""
+    n = q.shape[0]
+    return (q.astype(np.float32) * scale[..., None]).reshape(n, -1)[:, :k].T
+
+
+def pack_uint4(q: np.ndarray) -> np.ndarray:
+    """Two int4 values per byte along the last axis, low nibble first, stored as q + 8 (the zero
+    point MatMulNBits assumes when it is given none); the last axis must be even."""
+    unsigned = (q.astype(np.int16) - QMIN).astype(np.uint8)
+    return unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
+
+
+def _scale(peak: np.ndarray, ratio) -> np.ndarray:
+    """r · max|W| / 7 per block; an all-zero block gets scale 1 (any scale holds it exactly)."""
+    return np.where(peak > 0, peak * ratio / QMAX, 1.0).astype(np.float32)
+
+
+def _round(blocks: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(blocks / scale[..., None]), QMIN, QMAX).astype(np.int8)

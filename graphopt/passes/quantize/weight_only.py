@@ -1,0 +1,213 @@
+"""quantize_weight_only: int4 weights in blocks along K, activations left float.
+
+Each constant [K, N] float32 weight of a MatMul/Gemm becomes symmetric int4 with one float32
+scale per block of `block_size` values along K of each output column (`blocks.py`): W ≈ s · q.
+  ort       MatMulNBits(x, B, scales, , , bias): B uint8 [N, k_blocks, block_size/2], two values
+            per byte (low nibble first) stored as q + 8, the zero point it assumes when given none;
+            scales [N, k_blocks]; accuracy_level 4 lets it quantize x to int8 per block
+  portable  DequantizeLinear(q int4 [K, N], s [k_blocks, N], axis=0, block_size) feeding the
+            MatMul/Gemm as it was (a Gemm with transB keeps its [N, K] orientation: axis 1);
+            blocked DequantizeLinear needs opset 21, below it the weights stay float
+Embedding tables (Gather of a constant [V, D] table, blocks along D):
+  ort       GatherBlockQuantized(q int4 [V, D], ids, s [V, ceil(D/block_size)]): only the
+            gathered rows are dequantized
+  portable  int8 rows with one scale per row, as quantize_dynamic emits them: standard ONNX
+            gathers no int4, and dequantizing the whole table before a Gather costs a float
+            table per run
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.errors import InputError
+from graphopt.passes.fusion._match import (
+    constant_array,
+    drop_unused_initializers,
+    fresh_node_name,
+    infer_types,
+    is_op,
+    new_initializer,
+)
+from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize._linear import Linear, WeightQuantizer
+from graphopt.passes.quantize.blocks import pack_uint4, quantize_int4
+from graphopt.passes.registry import register
+
+ALGORITHMS = ("rtn", "mse")
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+INT4 = ir.DataType.INT4.numpy()
+BLOCKED_DEQUANTIZE_OPSET = 21
+INT4_IR_VERSION = 10
+
+
+# Opset 11 as quantize_dynamic, whose int8 rows it reuses; portable int4 needs 21, checked per layer.
+@register("quantize_weight_only", min_opset=11)
+class QuantizeWeightOnly(WeightQuantizer):
+    """Quantize MatMul/Gemm weights and embedding tables to int4 in blocks (activations stay float)."""
+
+    target_aware = True
+    lossy = True
+    lossy_tolerance = "int4"
+    float32_only = "weight-only int4 quantizes float32 weights"
+
+    def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 4,
+                 exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 20) -> None:
+        super().__init__(exclude, min_embedding_bytes)
+        _check_options(bits, block_size, algorithm, accuracy_level)
+        self.block_size = block_size
+        self.algorithm = algorithm
+        self.accuracy_level = accuracy_level
+        self.embeddings = embeddings
+        # [K] mean squared activation per input channel, keyed by the name of the x a MatMul reads:
+        # "mse" weighs each channel's error by it. Filled from calibration data, not an option.
+        self.channel_weights: dict[str, np.ndarray] = {}
+        # per weight: its int4 initializers and K (ort), or the DequantizeLinear's output (portable)
+        self._quantized: dict[tuple, tuple | ir.Value] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._check_exclude(model)
+        infer_types(self, model)
+        self._quantized.clear()
+        counts = {"linear": 0, "embedding": 0}
+        for graph in model.graphs():
+            for node in list(graph):
+                linear = self._linear(node)
+                if linear is not None:
+                    counts["linear"] += self._quantize_linear(model, graph, linear)
+            if self.embeddings:
+                counts["embedding"] += sum(self._quantize_embedding(model, graph, node) for node in list(graph)
+                                           if is_op(node, "Gather"))
+        self._report(counts)
+        modified = any(counts.values())
+        if modified:
+            ir.passes.common.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _report(self, counts: dict[str, int]) -> None:
+        how = f"block {self.block_size}, {self.algorithm}"
+        if counts["linear"]:
+            form = "MatMulNBits" if self.target == "ort" else "DequantizeLinear before the MatMul/Gemm"
+            self.changed(f"{counts['linear']} MatMul/Gemm int4 ({how}): {form}")
+        if counts["embedding"] and self.target == "ort":
+            self.changed(f"{counts['embedding']} embedding tables int4 ({how}): GatherBlockQuantized")
+        elif counts["embedding"]:
+            self.changed(f"{counts['embedding']} embedding tables int8 (per-row scales; standard ONNX gathers no int4)")
+
+    # -- linear layers ----------------------------------------------------------------------
+
+    def _quantize_linear(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> bool:
+        if self.target == "ort":
+            self._matmul_nbits(model, graph, linear)
+            return True
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        if opset < BLOCKED_DEQUANTIZE_OPSET:
+            node = linear.nodes[0]
+            self.skip(f"{node.op_type} {node.name!r} kept float: blocked int4 DequantizeLinear needs opset 21, "
+                      f"model has {opset} (convert with --opset 21)")
+            return False
+        self._dequantize_weight(model, graph, linear)
+        return True
+
+    def _blocks(self, linear: Linear) -> tuple[np.ndarray, np.ndarray, int]:
+        """(q [N, k_blocks, block_size], scales [N, k_blocks], K) of the layer's [K, N] weight."""
+        weight = constant_array(linear.weight)
+        weight = weight.T if linear.transposed else weight
+        k = weight.shape[0]
+        q, scale = quantize_int4(weight, self.block_size, self.algorithm, self._channel_weights(linear, k))
+        return q, scale, k
+
+    def _channel_weights(self, linear: Linear, k: int) -> np.ndarray | None:
+        """The [K] importance of the layer's input channels, when "mse" has calibration data for x."""
+        weights = self.channel_weights.get(linear.x.name) if self.algorithm == "mse" else None
+        if weights is None:
+            return None
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != (k,) or not np.isfinite(weights).all() or (weights < 0).any():
+            raise InputError(f"channel weights for {linear.x.name!r} must be {k} finite values >= 0 "
+                             f"(one per input channel), got shape {list(weights.shape)}")
+        return weights
+
+    def _cache_key(self, graph: ir.Graph, linear: Linear) -> tuple:
+        """Layers sharing a weight share its int4 form, unless their inputs weigh channels differently."""
+        weighted = self.algorithm == "mse" and linear.x.name in self.channel_weights
+        return id(graph), id(linear.weight), linear.transposed, linear.x.name if weighted else None
+
+    def _matmul_nbits(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> None:
+        key = self._cache_key(graph, linear)
+        if key not in self._quantized:
+            q, scale, k = self._blocks(linear)
+            base = linear.weight.name or "weight"
+            self._quantized[key] = (new_initializer(graph, pack_uint4(q), f"{base}_int4"),
+                                    new_initializer(graph, scale, f"{base}_scale"), k)
+        packed, scale, k = self._quantized[key]
+        inputs = [linear.x, packed, scale] + ([None, None, linear.bias] if linear.bias is not None else [])
+        attributes = [ir.AttrInt64("K", k), ir.AttrInt64("N", packed.shape[0]), ir.AttrInt64("bits", 4),
+                      ir.AttrInt64("block_size", self.block_size), ir.AttrInt64("accuracy_level", self.accuracy_level)]
+        name = fresh_node_name(graph, f"{linear.nodes[0].name or 'matmul'}/int4")
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        self._replace(graph, linear, [ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes, name=name)])
+
+    def _dequantize_weight(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> None:
+        """The weight input becomes DequantizeLinear(int4, scales) in the weight's own orientation."""
+        node = linear.nodes[0]
+        key = self._cache_key(graph, linear)
+        if key not in self._quantized:
+            q, scale, k = self._blocks(linear)
+            q = q.reshape(q.shape[0], -1)[:, :k]
+            if not linear.transposed:
+                q, scale = q.T, scale.T
+            base = linear.weight.name or "weight"
+            dequantize = ir.Node("", "DequantizeLinear", [new_initializer(graph, q.astype(INT4), f"{base}_int4"),
+                                                          new_initializer(graph, scale, f"{base}_scale")],
+                                 [ir.AttrInt64("axis", 1 if linear.transposed else 0),
+                                  ir.AttrInt64("block_size", self.block_size)],
+                                 name=fresh_node_name(graph, f"{node.name or 'matmul'}/dequantize"))
+            dequantize.outputs[0].dtype, dequantize.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(q.shape)
+            graph.insert_before(node, dequantize)
+            self._quantized[key] = dequantize.outputs[0]
+            model.ir_version = max(model.ir_version, INT4_IR_VERSION)
+        old_weight = linear.weight
+        node.replace_input_with(1, self._quantized[key])
+        drop_unused_initializers(graph, [old_weight])
+
+    # -- embedding tables -------------------------------------------------------------------
+
+    def _quantize_embedding(self, model: ir.Model, graph: ir.Graph, node: ir.Node) -> bool:
+        tensor = self._embedding_table(node)
+        if tensor is None:
+            return False
+        if self.target == "ort":
+            self._gather_block_quantized(model, graph, node, tensor)
+        else:
+            self._int8_rows(graph, node, tensor)
+        return True
+
+    def _gather_block_quantized(self, model: ir.Model, graph: ir.Graph, node: ir.Node,
+                                tensor: ir.TensorProtocol) -> None:
+        table = node.inputs[0]
+        rows, width = tensor.shape
+        q, scale = quantize_int4(tensor.numpy().T, self.block_size, self.algorithm)
+        base = table.name or "table"
+        data = new_initializer(graph, q.reshape(rows, -1)[:, :width].astype(INT4), f"{base}_int4")
+        attributes = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1),
+                      ir.AttrInt64("block_size", self.block_size), ir.AttrInt64("bits", 4)]
+        gather = ir.Node(MS_DOMAIN, "GatherBlockQuantized",
+                         [data, node.inputs[1], new_initializer(graph, scale, f"{base}_scale")], attributes,
+                         name=fresh_node_name(graph, f"{node.name or 'gather'}/int4"))
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [gather], [node.outputs[0]], [gather.outputs[0]])
+        drop_unused_initializers(graph, [table])
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        model.ir_version = max(model.ir_version, INT4_IR_VERSION)
+
+
+def _check_options(bits: int, block_size: int, algorithm: str, accuracy_level: int) -> None:
+    if bits != 4:
+        raise InputError(f"quantize_weight_only: bits {bits} is not supported (4 only)")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise InputError(f"quantize_weight_only: block_size must be a power of two >= 16, got {block_size}")
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"quantize_weight_only: unknown algorithm {algorithm!r} (choose {' or '.join(ALGORITHMS)})")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise InputError(f"quantize_weight_only: accuracy_level must be 0 to 4, got {accuracy_level}")

@@ -1,0 +1,278 @@
+"""`graphopt quantize`: float passes, the quantizer, then proof that the result is worth having.
+
+1. The preset's float passes (O3) run on the loaded model: the float model.
+2. Activation statistics, when a step needs them, come from running the float model on the
+   validation inputs (graphopt.runtime.activations): SmoothQuant's peaks, int4's channel weights.
+3. The quantizer runs on a clone: dynamic int8, or weight-only int4; `exclude` stays float.
+4. Validation against the input at int8 tolerance. With `min_cosine` (worst output cosine) or
+   `max_drop` (top-1 agreement lost) the score is measured, and when quantizing everything
+   misses it, the most sensitive layers go back to float until it is met (fallback.choose_float).
+5. Guards: ops without a kernel on the execution provider are refused, and the quantized model
+   is timed against the float model on that provider and refused when slower (QuantizationRefused,
+   exit 1) unless forced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import onnx
+import onnx_ir as ir
+
+from graphopt import model as model_io
+from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
+from graphopt.passes import create_pass
+from graphopt.passes.quantize.fallback import Fallback, choose_float
+from graphopt.passes.quantize.smooth import linear_weight
+from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport
+from graphopt.runtime import guard
+from graphopt.runtime.activations import channel_stats
+from graphopt.runtime.compare import Tolerance, tolerance as named_tolerance
+from graphopt.runtime.providers import SessionConfig
+from graphopt.runtime.validate import ValidationResult, Validator
+
+MODES = {"dynamic": (8,), "weight-only": (4,)}
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather")
+
+
+@dataclasses.dataclass
+class QuantizeSettings:
+    """What to quantize and how (the API's and CLI's options, checked)."""
+
+    mode: str = "dynamic"
+    bits: int = 8
+    per_channel: bool = True
+    exclude: tuple[str, ...] = ()
+    embeddings: bool = True
+    block_size: int = 32
+    algorithm: str = "rtn"
+    smooth_alpha: float | None = None
+    min_cosine: float | None = None
+    max_drop: float | None = None
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown quantization mode {self.mode!r} (choose from {', '.join(MODES)})")
+        if self.bits not in MODES[self.mode]:
+            allowed = " or ".join(f"--bits {bits}" for bits in MODES[self.mode])
+            raise InputError(f"--bits {self.bits}: --mode {self.mode} quantizes to {allowed}")
+        if self.min_cosine is not None and self.max_drop is not None:
+            raise InputError("give --min-cosine or --max-drop, not both")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise InputError(f"--min-cosine {self.min_cosine}: it must be between -1 and 1")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 1.0:
+            raise InputError(f"--max-drop {self.max_drop}: it must be between 0 and 1 (a fraction of top-1 agreement)")
+        if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
+            raise InputError(f"--smooth {self.smooth_alpha}: SmoothQuant's alpha must be between 0 and 1")
+
+    def passes(self, extra_exclude: Sequence[str] = ()) -> list[tuple[str, dict]]:
+        exclude = ";".join([*self.exclude, *extra_exclude])
+        steps: list[tuple[str, dict]] = []
+        if self.smooth_alpha is not None:
+            steps.append(("smooth_activations", {"alpha": self.smooth_alpha}))
+        if self.mode == "dynamic":
+            steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
+                                               "embeddings": self.embeddings}))
+        else:
+            steps.append(("quantize_weight_only", {"bits": self.bits, "block_size": self.block_size,
+                                                   "algorithm": self.algorithm, "exclude": exclude,
+                                                   "embeddings": self.embeddings}))
+        return steps
+
+    @property
+    def needs_statistics(self) -> bool:
+        return self.smooth_alpha is not None or (self.mode == "weight-only" and self.algorithm == "mse")
+
+    @property
+    def budget(self) -> float | None:
+        if self.min_cosine is not None:
+            return self.min_cosine
+        return None if self.max_drop is None else 1.0 - self.max_drop
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    model: ir.Model
+    report: PipelineReport
+    written: list
+    validation: ValidationResult | None
+    warnings: list[str]
+    quantized: list[str]
+    kept_float: list[tuple[str, str]]
+    float_bytes: int
+    quantized_bytes: int
+    fallback: Fallback | None = None
+    latency: guard.LatencyCheck | None = None
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"quantized {len(self.quantized)} node(s); parameters {self.float_bytes / 2**20:.1f} MiB → "
+                 f"{self.quantized_bytes / 2**20:.1f} MiB ({self.quantized_bytes / max(self.float_bytes, 1):.3f}x)"]
+        lines += [f"kept float: {name} ({reason})" for name, reason in self.kept_float]
+        if self.fallback is not None:
+            fallback = self.fallback
+            verdict = "met" if fallback.met else "NOT met (the best found)"
+            lines.append(f"budget {fallback.budget:.4f} {verdict}: score {fallback.trials[0].score:.4f} all quantized, "
+                         f"{fallback.score:.4f} with {len(fallback.kept_float)} layer(s) float "
+                         f"({len(fallback.trials)} trials)")
+        if self.latency is not None:
+            lines.append(f"latency: {self.latency.describe()}")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"quantized": self.quantized, "kept_float": [list(item) for item in self.kept_float],
+                "float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
+                "fallback": self.fallback.to_dict() if self.fallback else None,
+                "latency": self.latency.to_dict() if self.latency else None}
+
+
+def score(result: ValidationResult, settings: QuantizeSettings) -> float:
+    """The budget's measure: worst output cosine, or worst top-1 agreement, over every input set."""
+    outputs = [output for run in result.input_sets for output in run.outputs]
+    if settings.max_drop is not None:
+        agreements = [output.top1_agreement for output in outputs if output.top1_agreement is not None]
+        if not agreements:
+            raise InputError("--max-drop measures top-1 agreement, and no output looks like logits "
+                             "(use --min-cosine)")
+        return min(agreements)
+    return min((output.cosine for output in outputs), default=0.0)
+
+
+def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, opset: int | None,
+        validate: bool, check_speed: bool,
+        force: bool, inputs, shapes, input_ranges, tol: str | Tolerance, config: SessionConfig,
+        bench_config: SessionConfig, observer: PassObserver | None, external_data: bool | None) -> QuantizeResult:
+    settings.check()
+    if preset not in PRESETS or preset.startswith("int"):
+        raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
+    if settings.budget is not None and not validate:
+        raise InputError("--min-cosine and --max-drop are measured by validation: drop --no-validate")
+    source, float_model = _load(model)
+    if opset is not None:
+        float_model = model_io.convert_opset(float_model, opset)
+    float_report = PassManager([create_pass(name) for name in PRESETS[preset]], target=target,
+                               fixed_point=preset != "O0", observer=observer).run(float_model)
+    tol = _tolerance(tol, settings)
+    validator = Validator(source, feeds=inputs, shapes=shapes, ranges=input_ranges, tol=tol, config=config,
+                          reference_ir=source if isinstance(source, ir.Model) else None) \
+        if validate or settings.needs_statistics else None
+    stats = channel_stats(float_model, _linear_inputs(float_model), validator.input_sets, config) \
+        if settings.needs_statistics else {}
+
+    def build(kept: Sequence[str]) -> tuple[ir.Model, PipelineReport]:
+        candidate = float_model.clone()
+        passes = [_with_statistics(create_pass(name, options), stats)
+                  for name, options in settings.passes(kept)]
+        return candidate, PassManager(passes, target=target).run(candidate)
+
+    candidate, report = build(())
+    fallback = None
+    if settings.budget is not None:
+        fallback = _fall_back(float_model, candidate, settings, validator, build)
+        if fallback.kept_float:
+            candidate, report = build(fallback.kept_float)
+    validation = validator.validate(candidate, locate=False) if validate else None  # int8 differs everywhere
+    if validation is not None and not validation.passed and not force:
+        raise ValidationFailed(f"the quantized model does not match the input: {validation.summary()}; "
+                               "nothing was written", validation)
+    result = QuantizeResult(candidate, _merged(float_report, report), [], validation, [],
+                            _quantized(float_model, candidate), _kept_float(report, fallback),
+                            model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate), fallback)
+    _check_kernels(candidate, config.resolved_ep(), force)
+    if check_speed:
+        result.latency = guard.compare_latency(float_model, candidate, bench_config,
+                                               feeds=validator.input_sets[0] if inputs is not None else None)
+        if result.latency.slower and not force:
+            raise QuantizationRefused(f"the quantized model is slower than the float one: "
+                                      f"{result.latency.describe()}; nothing was written (--force writes it)")
+    if output is not None:
+        result.written = model_io.save(candidate, output, external_data=external_data)
+    return result
+
+
+def _load(model) -> tuple[object, ir.Model]:
+    """(the reference as given, the model the passes change)."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model_io.from_proto(model)
+    if isinstance(model, ir.Model):
+        model_io.check_input(model)
+        return model.clone(), model
+    return model, model_io.load(model)
+
+
+def _tolerance(tol: str | Tolerance, settings: QuantizeSettings) -> Tolerance:
+    """With a budget, the budget judges: elementwise closeness no longer does (int8 hidden states
+    differ by more than 10% in many small elements at a cosine of 0.999)."""
+    tol = tol if isinstance(tol, Tolerance) else named_tolerance(tol)
+    if settings.min_cosine is not None:
+        tol = dataclasses.replace(tol, min_cosine=settings.min_cosine, max_mismatch=1.0)
+    if settings.max_drop is not None:
+        tol = dataclasses.replace(tol, min_top1=1.0 - settings.max_drop, max_mismatch=1.0)
+    return tol
+
+
+def _linear_inputs(model: ir.Model) -> list[str]:
+    """Names of the activations that linear layers with constant weights read."""
+    return sorted({value.name for node in model.graph for value in node.inputs[:1]
+                   if value is not None and value.name and any(linear_weight(use) for use in value.uses())})
+
+
+def _with_statistics(pass_, stats):
+    if pass_.name == "smooth_activations":
+        pass_.peaks = {name: item.peak for name, item in stats.items()}
+    elif pass_.name == "quantize_weight_only" and stats:
+        pass_.channel_weights = {name: item.mean_square for name, item in stats.items()}
+    return pass_
+
+
+def _quantized(float_model: ir.Model, candidate: ir.Model) -> list[str]:
+    """Quantizable nodes of the float model that the quantizer replaced (their names are gone)
+    or now read their weight through a DequantizeLinear (portable int4)."""
+    remaining = {node.name: node for node in candidate.graph}
+    quantized = []
+    for node in float_model.graph:
+        if node.op_type not in QUANTIZABLE_OPS or not node.name:
+            continue
+        after = remaining.get(node.name)
+        if after is None or any(value is not None and value.producer() is not None
+                                and value.producer().op_type == "DequantizeLinear" for value in after.inputs):
+            quantized.append(node.name)
+    return quantized
+
+
+def _fall_back(float_model: ir.Model, candidate: ir.Model, settings: QuantizeSettings, validator: Validator,
+               build: Callable) -> Fallback:
+    cache = {(): score(validator.check(candidate), settings)}
+
+    def measure(kept: tuple[str, ...]) -> float:
+        if kept not in cache:
+            cache[kept] = score(validator.check(build(kept)[0]), settings)
+        return cache[kept]
+
+    return choose_float(_quantized(float_model, candidate), measure, settings.budget)
+
+
+def _kept_float(report: PipelineReport, fallback: Fallback | None) -> list[tuple[str, str]]:
+    kept = []
+    for pass_report in report.passes:
+        for reason in pass_report.skipped:
+            if " kept float" in reason:
+                name, _, why = reason.partition(" kept float")
+                if fallback is None or not any(f"'{item}'" in name for item in fallback.kept_float):
+                    kept.append((name, why.lstrip(": ") or "excluded"))
+    if fallback is not None:
+        kept += [(name, f"the fallback: alone it raises the score by {fallback.sensitivity[name]:+.4f}")
+                 for name in fallback.kept_float]
+    return kept
+
+
+def _merged(first: PipelineReport, second: PipelineReport) -> PipelineReport:
+    return dataclasses.replace(first, passes=first.passes + second.passes, seconds=first.seconds + second.seconds,
+                               nodes_after=second.nodes_after)
+
+
+def _check_kernels(model: ir.Model, ep: str, force: bool) -> None:
+    missing = guard.missing_kernels(model, ep)
+    if missing and not force:
+        raise QuantizationRefused(f"{ep} has no kernel for {', '.join(missing)}: those nodes would run on the "
+                                  "CPU with copies both ways; nothing was written (--force writes it)")

@@ -1,0 +1,88 @@
+"""The quantizers' guards: a quantized model must be faster than its float self and run on its EP.
+
+compare_latency times the float and the quantized model in turns (graphopt's bench: time
+slices, each model owning the cores while timed) on the target execution provider, at the
+user's inputs or at batch 1, sequence 128. missing_kernels lists the ops ONNX Runtime has no
+kernel for on a provider (they would fall back to the CPU, with copies both ways).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime.capi._pybind_state as ort_state
+
+from graphopt import model as model_io
+from graphopt.runtime import bench as bench_module
+from graphopt.runtime import inputs as input_io
+from graphopt.runtime.providers import EP_NAMES, SessionConfig
+
+GUARD_DIMS = {"batch": 1, "sequence": 128, "other": 64}
+GUARD_RUNS = 40
+
+
+@dataclasses.dataclass
+class LatencyCheck:
+    """p50 latencies of the float and the quantized model, timed in turns on one EP."""
+
+    float_ms: float
+    quantized_ms: float
+    ep: str
+    shapes: dict[str, list[int]]
+
+    @property
+    def speedup(self) -> float:
+        return self.float_ms / self.quantized_ms if self.quantized_ms else float("inf")
+
+    @property
+    def slower(self) -> bool:
+        return self.quantized_ms > self.float_ms
+
+    def describe(self) -> str:
+        shapes = ", ".join(f"{name} {list(shape)}" for name, shape in self.shapes.items())
+        return (f"float p50 {self.float_ms:.3f} ms, quantized p50 {self.quantized_ms:.3f} ms "
+                f"({self.speedup:.2f}x) on {self.ep} at {shapes}")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "speedup": self.speedup}
+
+
+def compare_latency(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
+                    feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS) -> LatencyCheck:
+    """Time both models in turns (ONNX Runtime's graph optimizations on, as deployed)."""
+    if feeds is None:
+        feeds = input_io.synthesize(float_model, defaults=GUARD_DIMS)
+    with tempfile.TemporaryDirectory(prefix="graphopt-guard-") as folder:
+        paths = [Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"]
+        for model, path in zip((float_model, quantized), paths):
+            model_io.save(model, path)
+        result = bench_module.bench(paths, config=config, inputs=feeds, warmup=5, runs=runs,
+                                    labels=["float", "quantized"])
+    first, second = result.models
+    return LatencyCheck(first.p50_ms, second.p50_ms, config.resolved_ep(),
+                        {name: list(array.shape) for name, array in feeds.items()})
+
+
+@functools.cache
+def _kernels(provider: str) -> frozenset[tuple[str, str]]:
+    return frozenset((kernel.domain or "ai.onnx", kernel.op_name) for kernel in ort_state.get_all_opkernel_def()
+                     if kernel.provider == provider)
+
+
+def missing_kernels(model: ir.Model, ep: str) -> list[str]:
+    """'domain::Op' for each op of the model without a kernel on `ep` (empty when ONNX Runtime
+    does not list that provider's kernels: nothing can be checked then)."""
+    kernels = _kernels(EP_NAMES.get(ep, ep))
+    if not kernels:
+        return []
+    missing = set()
+    for graph in model.graphs():
+        for node in graph:
+            if (node.domain or "ai.onnx", node.op_type) not in kernels:
+                missing.add(f"{node.domain + '::' if node.domain else ''}{node.op_type}")
+    return sorted(missing)

@@ -1,0 +1,321 @@
+"""quantize_weight_only: every emitted form runs in ONNX Runtime and computes x @ the int4 weights.
+
+The reference is numpy written out block by block (`_dequantized`): for each output column,
+blocks of `block_size` values along K with scale max|w| / 7 and q = clip(round(w / s), -8, 7).
+With float activations (accuracy_level 0, DequantizeLinear, the gathers) ONNX Runtime must
+agree with x @ those weights to float rounding; accuracy_level 4 quantizes x to int8 as well.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import graphopt
+from graphopt.errors import InputError
+from graphopt.passes.quantize.blocks import (
+    block_error,
+    dequantize_int4,
+    pack_uint4,
+    quantize_int4,
+    to_blocks,
+)
+from graphopt.passes.quantize.scales import dequantize, symmetric_int8
+from graphopt.passes.quantize.weight_only import QuantizeWeightOnly
+from tests.helpers import op_types, parse, run
+
+_RNG = np.random.default_rng(0)
+_K, _N = 40, 6  # K is not a multiple of 16 or 32: the last block is padded
+_W = _RNG.standard_normal((_K, _N)).astype(np.float32) * np.array([0.01, 0.1, 1, 3, 0.5, 2], np.float32)
+_B = _RNG.standard_normal(_N).astype(np.float32)
+_EXACT = {"accuracy_level": 0}
+
+
+def _floats(array: np.ndarray) -> str:
+    return ", ".join(repr(float(item)) for item in array.reshape(-1))
+
+
+def _dequantized(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """Round-to-nearest blocked int4 and back, one column and one block at a time."""
+    result = np.zeros_like(weight)
+    for n in range(weight.shape[1]):
+        for start in range(0, weight.shape[0], block_size):
+            block = weight[start:start + block_size, n]
+            peak = np.float32(np.abs(block).max())
+            scale = np.float32(peak / np.float32(7)) if peak > 0 else np.float32(1)
+            result[start:start + block_size, n] = np.clip(np.rint(block / scale), -8, 7) * scale
+    return result
+
+
+def _heavy_tailed(shape, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_t(2, shape).astype(np.float32)
+
+
+def _model(opset: int = 18, body: str = "m = MatMul(x, w)\n y = Add(m, b)", weight: np.ndarray = _W) -> onnx.ModelProto:
+    """x @ w (+ b) with x [B, S, K]; b is _B for the default weight, zeros for another."""
+    k, n = weight.shape
+    bias = _B if weight is _W else np.zeros(n, np.float32)
+    return parse(f"""<ir_version: {10 if opset >= 21 else 9}, opset_import: ["" : {opset}]>
+        g (float[B, S, {k}] x) => (float[B, S, {n}] y)
+          <float[{k}, {n}] w = {{{_floats(weight)}}}, float[{n}] b = {{{_floats(bias)}}}> {{
+            {body} }}""")
+
+
+def _x(shape=(2, 5, _K)) -> np.ndarray:
+    return _RNG.standard_normal(shape).astype(np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a.reshape(-1), b.reshape(-1)) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _quantize(model, target: str, **options) -> graphopt.OptimizeResult:
+    return graphopt.optimize(model, passes=[("quantize_weight_only", options)], target=target)
+
+
+def _initializers(model: ir.Model) -> dict[str, ir.TensorProtocol]:
+    return {name: value.const_value for name, value in model.graph.initializers.items()}
+
+
+# -- the arithmetic -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block_size", [16, 32, 64])
+def test_round_to_nearest_blocks_match_a_direct_computation(block_size):
+    weight = _heavy_tailed((_K, _N))
+    weight[:, 1] = 0  # all-zero blocks
+    q, scale = quantize_int4(weight, block_size)
+    blocks = -(-_K // block_size)
+    assert q.shape == (_N, blocks, block_size) and scale.shape == (_N, blocks)
+    assert q.min() >= -8 and q.max() <= 7 and q.dtype == np.int8
+    np.testing.assert_array_equal(dequantize_int4(q, scale, _K), _dequantized(weight, block_size))
+    assert (scale[1] == 1).all() and not q[1].any()
+
+
+def test_packing_puts_the_first_value_in_the_low_nibble_offset_by_8():
+    packed = pack_uint4(np.array([[-8, 7, 0, -1]], np.int8))
+    assert packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed, [[0xF0, 0x78]])
+
+
+def test_mse_is_never_worse_than_round_to_nearest_and_better_on_heavy_tails():
+    weight = _heavy_tailed((256, 16))
+    blocks, ones = to_blocks(weight, 32), np.ones((8, 32), np.float32)
+    rtn, mse = quantize_int4(weight, 32, "rtn"), quantize_int4(weight, 32, "mse")
+    rtn_error, mse_error = block_error(blocks, *rtn, ones), block_error(blocks, *mse, ones)
+    assert (mse_error <= rtn_error).all()
+    assert (mse_error < rtn_error).any()
+    total = [np.square(dequantize_int4(*pair, 256) - weight).sum() for pair in (rtn, mse)]
+    assert total[1] < total[0]
+    assert rtn[0].min() == -7 and mse[0].min() == -8  # a clipped scale saturates at -8, not -7
+
+
+def test_channel_weights_change_the_chosen_scales():
+    weight = _heavy_tailed((256, 16))
+    importance = np.where(np.arange(256) % 32 < 4, 100.0, 0.01).astype(np.float32)
+    uniform = quantize_int4(weight, 32, "mse")
+    weighted = quantize_int4(weight, 32, "mse", importance)
+    assert not np.array_equal(uniform[1], weighted[1])
+    blocks, weights = to_blocks(weight, 32), importance.reshape(8, 32)
+    assert block_error(blocks, *weighted, weights).sum() < block_error(blocks, *uniform, weights).sum()
+
+
+# -- ort: MatMulNBits --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_matmul_nbits_computes_x_times_the_int4_weights(bias):
+    model = _model(body="m = MatMul(x, w)\n y = Add(m, b)" if bias else "y = MatMul(x, w)")
+    x = _x()
+    result = _quantize(model, "ort", block_size=16, **_EXACT)
+    assert op_types(result.model) == ["MatMulNBits"]
+    (node,) = result.model.graph
+    assert len(node.inputs) == (6 if bias else 3)
+    assert {name: attr.value for name, attr in node.attributes.items()} == \
+        {"K": _K, "N": _N, "bits": 4, "block_size": 16, "accuracy_level": 0}
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, x @ _dequantized(_W, 16) + (_B if bias else 0), rtol=1e-4, atol=1e-5)
+
+
+def test_matmul_nbits_stores_blocks_along_k_as_unsigned_nibbles():
+    result = _quantize(_model(), "ort", block_size=16)
+    tensors = _initializers(result.model)
+    packed, scales = tensors["w_int4"].numpy(), tensors["w_scale"].numpy()
+    assert packed.shape == (_N, 3, 8) and packed.dtype == np.uint8 and scales.shape == (_N, 3)
+    nibbles = np.stack([packed & 15, packed >> 4], axis=-1).reshape(_N, 3, 16).astype(np.int8) - 8
+    np.testing.assert_array_equal(dequantize_int4(nibbles, scales, _K), _dequantized(_W, 16))
+
+
+def test_accuracy_level_4_quantizes_activations_to_int8_and_stays_close():
+    model = _model()
+    x = _x()
+    result = _quantize(model, "ort")
+    (node,) = result.model.graph
+    assert node.attributes["accuracy_level"].value == 4 and node.attributes["block_size"].value == 32
+    (got,) = run(result.model, {"x": x})
+    assert _cosine(got, x @ _dequantized(_W, 32) + _B) > 0.999
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_or_without_trans_b(trans_b, target):
+    weight = _W.T.copy() if trans_b else _W
+    model = parse(f"""<ir_version: 10, opset_import: ["" : 21]>
+        g (float[M, {_K}] x) => (float[M, {_N}] y)
+          <float[{weight.shape[0]}, {weight.shape[1]}] w = {{{_floats(weight)}}}, float[{_N}] b = {{{_floats(_B)}}}> {{
+            y = Gemm<transB = {trans_b}>(x, w, b) }}""")
+    x = _x((4, _K))
+    result = _quantize(model, target, **_EXACT)
+    assert op_types(result.model) == (["MatMulNBits"] if target == "ort" else ["DequantizeLinear", "Gemm"])
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, x @ _dequantized(_W, 32) + _B, rtol=1e-4, atol=1e-5)
+
+
+def test_mse_reaches_the_kernel():
+    weight = _heavy_tailed((64, 8))
+    model = _model(body="y = MatMul(x, w)", weight=weight)
+    x = _x((2, 3, 64))
+    result = _quantize(model, "ort", algorithm="mse", **_EXACT)
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, x @ dequantize_int4(*quantize_int4(weight, 32, "mse"), 64), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, x @ _dequantized(weight, 32), rtol=1e-4, atol=1e-5)
+    assert "1 MatMul/Gemm int4 (block 32, mse): MatMulNBits" in result.report.passes[0].changes
+
+
+def test_channel_weights_for_the_input_steer_the_pass():
+    weight = _heavy_tailed((64, 8))
+    model = ir.serde.deserialize_model(_model(body="y = MatMul(x, w)", weight=weight))
+    quantize = QuantizeWeightOnly(algorithm="mse", accuracy_level=0)
+    quantize.target = "ort"
+    importance = np.where(np.arange(64) % 32 < 4, 100.0, 0.01).astype(np.float32)
+    quantize.channel_weights["x"] = importance
+    quantize(model)
+    scales = _initializers(model)["w_scale"].numpy()
+    np.testing.assert_array_equal(scales, quantize_int4(weight, 32, "mse", importance)[1])
+    assert not np.array_equal(scales, quantize_int4(weight, 32, "mse")[1])
+
+
+def test_a_shared_weight_splits_when_its_inputs_weigh_channels_differently():
+    weight = _heavy_tailed((64, 8))
+    model = ir.serde.deserialize_model(_model(body="m = MatMul(x, w)\n r = Relu(x)\n n = MatMul(r, w)\n y = Add(m, n)",
+                                              weight=weight))
+    quantize = QuantizeWeightOnly(algorithm="mse")
+    quantize.target = "ort"
+    importance = np.where(np.arange(64) % 32 < 4, 100.0, 0.01).astype(np.float32)
+    quantize.channel_weights["x"] = importance
+    quantize(model)
+    scales = [tensor.numpy() for name, tensor in _initializers(model).items() if name.startswith("w_scale")]
+    assert len(scales) == 2
+    np.testing.assert_array_equal(scales[0], quantize_int4(weight, 32, "mse", importance)[1])
+    np.testing.assert_array_equal(scales[1], quantize_int4(weight, 32, "mse")[1])
+
+
+def test_channel_weights_of_the_wrong_length_are_an_input_error():
+    quantize = QuantizeWeightOnly(algorithm="mse")
+    quantize.target = "ort"
+    quantize.channel_weights["x"] = np.ones(_K + 1, np.float32)
+    with pytest.raises(InputError, match=f"channel weights for 'x' must be {_K} finite values"):
+        quantize(ir.serde.deserialize_model(_model()))
+
+
+# -- portable: DequantizeLinear ---------------------------------------------------------------
+
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_portable_dequantizes_int4_blocks_before_the_matmul(block_size):
+    model = _model(opset=21)
+    x = _x()
+    result = _quantize(model, "portable", block_size=block_size)
+    assert op_types(result.model) == ["DequantizeLinear", "MatMul", "Add"]
+    tensors = _initializers(result.model)
+    assert tensors["w_int4"].dtype == ir.DataType.INT4 and tensors["w_int4"].shape == (_K, _N)
+    assert tensors["w_scale"].shape == (-(-_K // block_size), _N)
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, x @ _dequantized(_W, block_size) + _B, rtol=1e-4, atol=1e-5)
+
+
+def test_portable_below_opset_21_keeps_the_weights_float_and_says_why():
+    result = _quantize(_model(opset=18), "portable")
+    assert op_types(result.model) == ["MatMul", "Add"]
+    (reason,) = result.report.passes[0].skipped
+    assert "kept float" in reason and "--opset 21" in reason
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_matmuls_sharing_a_weight_share_its_int4_form(target):
+    model = _model(opset=21, body="m = MatMul(x, w)\n r = Relu(x)\n n = MatMul(r, w)\n y = Add(m, n)")
+    x = _x()
+    result = _quantize(model, target, **_EXACT)
+    assert sum(name.startswith("w_int4") for name in result.model.graph.initializers) == 1
+    (got,) = run(result.model, {"x": x})
+    weight = _dequantized(_W, 32)
+    np.testing.assert_allclose(got, x @ weight + np.maximum(x, 0) @ weight, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_int4_parameters_take_an_eighth_of_float32_plus_scales(target):
+    k, n = 256, 64
+    weight = _heavy_tailed((k, n))
+    model = _model(opset=21, weight=weight)
+    result = _quantize(model, target)
+    report = result.report.passes[0]
+    assert report.parameter_bytes_before == k * n * 4 + n * 4
+    assert report.parameter_bytes_after == k * n // 2 + (k // 32) * n * 4 + n * 4
+    assert len(ir.serde.serialize_model(result.model).SerializeToString()) < model.ByteSize() / 5
+
+
+# -- embedding tables -------------------------------------------------------------------------
+
+_TABLE = _RNG.standard_normal((50, _K)).astype(np.float32) * np.linspace(0.01, 5, 50, dtype=np.float32)[:, None]
+
+
+def _embedding_model() -> onnx.ModelProto:
+    return parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (int64[B, S] ids) => (float[B, S, {_K}] y) <float[50, {_K}] table = {{{_floats(_TABLE)}}}> {{
+            y = Gather(table, ids) }}""")
+
+
+def test_ort_gathers_int4_blocks_of_an_embedding_table():
+    ids = _RNG.integers(0, 50, (2, 7)).astype(np.int64)
+    result = _quantize(_embedding_model(), "ort", block_size=16, min_embedding_bytes=0)
+    assert op_types(result.model) == ["GatherBlockQuantized"]
+    tensors = _initializers(result.model)
+    assert tensors["table_int4"].dtype == ir.DataType.INT4 and tensors["table_scale"].shape == (50, 3)
+    assert result.model.ir_version >= 10  # the IR version that has int4
+    (got,) = run(result.model, {"ids": ids})
+    np.testing.assert_allclose(got, _dequantized(_TABLE.T, 16).T[ids], rtol=1e-6)
+
+
+def test_portable_embeddings_are_int8_rows_as_the_dynamic_pass_makes_them():
+    ids = _RNG.integers(0, 50, (2, 7)).astype(np.int64)
+    result = _quantize(_embedding_model(), "portable", min_embedding_bytes=0)
+    assert op_types(result.model) == ["Gather", "Gather", "Cast", "Mul"]
+    (got,) = run(result.model, {"ids": ids})
+    np.testing.assert_allclose(got, dequantize(*symmetric_int8(_TABLE, axis=0), 0)[ids], rtol=1e-6)
+    assert "1 embedding tables int8" in result.report.passes[0].changes[0]
+
+
+def test_small_tables_and_embeddings_false_stay_float():
+    for options in ({}, {"embeddings": False, "min_embedding_bytes": 0}):
+        result = _quantize(_embedding_model(), "ort", **options)
+        assert op_types(result.model) == ["Gather"]
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def test_excluded_nodes_stay_float_with_the_reason():
+    result = _quantize(_model(), "ort", exclude="MatMul")
+    assert op_types(result.model) == ["MatMul", "Add"]
+    assert "kept float: excluded" in result.report.passes[0].skipped[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"bits": 3}, "bits 3 is not supported"),
+    ({"block_size": 24}, "block_size must be a power of two >= 16, got 24"),
+    ({"block_size": 8}, "block_size must be a power of two >= 16, got 8"),
+    ({"algorithm": "gptq"}, "unknown algorithm 'gptq'"),
+    ({"accuracy_level": 5}, "accuracy_level must be 0 to 4"),
+    ({"exclude": "no_such_node"}, "--exclude names no node or op type"),
+])
+def test_bad_options_are_input_errors(options, message):
+    with pytest.raises(InputError, match=message):
+        _quantize(_model(), "ort", **options)
