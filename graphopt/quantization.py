@@ -27,6 +27,7 @@ from graphopt.passes.quantize.fallback import Fallback, choose_float
 from graphopt.passes.quantize.smooth import linear_weight
 from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport
 from graphopt.runtime import guard
+from graphopt.runtime import inputs as input_io
 from graphopt.runtime.activations import channel_stats
 from graphopt.runtime.compare import Tolerance, tolerance as named_tolerance
 from graphopt.runtime.providers import SessionConfig
@@ -180,8 +181,8 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
                             model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate), fallback)
     _check_kernels(candidate, config.resolved_ep(), force)
     if check_speed:
-        result.latency = guard.compare_latency(float_model, candidate, bench_config,
-                                               feeds=validator.input_sets[0] if inputs is not None else None)
+        feeds = None if inputs is None else input_io.user_feeds(float_model, inputs)
+        result.latency = guard.compare_latency(float_model, candidate, bench_config, feeds=feeds)
         if result.latency.slower and not force:
             raise QuantizationRefused(f"the quantized model is slower than the float one: "
                                       f"{result.latency.describe()}; nothing was written (--force writes it)")

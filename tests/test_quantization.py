@@ -119,3 +119,9 @@ def test_every_op_the_quantizer_emits_has_a_cpu_kernel(target):
                                check_speed=False, force=True)
     assert missing_kernels(result.model, "cpu") == []
     assert "MatMul" not in op_types(result.model)
+
+
+def test_the_guard_times_the_users_inputs_without_validation():
+    feeds = {"x": np.ones((1, 16), np.float32)}
+    with pytest.raises(QuantizationRefused, match=r"at x \[1, 16\]"):
+        graphopt.quantize(_tiny(), preset="O0", validate=False, inputs=feeds)
