@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 import graphopt
 from graphopt.cli import main
 from graphopt.errors import InputError, QuantizationRefused
 from graphopt.passes.quantize.fallback import choose_float
-from graphopt.runtime.guard import missing_kernels
+from graphopt.runtime import guard
+from graphopt.runtime.guard import compare_latency, missing_kernels
+from graphopt.runtime.providers import SessionConfig
 from graphopt import model as model_io
 from tests.helpers import op_types, parse
 
@@ -84,26 +87,61 @@ def test_bad_budget_options_are_clear_errors(kwargs, message):
 
 
 def _tiny() -> onnx.ModelProto:
-    """One 1×16·16×16 MatMul: quantizing it into five nodes can only make it slower."""
+    """One 1×16·16×16 MatMul."""
     return parse(f"""<ir_version: 9, opset_import: ["" : 18]>
         g (float[1, 16] x) => (float[1, 16] y) <float[16, 16] w = {{{_floats(_W2)}}}> {{ y = MatMul(x, w) }}""")
 
 
-def test_the_guard_refuses_a_slower_model_and_writes_nothing(tmp_path):
+def _deliberately_slow() -> ir.Model:
+    """_tiny's signature and output, plus a 512×512·512×512 product of the input that ONNX Runtime
+    cannot fold away: about a thousand times _tiny's work, so no machine load can hide it."""
+    return model_io.from_proto(parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 16] x) => (float[1, 16] y) <float[16, 16] w = {{{_floats(_W2)}}}, int64[2] reps = {{512, 32}},
+                                                float zero = {{0.0}}> {{
+            big = Tile(x, reps)
+            square = MatMul(big, big)
+            total = ReduceSum(square)
+            nothing = Mul(total, zero)
+            product = MatMul(x, w)
+            y = Add(product, nothing) }}"""))
+
+
+def test_compare_latency_times_both_models_on_the_ep():
+    check = compare_latency(model_io.from_proto(_tiny()), _deliberately_slow(), SessionConfig(threads=2))
+    assert check.slower and check.quantized_ms > 5 * check.float_ms
+    assert check.ep == "cpu" and check.shapes == {"x": [1, 16]} and "float p50" in check.describe()
+
+
+def _slower_by_the_clock(monkeypatch) -> list[dict]:
+    """The guard's clock, replaced: it reports every quantized model twice as slow, and records what it timed."""
+    timed = []
+
+    def fake(float_model, quantized, config, feeds=None, runs=0):
+        timed.append(feeds)
+        shapes = {name: list(array.shape) for name, array in (feeds or {"x": np.zeros((1, 16))}).items()}
+        return guard.LatencyCheck(1.0, 2.0, config.resolved_ep(), shapes)
+
+    monkeypatch.setattr(guard, "compare_latency", fake)
+    return timed
+
+
+def test_the_guard_refuses_a_slower_model_and_writes_nothing(tmp_path, monkeypatch):
+    _slower_by_the_clock(monkeypatch)
     out = tmp_path / "q.onnx"
-    with pytest.raises(QuantizationRefused, match=r"slower than the float one: float p50 [\d.]+ ms, quantized p50 [\d.]+ ms"):
+    with pytest.raises(QuantizationRefused, match=r"slower than the float one: float p50 1.000 ms, quantized p50 2.000 ms"):
         graphopt.quantize(_tiny(), out, preset="O0")
     assert not out.exists()
     forced = graphopt.quantize(_tiny(), out, preset="O0", force=True)
     assert forced.latency.slower and out.exists()
 
 
-def test_the_cli_guard_exits_1_with_both_numbers(tmp_path, capsys):
+def test_the_cli_guard_exits_1_with_both_numbers(tmp_path, capsys, monkeypatch):
+    _slower_by_the_clock(monkeypatch)
     path, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     onnx.save(_tiny(), path)
     assert main(["quantize", str(path), "-o", str(out), "-q"]) == 1
     error = capsys.readouterr().err
-    assert "float p50" in error and "quantized p50" in error and not out.exists()
+    assert "float p50 1.000 ms" in error and "quantized p50 2.000 ms" in error and not out.exists()
 
 
 def test_missing_kernels_names_ops_the_provider_cannot_run():
@@ -121,7 +159,9 @@ def test_every_op_the_quantizer_emits_has_a_cpu_kernel(target):
     assert "MatMul" not in op_types(result.model)
 
 
-def test_the_guard_times_the_users_inputs_without_validation():
-    feeds = {"x": np.ones((1, 16), np.float32)}
+def test_the_guard_times_the_users_inputs_without_validation(monkeypatch):
+    timed = _slower_by_the_clock(monkeypatch)
+    feeds = {"x": np.full((1, 16), 3.0, np.float32)}
     with pytest.raises(QuantizationRefused, match=r"at x \[1, 16\]"):
         graphopt.quantize(_tiny(), preset="O0", validate=False, inputs=feeds)
+    assert len(timed) == 1 and np.array_equal(timed[0]["x"], feeds["x"])
