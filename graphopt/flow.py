@@ -185,6 +185,15 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
     return result
 
 
+def _quantization_dict(quantized: api.QuantizeResult | None) -> dict[str, Any] | None:
+    """The quantizer's summary with its own validation against the export (the report's top-level
+    validation is the float preset's)."""
+    if quantized is None:
+        return None
+    validation = quantized.validation.to_dict() if quantized.validation else None
+    return {**quantized.to_dict(), "validation": validation}
+
+
 def _report_dict(result: RunResult, preset: str) -> dict[str, Any]:
     return {
         "model": result.name,
@@ -195,7 +204,7 @@ def _report_dict(result: RunResult, preset: str) -> dict[str, Any]:
         "validation": result.validation.to_dict() if result.validation else None,
         "bench": result.bench.to_dict() if result.bench else None,
         "accuracy": result.accuracy,
-        "quantization": result.quantized.to_dict() if result.quantized else None,
+        "quantization": _quantization_dict(result.quantized),
         "quantization_refused": result.quantize_refusal or None,
     }
 

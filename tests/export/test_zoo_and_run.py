@@ -141,3 +141,56 @@ def test_run_digits_reports_accuracy(tmp_path, capsys):
     assert report["accuracy"]["exported"] > 0.9
     assert report["accuracy"]["O1"] == report["accuracy"]["exported"]
     assert (out / "model.test.npz").exists() and (out / "model.calibration.npz").exists()
+
+
+MLP_FACTORY = '''
+import torch
+
+def build():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    return {"module": module, "example_inputs": (torch.randn(4, 64),), "input_names": ["features"],
+            "dynamic_axes": {"features": {0: "batch"}}}
+'''
+
+
+def _guard_clock(monkeypatch, float_ms: float, quantized_ms: float) -> None:
+    """The latency guard's timing replaced (a 64-wide MLP's int8 gain is within machine noise)."""
+    from graphopt.runtime import guard
+
+    def fake(float_model, quantized, config, feeds=None, runs=0):
+        return guard.LatencyCheck(float_ms, quantized_ms, config.resolved_ep(), {"features": [1, 64]})
+
+    monkeypatch.setattr(guard, "compare_latency", fake)
+
+
+def test_run_quantize_adds_the_int8_model_to_the_report_and_the_bench(tmp_path, monkeypatch, capsys):
+    _guard_clock(monkeypatch, 2.0, 1.0)
+    factory = tmp_path / "mlp.py"
+    factory.write_text(MLP_FACTORY)
+    out = tmp_path / "run"
+    assert main(["run", "--module", f"{factory}:build", "--out", str(out), "--runs", "3", "--warmup", "1",
+                 "--quantize", "dynamic"]) == 0
+    assert (out / "model.dynamic.onnx").exists()
+    report = json.loads((out / "report.json").read_text())
+    quantization = report["quantization"]
+    assert len(quantization["quantized"]) == 2 and quantization["validation"]["passed"]
+    assert quantization["quantized_bytes"] < quantization["float_bytes"] / 3
+    assert [entry["model"] for entry in report["bench"]["cases"][0]["models"]] == \
+        ["model.onnx", "model.O1.onnx", "model.dynamic.onnx"]
+    markdown = (out / "report.md").read_text()
+    assert "## Quantization" in markdown and "worst output cosine" in markdown
+    assert "quantized 2" in capsys.readouterr().out
+
+
+def test_run_quantize_refused_by_the_guard_writes_the_rest_and_exits_1(tmp_path, monkeypatch, capsys):
+    _guard_clock(monkeypatch, 1.0, 2.0)
+    factory = tmp_path / "mlp.py"
+    factory.write_text(MLP_FACTORY)
+    out = tmp_path / "run"
+    assert main(["run", "--module", f"{factory}:build", "--out", str(out), "--runs", "3", "--warmup", "1",
+                 "--quantize", "dynamic"]) == 1
+    assert not (out / "model.dynamic.onnx").exists() and (out / "model.O1.onnx").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["quantization"] is None and "slower than the float one" in report["quantization_refused"]
+    assert "float p50 1.000 ms" in capsys.readouterr().err
