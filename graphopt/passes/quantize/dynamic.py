@@ -14,7 +14,6 @@ constant [V, D] table) become int8 rows with one scale per row, both gathered pe
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from graphopt.passes.fusion._match import (
@@ -135,41 +134,3 @@ class QuantizeDynamic(WeightQuantizer):
         while inputs and inputs[-1] is None:
             inputs.pop()
         return inputs
-
-    def _split_attention(self, model: ir.Model, graph: ir.Graph, node: ir.Node) -> bool:
-        """Attention(x, W, b, mask…) → MatMul(x, W) + b → Split → MultiHeadAttention, so the
-        projection is quantized like any MatMul (ONNX Runtime's QAttention takes no attention bias)."""
-        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
-        where = f"Attention {node.name!r} kept float"
-        weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
-        if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] % 3:
-            self.skip(f"{where}: weights or bias not constant [D, 3D]")
-            return False
-        if inputs[3] is not None or inputs[4] is not None or len(node.inputs) > 6 or \
-                any(attr not in ("num_heads", "scale", "mask_filter_value") for attr in node.attributes) or \
-                any(value.uses() or value.is_graph_output() for value in node.outputs[1:]):
-            self.skip(f"{where}: mask index, past state or attributes MultiHeadAttention does not take")
-            return False
-        if self._excluded(node):
-            return False
-        width = weight.shape[1] // 3
-        name = fresh_node_name(graph, f"{node.name or 'attention'}/qkv")
-        project = ir.Node("", "MatMul", [inputs[0], inputs[1]], name=name)
-        add = ir.Node("", "Add", [project.outputs[0], inputs[2]], name=fresh_node_name(graph, f"{name}/bias"))
-        sizes = new_initializer(graph, np.array([width] * 3, np.int64), f"{name}_split")
-        split = ir.Node("", "Split", [add.outputs[0], sizes], [ir.AttrInt64("axis", -1)], num_outputs=3,
-                        name=fresh_node_name(graph, f"{name}/split"))
-        attention = ir.Node(MS_DOMAIN, "MultiHeadAttention", [*split.outputs, None, None, inputs[5]],
-                            list(node.attributes.values()),
-                            name=fresh_node_name(graph, f"{node.name or 'attention'}/mha"))
-        attention.outputs[0].shape, attention.outputs[0].dtype = node.outputs[0].shape, node.outputs[0].dtype
-        project.outputs[0].dtype = add.outputs[0].dtype = ir.DataType.FLOAT
-        shape = node.outputs[0].shape
-        if shape is not None:
-            project.outputs[0].shape = add.outputs[0].shape = ir.Shape([*shape[:-1], 3 * width])
-        for output in split.outputs:
-            output.dtype, output.shape = ir.DataType.FLOAT, shape
-        ir.convenience.replace_nodes_and_values(graph, node, [node], [project, add, split, attention],
-                                                [node.outputs[0]], [attention.outputs[0]])
-        model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return True

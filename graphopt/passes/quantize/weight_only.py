@@ -4,7 +4,11 @@ Each constant [K, N] float32 weight of a MatMul/Gemm becomes symmetric int4 with
 scale per block of `block_size` values along K of each output column (`blocks.py`): W ≈ s · q.
   ort       MatMulNBits(x, B, scales, , , bias): B uint8 [N, k_blocks, block_size/2], two values
             per byte (low nibble first) stored as q + 8, the zero point it assumes when given none;
-            scales [N, k_blocks]; accuracy_level 4 lets it quantize x to int8 per block
+            scales [N, k_blocks]; com.microsoft Attention is split as quantize_dynamic splits it
+            (packed QKV MatMulNBits, Split, MultiHeadAttention). accuracy_level 0 (the default)
+            computes in float32 from the int4 weights: on this CPU as fast as an fp32 MatMul at
+            128 rows and above; 4 quantizes x to int8 per block, 1.5x faster at one row (decoding)
+            but 1.3x slower at 128 (MatMulNBits microbenchmarks, ONNX Runtime 1.32, 2 threads)
   portable  DequantizeLinear(q int4 [K, N], s [k_blocks, N], axis=0, block_size) feeding the
             MatMul/Gemm as it was (a Gemm with transB keeps its [N, K] orientation: axis 1);
             blocked DequantizeLinear needs opset 21, below it the weights stay float
@@ -52,7 +56,7 @@ class QuantizeWeightOnly(WeightQuantizer):
     lossy_tolerance = "int4"
     float32_only = "weight-only int4 quantizes float32 weights"
 
-    def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 4,
+    def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 0,
                  exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 20) -> None:
         super().__init__(exclude, min_embedding_bytes)
         _check_options(bits, block_size, algorithm, accuracy_level)
@@ -70,8 +74,11 @@ class QuantizeWeightOnly(WeightQuantizer):
         self._check_exclude(model)
         infer_types(self, model)
         self._quantized.clear()
-        counts = {"linear": 0, "embedding": 0}
+        counts = {"linear": 0, "attention": 0, "embedding": 0}
         for graph in model.graphs():
+            if self.target == "ort":
+                counts["attention"] += sum(self._split_attention(model, graph, node) for node in list(graph)
+                                           if node.domain == MS_DOMAIN and node.op_type == "Attention")
             for node in list(graph):
                 linear = self._linear(node)
                 if linear is not None:
@@ -90,6 +97,8 @@ class QuantizeWeightOnly(WeightQuantizer):
         if counts["linear"]:
             form = "MatMulNBits" if self.target == "ort" else "DequantizeLinear before the MatMul/Gemm"
             self.changed(f"{counts['linear']} MatMul/Gemm int4 ({how}): {form}")
+        if counts["attention"]:
+            self.changed(f"{counts['attention']} Attention QKV projections int4 (MultiHeadAttention after)")
         if counts["embedding"] and self.target == "ort":
             self.changed(f"{counts['embedding']} embedding tables int4 ({how}): GatherBlockQuantized")
         elif counts["embedding"]:

@@ -149,11 +149,32 @@ def test_matmul_nbits_stores_blocks_along_k_as_unsigned_nibbles():
 def test_accuracy_level_4_quantizes_activations_to_int8_and_stays_close():
     model = _model()
     x = _x()
-    result = _quantize(model, "ort")
+    assert _quantize(model, "ort").model.graph.node(0).attributes["accuracy_level"].value == 0  # the default
+    result = _quantize(model, "ort", accuracy_level=4)
     (node,) = result.model.graph
     assert node.attributes["accuracy_level"].value == 4 and node.attributes["block_size"].value == 32
     (got,) = run(result.model, {"x": x})
     assert _cosine(got, x @ _dequantized(_W, 32) + _B) > 0.999
+
+
+def test_attention_qkv_becomes_matmul_nbits_with_the_mask_kept():
+    d, heads = 32, 2
+    weight = _RNG.standard_normal((d, 3 * d)).astype(np.float32) * 0.3
+    bias = _RNG.standard_normal(3 * d).astype(np.float32) * 0.1
+
+    def attention(w: np.ndarray) -> onnx.ModelProto:
+        return parse(f"""<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+            g (float[B, S, {d}] x, float[B, 1, S, S] mask) => (float[B, S, {d}] y)
+              <float[{d}, {3 * d}] w = {{{_floats(w)}}}, float[{3 * d}] b = {{{_floats(bias)}}}> {{
+                y = com.microsoft.Attention<num_heads = {heads}>(x, w, b, , , mask) }}""")
+
+    feeds = {"x": _x((2, 5, d)), "mask": np.where(_RNG.random((2, 1, 5, 5)) > 0.3, 0, -10000).astype(np.float32)}
+    result = _quantize(attention(weight), "ort", block_size=16)
+    assert op_types(result.model) == ["MatMulNBits", "Split", "MultiHeadAttention"]
+    assert "1 Attention QKV projections int4" in result.report.passes[0].changes[1]
+    (want,) = run(attention(_dequantized(weight, 16)), feeds)  # float attention over the int4 weights
+    (got,) = run(result.model, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("target", ["ort", "portable"])
