@@ -16,6 +16,8 @@ from graphopt.outputs import check_output_file
 from graphopt.passes import Pass, pass_class, pass_names, pass_options
 from graphopt.pipeline import PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
 from graphopt.runtime import bench as bench_module
+from graphopt.runtime import guard
+from graphopt.runtime import inputs as input_io
 from graphopt.runtime.bench import BenchResult, ProgressCallback
 from graphopt.runtime.compare import Tolerance
 from graphopt.runtime.providers import SessionConfig, ort_version, runs_opset
@@ -63,6 +65,7 @@ class OptimizeResult:
     written: list[os.PathLike]
     validation: ValidationResult | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    latency: guard.LatencyCheck | None = None  # input vs result, when a quantizing preset is validated
 
 
 def optimize(
@@ -80,6 +83,7 @@ def optimize(
     external_data: bool | None = None,
     validate: bool = False,
     validate_each: bool = False,
+    check_speed: bool = True,
     force: bool = False,
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
@@ -98,6 +102,8 @@ def optimize(
     (nothing written) when outputs differ beyond `tolerance` (default fp32, int8 when a pass
     quantizes), unless `force`; `validate_each`
     checks after every pass that changed the model and names the first one that broke it.
+    When a quantizing pass runs, `validate` also times the input against the result on the EP
+    (`check_speed`) and refuses a slower model (QuantizationRefused) unless `force`.
     `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs at
     those shapes); `keep_metadata` keeps the debug info O2/O3 strip.
     """
@@ -149,8 +155,12 @@ def optimize(
         if not validation.passed and not force:
             raise ValidationFailed(f"the optimized model does not match the input: "
                                    f"{validation.summary()}; nothing was written", validation)
+    latency = None
+    if validate and check_speed and spec.lossy:
+        feeds = None if inputs is None else input_io.user_feeds(snapshot, inputs)
+        latency = guard.check_speed(snapshot, model, (runtime or RuntimeOptions()).for_bench(), feeds, force)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
-    return OptimizeResult(model, report, written, validation, opset_warnings(model))
+    return OptimizeResult(model, report, written, validation, opset_warnings(model), latency)
 
 
 QUANTIZE_MODES = tuple(quantization.MODES)
@@ -168,6 +178,7 @@ def quantize(
     embeddings: bool = True,
     block_size: int = 32,
     algorithm: str = "rtn",
+    accuracy_level: int = 0,
     smooth: float | None = None,
     min_cosine: float | None = None,
     max_drop: float | None = None,
@@ -189,7 +200,9 @@ def quantize(
 
     `mode` "dynamic": int8 weights, activations quantized at run time (`bits` 8); "weight-only":
     int4 weights in blocks of `block_size` along K (`bits` 4; `algorithm` "rtn" rounds to nearest,
-    "mse" searches each block's clipping against activation-weighted error). `exclude` names
+    "mse" searches each block's clipping against activation-weighted error; `accuracy_level` is
+    MatMulNBits': 0 computes in float32, 4 quantizes activations to int8, which pays at one row
+    (decoding) and costs at 128). `exclude` names
     nodes or op types kept float; `smooth` (SmoothQuant's alpha) moves activation outliers into
     the weights first. The result is validated against the input at int8 tolerance; with
     `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
@@ -200,7 +213,7 @@ def quantize(
     settings = quantization.QuantizeSettings(
         mode=mode, bits=bits if bits is not None else quantization.MODES.get(mode, (8,))[0],
         per_channel=per_channel, exclude=tuple(exclude), embeddings=embeddings, block_size=block_size,
-        algorithm=algorithm, smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)
+        algorithm=algorithm, accuracy_level=accuracy_level, smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)
     runtime = runtime or RuntimeOptions()
     check_output_file(output)
     return quantization.run(model, output, settings, preset=preset, target=target, opset=opset, validate=validate,

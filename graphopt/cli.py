@@ -242,7 +242,10 @@ def _print_warnings(warnings: list[str]) -> None:
               help="Compare with the input in ONNX Runtime; refuse to write a model that differs.")
 @click.option("--validate-each", is_flag=True,
               help="Compare after every pass that changed the model; name the first that broke it.")
-@click.option("--force", is_flag=True, help="Write the model even when validation fails (exit 1).")
+@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
+              help="With --validate and a quantizing preset: time the input against the result on the EP; "
+                   "a slower model is not written.")
+@click.option("--force", is_flag=True, help="Write the model even when validation or the speed check fails (exit 1).")
 @_tolerance_options(default=None)
 @_input_options
 @_runtime_options
@@ -251,7 +254,7 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
              passes: str | None, recipe: Path | None, opset: int | None, fixed_point: bool | None,
              max_iterations: int | None, external_data: bool | None, report: Path | None,
              fix_shape: tuple[str, ...], keep_metadata: bool,
-             validate: bool, validate_each: bool, force: bool, tolerance: Tolerance,
+             validate: bool, validate_each: bool, check_speed: bool, force: bool, tolerance: Tolerance,
              inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
              runtime: api.RuntimeOptions, quiet: bool) -> None:
     """Run a preset, a pass list or a recipe over MODEL and write the result atomically."""
@@ -259,7 +262,7 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
     result = _with_progress(quiet, lambda observer: api.optimize(
         model, output, preset=preset, passes=passes, recipe=recipe, target=target, opset=opset,
         fixed_point=fixed_point, max_iterations=max_iterations, external_data=external_data,
-        validate=validate, validate_each=validate_each, force=force,
+        validate=validate, validate_each=validate_each, check_speed=check_speed, force=force,
         inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer,
         fix_shapes=parse_shapes(fix_shape, "--fix-shape"), keep_metadata=keep_metadata,
@@ -302,6 +305,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
             data["validation"] = result.validation.to_dict()
         if isinstance(result, api.QuantizeResult):
             data["quantization"] = result.to_dict()
+        elif result.latency is not None:
+            data["latency"] = result.latency.to_dict()
         model_io.write_text_atomic(report, json.dumps(data, indent=2) + "\n")
     _print_warnings(result.warnings)
     if not quiet:
@@ -312,8 +317,14 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
         if isinstance(result, api.QuantizeResult):
             for line in result.summary_lines():
                 out.print(line, highlight=False)
+        elif result.latency is not None:
+            out.print(f"latency: {result.latency.describe()}", highlight=False)
     if result.validation is not None and not result.validation.passed:
         err.print("graphopt: validation failed; the model was written because of --force")
+        raise click.exceptions.Exit(1)
+    if result.latency is not None and result.latency.slower:
+        err.print(f"graphopt: the quantized model is slower than the float one ({result.latency.describe()}); "
+                  "it was written because of --force", soft_wrap=True)
         raise click.exceptions.Exit(1)
     if quiet:
         return
@@ -337,6 +348,9 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--algorithm", type=click.Choice(["rtn", "mse"]), default="rtn", show_default=True,
               help="weight-only: rtn rounds to nearest; mse searches each block's clipping, weighing the "
                    "error by the validation inputs' activations.")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
+              help="weight-only --target ort: MatMulNBits' compute type; 0 float32, 4 int8 activations "
+                   "(faster for one-row decoding, slower at 128 rows on CPU).")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="One weight scale per output channel, or one per tensor.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="A node name or op type to keep float (repeatable).")
@@ -365,7 +379,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, algorithm: str, per_channel: bool, exclude: tuple[str, ...], embeddings: bool,
+             block_size: int, algorithm: str, accuracy_level: int, per_channel: bool, exclude: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
              opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,
              tolerance: Tolerance, inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
@@ -376,8 +390,8 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
     if mode == "weight-only" and tolerance == make_tolerance("int8"):
         tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
     result = _with_progress(quiet, lambda observer: api.quantize(
-        model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, per_channel=per_channel,
-        exclude=exclude, embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,
+        model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, accuracy_level=accuracy_level,
+        per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,
         preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,

@@ -48,6 +48,7 @@ class QuantizeSettings:
     embeddings: bool = True
     block_size: int = 32
     algorithm: str = "rtn"
+    accuracy_level: int = 0
     smooth_alpha: float | None = None
     min_cosine: float | None = None
     max_drop: float | None = None
@@ -58,6 +59,9 @@ class QuantizeSettings:
         if self.bits not in MODES[self.mode]:
             allowed = " or ".join(f"--bits {bits}" for bits in MODES[self.mode])
             raise InputError(f"--bits {self.bits}: --mode {self.mode} quantizes to {allowed}")
+        if self.mode != "weight-only" and self.accuracy_level:
+            raise InputError(f"--accuracy-level {self.accuracy_level}: it sets MatMulNBits' compute type "
+                             "(--mode weight-only)")
         if self.min_cosine is not None and self.max_drop is not None:
             raise InputError("give --min-cosine or --max-drop, not both")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
@@ -78,6 +82,7 @@ class QuantizeSettings:
         else:
             steps.append(("quantize_weight_only", {"bits": self.bits, "block_size": self.block_size,
                                                    "algorithm": self.algorithm, "exclude": exclude,
+                                                   "accuracy_level": self.accuracy_level,
                                                    "embeddings": self.embeddings}))
         return steps
 
@@ -182,10 +187,7 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     _check_kernels(candidate, config.resolved_ep(), force)
     if check_speed:
         feeds = None if inputs is None else input_io.user_feeds(float_model, inputs)
-        result.latency = guard.compare_latency(float_model, candidate, bench_config, feeds=feeds)
-        if result.latency.slower and not force:
-            raise QuantizationRefused(f"the quantized model is slower than the float one: "
-                                      f"{result.latency.describe()}; nothing was written (--force writes it)")
+        result.latency = guard.check_speed(float_model, candidate, bench_config, feeds, force)
     if output is not None:
         result.written = model_io.save(candidate, output, external_data=external_data)
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -80,6 +82,7 @@ def test_max_drop_budgets_top1_agreement():
     ({"min_cosine": 0.99, "validate": False}, "measured by validation"),
     ({"mode": "weight-only", "bits": 8}, "--bits 8: --mode weight-only quantizes to --bits 4"),
     ({"smooth": 1.5}, "alpha must be between 0 and 1"),
+    ({"accuracy_level": 4}, "--accuracy-level 4: it sets MatMulNBits' compute type"),
 ])
 def test_bad_budget_options_are_clear_errors(kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -142,6 +145,33 @@ def test_the_cli_guard_exits_1_with_both_numbers(tmp_path, capsys, monkeypatch):
     assert main(["quantize", str(path), "-o", str(out), "-q"]) == 1
     error = capsys.readouterr().err
     assert "float p50 1.000 ms" in error and "quantized p50 2.000 ms" in error and not out.exists()
+
+
+def test_optimize_with_a_quantizing_preset_validates_and_refuses_a_slower_model(tmp_path, monkeypatch, capsys):
+    _slower_by_the_clock(monkeypatch)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(QuantizationRefused, match="float p50 1.000 ms, quantized p50 2.000 ms"):
+        graphopt.optimize(_tiny(), out, preset="int8-dynamic", validate=True)
+    assert not out.exists()
+    assert graphopt.optimize(_tiny(), preset="int8-dynamic").latency is None  # not validated: not timed
+    assert graphopt.optimize(_tiny(), preset="int8-dynamic", validate=True, check_speed=False).latency is None
+    assert graphopt.optimize(_tiny(), preset="O3", validate=True).latency is None  # nothing quantized
+    path, report = tmp_path / "m.onnx", tmp_path / "report.json"
+    onnx.save(_tiny(), path)
+    assert main(["optimize", str(path), "-o", str(out), "--preset", "int8-dynamic", "--validate", "-q"]) == 1
+    assert "float p50 1.000 ms" in capsys.readouterr().err and not out.exists()
+    assert main(["optimize", str(path), "-o", str(out), "--preset", "int8-dynamic", "--validate", "--force",
+                 "--report", str(report)]) == 1
+    assert "written because of --force" in capsys.readouterr().err and out.exists()
+    assert json.loads(report.read_text())["latency"]["quantized_ms"] == 2.0
+
+
+def test_quantize_force_writes_a_slower_model_and_exits_1(tmp_path, monkeypatch, capsys):
+    _slower_by_the_clock(monkeypatch)
+    path, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(_tiny(), path)
+    assert main(["quantize", str(path), "-o", str(out), "--force"]) == 1
+    assert "written because of --force" in capsys.readouterr().err and out.exists()
 
 
 def test_missing_kernels_names_ops_the_provider_cannot_run():

@@ -1,6 +1,6 @@
 """The quantizers' guards: a quantized model must be faster than its float self and run on its EP.
 
-compare_latency times the float and the quantized model in turns (graphopt's bench: time
+check_speed refuses a quantized model that compare_latency finds slower; compare_latency times the float and the quantized model in turns (graphopt's bench: time
 slices, each model owning the cores while timed) on the target execution provider, at the
 user's inputs or at batch 1, sequence 128. missing_kernels lists the ops ONNX Runtime has no
 kernel for on a provider (they would fall back to the CPU, with copies both ways).
@@ -18,6 +18,7 @@ import onnx_ir as ir
 import onnxruntime.capi._pybind_state as ort_state
 
 from graphopt import model as model_io
+from graphopt.errors import QuantizationRefused
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.providers import EP_NAMES, SessionConfig
@@ -66,6 +67,17 @@ def compare_latency(float_model: ir.Model, quantized: ir.Model, config: SessionC
     first, second = result.models
     return LatencyCheck(first.p50_ms, second.p50_ms, config.resolved_ep(),
                         {name: list(array.shape) for name, array in feeds.items()})
+
+
+def check_speed(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
+                feeds: dict[str, np.ndarray] | None, force: bool) -> LatencyCheck:
+    """compare_latency, refusing (QuantizationRefused, both p50s in the message) a quantized
+    model slower than its float self unless `force`."""
+    check = compare_latency(float_model, quantized, config, feeds=feeds)
+    if check.slower and not force:
+        raise QuantizationRefused(f"the quantized model is slower than the float one: {check.describe()}; "
+                                  "nothing was written (--force writes it)")
+    return check
 
 
 @functools.cache
