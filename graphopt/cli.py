@@ -351,6 +351,9 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
               help="weight-only --target ort: MatMulNBits' compute type; 0 float32, 4 int8 activations "
                    "(faster for one-row decoding, slower at 128 rows on CPU).")
+@click.option("--outlier-ratio", type=float,
+              help="dynamic: input channels peaking above this many times the median channel stay in a small "
+                   "float MatMul beside the int8 one (default 6; 0 turns it off).")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="One weight scale per output channel, or one per tensor.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="A node name or op type to keep float (repeatable).")
@@ -379,7 +382,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, algorithm: str, accuracy_level: int, per_channel: bool, exclude: tuple[str, ...], embeddings: bool,
+             block_size: int, algorithm: str, accuracy_level: int, outlier_ratio: float | None, per_channel: bool,
+             exclude: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
              opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,
              tolerance: Tolerance, inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
@@ -391,7 +395,8 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
         tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
     result = _with_progress(quiet, lambda observer: api.quantize(
         model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, accuracy_level=accuracy_level,
-        per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,
+        outlier_ratio=outlier_ratio, per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth,
+        min_cosine=min_cosine, max_drop=max_drop,
         preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,

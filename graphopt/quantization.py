@@ -49,6 +49,7 @@ class QuantizeSettings:
     block_size: int = 32
     algorithm: str = "rtn"
     accuracy_level: int = 0
+    outlier_ratio: float = 0.0
     smooth_alpha: float | None = None
     min_cosine: float | None = None
     max_drop: float | None = None
@@ -68,6 +69,8 @@ class QuantizeSettings:
             raise InputError(f"--min-cosine {self.min_cosine}: it must be between -1 and 1")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 1.0:
             raise InputError(f"--max-drop {self.max_drop}: it must be between 0 and 1 (a fraction of top-1 agreement)")
+        if self.outlier_ratio and (self.mode != "dynamic" or self.outlier_ratio <= 1):
+            raise InputError(f"--outlier-ratio {self.outlier_ratio}: dynamic int8 only, above 1 (0 turns it off)")
         if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
             raise InputError(f"--smooth {self.smooth_alpha}: SmoothQuant's alpha must be between 0 and 1")
 
@@ -78,7 +81,7 @@ class QuantizeSettings:
             steps.append(("smooth_activations", {"alpha": self.smooth_alpha}))
         if self.mode == "dynamic":
             steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
-                                               "embeddings": self.embeddings}))
+                                               "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio}))
         else:
             steps.append(("quantize_weight_only", {"bits": self.bits, "block_size": self.block_size,
                                                    "algorithm": self.algorithm, "exclude": exclude,
@@ -88,7 +91,8 @@ class QuantizeSettings:
 
     @property
     def needs_statistics(self) -> bool:
-        return self.smooth_alpha is not None or (self.mode == "weight-only" and self.algorithm == "mse")
+        return self.smooth_alpha is not None or (self.mode == "weight-only" and self.algorithm == "mse") or \
+            (self.mode == "dynamic" and bool(self.outlier_ratio))
 
     @property
     def budget(self) -> float | None:
@@ -223,6 +227,8 @@ def _linear_inputs(model: ir.Model) -> list[str]:
 def _with_statistics(pass_, stats):
     if pass_.name == "smooth_activations":
         pass_.peaks = {name: item.peak for name, item in stats.items()}
+    elif pass_.name == "quantize_dynamic" and stats:
+        pass_.channel_peaks = {name: item.peak for name, item in stats.items()}
     elif pass_.name == "quantize_weight_only" and stats:
         pass_.channel_weights = {name: item.mean_square for name, item in stats.items()}
     return pass_

@@ -56,12 +56,21 @@ def test_choose_float_keeps_the_most_sensitive_first_and_stops_at_the_budget():
     assert not unmet.met and unmet.kept_float == ("a",) and unmet.score == pytest.approx(0.75)
 
 
+def test_the_outlier_channel_is_measured_and_kept_float(tmp_path):
+    model, feeds = _two_layers(), _outlier_inputs()
+    plain = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=0)
+    assert plain.validation.input_sets[0].outputs[0].cosine < 0.9  # everything int8: far off
+    split = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True)  # ratio 6
+    assert split.validation.input_sets[0].outputs[0].cosine > 0.999 and split.quantized == ["first", "second"]
+    assert any("outlier input channels" in change for change in split.report.passes[-1].changes)
+    with pytest.raises(InputError, match="--outlier-ratio 6.0: dynamic int8 only"):
+        graphopt.quantize(model, mode="weight-only", outlier_ratio=6.0)
+
+
 def test_the_fallback_meets_a_budget_plain_quantization_misses(tmp_path):
     model, feeds = _two_layers(), _outlier_inputs()
-    plain = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True)
-    assert plain.validation.input_sets[0].outputs[0].cosine < 0.9  # everything int8: far off
     result = graphopt.quantize(model, tmp_path / "q.onnx", preset="O0", inputs=feeds, check_speed=False,
-                               min_cosine=0.999)
+                               min_cosine=0.999, outlier_ratio=0)
     assert result.fallback.met and result.fallback.kept_float == ("first",)
     assert result.validation.passed and result.validation.input_sets[0].outputs[0].cosine >= 0.999
     assert result.quantized == ["second"]
@@ -72,7 +81,7 @@ def test_the_fallback_meets_a_budget_plain_quantization_misses(tmp_path):
 
 def test_max_drop_budgets_top1_agreement():
     result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
-                               max_drop=0.02)
+                               max_drop=0.02, outlier_ratio=0)
     assert result.fallback.trials[0].score < 0.98 and result.fallback.kept_float == ("first",)
     assert result.validation.input_sets[0].outputs[0].top1_agreement >= 0.98
 
@@ -186,7 +195,9 @@ def test_every_op_the_quantizer_emits_has_a_cpu_kernel(target):
     result = graphopt.quantize(_two_layers(), preset="O0", target=target, inputs=_outlier_inputs(),
                                check_speed=False, force=True)
     assert missing_kernels(result.model, "cpu") == []
-    assert "MatMul" not in op_types(result.model)
+    float_weights = [value.const_value.shape for value in result.model.graph.initializers.values()
+                     if value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2]
+    assert [tuple(shape) for shape in float_weights] == [(1, 16)]  # only x's outlier channel's row stays float
 
 
 def test_the_guard_times_the_users_inputs_without_validation(monkeypatch):

@@ -14,10 +14,13 @@ constant [V, D] table) become int8 rows with one scale per row, both gathered pe
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
+from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
     constant_array,
+    constant_tensor,
     fresh_node_name,
     fresh_value_name,
     infer_types,
@@ -40,17 +43,24 @@ class QuantizeDynamic(WeightQuantizer):
     float32_only = "dynamic int8 quantizes float32 activations"
 
     def __init__(self, per_channel: bool = True, exclude: str = "", embeddings: bool = True,
-                 min_embedding_bytes: int = 1 << 20) -> None:
+                 min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 6.0, max_outliers: int = 8) -> None:
         super().__init__(exclude, min_embedding_bytes)
+        if outlier_ratio and outlier_ratio <= 1:
+            raise InputError(f"quantize_dynamic: outlier_ratio must be above 1 (or 0 for none), got {outlier_ratio}")
         self.per_channel = per_channel
         self.embeddings = embeddings
-        self._quantized: dict[tuple[int, bool], tuple[ir.Value, ir.Value]] = {}
+        self.outlier_ratio = outlier_ratio
+        self.max_outliers = max_outliers
+        # [K] largest |x| per input channel, keyed by the name of the x a MatMul reads: channels
+        # above outlier_ratio × the median stay float. Filled from calibration data, not an option.
+        self.channel_peaks: dict[str, np.ndarray] = {}
+        self._quantized: dict[tuple, tuple[ir.Value, ir.Value, ir.Value | None]] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._check_exclude(model)
         infer_types(self, model)
         self._quantized.clear()
-        counts = {"linear": 0, "attention": 0, "embedding": 0}
+        counts = {"linear": 0, "attention": 0, "embedding": 0, "outliers": 0}
         for graph in model.graphs():
             if self.target == "ort":
                 counts["attention"] += sum(self._split_attention(model, graph, node) for node in list(graph)
@@ -61,8 +71,10 @@ class QuantizeDynamic(WeightQuantizer):
                 if linear is not None:
                     groups.setdefault(linear.x, []).append(linear)
             for members in groups.values():
-                self._emit(model, graph, members)
+                outliers = self._outliers(members[0].x, members)
+                self._emit(model, graph, members, outliers)
                 counts["linear"] += len(members)
+                counts["outliers"] += len(members) if len(outliers) else 0
             if self.embeddings:
                 counts["embedding"] += sum(self._embedding(graph, node) for node in list(graph)
                                            if is_op(node, "Gather"))
@@ -71,6 +83,9 @@ class QuantizeDynamic(WeightQuantizer):
             self.changed(f"{counts['linear']} MatMul/Gemm int8 ({scales} weights, dynamic activations)")
         if counts["attention"]:
             self.changed(f"{counts['attention']} Attention QKV projections int8 (MultiHeadAttention after)")
+        if counts["outliers"]:
+            self.changed(f"{counts['outliers']} of them with their outlier input channels (peak above "
+                         f"{self.outlier_ratio:g}x the median) in a float MatMul beside the int8 one")
         if counts["embedding"]:
             self.changed(f"{counts['embedding']} embedding tables int8 (per-row scales)")
         modified = any(counts.values())
@@ -78,39 +93,58 @@ class QuantizeDynamic(WeightQuantizer):
             ir.passes.common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)
 
-    def _weights(self, graph: ir.Graph, linear: Linear) -> tuple[ir.Value, ir.Value]:
-        """The int8 weight [K, N] and its scales, made once per float weight."""
-        key = (id(linear.weight), linear.transposed)
+    def _outliers(self, x: ir.Value, members: list[Linear]) -> np.ndarray:
+        """The input channels of x whose measured peak is above outlier_ratio × the median peak
+        (at most max_outliers, the largest first): LLM.int8()'s decomposition keeps them float,
+        so they no longer set the int8 range of every other channel."""
+        peaks = self.channel_peaks.get(x.name)
+        if not self.outlier_ratio or peaks is None or np.shape(peaks) != (_width(members[0]),):
+            return np.zeros(0, np.int64)
+        median = float(np.median(peaks))
+        order = np.argsort(-peaks, kind="stable")[:self.max_outliers]
+        return np.sort(order[peaks[order] > self.outlier_ratio * median]).astype(np.int64)
+
+    def _weights(self, graph: ir.Graph, linear: Linear, outliers: np.ndarray) -> tuple[ir.Value, ir.Value, ir.Value | None]:
+        """The int8 weight [K, N] and its scales, made once per float weight; with outlier
+        channels, their rows are zero in the int8 weight and kept float apart ([k, N])."""
+        key = (id(linear.weight), linear.transposed, outliers.tobytes())
         if key not in self._quantized:
             weight = constant_array(linear.weight)
             weight = weight.T if linear.transposed else weight
-            q, scale = symmetric_int8(weight, axis=1 if self.per_channel else None)
             base = linear.weight.name or "weight"
+            rows = None
+            if len(outliers):
+                rows = new_initializer(graph, np.ascontiguousarray(weight[outliers]), f"{base}_outlier_rows")
+                weight = weight.copy()
+                weight[outliers] = 0
+            q, scale = symmetric_int8(weight, axis=1 if self.per_channel else None)
             self._quantized[key] = (new_initializer(graph, q, f"{base}_int8"),
-                                    new_initializer(graph, scale, f"{base}_scale"))
+                                    new_initializer(graph, scale, f"{base}_scale"), rows)
         return self._quantized[key]
 
     # -- emitting ---------------------------------------------------------------------------
 
-    def _emit(self, model: ir.Model, graph: ir.Graph, members: list[Linear]) -> None:
+    def _emit(self, model: ir.Model, graph: ir.Graph, members: list[Linear], outliers: np.ndarray) -> None:
         first = members[0].nodes[0]
         name = fresh_node_name(graph, f"{first.name or 'matmul'}/quant")
+        x, x_outliers = members[0].x, None
+        if len(outliers):
+            x, x_outliers = self._split_outliers(graph, first, name, x, outliers, _width(members[0]))
         if self.target == "ort" and len(members) == 1:
             linear = members[0]
-            q, scale = self._weights(graph, linear)
-            node = ir.Node(MS_DOMAIN, "DynamicQuantizeMatMul", self._trim([linear.x, q, scale, None, linear.bias]),
+            q, scale, rows = self._weights(graph, linear, outliers)
+            node = ir.Node(MS_DOMAIN, "DynamicQuantizeMatMul", self._trim([x, q, scale, None, linear.bias]),
                            name=name)
             model.opset_imports.setdefault(MS_DOMAIN, 1)
-            self._replace(graph, linear, [node])
+            self._replace(graph, linear, [node, *self._add_outliers(graph, name, node, x_outliers, rows)])
             return
-        quantize = ir.Node("", "DynamicQuantizeLinear", [members[0].x], num_outputs=3,
-                           name=fresh_node_name(graph, f"{name}/x"))
+        quantize = ir.Node("", "DynamicQuantizeLinear", [x], num_outputs=3, name=fresh_node_name(graph, f"{name}/x"))
         xq, xs, xz = quantize.outputs
         for value, suffix in zip(quantize.outputs, ("quantized", "scale", "zero_point")):
             value.name = fresh_value_name(graph, f"{name}/x_{suffix}")
         graph.insert_before(first, quantize)
         for index, linear in enumerate(members):
-            q, scale = self._weights(graph, linear)
+            q, scale, rows = self._weights(graph, linear, outliers)
             base = fresh_node_name(graph, f"{name}_{index}" if len(members) > 1 else name)
             if self.target == "ort":
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
@@ -127,10 +161,41 @@ class QuantizeDynamic(WeightQuantizer):
                 if linear.bias is not None:
                     nodes.append(ir.Node("", "Add", [nodes[-1].outputs[0], linear.bias],
                                          name=fresh_node_name(graph, f"{base}/bias")))
+            nodes += self._add_outliers(graph, base, nodes[-1], x_outliers, rows)
             self._replace(graph, linear, nodes)
+
+    @staticmethod
+    def _split_outliers(graph: ir.Graph, first: ir.Node, name: str, x: ir.Value, outliers: np.ndarray,
+                        width: int) -> tuple[ir.Value, ir.Value]:
+        """(x with the outlier channels zeroed, for int8; x's outlier channels alone, for float)."""
+        mask = np.ones(width, np.float32)
+        mask[outliers] = 0
+        zeroed = ir.Node("", "Mul", [x, new_initializer(graph, mask, f"{name}_inlier_mask")],
+                         name=fresh_node_name(graph, f"{name}/inliers"))
+        gathered = ir.Node("", "Gather", [x, new_initializer(graph, outliers, f"{name}_outlier_channels")],
+                           [ir.AttrInt64("axis", -1)], name=fresh_node_name(graph, f"{name}/outliers"))
+        for node in (zeroed, gathered):
+            node.outputs[0].dtype = ir.DataType.FLOAT
+            graph.insert_before(first, node)
+        return zeroed.outputs[0], gathered.outputs[0]
+
+    @staticmethod
+    def _add_outliers(graph: ir.Graph, base: str, last: ir.Node, x_outliers: ir.Value | None,
+                      rows: ir.Value | None) -> list[ir.Node]:
+        """x's outlier channels times their float weight rows, added to the int8 product."""
+        if x_outliers is None:
+            return []
+        product = ir.Node("", "MatMul", [x_outliers, rows], name=fresh_node_name(graph, f"{base}/outlier_product"))
+        return [product, ir.Node("", "Add", [last.outputs[0], product.outputs[0]],
+                                 name=fresh_node_name(graph, f"{base}/outlier_sum"))]
 
     @staticmethod
     def _trim(inputs: list) -> list:
         while inputs and inputs[-1] is None:
             inputs.pop()
         return inputs
+
+
+def _width(linear: Linear) -> int:
+    """K, the input channels of the layer's [K, N] weight."""
+    return constant_tensor(linear.weight).shape[1 if linear.transposed else 0]

@@ -13,7 +13,10 @@ import pytest
 
 import graphopt
 from graphopt.errors import InputError
+from graphopt import model as model_io
+from graphopt.passes.quantize.dynamic import QuantizeDynamic
 from graphopt.passes.quantize.scales import dequantize, symmetric_int8
+from graphopt.pipeline import PassManager
 from tests.helpers import op_types, parse, run
 
 _RNG = np.random.default_rng(0)
@@ -195,3 +198,47 @@ def test_chained_and_unnamed_matmuls_quantize_one_after_the_other(target):
     (want,) = run(model, {"x": x})
     assert "MatMul" not in op_types(result.model)
     assert float(np.dot(got.reshape(-1), want.reshape(-1)) / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
+
+
+class _Quantized:
+    def __init__(self, model, report):
+        self.model, self.report = model, report
+
+
+def _outlier_pass(target: str, peaks: np.ndarray, **options) -> _Quantized:
+    """quantize_dynamic with x's measured per-channel peaks, as graphopt.quantize hands them over."""
+    quantize = QuantizeDynamic(**options)
+    quantize.channel_peaks = {"x": peaks}
+    model = model_io.from_proto(_matmul_model())
+    return _Quantized(model, PassManager([quantize], target=target).run(model))
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_outlier_channels_stay_float_beside_the_int8_product(target):
+    x = _x()
+    x[..., 3] *= 300  # one channel dwarfs the others: per-tensor uint8 x would lose them
+    peaks = np.abs(x).reshape(-1, 8).max(axis=0)
+    result = _outlier_pass(target, peaks)
+    assert "outlier input channels" in result.report.passes[0].changes[-1]
+    assert op_types(result.model).count("MatMul") == 1 and "Gather" in op_types(result.model)
+    (got,) = run(result.model, {"x": x})
+    inliers, rows = x.copy(), _W.copy()
+    inliers[..., 3], rows[3] = 0, 0
+    want = _reference(inliers, rows, per_channel=True) + x[..., [3]] @ _W[[3]] + _B
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # the point of it: far closer to float than quantizing x with its outlier
+    (plain,) = run(graphopt.optimize(_matmul_model(), passes="quantize_dynamic", target=target).model, {"x": x})
+    exact = x @ _W + _B
+    assert np.abs(got - exact).max() < np.abs(plain - exact).max() / 10
+
+
+def test_no_outliers_below_the_ratio_and_at_most_max_outliers():
+    peaks = np.array([1, 1, 1, 5, 1, 1, 1, 1], np.float32)
+    assert "Gather" not in op_types(_outlier_pass("ort", peaks).model)  # 5x the median: under 6
+    peaks = np.array([100, 90, 80, 1, 1, 1, 1, 1], np.float32)
+    model = _outlier_pass("ort", peaks, max_outliers=2).model
+    channels = [value.const_value.numpy() for value in model.graph.initializers.values()
+                if value.name.endswith("outlier_channels")]
+    np.testing.assert_array_equal(channels[0], [0, 1])
+    with pytest.raises(InputError, match="outlier_ratio must be above 1"):
+        _outlier_pass("ort", peaks, outlier_ratio=0.5)
