@@ -201,7 +201,8 @@ def quantize(
 
     `mode` "dynamic": int8 weights, activations quantized at run time (`bits` 8); "weight-only":
     int4 weights in blocks of `block_size` along K (`bits` 4; `algorithm` "rtn" rounds to nearest,
-    "mse" searches each block's clipping against activation-weighted error; `accuracy_level` is
+    "mse" searches each block's clipping against activation-weighted error, "gptq" applies GPTQ with
+    the Gram matrix of each layer's inputs measured on the validation inputs; `accuracy_level` is
     MatMulNBits': 0 computes in float32, 4 quantizes activations to int8, which pays at one row
     (decoding) and costs at 128). Dynamic int8 keeps the input channels whose measured peak is
     above `outlier_ratio` (6) times the median channel's in a small float MatMul beside the int8

@@ -345,9 +345,10 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--bits", type=int, help="Weight bits: 8 for dynamic (default), 4 for weight-only (default).")
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="weight-only: weights per scale, along the reduction axis (a power of two, at least 16).")
-@click.option("--algorithm", type=click.Choice(["rtn", "mse"]), default="rtn", show_default=True,
+@click.option("--algorithm", type=click.Choice(["rtn", "mse", "gptq"]), default="rtn", show_default=True,
               help="weight-only: rtn rounds to nearest; mse searches each block's clipping, weighing the "
-                   "error by the validation inputs' activations.")
+                   "error by the validation inputs' activations; gptq moves each channel's rounding error "
+                   "onto the channels not yet rounded (GPTQ, with the inputs' Gram matrix).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
               help="weight-only --target ort: MatMulNBits' compute type; 0 float32, 4 int8 activations "
                    "(faster for one-row decoding, slower at 128 rows on CPU).")

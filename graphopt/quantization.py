@@ -60,6 +60,8 @@ class QuantizeSettings:
         if self.bits not in MODES[self.mode]:
             allowed = " or ".join(f"--bits {bits}" for bits in MODES[self.mode])
             raise InputError(f"--bits {self.bits}: --mode {self.mode} quantizes to {allowed}")
+        if self.mode != "weight-only" and self.algorithm != "rtn":
+            raise InputError(f"--algorithm {self.algorithm}: it chooses int4 weights (--mode weight-only)")
         if self.mode != "weight-only" and self.accuracy_level:
             raise InputError(f"--accuracy-level {self.accuracy_level}: it sets MatMulNBits' compute type "
                              "(--mode weight-only)")
@@ -91,7 +93,7 @@ class QuantizeSettings:
 
     @property
     def needs_statistics(self) -> bool:
-        return self.smooth_alpha is not None or (self.mode == "weight-only" and self.algorithm == "mse") or \
+        return self.smooth_alpha is not None or (self.mode == "weight-only" and self.algorithm != "rtn") or \
             (self.mode == "dynamic" and bool(self.outlier_ratio))
 
     @property
@@ -166,7 +168,8 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     validator = Validator(source, feeds=inputs, shapes=shapes, ranges=input_ranges, tol=tol, config=config,
                           reference_ir=source if isinstance(source, ir.Model) else None) \
         if validate or settings.needs_statistics else None
-    stats = channel_stats(float_model, _linear_inputs(float_model), validator.input_sets, config) \
+    stats = channel_stats(float_model, _linear_inputs(float_model), validator.input_sets, config,
+                          gram=settings.algorithm == "gptq") \
         if settings.needs_statistics else {}
 
     def build(kept: Sequence[str]) -> tuple[ir.Model, PipelineReport]:
@@ -231,6 +234,7 @@ def _with_statistics(pass_, stats):
         pass_.channel_peaks = {name: item.peak for name, item in stats.items()}
     elif pass_.name == "quantize_weight_only" and stats:
         pass_.channel_weights = {name: item.mean_square for name, item in stats.items()}
+        pass_.hessians = {name: item.gram for name, item in stats.items() if item.gram is not None}
     return pass_
 
 

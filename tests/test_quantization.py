@@ -17,7 +17,7 @@ from graphopt.runtime import guard
 from graphopt.runtime.guard import compare_latency, missing_kernels
 from graphopt.runtime.providers import SessionConfig
 from graphopt import model as model_io
-from tests.helpers import op_types, parse
+from tests.helpers import op_types, parse, run
 
 _RNG = np.random.default_rng(0)
 _W1 = _RNG.standard_normal((16, 16)).astype(np.float32)
@@ -79,6 +79,28 @@ def test_the_fallback_meets_a_budget_plain_quantization_misses(tmp_path):
     assert [node.name for node in written.graph.node if node.op_type == "MatMul"] == ["first"]
 
 
+def _wide(k: int = 128, n: int = 32) -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.ndarray]:
+    """x @ w with K = 128 and correlated inputs (x = z @ mix): where GPTQ's error moving pays."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((k, n)).astype(np.float32)
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[M, {k}] x) => (float[M, {n}] y) <float[{k}, {n}] w = {{{_floats(weight)}}}> {{ y = MatMul(x, w) }}""")
+    x = (rng.standard_normal((256, k)) @ rng.standard_normal((k, k))).astype(np.float32)
+    return model, {"x": x}, x @ weight
+
+
+def test_gptq_measures_the_gram_matrix_and_beats_round_to_nearest():
+    model, feeds, exact = _wide()
+    errors = {}
+    for algorithm in ("rtn", "gptq"):
+        result = graphopt.quantize(model, mode="weight-only", algorithm=algorithm, preset="O0", target="ort",
+                                   inputs=feeds, check_speed=False, force=True)
+        assert op_types(result.model) == ["MatMulNBits"]
+        (got,) = run(result.model, feeds)
+        errors[algorithm] = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+    assert errors["gptq"] < 0.8 * errors["rtn"], errors
+
+
 def test_max_drop_budgets_top1_agreement():
     result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
                                max_drop=0.02, outlier_ratio=0)
@@ -92,6 +114,7 @@ def test_max_drop_budgets_top1_agreement():
     ({"mode": "weight-only", "bits": 8}, "--bits 8: --mode weight-only quantizes to --bits 4"),
     ({"smooth": 1.5}, "alpha must be between 0 and 1"),
     ({"accuracy_level": 4}, "--accuracy-level 4: it sets MatMulNBits' compute type"),
+    ({"algorithm": "gptq"}, "--algorithm gptq: it chooses int4 weights"),
 ])
 def test_bad_budget_options_are_clear_errors(kwargs, message):
     with pytest.raises(InputError, match=message):

@@ -4,7 +4,7 @@ channel_stats runs a float model on input sets with chosen intermediate values e
 outputs (a chunk at a time) and keeps, per value and channel of its last axis, the largest
 magnitude (what SmoothQuant needs to move outliers into the weights) and the mean square
 (how much each input channel of a linear layer matters to its output: the int4 scale search
-weighs its error by it).
+weighs its error by it); on request also the channels' Gram matrix xᵀx / count, GPTQ's Hessian.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ class ChannelStats:
     peak: np.ndarray         # max |x| per channel
     mean_square: np.ndarray  # mean x² per channel
     count: int               # positions seen
+    gram: np.ndarray | None = None  # mean xᵀx, [channels, channels] float64, when asked for
 
 
 def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Sequence[dict[str, np.ndarray]],
-                  config: SessionConfig = SessionConfig(opt_level="disable")) -> dict[str, ChannelStats]:
-    """{value name: its statistics over every input set and position, per channel of the last axis}."""
+                  config: SessionConfig = SessionConfig(opt_level="disable"), *,
+                  gram: bool = False) -> dict[str, ChannelStats]:
+    """{value name: its statistics over every input set and position, per channel of the last axis};
+    `gram` adds each value's Gram matrix (channels² floats per value)."""
     values = {value.name: value for node in model.graph for value in node.outputs}
     values.update((value.name, value) for value in model.graph.inputs)
     wanted = [values[name] for name in names if name in values]
@@ -44,11 +47,14 @@ def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Sequence[di
                     continue
                 rows = array.reshape(-1, array.shape[-1])
                 peak, square = np.abs(rows).max(axis=0), np.square(rows, dtype=np.float64).sum(axis=0)
+                products = rows.T.astype(np.float64) @ rows if gram else None
                 seen = stats.get(value.name)
                 if seen is None:
-                    stats[value.name] = ChannelStats(peak, square / len(rows), len(rows))
+                    stats[value.name] = ChannelStats(peak, square / len(rows), len(rows),
+                                                     None if products is None else products / len(rows))
                     continue
                 count = seen.count + len(rows)
-                stats[value.name] = ChannelStats(np.maximum(seen.peak, peak),
-                                                 (seen.mean_square * seen.count + square) / count, count)
+                stats[value.name] = ChannelStats(
+                    np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
+                    None if products is None else (seen.gram * seen.count + products) / count)
     return stats

@@ -5,6 +5,10 @@ elements along K (zero-padded to whole blocks); each block holds W ≈ s · q wi
 q = clip(round(W / s), -8, 7) and s = r · max|W| / 7. Round-to-nearest takes r = 1; the
 error-minimizing search takes, per block, the clipping ratio r that minimizes Σ_k c_k (W − s·q)²,
 where c weighs the input channels (mean squared activations; 1 when unknown).
+
+GPTQ (Frantar et al., 2022) fixes the scales first, then quantizes the input channels one at a
+time, moving each channel's error onto the channels not yet quantized so that the layer's output
+error ‖X·W − X·Ŵ‖ shrinks; H = XᵀX / count, the Gram matrix of the inputs X, says how.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 QMIN, QMAX = -8, 7
 # 1.0 first: a block keeps round-to-nearest's scale unless a smaller ratio is strictly better.
 CLIP_RATIOS = np.linspace(1.0, 0.7, 20, dtype=np.float32)
+_GPTQ_CHUNK = 128
 
 
 def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
@@ -37,6 +42,44 @@ def quantize_int4(weight: np.ndarray, block_size: int, algorithm: str = "rtn",
         ratio = np.float32(1.0)
     scale = _scale(peak, ratio)
     return _round(blocks, scale), scale
+
+
+def gptq_int4(weight: np.ndarray, hessian: np.ndarray, block_size: int,
+              damp: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_int4's (q, scale) for a [K, N] weight, chosen by GPTQ with the [K, K] Gram matrix
+    `hessian` of the layer's inputs.
+
+    The scales are fixed first: the "mse" search weighted by diag H, on the weight whose dead
+    channels (H_kk = 0) are zeroed. Then the channels are rounded in decreasing order of H_kk, and
+    each one's error e (per output column) updates the channels after it by
+    W[j] -= e · U[k, j] / U[k, k], U the upper Cholesky factor of H⁻¹ (H damped by `damp` times its
+    mean diagonal). Updates are applied `_GPTQ_CHUNK` channels at a time, eagerly inside a chunk
+    and by one product past it.
+    """
+    weight = np.array(weight, np.float32)
+    k = weight.shape[0]
+    hessian = np.array(hessian, np.float64)
+    dead = np.diag(hessian) == 0
+    hessian[dead, dead] = 1.0
+    weight[dead] = 0.0
+    _, scale = quantize_int4(weight, block_size, "mse", np.diag(hessian))
+    hessian[np.diag_indices(k)] += damp * np.mean(np.diag(hessian))
+
+    order = np.argsort(-np.diag(hessian), kind="stable")
+    weight, hessian = weight[order], hessian[np.ix_(order, order)]
+    channel_scale = np.repeat(scale, block_size, axis=1)[:, order].T
+    inverse_factor = np.linalg.cholesky(np.linalg.inv(hessian)).T.astype(np.float32)
+    q = np.empty_like(weight)
+    for start in range(0, k, _GPTQ_CHUNK):
+        stop = min(start + _GPTQ_CHUNK, k)
+        chunk, factor = weight[start:stop], inverse_factor[start:stop, start:stop]
+        errors = np.empty_like(chunk)
+        for i in range(stop - start):
+            q[start + i] = np.clip(np.rint(chunk[i] / channel_scale[start + i]), QMIN, QMAX)
+            errors[i] = (chunk[i] - q[start + i] * channel_scale[start + i]) / factor[i, i]
+            chunk[i + 1:] -= np.outer(factor[i, i + 1:], errors[i])
+        weight[stop:] -= inverse_factor[start:stop, stop:].T @ errors
+    return to_blocks(q[np.argsort(order)], block_size).astype(np.int8), scale
 
 
 def best_clip_ratios(blocks: np.ndarray, peak: np.ndarray, importance: np.ndarray) -> np.ndarray:

@@ -1,7 +1,10 @@
 """quantize_weight_only: int4 weights in blocks along K, activations left float.
 
 Each constant [K, N] float32 weight of a MatMul/Gemm becomes symmetric int4 with one float32
-scale per block of `block_size` values along K of each output column (`blocks.py`): W ≈ s · q.
+scale per block of `block_size` values along K of each output column (`blocks.py`): W ≈ s · q,
+rounded to nearest ("rtn"), with each block's clipping searched ("mse"), or by GPTQ ("gptq":
+the rounding error of each input channel moved onto those not yet rounded, by the Gram matrix
+of the layer's measured inputs).
   ort       MatMulNBits(x, B, scales, , , bias): B uint8 [N, k_blocks, block_size/2], two values
             per byte (low nibble first) stored as q + 8, the zero point it assumes when given none;
             scales [N, k_blocks]; com.microsoft Attention is split as quantize_dynamic splits it
@@ -36,10 +39,10 @@ from graphopt.passes.fusion._match import (
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer
-from graphopt.passes.quantize.blocks import pack_uint4, quantize_int4
+from graphopt.passes.quantize.blocks import gptq_int4, pack_uint4, quantize_int4
 from graphopt.passes.registry import register
 
-ALGORITHMS = ("rtn", "mse")
+ALGORITHMS = ("rtn", "mse", "gptq")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 INT4 = ir.DataType.INT4.numpy()
 BLOCKED_DEQUANTIZE_OPSET = 21
@@ -67,6 +70,8 @@ class QuantizeWeightOnly(WeightQuantizer):
         # [K] mean squared activation per input channel, keyed by the name of the x a MatMul reads:
         # "mse" weighs each channel's error by it. Filled from calibration data, not an option.
         self.channel_weights: dict[str, np.ndarray] = {}
+        # [K, K] Gram matrix xᵀx / count per x name, for "gptq"; without it a layer is rounded to nearest.
+        self.hessians: dict[str, np.ndarray] = {}
         # per weight: its int4 initializers and K (ort), or the DequantizeLinear's output (portable)
         self._quantized: dict[tuple, tuple | ir.Value] = {}
 
@@ -74,6 +79,7 @@ class QuantizeWeightOnly(WeightQuantizer):
         self._check_exclude(model)
         infer_types(self, model)
         self._quantized.clear()
+        self._unmeasured: list[str] = []
         counts = {"linear": 0, "attention": 0, "embedding": 0}
         for graph in model.graphs():
             if self.target == "ort":
@@ -99,6 +105,9 @@ class QuantizeWeightOnly(WeightQuantizer):
             self.changed(f"{counts['linear']} MatMul/Gemm int4 ({how}): {form}")
         if counts["attention"]:
             self.changed(f"{counts['attention']} Attention QKV projections int4 (MultiHeadAttention after)")
+        if self._unmeasured:
+            self.changed(f"gptq rounded {len(self._unmeasured)} layer(s) to nearest: no calibration statistics "
+                         f"for their inputs ({', '.join(self._unmeasured[:3])}{'…' if len(self._unmeasured) > 3 else ''})")
         if counts["embedding"] and self.target == "ort":
             self.changed(f"{counts['embedding']} embedding tables int4 ({how}): GatherBlockQuantized")
         elif counts["embedding"]:
@@ -124,6 +133,12 @@ class QuantizeWeightOnly(WeightQuantizer):
         weight = constant_array(linear.weight)
         weight = weight.T if linear.transposed else weight
         k = weight.shape[0]
+        if self.algorithm == "gptq":
+            hessian = self.hessians.get(linear.x.name)
+            if hessian is not None and np.shape(hessian) == (k, k):
+                return *gptq_int4(weight, hessian, self.block_size), k
+            self._unmeasured.append(linear.nodes[0].name)
+            return *quantize_int4(weight, self.block_size), k
         q, scale = quantize_int4(weight, self.block_size, self.algorithm, self._channel_weights(linear, k))
         return q, scale, k
 
@@ -140,7 +155,8 @@ class QuantizeWeightOnly(WeightQuantizer):
 
     def _cache_key(self, graph: ir.Graph, linear: Linear) -> tuple:
         """Layers sharing a weight share its int4 form, unless their inputs weigh channels differently."""
-        weighted = self.algorithm == "mse" and linear.x.name in self.channel_weights
+        weighted = (self.algorithm == "mse" and linear.x.name in self.channel_weights) or \
+            (self.algorithm == "gptq" and linear.x.name in self.hessians)
         return id(graph), id(linear.weight), linear.transposed, linear.x.name if weighted else None
 
     def _matmul_nbits(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> None:

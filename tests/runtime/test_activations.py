@@ -1,0 +1,41 @@
+"""channel_stats: per-channel peak, mean square and (on request) the Gram matrix, over input sets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt import model as model_io
+from graphopt.runtime.activations import channel_stats
+from tests.helpers import parse
+
+_RNG = np.random.default_rng(5)
+_W = _RNG.standard_normal((4, 3)).astype(np.float32)
+
+
+def _model():
+    weights = ", ".join(repr(float(item)) for item in _W.reshape(-1))
+    return model_io.from_proto(parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, S, 4] x) => (float[B, S, 3] y) <float[4, 3] w = {{{weights}}}> {{
+            h = MatMul(x, w)
+            y = Relu(h)
+        }}"""))
+
+
+def test_statistics_over_two_input_sets_match_numpy():
+    inputs = [_RNG.standard_normal((2, 5, 4)).astype(np.float32) * np.float32([1, 10, 0.1, 3]),
+              _RNG.standard_normal((1, 3, 4)).astype(np.float32)]
+    stats = channel_stats(_model(), ["x", "h"], [{"x": x} for x in inputs], gram=True)
+    for name, rows in (("x", np.concatenate([x.reshape(-1, 4) for x in inputs])),
+                       ("h", np.concatenate([(x @ _W).reshape(-1, 3) for x in inputs]))):
+        rows = rows.astype(np.float64)
+        assert stats[name].count == 13
+        np.testing.assert_allclose(stats[name].peak, np.abs(rows).max(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(stats[name].mean_square, np.mean(rows ** 2, axis=0), rtol=1e-5)
+        np.testing.assert_allclose(stats[name].gram, rows.T @ rows / len(rows), rtol=1e-5, atol=1e-6)
+        assert stats[name].gram.dtype == np.float64
+
+
+def test_the_gram_matrix_is_off_by_default():
+    stats = channel_stats(_model(), ["x"], [{"x": np.ones((1, 2, 4), np.float32)}])
+    assert stats["x"].gram is None
+    np.testing.assert_array_equal(stats["x"].mean_square, np.ones(4))
