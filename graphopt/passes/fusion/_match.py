@@ -180,12 +180,28 @@ def new_initializer(graph: ir.Graph, array: np.ndarray, base: str) -> ir.Value:
 
 
 def drop_unused_initializers(graph: ir.Graph, values) -> None:
-    """Remove those of `values` that are initializers of `graph` nothing reads any more."""
+    """Remove those of `values` that are initializers of `graph` nothing reads any more, and let
+    their data go: the value forgets its tensor (the pass that dropped it may still hold the
+    value, and the collector is paused while passes run) and external data is unmapped."""
     for value in values:
         if value is not None and not value.uses() and value.name in graph.initializers \
                 and graph.initializers[value.name] is value and not value.is_graph_input() \
                 and not value.is_graph_output():
             graph.initializers.pop(value.name)
+            release(value.const_value)
+            value.const_value = None
+
+
+def release(tensor: ir.TensorProtocol | None) -> None:
+    """Close the file mapping an external tensor keeps once read: its pages count in the resident
+    set until then, so a pass replacing every weight of a multi-GB model would end up holding
+    all of them. The tensor stays usable (a clone of the model may share it): a later read maps
+    the file again. A mapping that an array still views stays open."""
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:
+            pass
 
 
 def _fresh(base: str, taken: set) -> str:

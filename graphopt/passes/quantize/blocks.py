@@ -19,6 +19,7 @@ QMIN, QMAX = -8, 7
 # 1.0 first: a block keeps round-to-nearest's scale unless a smaller ratio is strictly better.
 CLIP_RATIOS = np.linspace(1.0, 0.7, 20, dtype=np.float32)
 _GPTQ_CHUNK = 128
+_CHUNK_ELEMENTS = 1 << 20  # float32 elements per column chunk
 
 
 def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
@@ -32,16 +33,26 @@ def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
 def quantize_int4(weight: np.ndarray, block_size: int, algorithm: str = "rtn",
                   channel_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(q int8 in [-8, 7] of shape [N, k_blocks, block_size], scale float32 [N, k_blocks]) for a
-    [K, N] weight; `algorithm` is "rtn" or "mse", `channel_weights` a [K] weighting for "mse"."""
-    blocks = to_blocks(np.asarray(weight, np.float32), block_size)
-    peak = np.abs(blocks).max(axis=-1)
+    [K, N] weight; `algorithm` is "rtn" or "mse", `channel_weights` a [K] weighting for "mse".
+    Output columns are independent: a few MiB of them at a time, so a memory-mapped table is
+    only read, never copied whole."""
+    weight = np.asarray(weight, np.float32)
+    k, n = weight.shape
+    q = np.empty((n, -(-k // block_size), block_size), np.int8)
+    scale = np.empty(q.shape[:2], np.float32)
+    importance = None
     if algorithm == "mse":
-        importance = np.ones(weight.shape[0], np.float32) if channel_weights is None else channel_weights
-        ratio = best_clip_ratios(blocks, peak, to_blocks(np.reshape(importance, (-1, 1)), block_size)[0])
-    else:
-        ratio = np.float32(1.0)
-    scale = _scale(peak, ratio)
-    return _round(blocks, scale), scale
+        channels = np.ones(k, np.float32) if channel_weights is None else channel_weights
+        importance = to_blocks(np.reshape(channels, (-1, 1)), block_size)[0]
+    step = max(1, _CHUNK_ELEMENTS // max(1, k))
+    for start in range(0, n, step):
+        columns = slice(start, start + step)
+        blocks = to_blocks(weight[:, columns], block_size)
+        peak = np.abs(blocks).max(axis=-1)
+        ratio = np.float32(1.0) if importance is None else best_clip_ratios(blocks, peak, importance)
+        scale[columns] = _scale(peak, ratio)
+        q[columns] = _round(blocks, scale[columns])
+    return q, scale
 
 
 def gptq_int4(weight: np.ndarray, hessian: np.ndarray, block_size: int,

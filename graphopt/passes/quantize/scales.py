@@ -10,20 +10,34 @@ from __future__ import annotations
 import numpy as np
 
 QMAX = 127
+# Rows are quantized a few MiB at a time: the float temporaries of round(W / s) stay that small
+# however large W is (a memory-mapped weight is only read).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def symmetric_int8(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(q int8, scale float32): one scale for the tensor (axis None) or one per index of `axis`.
     A channel of zeros gets scale 1 (any scale represents it exactly)."""
     weight = np.asarray(weight, dtype=np.float32)
-    if axis is None:
-        peak = np.abs(weight).max(initial=0.0)
-    else:
-        reduce = tuple(index for index in range(weight.ndim) if index != axis % weight.ndim)
-        peak = np.abs(weight).max(axis=reduce, keepdims=True, initial=0.0)
+    shape = weight.shape
+    weight = weight.reshape(1) if weight.ndim == 0 else weight
+    axis = None if axis is None else axis % weight.ndim
+    step = _chunk_rows(weight)
+    parts = [slice(start, start + step) for start in range(0, max(len(weight), 1), step)]
+    reduce = tuple(index for index in range(weight.ndim) if index != axis)
+    peaks = [np.abs(weight[part]).max(axis=reduce, keepdims=True, initial=0.0) for part in parts]
+    peak = np.concatenate(peaks) if axis == 0 else np.maximum.reduce(peaks)
     scale = np.where(peak > 0, peak / QMAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(weight / scale), -QMAX, QMAX).astype(np.int8)
-    return q, (scale.reshape(-1) if axis is not None else scale.reshape(()))
+    q = np.empty(weight.shape, np.int8)
+    for part in parts:
+        scaled = weight[part] / (scale[part] if axis == 0 else scale)
+        np.rint(scaled, out=scaled)
+        q[part] = np.clip(scaled, -QMAX, QMAX, out=scaled)
+    return q.reshape(shape), (scale.reshape(-1) if axis is not None else scale.reshape(()))
+
+
+def _chunk_rows(weight: np.ndarray) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, weight[:1].size))
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:

@@ -333,7 +333,7 @@ def test_excluded_nodes_stay_float_with_the_reason():
     ({"bits": 3}, "bits 3 is not supported"),
     ({"block_size": 24}, "block_size must be a power of two >= 16, got 24"),
     ({"block_size": 8}, "block_size must be a power of two >= 16, got 8"),
-    ({"algorithm": "gptq"}, "unknown algorithm 'gptq'"),
+    ({"algorithm": "hqq"}, "unknown algorithm 'hqq'"),
     ({"accuracy_level": 5}, "accuracy_level must be 0 to 4"),
     ({"exclude": "no_such_node"}, "--exclude names no node or op type"),
 ])
