@@ -9,6 +9,8 @@ Variants of each export (dynamo exporter unless the spec says otherwise):
   graphopt-int8-portable   the same with standard ops only (--target portable)
   graphopt-int8-ort-0.99   graphopt quantize --target ort --min-cosine 0.99 (the sensitivity fallback
                            on graphopt's synthesized validation inputs, not on the sentences)
+  graphopt-int8-ort-outliers  graphopt quantize --target ort --outlier-ratio 6 (outlier input channels,
+                           measured on the synthesized inputs, in float beside the int8 product)
   graphopt-int4-ort        graphopt quantize --mode weight-only --target ort (MatMulNBits, block 32)
 For each: file size, fidelity against float (MiniLM: the lowest cosine of mean-pooled sentence
 embeddings over benchmarks/data/sentences.txt, each sentence at its own length; the others:
@@ -43,7 +45,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 DEFAULT_MODELS = "minilm@dynamo:128:512,bert-base@dynamo:128,gpt2@dynamo:128"
 VARIANTS = ("float", "ort-dynamic", "graphopt-O1+ort-dynamic", "ort-transformers+dynamic",
-            "graphopt-int8-ort", "graphopt-int8-portable", "graphopt-int8-ort-0.99", "graphopt-int4-ort")
+            "graphopt-int8-ort", "graphopt-int8-portable", "graphopt-int8-ort-0.99", "graphopt-int8-ort-outliers", "graphopt-int4-ort")
 
 
 def _ort_dynamic(source: Path, out: Path, per_channel: bool) -> None:
@@ -72,6 +74,8 @@ def build(variant: str, zoo_name: str, path: Path, workdir: Path) -> Path:
         _ort_dynamic(fused, out, per_channel=True)
     elif variant == "graphopt-int8-ort-0.99":
         graphopt.quantize(path, out, target="ort", min_cosine=0.99, check_speed=False)
+    elif variant == "graphopt-int8-ort-outliers":
+        graphopt.quantize(path, out, target="ort", outlier_ratio=6, validate=False, check_speed=False)
     elif variant == "graphopt-int4-ort":
         graphopt.quantize(path, out, mode="weight-only", target="ort", validate=False, check_speed=False)
     elif variant.startswith("graphopt-int8"):

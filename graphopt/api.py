@@ -179,7 +179,7 @@ def quantize(
     block_size: int = 32,
     algorithm: str = "rtn",
     accuracy_level: int = 0,
-    outlier_ratio: float | None = None,
+    outlier_ratio: float = 0.0,
     smooth: float | None = None,
     min_cosine: float | None = None,
     max_drop: float | None = None,
@@ -204,9 +204,10 @@ def quantize(
     "mse" searches each block's clipping against activation-weighted error, "gptq" applies GPTQ with
     the Gram matrix of each layer's inputs measured on the validation inputs; `accuracy_level` is
     MatMulNBits': 0 computes in float32, 4 quantizes activations to int8, which pays at one row
-    (decoding) and costs at 128). Dynamic int8 keeps the input channels whose measured peak is
-    above `outlier_ratio` (6) times the median channel's in a small float MatMul beside the int8
-    one (LLM.int8()'s decomposition; 0 turns it off). `exclude` names
+    (decoding) and costs at 128). `outlier_ratio` (dynamic int8; 0, off, by default; 6 is a good
+    value) keeps the input channels whose measured peak is above that many times the median
+    channel's in a small float MatMul beside the int8 one (LLM.int8()'s decomposition: far more
+    accurate, somewhat slower). `exclude` names
     nodes or op types kept float; `smooth` (SmoothQuant's alpha) moves activation outliers into
     the weights first. The result is validated against the input at int8 tolerance; with
     `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
@@ -218,7 +219,7 @@ def quantize(
         mode=mode, bits=bits if bits is not None else quantization.MODES.get(mode, (8,))[0],
         per_channel=per_channel, exclude=tuple(exclude), embeddings=embeddings, block_size=block_size,
         algorithm=algorithm, accuracy_level=accuracy_level,
-        outlier_ratio=(6.0 if mode == "dynamic" else 0.0) if outlier_ratio is None else outlier_ratio,
+        outlier_ratio=outlier_ratio or 0.0,
         smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)
     runtime = runtime or RuntimeOptions()
     check_output_file(output)

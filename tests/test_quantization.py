@@ -60,7 +60,7 @@ def test_the_outlier_channel_is_measured_and_kept_float(tmp_path):
     model, feeds = _two_layers(), _outlier_inputs()
     plain = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=0)
     assert plain.validation.input_sets[0].outputs[0].cosine < 0.9  # everything int8: far off
-    split = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True)  # ratio 6
+    split = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6)
     assert split.validation.input_sets[0].outputs[0].cosine > 0.999 and split.quantized == ["first", "second"]
     assert any("outlier input channels" in change for change in split.report.passes[-1].changes)
     with pytest.raises(InputError, match="--outlier-ratio 6.0: dynamic int8 only"):
@@ -216,7 +216,7 @@ def test_missing_kernels_names_ops_the_provider_cannot_run():
 @pytest.mark.parametrize("target", ["portable", "ort"])
 def test_every_op_the_quantizer_emits_has_a_cpu_kernel(target):
     result = graphopt.quantize(_two_layers(), preset="O0", target=target, inputs=_outlier_inputs(),
-                               check_speed=False, force=True)
+                               check_speed=False, force=True, outlier_ratio=6)
     assert missing_kernels(result.model, "cpu") == []
     float_weights = [value.const_value.shape for value in result.model.graph.initializers.values()
                      if value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2]
