@@ -8,7 +8,10 @@ x·W ≈ xs · s · (xq − xz)·q is computed in integers:
             MatMuls reading one x share one DynamicQuantizeLinear and run MatMulIntegerToFloat
   portable  DynamicQuantizeLinear(x) → MatMulInteger(xq, q, xz) → Cast → Mul(xs · s) [→ Add(bias)]
 com.microsoft Attention (ort) keeps its packed QKV projection in int8: DynamicQuantizeMatMul,
-Split, then MultiHeadAttention with the same attention bias. Embedding tables (Gather of a
+Split, then MultiHeadAttention with the same attention bias. With measured per-channel peaks
+of x (`channel_peaks`, set by graphopt.quantize), the channels above outlier_ratio × the median
+peak stay float (LLM.int8()): x·mask is quantized as above with those weight rows zeroed, and
+Gather(x, outliers)·W[outliers] is added in float. Embedding tables (Gather of a
 constant [V, D] table) become int8 rows with one scale per row, both gathered per lookup.
 """
 
