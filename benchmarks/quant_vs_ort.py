@@ -11,6 +11,7 @@ Variants of each export (dynamo exporter unless the spec says otherwise):
                            on graphopt's synthesized validation inputs, not on the sentences)
   graphopt-int8-ort-outliers  graphopt quantize --target ort --outlier-ratio 6 (outlier input channels,
                            measured on the synthesized inputs, in float beside the int8 product)
+  graphopt-int8-ort-carve  the same with --outlier-mode carve (only the FFN's Gelu outputs: cheap)
   graphopt-int4-ort        graphopt quantize --mode weight-only --target ort (MatMulNBits, block 32)
 For each: file size, fidelity against float (MiniLM: the lowest cosine of mean-pooled sentence
 embeddings over benchmarks/data/sentences.txt, each sentence at its own length; the others:
@@ -45,7 +46,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 DEFAULT_MODELS = "minilm@dynamo:128:512,bert-base@dynamo:128,gpt2@dynamo:128"
 VARIANTS = ("float", "ort-dynamic", "graphopt-O1+ort-dynamic", "ort-transformers+dynamic",
-            "graphopt-int8-ort", "graphopt-int8-portable", "graphopt-int8-ort-0.99", "graphopt-int8-ort-outliers", "graphopt-int4-ort")
+            "graphopt-int8-ort", "graphopt-int8-portable", "graphopt-int8-ort-0.99", "graphopt-int8-ort-outliers",
+            "graphopt-int8-ort-carve", "graphopt-int4-ort")
 
 
 def _ort_dynamic(source: Path, out: Path, per_channel: bool) -> None:
@@ -76,6 +78,9 @@ def build(variant: str, zoo_name: str, path: Path, workdir: Path) -> Path:
         graphopt.quantize(path, out, target="ort", min_cosine=0.99, check_speed=False)
     elif variant == "graphopt-int8-ort-outliers":
         graphopt.quantize(path, out, target="ort", outlier_ratio=6, validate=False, check_speed=False)
+    elif variant == "graphopt-int8-ort-carve":
+        graphopt.quantize(path, out, target="ort", outlier_ratio=6, outlier_mode="carve", validate=False,
+                          check_speed=False)
     elif variant == "graphopt-int4-ort":
         graphopt.quantize(path, out, mode="weight-only", target="ort", validate=False, check_speed=False)
     elif variant.startswith("graphopt-int8"):

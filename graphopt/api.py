@@ -180,6 +180,7 @@ def quantize(
     algorithm: str = "rtn",
     accuracy_level: int = 0,
     outlier_ratio: float = 0.0,
+    outlier_mode: str = "all",
     smooth: float | None = None,
     min_cosine: float | None = None,
     max_drop: float | None = None,
@@ -207,8 +208,9 @@ def quantize(
     (decoding) and costs at 128). `outlier_ratio` (dynamic int8; 0, off, by default; 6 is a good
     value) keeps the input channels whose measured peak is above that many times the median
     channel's in a small float MatMul beside the int8 one (LLM.int8()'s decomposition: far more
-    accurate, somewhat slower). `exclude` names
-    nodes or op types kept float; `smooth` (SmoothQuant's alpha) moves activation outliers into
+    accurate, somewhat slower); `outlier_mode` "carve" does that only where it is cheap (inputs a
+    Gelu/Relu of a linear layer makes), "all" everywhere. `exclude` names nodes or op types kept
+    float; `smooth` (SmoothQuant's alpha) moves activation outliers into
     the weights first. The result is validated against the input at int8 tolerance; with
     `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
     layers go back to float until the budget is met. `check_speed` times float against quantized
@@ -219,7 +221,7 @@ def quantize(
         mode=mode, bits=bits if bits is not None else quantization.MODES.get(mode, (8,))[0],
         per_channel=per_channel, exclude=tuple(exclude), embeddings=embeddings, block_size=block_size,
         algorithm=algorithm, accuracy_level=accuracy_level,
-        outlier_ratio=outlier_ratio or 0.0,
+        outlier_ratio=outlier_ratio or 0.0, outlier_mode=outlier_mode,
         smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)
     runtime = runtime or RuntimeOptions()
     check_output_file(output)

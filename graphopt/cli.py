@@ -355,6 +355,10 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--outlier-ratio", type=float, default=0.0, show_default=True,
               help="dynamic: input channels peaking above this many times the median channel (e.g. 6) stay in a "
                    "small float MatMul beside the int8 one: more accurate, somewhat slower; 0 is off.")
+@click.option("--outlier-mode", type=click.Choice(["all", "carve"]), default="all", show_default=True,
+              help="Where --outlier-ratio acts. carve: only activations a Gelu/Relu of a linear layer makes (their "
+                   "outlier channels are carved out of that layer: cheap); all: every linear layer's input (the "
+                   "others masked: a full-size Mul and a Gather more each).")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="One weight scale per output channel, or one per tensor.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="A node name or op type to keep float (repeatable).")
@@ -383,7 +387,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, algorithm: str, accuracy_level: int, outlier_ratio: float, per_channel: bool,
+             block_size: int, algorithm: str, accuracy_level: int, outlier_ratio: float, outlier_mode: str,
+             per_channel: bool,
              exclude: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
              opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,
@@ -396,7 +401,7 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
         tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
     result = _with_progress(quiet, lambda observer: api.quantize(
         model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, accuracy_level=accuracy_level,
-        outlier_ratio=outlier_ratio, per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth,
+        outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth,
         min_cosine=min_cosine, max_drop=max_drop,
         preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),

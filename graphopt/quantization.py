@@ -34,6 +34,9 @@ from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import ValidationResult, Validator
 
 MODES = {"dynamic": (8,), "weight-only": (4,)}
+# Where --outlier-ratio acts (passes/quantize/outliers.py): carve, only activations a Gelu/Relu of
+# a linear layer makes (three small float MatMuls each); all, every linear layer's input.
+OUTLIER_MODES = ("all", "carve")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather")
 
 
@@ -50,6 +53,7 @@ class QuantizeSettings:
     algorithm: str = "rtn"
     accuracy_level: int = 0
     outlier_ratio: float = 0.0
+    outlier_mode: str = "all"
     smooth_alpha: float | None = None
     min_cosine: float | None = None
     max_drop: float | None = None
@@ -73,6 +77,10 @@ class QuantizeSettings:
             raise InputError(f"--max-drop {self.max_drop}: it must be between 0 and 1 (a fraction of top-1 agreement)")
         if self.outlier_ratio and (self.mode != "dynamic" or self.outlier_ratio <= 1):
             raise InputError(f"--outlier-ratio {self.outlier_ratio}: dynamic int8 only, above 1 (0 turns it off)")
+        if self.outlier_mode not in OUTLIER_MODES:
+            raise InputError(f"--outlier-mode {self.outlier_mode!r}: choose from {', '.join(OUTLIER_MODES)}")
+        if self.outlier_mode != "all" and not self.outlier_ratio:
+            raise InputError(f"--outlier-mode {self.outlier_mode}: it chooses where --outlier-ratio acts; give that too")
         if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
             raise InputError(f"--smooth {self.smooth_alpha}: SmoothQuant's alpha must be between 0 and 1")
 
@@ -83,7 +91,8 @@ class QuantizeSettings:
             steps.append(("smooth_activations", {"alpha": self.smooth_alpha}))
         if self.mode == "dynamic":
             steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
-                                               "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio}))
+                                               "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio,
+                                               "mask_outliers": self.outlier_mode == "all"}))
         else:
             steps.append(("quantize_weight_only", {"bits": self.bits, "block_size": self.block_size,
                                                    "algorithm": self.algorithm, "exclude": exclude,

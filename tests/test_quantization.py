@@ -65,6 +65,13 @@ def test_the_outlier_channel_is_measured_and_kept_float(tmp_path):
     assert any("outlier input channels" in change for change in split.report.passes[-1].changes)
     with pytest.raises(InputError, match="--outlier-ratio 6.0: dynamic int8 only"):
         graphopt.quantize(model, mode="weight-only", outlier_ratio=6.0)
+    # carve acts only on activations a Gelu/Relu of a linear layer makes: x is a graph input
+    carved = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6,
+                               outlier_mode="carve")
+    assert carved.validation.input_sets[0].outputs[0].cosine < 0.9
+    assert not any("outlier" in change for change in carved.report.passes[-1].changes)
+    with pytest.raises(InputError, match="--outlier-mode carve: it chooses where --outlier-ratio acts"):
+        graphopt.quantize(model, outlier_mode="carve")
 
 
 def test_the_fallback_meets_a_budget_plain_quantization_misses(tmp_path):

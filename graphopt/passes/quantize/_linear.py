@@ -103,10 +103,12 @@ class WeightQuantizer(Pass):
                 bias, nodes, out = other, [node, add], add.outputs[0]
         return Linear(nodes, weight, False, bias, out)
 
-    def _split_attention(self, model: ir.Model, graph: ir.Graph, node: ir.Node) -> bool:
-        """com.microsoft Attention(x, W, b, mask…) → MatMul(x, W) + b → Split → MultiHeadAttention,
-        so its packed QKV projection is quantized like any MatMul (ONNX Runtime's QAttention takes
-        no attention bias, and no kernel reads int4 attention weights)."""
+    def _split_attention(self, model: ir.Model, graph: ir.Graph, node: ir.Node, separate: bool = False) -> bool:
+        """com.microsoft Attention(x, W, b, mask…) → x·W + b → Split → MultiHeadAttention, so its
+        packed QKV projection is quantized like any MatMul (ONNX Runtime's QAttention takes no
+        attention bias, and no kernel reads int4 attention weights). `separate`: three
+        projections x·Wq + bq, x·Wk + bk, x·Wv + bv instead of one and a Split — dynamic int8
+        then quantizes x once for the three and copies nothing (MiniLM: ~2% faster)."""
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
         where = f"Attention {node.name!r} kept float"
         weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
@@ -122,23 +124,39 @@ class WeightQuantizer(Pass):
             return False
         width = weight.shape[1] // 3
         name = fresh_node_name(graph, f"{node.name or 'attention'}/qkv")
-        project = ir.Node("", "MatMul", [inputs[0], inputs[1]], name=name)
-        add = ir.Node("", "Add", [project.outputs[0], inputs[2]], name=fresh_node_name(graph, f"{name}/bias"))
-        sizes = new_initializer(graph, np.array([width] * 3, np.int64), f"{name}_split")
-        split = ir.Node("", "Split", [add.outputs[0], sizes], [ir.AttrInt64("axis", -1)], num_outputs=3,
-                        name=fresh_node_name(graph, f"{name}/split"))
-        attention = ir.Node(MS_DOMAIN, "MultiHeadAttention", [*split.outputs, None, None, inputs[5]],
+        shape = node.outputs[0].shape
+        if separate:
+            nodes, heads = [], []
+            for index, part in enumerate("qkv"):
+                columns = slice(index * width, (index + 1) * width)
+                part_weight = new_initializer(graph, weight[:, columns], f"{name}_{part}_weight")
+                part_bias = new_initializer(graph, bias[columns], f"{name}_{part}_bias")
+                project = ir.Node("", "MatMul", [inputs[0], part_weight], name=fresh_node_name(graph, f"{name}/{part}"))
+                add = ir.Node("", "Add", [project.outputs[0], part_bias],
+                              name=fresh_node_name(graph, f"{name}/{part}_bias"))
+                nodes += [project, add]
+                heads.append(add.outputs[0])
+        else:
+            project = ir.Node("", "MatMul", [inputs[0], inputs[1]], name=name)
+            add = ir.Node("", "Add", [project.outputs[0], inputs[2]], name=fresh_node_name(graph, f"{name}/bias"))
+            sizes = new_initializer(graph, np.array([width] * 3, np.int64), f"{name}_split")
+            split = ir.Node("", "Split", [add.outputs[0], sizes], [ir.AttrInt64("axis", -1)], num_outputs=3,
+                            name=fresh_node_name(graph, f"{name}/split"))
+            nodes, heads = [project, add, split], list(split.outputs)
+            if shape is not None:
+                project.outputs[0].shape = add.outputs[0].shape = ir.Shape([*shape[:-1], 3 * width])
+        attention = ir.Node(MS_DOMAIN, "MultiHeadAttention", [*heads, None, None, inputs[5]],
                             list(node.attributes.values()),
                             name=fresh_node_name(graph, f"{node.name or 'attention'}/mha"))
-        attention.outputs[0].shape, attention.outputs[0].dtype = node.outputs[0].shape, node.outputs[0].dtype
-        project.outputs[0].dtype = add.outputs[0].dtype = ir.DataType.FLOAT
-        shape = node.outputs[0].shape
-        if shape is not None:
-            project.outputs[0].shape = add.outputs[0].shape = ir.Shape([*shape[:-1], 3 * width])
-        for output in split.outputs:
-            output.dtype, output.shape = ir.DataType.FLOAT, shape
-        ir.convenience.replace_nodes_and_values(graph, node, [node], [project, add, split, attention],
+        attention.outputs[0].shape, attention.outputs[0].dtype = shape, node.outputs[0].dtype
+        for made in nodes:
+            for output in made.outputs:
+                output.dtype = ir.DataType.FLOAT
+                if output.shape is None and (separate or output in heads):
+                    output.shape = shape
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [*nodes, attention],
                                                 [node.outputs[0]], [attention.outputs[0]])
+        drop_unused_initializers(graph, [inputs[1], inputs[2]])
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         return True
 

@@ -5,14 +5,17 @@ int8 weights, one scale per output column or per tensor (`scales.py`). At run ti
 quantized to uint8 over its own range (DynamicQuantizeLinear: scale xs, zero point xz) and
 x·W ≈ xs · s · (xq − xz)·q is computed in integers:
   ort       DynamicQuantizeMatMul(x, q, s, bias): one node, MLAS's u8·s8 kernel; several
-            MatMuls reading one x share one DynamicQuantizeLinear and run MatMulIntegerToFloat
+            MatMuls reading one x share one DynamicQuantizeLinear and run MatMulIntegerToFloat.
+            A bias the next node adds (a constant input of the residual Sum, BiasGelu's, which
+            becomes Gelu) moves into the kernel, which adds it as it writes.
   portable  DynamicQuantizeLinear(x) → MatMulInteger(xq, q, xz) → Cast → Mul(xs · s) [→ Add(bias)]
-com.microsoft Attention (ort) keeps its packed QKV projection in int8: DynamicQuantizeMatMul,
-Split, then MultiHeadAttention with the same attention bias. With measured per-channel peaks
-of x (`channel_peaks`, set by graphopt.quantize), the channels above outlier_ratio × the median
-peak stay float (LLM.int8()): x·mask is quantized as above with those weight rows zeroed, and
-Gather(x, outliers)·W[outliers] is added in float. Embedding tables (Gather of a
-constant [V, D] table) become int8 rows with one scale per row, both gathered per lookup.
+com.microsoft Attention (ort) keeps its QKV projections in int8: three of them reading one
+quantized x, then MultiHeadAttention with the same attention bias. With measured per-channel
+peaks of x (`channel_peaks`, set by graphopt.quantize), the channels above outlier_ratio × the
+median peak are computed in float beside the int8 product (LLM.int8(); outliers.py: carved out
+of the Gelu/Relu layer making them, or masked out of x — `mask_outliers` False skips those).
+Embedding tables (Gather of a constant [V, D] table) become int8 rows with one scale per row,
+both gathered per lookup.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from graphopt.passes.fusion._match import (
     infer_types,
     is_op,
     new_initializer,
+    only_consumer,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer
+from graphopt.passes.quantize.outliers import carve, pick
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import register
 
@@ -46,7 +51,8 @@ class QuantizeDynamic(WeightQuantizer):
     float32_only = "dynamic int8 quantizes float32 activations"
 
     def __init__(self, per_channel: bool = True, exclude: str = "", embeddings: bool = True,
-                 min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 6.0, max_outliers: int = 8) -> None:
+                 min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 6.0, max_outliers: int = 8,
+                 mask_outliers: bool = True) -> None:
         super().__init__(exclude, min_embedding_bytes)
         if outlier_ratio and outlier_ratio <= 1:
             raise InputError(f"quantize_dynamic: outlier_ratio must be above 1 (or 0 for none), got {outlier_ratio}")
@@ -54,6 +60,7 @@ class QuantizeDynamic(WeightQuantizer):
         self.embeddings = embeddings
         self.outlier_ratio = outlier_ratio
         self.max_outliers = max_outliers
+        self.mask_outliers = mask_outliers  # False: only carved outliers (outliers.py), no masked ones
         # [K] largest |x| per input channel, keyed by the name of the x a MatMul reads: channels
         # above outlier_ratio × the median stay float. Filled from calibration data, not an option.
         self.channel_peaks: dict[str, np.ndarray] = {}
@@ -63,18 +70,22 @@ class QuantizeDynamic(WeightQuantizer):
         self._check_exclude(model)
         infer_types(self, model)
         self._quantized.clear()
-        counts = {"linear": 0, "attention": 0, "embedding": 0, "outliers": 0}
+        counts = {"linear": 0, "attention": 0, "embedding": 0, "outliers": 0, "carved": 0}
         for graph in model.graphs():
             if self.target == "ort":
-                counts["attention"] += sum(self._split_attention(model, graph, node) for node in list(graph)
+                counts["attention"] += sum(self._split_attention(model, graph, node, separate=True)
+                                           for node in list(graph)
                                            if node.domain == MS_DOMAIN and node.op_type == "Attention")
+            helpers, carved = self._carve(graph)
+            counts["carved"] += len(carved)
             groups: dict[ir.Value, list[Linear]] = {}
             for node in list(graph):
-                linear = self._linear(node)
+                linear = self._linear(node) if node not in helpers else None
                 if linear is not None:
                     groups.setdefault(linear.x, []).append(linear)
-            for members in groups.values():
-                outliers = self._outliers(members[0].x, members)
+            for x, members in groups.items():
+                peaks = self.channel_peaks.get(x.name) if self.mask_outliers and x not in carved else None
+                outliers = pick(peaks, _width(members[0]), self.outlier_ratio, self.max_outliers)
                 self._emit(model, graph, members, outliers)
                 counts["linear"] += len(members)
                 counts["outliers"] += len(members) if len(outliers) else 0
@@ -86,9 +97,12 @@ class QuantizeDynamic(WeightQuantizer):
             self.changed(f"{counts['linear']} MatMul/Gemm int8 ({scales} weights, dynamic activations)")
         if counts["attention"]:
             self.changed(f"{counts['attention']} Attention QKV projections int8 (MultiHeadAttention after)")
+        if counts["carved"]:
+            self.changed(f"{counts['carved']} activations' outlier channels (peak above {self.outlier_ratio:g}x the "
+                         "median) carved out of the layer producing them and computed apart in float")
         if counts["outliers"]:
             self.changed(f"{counts['outliers']} of them with their outlier input channels (peak above "
-                         f"{self.outlier_ratio:g}x the median) in a float MatMul beside the int8 one")
+                         f"{self.outlier_ratio:g}x the median) masked out and multiplied in float beside the int8 one")
         if counts["embedding"]:
             self.changed(f"{counts['embedding']} embedding tables int8 (per-row scales)")
         modified = any(counts.values())
@@ -96,16 +110,22 @@ class QuantizeDynamic(WeightQuantizer):
             ir.passes.common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)
 
-    def _outliers(self, x: ir.Value, members: list[Linear]) -> np.ndarray:
-        """The input channels of x whose measured peak is above outlier_ratio × the median peak
-        (at most max_outliers, the largest first): LLM.int8()'s decomposition keeps them float,
-        so they no longer set the int8 range of every other channel."""
-        peaks = self.channel_peaks.get(x.name)
-        if not self.outlier_ratio or peaks is None or np.shape(peaks) != (_width(members[0]),):
-            return np.zeros(0, np.int64)
-        median = float(np.median(peaks))
-        order = np.argsort(-peaks, kind="stable")[:self.max_outliers]
-        return np.sort(order[peaks[order] > self.outlier_ratio * median]).astype(np.int64)
+    def _carve(self, graph: ir.Graph) -> tuple[set[ir.Node], set[ir.Value]]:
+        """Carve the outlier channels out of activations produced by act(x·W) (outliers.carve):
+        (the float MatMuls added, the activations carved)."""
+        helpers: set[ir.Node] = set()
+        carved: set[ir.Value] = set()
+        if not self.outlier_ratio or not self.channel_peaks:
+            return helpers, carved
+        for node in list(graph):
+            for x in node.outputs:
+                added = carve(graph, x, self.channel_peaks.get(x.name), self.outlier_ratio, self.max_outliers,
+                              frozen=lambda item: item.name in self.exclude or item.op_type in self.exclude) \
+                    if x.name in self.channel_peaks else []
+                if added:
+                    helpers.update(added)
+                    carved.add(x)
+        return helpers, carved
 
     def _weights(self, graph: ir.Graph, linear: Linear, outliers: np.ndarray) -> tuple[ir.Value, ir.Value, ir.Value | None]:
         """The int8 weight [K, N] and its scales, made once per float weight; with outlier
@@ -128,6 +148,9 @@ class QuantizeDynamic(WeightQuantizer):
     # -- emitting ---------------------------------------------------------------------------
 
     def _emit(self, model: ir.Model, graph: ir.Graph, members: list[Linear], outliers: np.ndarray) -> None:
+        if self.target == "ort":
+            for linear in members:
+                _absorb_bias(graph, linear)
         first = members[0].nodes[0]
         name = fresh_node_name(graph, f"{first.name or 'matmul'}/quant")
         x, x_outliers = members[0].x, None
@@ -197,6 +220,34 @@ class QuantizeDynamic(WeightQuantizer):
         while inputs and inputs[-1] is None:
             inputs.pop()
         return inputs
+
+
+def _absorb_bias(graph: ir.Graph, linear: Linear) -> None:
+    """Move the bias that the node after the layer adds — a constant [N] input of a Sum (the
+    residual sum before a LayerNormalization), or BiasGelu's, which becomes Gelu — into the int8
+    kernel, which adds it as it writes the product: MiniLM at seq 128 runs ~0.4 ms (6%) faster."""
+    consumer = only_consumer(linear.out)
+    if linear.bias is not None or consumer is None or consumer.graph is not graph:
+        return
+    columns = constant_tensor(linear.weight).shape[0 if linear.transposed else 1]
+
+    def bias(value: ir.Value | None) -> bool:
+        array = constant_array(value) if value is not linear.out else None
+        return array is not None and array.shape == (columns,) and array.dtype == np.float32
+
+    if is_op(consumer, "Sum") and len(consumer.inputs) > 2:
+        found = [index for index, value in enumerate(consumer.inputs) if bias(value)]
+        if len(found) == 1:
+            linear.bias = consumer.inputs[found[0]]
+            rest = [value for index, value in enumerate(consumer.inputs) if index != found[0]]
+            for index, value in enumerate(rest):
+                consumer.replace_input_with(index, value)
+            consumer.resize_inputs(len(rest))
+    elif consumer.domain == MS_DOMAIN and consumer.op_type == "BiasGelu" and consumer.inputs[0] is linear.out \
+            and len(consumer.inputs) == 2 and bias(consumer.inputs[1]):
+        linear.bias = consumer.inputs[1]
+        gelu = ir.Node(MS_DOMAIN, "Gelu", [linear.out], name=consumer.name)
+        ir.convenience.replace_nodes_and_values(graph, consumer, [consumer], [gelu], consumer.outputs, gelu.outputs)
 
 
 def _width(linear: Linear) -> int:

@@ -15,7 +15,8 @@ of the layer's measured inputs).
   portable  DequantizeLinear(q int4 [K, N], s [k_blocks, N], axis=0, block_size) feeding the
             MatMul/Gemm as it was (a Gemm with transB keeps its [N, K] orientation: axis 1);
             blocked DequantizeLinear needs opset 21, below it the weights stay float
-Embedding tables (Gather of a constant [V, D] table, blocks along D):
+Embedding tables of 256 KiB or more (Gather of a constant [V, D] table, blocks along D; a
+BERT's position table counts — int4 is about size):
   ort       GatherBlockQuantized(q int4 [V, D], ids, s [V, ceil(D/block_size)]): only the
             gathered rows are dequantized
   portable  int8 rows with one scale per row, as quantize_dynamic emits them: standard ONNX
@@ -60,7 +61,7 @@ class QuantizeWeightOnly(WeightQuantizer):
     float32_only = "weight-only int4 quantizes float32 weights"
 
     def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 0,
-                 exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 20) -> None:
+                 exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 18) -> None:
         super().__init__(exclude, min_embedding_bytes)
         _check_options(bits, block_size, algorithm, accuracy_level)
         self.block_size = block_size

@@ -7,8 +7,11 @@ integer product, then the rescale. Agreement is to float rounding, not to "close
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
+import onnx_ir
 import pytest
 
 import graphopt
@@ -145,7 +148,8 @@ def test_attention_keeps_its_mask_and_quantizes_the_qkv_projection():
     x = _x((2, 5, d))
     mask = np.where(_RNG.random((2, 1, 5, 5)) > 0.3, 0, -10000).astype(np.float32)
     result = graphopt.optimize(model, passes="quantize_dynamic", target="ort")
-    assert op_types(result.model) == ["DynamicQuantizeMatMul", "Split", "MultiHeadAttention"]
+    # three projections reading one quantized x: no Split copies the packed result
+    assert op_types(result.model) == ["DynamicQuantizeLinear"] + ["MatMulIntegerToFloat"] * 3 + ["MultiHeadAttention"]
     assert "1 Attention QKV projections int8" in result.report.passes[0].changes[1]
     (want,) = run(model, {"x": x, "mask": mask})
     (got,) = run(result.model, {"x": x, "mask": mask})
@@ -242,3 +246,112 @@ def test_no_outliers_below_the_ratio_and_at_most_max_outliers():
     np.testing.assert_array_equal(channels[0], [0, 1])
     with pytest.raises(InputError, match="outlier_ratio must be above 1"):
         _outlier_pass("ort", peaks, outlier_ratio=0.5)
+
+
+def test_the_bias_the_next_node_adds_moves_into_the_int8_kernel():
+    # ort: Sum(x·W, residual, b) → DynamicQuantizeMatMul(x, …, b) + Sum(·, residual); BiasGelu → Gelu
+    w2 = _RNG.standard_normal((6, 6)).astype(np.float32)
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[B, S, 8] x, float[B, S, 6] r) => (float[B, S, 6] y)
+          <float[8, 6] w = {{{_floats(_W)}}}, float[6] b = {{{_floats(_B)}}}, float[6, 6] v = {{{_floats(w2)}}}> {{
+            m = MatMul(x, w)
+            h = com.microsoft.BiasGelu(m, b)
+            n = MatMul(h, v)
+            y = Sum(n, r, b) }}""")
+    x, r = _x(), _x((2, 5, 6))
+    result = graphopt.optimize(_typed(model), passes="quantize_dynamic", target="ort")
+    assert op_types(result.model) == ["DynamicQuantizeMatMul", "Gelu", "DynamicQuantizeMatMul", "Sum"]
+    graph = result.model.graph
+    assert [len(node.inputs) for node in graph] == [5, 1, 5, 2]
+    (got,) = run(result.model, {"x": x, "r": r})
+    q, scale = symmetric_int8(_W, axis=1)
+    hidden = _quantize_activation(x) @ dequantize(q, scale, 1) + _B
+    hidden = hidden * 0.5 * (1 + np.vectorize(math.erf)(hidden / np.sqrt(2)))
+    np.testing.assert_allclose(got, _reference(hidden.astype(np.float32), w2, True) + r + _B, rtol=1e-4, atol=1e-4)
+
+
+def _typed(model: onnx.ModelProto):
+    """The model in onnx-ir with float32 on the outputs ONNX's inference leaves untyped (com.microsoft
+    ops), as they are in an exported and fused model."""
+    ir_model = model_io.from_proto(model)
+    for node in ir_model.graph:
+        for value in node.outputs:
+            value.dtype = value.dtype or onnx_ir.DataType.FLOAT
+    return ir_model
+
+
+_W1 = _RNG.standard_normal((8, 12)).astype(np.float32)
+_W2 = _RNG.standard_normal((12, 6)).astype(np.float32) * 0.3
+_B1 = _RNG.standard_normal(12).astype(np.float32)
+
+
+def _ffn(target: str) -> onnx.ModelProto:
+    """x_in → x_in·W1 (+ b1) → Gelu → ·W2 → Sum with the residual: the FFN of a transformer layer,
+    in the form graphopt's fusions leave it for each target."""
+    up = "m = MatMul(x, w1)\n h = com.microsoft.BiasGelu(m, b1)" if target == "ort" else \
+        "m = MatMul(x, w1)\n a = Add(m, b1)\n h = Gelu(a)"
+    return parse(f"""<ir_version: 10, opset_import: ["" : 20, "com.microsoft" : 1]>
+        g (float[B, S, 8] x, float[B, S, 6] r) => (float[B, S, 6] y)
+          <float[8, 12] w1 = {{{_floats(_W1)}}}, float[12] b1 = {{{_floats(_B1)}}}, float[12, 6] w2 = {{{_floats(_W2)}}}> {{
+            {up}
+            n = MatMul(h, w2)
+            y = Sum(n, r) }}""")
+
+
+def _gelu(value: np.ndarray) -> np.ndarray:
+    return (value * 0.5 * (1 + np.vectorize(math.erf)(value / np.sqrt(2)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_outlier_channels_carved_out_of_the_gelu_that_makes_them(target):
+    x, r = _x(), _x((2, 5, 6))
+    hidden = _gelu(x @ _W1 + _B1)
+    outliers = [2, 7]
+    w1, b1 = _W1.copy(), _B1.copy()
+    w1[:, outliers] *= 40  # two hidden channels dwarf the others
+    b1[outliers] += 5
+    model = _ffn(target)
+    for tensor in model.graph.initializer:
+        if tensor.name in ("w1", "b1"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array({"w1": w1, "b1": b1}[tensor.name], tensor.name))
+    hidden = _gelu(x @ w1 + b1)
+    quantize = QuantizeDynamic()
+    quantize.channel_peaks = {"h": np.abs(hidden).reshape(-1, 12).max(axis=0)}
+    ir_model = _typed(model)
+    report = PassManager([quantize], target=target).run(ir_model)
+    assert "1 activations' outlier channels" in " ".join(report.passes[0].changes)
+    ops = op_types(ir_model)
+    assert "Gather" not in ops and ops.count("MatMul") == 2  # no mask, no gathered channels: two small float MatMuls
+    (got,) = run(ir_model, {"x": x, "r": r})
+    exact = hidden @ _W2 + r
+    # the carved channels are exact; the rest is int8 with the outliers out of x's range
+    inliers = hidden.copy()
+    inliers[..., outliers] = 0
+    q1, s1 = symmetric_int8(np.where(np.isin(np.arange(12), outliers), 0, w1), axis=1)
+    main = _gelu(_quantize_activation(x) @ dequantize(q1, s1, 1) + np.where(np.isin(np.arange(12), outliers), 0, b1))
+    rows = _W2.copy()
+    rows[outliers] = 0
+    q2, s2 = symmetric_int8(rows, axis=1)
+    want = _quantize_activation(main) @ dequantize(q2, s2, 1) + hidden[..., outliers] @ _W2[outliers] + r
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+    (plain,) = run(graphopt.optimize(_typed(model), passes="quantize_dynamic", target=target).model, {"x": x, "r": r})
+    assert np.abs(got - exact).max() < np.abs(plain - exact).max() / 4
+
+
+def test_carving_alone_is_exact_in_float():
+    from graphopt.passes.quantize.outliers import carve
+
+    model = _typed(_ffn("ort"))
+    graph = model.graph
+    x, r = _x(), _x((2, 5, 6))
+    (want,) = run(_ffn("ort"), {"x": x, "r": r})
+    hidden = next(node for node in graph if node.op_type == "BiasGelu").outputs[0]
+    peaks = np.ones(12, np.float32)
+    peaks[[4, 9]] = 50
+    added = carve(graph, hidden, peaks, ratio=6, most=8, frozen=lambda node: False)
+    assert len(added) == 2 and op_types(model).count("Sum") == 1
+    sum_node = next(node for node in graph if node.op_type == "Sum")
+    assert len(sum_node.inputs) == 3  # the outlier product joins the residual sum
+    (got,) = run(model, {"x": x, "r": r})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert carve(graph, hidden, np.ones(12, np.float32), ratio=6, most=8, frozen=lambda node: False) == []
