@@ -11,7 +11,8 @@ levels. Their share of x·W is computed in float instead, two ways:
           input of the Sum that follows, when one does). A float rewrite, exact, done before
           quantizing; it costs three small nodes (k ≤ 8 channels) per activation.
   masked  any other x: the int8 layer reads x·mask and Gather(x, idx)·W[idx] is added in float:
-          a full-size Mul and a Gather more per activation, which costs several times as much.
+          a full-size Mul and a Gather more per activation, which costs several times as much
+          (quantize_dynamic emits it with the int8 layer; this module picks the channels).
 """
 
 from __future__ import annotations
