@@ -10,13 +10,13 @@ weighs its error by it); on request also the channels' Gram matrix xᵀx / count
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from graphopt.runtime.providers import SessionConfig
-from graphopt.runtime.validate import run_exposed
+from graphopt.runtime.validate import exposed_runs
 
 VALUES_PER_RUN = 64
 
@@ -29,19 +29,20 @@ class ChannelStats:
     gram: np.ndarray | None = None  # mean xᵀx, [channels, channels] float64, when asked for
 
 
-def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Sequence[dict[str, np.ndarray]],
+def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],
                   config: SessionConfig = SessionConfig(opt_level="disable"), *,
                   gram: bool = False) -> dict[str, ChannelStats]:
     """{value name: its statistics over every input set and position, per channel of the last axis};
-    `gram` adds each value's Gram matrix (channels² floats per value)."""
+    `gram` adds each value's Gram matrix (channels² floats per value). `input_sets` is read once
+    per chunk of values (one session per chunk), so it must be re-iterable (a list, CalibrationData)."""
     values = {value.name: value for node in model.graph for value in node.outputs}
     values.update((value.name, value) for value in model.graph.inputs)
     wanted = [values[name] for name in names if name in values]
     stats: dict[str, ChannelStats] = {}
     for start in range(0, len(wanted), VALUES_PER_RUN):
         chunk = wanted[start:start + VALUES_PER_RUN]
-        for feeds in input_sets:
-            for value, array in zip(chunk, run_exposed(model, chunk, feeds, config)):
+        for arrays in exposed_runs(model, chunk, input_sets, config):
+            for value, array in zip(chunk, arrays):
                 array = np.asarray(array, dtype=np.float32)
                 if array.ndim == 0 or array.size == 0:
                     continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -314,17 +314,25 @@ def _exposable(value: ir.Value) -> bool:
 
 def run_exposed(model: ir.Model, values: Sequence[ir.Value], feeds, config: SessionConfig) -> list:
     """Run the model with `values` added as graph outputs (restored afterwards)."""
+    return next(exposed_runs(model, values, [feeds], config))
+
+
+def exposed_runs(model: ir.Model, values: Sequence[ir.Value], feed_sets: Iterable[dict],
+                 config: SessionConfig) -> Iterator[list]:
+    """One session with `values` exposed as outputs, run on each of `feed_sets` in turn: the
+    values' arrays per input set. The model's outputs are restored before the first run."""
     outputs = model.graph.outputs
     original = list(outputs)
-    added = [value for value in values if value not in original]
-    outputs.extend(added)
+    outputs.extend(value for value in values if value not in original)
     try:
         session = create_session(model, config, label="the model with intermediate values exposed")
-        results = dict(zip([v.name for v in session.inner.get_outputs()], session.run(feeds)))
     finally:
         outputs.clear()
         outputs.extend(original)
-    return [results[value.name] for value in values]
+    names = [value.name for value in session.inner.get_outputs()]
+    for feeds in feed_sets:
+        results = dict(zip(names, session.run(feeds)))
+        yield [results[value.name] for value in values]
 
 
 def validate(reference, candidate, *, inputs: str | os.PathLike | dict | None = None,
