@@ -61,10 +61,12 @@ class QuantizeWeightOnly(WeightQuantizer):
     float32_only = "weight-only int4 quantizes float32 weights"
 
     def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 0,
-                 exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 18) -> None:
+                 exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 18,
+                 symmetric: bool = False) -> None:
         super().__init__(exclude, min_embedding_bytes)
         _check_options(bits, block_size, algorithm, accuracy_level)
         self.block_size = block_size
+        self.symmetric = symmetric
         self.algorithm = algorithm
         self.accuracy_level = accuracy_level
         self.embeddings = embeddings
@@ -100,7 +102,7 @@ class QuantizeWeightOnly(WeightQuantizer):
         return ir.passes.PassResult(model, modified=modified)
 
     def _report(self, counts: dict[str, int]) -> None:
-        how = f"block {self.block_size}, {self.algorithm}"
+        how = f"block {self.block_size}, {'symmetric' if self.symmetric else 'zero points'}, {self.algorithm}"
         if counts["linear"]:
             form = "MatMulNBits" if self.target == "ort" else "DequantizeLinear before the MatMul/Gemm"
             self.changed(f"{counts['linear']} MatMul/Gemm int4 ({how}): {form}")
@@ -129,19 +131,19 @@ class QuantizeWeightOnly(WeightQuantizer):
         self._dequantize_weight(model, graph, linear)
         return True
 
-    def _blocks(self, linear: Linear) -> tuple[np.ndarray, np.ndarray, int]:
-        """(q [N, k_blocks, block_size], scales [N, k_blocks], K) of the layer's [K, N] weight."""
+    def _blocks(self, linear: Linear) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(q [N, k_blocks, block_size], scales and zero points [N, k_blocks], K) of the layer's [K, N] weight."""
         weight = constant_array(linear.weight)
         weight = weight.T if linear.transposed else weight
         k = weight.shape[0]
         if self.algorithm == "gptq":
             hessian = self.hessians.get(linear.x.name)
             if hessian is not None and np.shape(hessian) == (k, k):
-                return *gptq_int4(weight, hessian, self.block_size), k
+                return *gptq_int4(weight, hessian, self.block_size, symmetric=self.symmetric), k
             self._unmeasured.append(linear.nodes[0].name)
-            return *quantize_int4(weight, self.block_size), k
-        q, scale = quantize_int4(weight, self.block_size, self.algorithm, self._channel_weights(linear, k))
-        return q, scale, k
+            return *quantize_int4(weight, self.block_size, symmetric=self.symmetric), k
+        return *quantize_int4(weight, self.block_size, self.algorithm, self._channel_weights(linear, k),
+                              self.symmetric), k
 
     def _channel_weights(self, linear: Linear, k: int) -> np.ndarray | None:
         """The [K] importance of the layer's input channels, when "mse" has calibration data for x."""
@@ -163,12 +165,15 @@ class QuantizeWeightOnly(WeightQuantizer):
     def _matmul_nbits(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> None:
         key = self._cache_key(graph, linear)
         if key not in self._quantized:
-            q, scale, k = self._blocks(linear)
+            q, scale, zero, k = self._blocks(linear)
             base = linear.weight.name or "weight"
             self._quantized[key] = (new_initializer(graph, pack_uint4(q), f"{base}_int4"),
-                                    new_initializer(graph, scale, f"{base}_scale"), k)
-        packed, scale, k = self._quantized[key]
-        inputs = [linear.x, packed, scale] + ([None, None, linear.bias] if linear.bias is not None else [])
+                                    new_initializer(graph, scale, f"{base}_scale"),
+                                    None if self.symmetric else new_initializer(graph, pack_uint4(zero), f"{base}_zero"), k)
+        packed, scale, zero, k = self._quantized[key]
+        inputs = [linear.x, packed, scale, zero, None, linear.bias]
+        while inputs[-1] is None:
+            inputs.pop()
         attributes = [ir.AttrInt64("K", k), ir.AttrInt64("N", packed.shape[0]), ir.AttrInt64("bits", 4),
                       ir.AttrInt64("block_size", self.block_size), ir.AttrInt64("accuracy_level", self.accuracy_level)]
         name = fresh_node_name(graph, f"{linear.nodes[0].name or 'matmul'}/int4")
@@ -180,13 +185,15 @@ class QuantizeWeightOnly(WeightQuantizer):
         node = linear.nodes[0]
         key = self._cache_key(graph, linear)
         if key not in self._quantized:
-            q, scale, k = self._blocks(linear)
+            q, scale, zero, k = self._blocks(linear)
             q = q.reshape(q.shape[0], -1)[:, :k]
             if not linear.transposed:
-                q, scale = q.T, scale.T
+                q, scale, zero = q.T, scale.T, zero.T
             base = linear.weight.name or "weight"
-            dequantize = ir.Node("", "DequantizeLinear", [new_initializer(graph, q.astype(INT4), f"{base}_int4"),
-                                                          new_initializer(graph, scale, f"{base}_scale")],
+            inputs = [new_initializer(graph, q.astype(INT4), f"{base}_int4"), new_initializer(graph, scale, f"{base}_scale")]
+            if not self.symmetric:
+                inputs.append(new_initializer(graph, zero.astype(INT4), f"{base}_zero"))
+            dequantize = ir.Node("", "DequantizeLinear", inputs,
                                  [ir.AttrInt64("axis", 1 if linear.transposed else 0),
                                   ir.AttrInt64("block_size", self.block_size)],
                                  name=fresh_node_name(graph, f"{node.name or 'matmul'}/dequantize"))
@@ -214,13 +221,14 @@ class QuantizeWeightOnly(WeightQuantizer):
                                 tensor: ir.TensorProtocol) -> None:
         table = node.inputs[0]
         rows, width = tensor.shape
-        q, scale = quantize_int4(tensor.numpy().T, self.block_size, self.algorithm)
+        q, scale, zero = quantize_int4(tensor.numpy().T, self.block_size, self.algorithm, symmetric=self.symmetric)
         base = table.name or "table"
         data = new_initializer(graph, q.reshape(rows, -1)[:, :width].astype(INT4), f"{base}_int4")
+        zero_points = [] if self.symmetric else [new_initializer(graph, zero.astype(INT4), f"{base}_zero")]
         attributes = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1),
                       ir.AttrInt64("block_size", self.block_size), ir.AttrInt64("bits", 4)]
         gather = ir.Node(MS_DOMAIN, "GatherBlockQuantized",
-                         [data, node.inputs[1], new_initializer(graph, scale, f"{base}_scale")], attributes,
+                         [data, node.inputs[1], new_initializer(graph, scale, f"{base}_scale"), *zero_points], attributes,
                          name=fresh_node_name(graph, f"{node.name or 'gather'}/int4"))
         ir.convenience.replace_nodes_and_values(graph, node, [node], [gather], [node.outputs[0]], [gather.outputs[0]])
         drop_unused_initializers(graph, [table])

@@ -8,6 +8,7 @@ output error ‖X·W − X·Ŵ‖ on correlated inputs, against round-to-nearest
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from graphopt.passes.quantize.blocks import dequantize_int4, gptq_int4, quantize_int4, to_blocks
 
@@ -21,8 +22,8 @@ def _gram(x: np.ndarray) -> np.ndarray:
     return x.T @ x / len(x)
 
 
-def _output_error(x: np.ndarray, weight: np.ndarray, q: np.ndarray, scale: np.ndarray) -> float:
-    return float(np.linalg.norm(x @ weight - x @ dequantize_int4(q, scale, weight.shape[0])))
+def _output_error(x: np.ndarray, weight: np.ndarray, quantized: tuple) -> float:
+    return float(np.linalg.norm(x @ weight - x @ dequantize_int4(*quantized, weight.shape[0])))
 
 
 def _sequential_gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, block_size: int,
@@ -45,8 +46,9 @@ def _sequential_gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray,
 
 
 def test_without_correlation_it_rounds_to_nearest_on_the_searched_scales():
-    q, scale = gptq_int4(_W, 4.0 * np.eye(_K), _BLOCK)
-    q_mse, scale_mse = quantize_int4(_W, _BLOCK, "mse", np.full(_K, 4.0))
+    q, scale, zero = gptq_int4(_W, 4.0 * np.eye(_K), _BLOCK)
+    q_mse, scale_mse, _ = quantize_int4(_W, _BLOCK, "mse", np.full(_K, 4.0))
+    assert not zero.any()  # symmetric unless asked
     np.testing.assert_array_equal(scale, scale_mse)
     np.testing.assert_array_equal(q, q_mse)
     blocks = to_blocks(_W, _BLOCK)
@@ -57,22 +59,27 @@ def test_matches_the_sequential_update_with_the_explicit_inverse_hessian():
     k = 160  # past one 128-channel chunk: the lazy update across chunks is exercised
     x = _RNG.standard_normal((1024, k)) @ _RNG.standard_normal((k, k))
     weight = _RNG.standard_normal((k, 8)).astype(np.float32)
-    q, scale = gptq_int4(weight, _gram(x), _BLOCK)
+    q, scale, _ = gptq_int4(weight, _gram(x), _BLOCK)
     expected = _sequential_gptq(weight, _gram(x), scale, _BLOCK)
     assert np.mean(to_blocks(expected, _BLOCK) == q) > 0.99  # float32 against float64: a rare tie may flip
 
 
-def test_output_error_is_well_below_round_to_nearest_on_correlated_inputs():
-    q, scale = gptq_int4(_W, _gram(_X), _BLOCK)
-    q_rtn, scale_rtn = quantize_int4(_W, _BLOCK)
-    q_mse, scale_mse = quantize_int4(_W, _BLOCK, "mse", np.diag(_gram(_X)))
-    gptq_error = _output_error(_X, _W, q, scale)
-    assert gptq_error <= 0.8 * _output_error(_X, _W, q_rtn, scale_rtn)
-    assert gptq_error < _output_error(_X, _W, q_mse, scale_mse)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_output_error_is_well_below_round_to_nearest_on_correlated_inputs(symmetric):
+    gptq_error = _output_error(_X, _W, gptq_int4(_W, _gram(_X), _BLOCK, symmetric=symmetric))
+    assert gptq_error <= 0.8 * _output_error(_X, _W, quantize_int4(_W, _BLOCK, symmetric=symmetric))
+    assert gptq_error < _output_error(_X, _W, quantize_int4(_W, _BLOCK, "mse", np.diag(_gram(_X)), symmetric))
+
+
+def test_zero_points_take_the_error_below_symmetric_gptqs():
+    symmetric = _output_error(_X, _W, gptq_int4(_W, _gram(_X), _BLOCK))
+    q, scale, zero = gptq_int4(_W, _gram(_X), _BLOCK, symmetric=False)
+    assert zero.any() and zero.min() >= -8 and zero.max() <= 7
+    assert _output_error(_X, _W, (q, scale, zero)) < 0.9 * symmetric
 
 
 def test_format_is_quantize_int4s_with_zero_padding():
-    q, scale = gptq_int4(_W, _gram(_X), _BLOCK)
+    q, scale, zero = gptq_int4(_W, _gram(_X), _BLOCK)
     assert q.dtype == np.int8 and q.shape == (_N, 3, _BLOCK)
     assert scale.dtype == np.float32 and scale.shape == (_N, 3)
     assert q.min() >= -8 and q.max() <= 7
@@ -80,14 +87,13 @@ def test_format_is_quantize_int4s_with_zero_padding():
     blocks = to_blocks(_W, _BLOCK)
     assert np.all(scale * 7 <= np.abs(blocks).max(axis=-1) * (1 + 1e-6))  # clipped, never widened
     assert np.all(scale * 7 >= np.abs(blocks).max(axis=-1) * 0.69)
-    assert dequantize_int4(q, scale, _K).shape == (_K, _N)
+    assert dequantize_int4(q, scale, zero, _K).shape == (_K, _N)
 
 
 def test_a_dead_channel_is_zeroed_and_the_rest_still_compensates():
     x = _X.copy()
     x[:, 5] = 0.0
-    q, scale = gptq_int4(_W, _gram(x), _BLOCK)
-    assert np.all(np.isfinite(scale))
-    np.testing.assert_array_equal(q[:, 0, 5], 0)
-    q_rtn, scale_rtn = quantize_int4(_W, _BLOCK)
-    assert _output_error(x, _W, q, scale) <= 0.8 * _output_error(x, _W, q_rtn, scale_rtn)
+    quantized = gptq_int4(_W, _gram(x), _BLOCK)
+    assert np.all(np.isfinite(quantized[1]))
+    np.testing.assert_array_equal(quantized[0][:, 0, 5], 0)
+    assert _output_error(x, _W, quantized) <= 0.8 * _output_error(x, _W, quantize_int4(_W, _BLOCK))

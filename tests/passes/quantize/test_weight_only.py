@@ -49,6 +49,20 @@ def _dequantized(weight: np.ndarray, block_size: int) -> np.ndarray:
     return result
 
 
+def _dequantized_with_zero_points(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """Asymmetric int4 and back: each block spans [min(w, 0), max(w, 0)] in 15 steps, zero point
+    z = round(-low / s) - 8, q = clip(round(w / s) + z, -8, 7), w ≈ s · (q - z)."""
+    result = np.zeros_like(weight)
+    for n in range(weight.shape[1]):
+        for start in range(0, weight.shape[0], block_size):
+            block = weight[start:start + block_size, n]
+            low, high = min(np.float32(block.min()), np.float32(0)), max(np.float32(block.max()), np.float32(0))
+            scale = np.float32((high - low) / np.float32(15)) if high > low else np.float32(1)
+            zero = np.clip(np.rint(-low / scale) - 8, -8, 7)
+            result[start:start + block_size, n] = (np.clip(np.rint(block / scale) + zero, -8, 7) - zero) * scale
+    return result
+
+
 def _heavy_tailed(shape, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_t(2, shape).astype(np.float32)
 
@@ -72,6 +86,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _quantize(model, target: str, **options) -> graphopt.OptimizeResult:
+    """The pass with symmetric blocks unless `symmetric=False` (the pass's default) is given."""
+    options.setdefault("symmetric", True)
     return graphopt.optimize(model, passes=[("quantize_weight_only", options)], target=target)
 
 
@@ -85,12 +101,27 @@ def _initializers(model: ir.Model) -> dict[str, ir.TensorProtocol]:
 def test_round_to_nearest_blocks_match_a_direct_computation(block_size):
     weight = _heavy_tailed((_K, _N))
     weight[:, 1] = 0  # all-zero blocks
-    q, scale = quantize_int4(weight, block_size)
+    q, scale, zero = quantize_int4(weight, block_size)
     blocks = -(-_K // block_size)
+    assert not zero.any()
     assert q.shape == (_N, blocks, block_size) and scale.shape == (_N, blocks)
     assert q.min() >= -8 and q.max() <= 7 and q.dtype == np.int8
-    np.testing.assert_array_equal(dequantize_int4(q, scale, _K), _dequantized(weight, block_size))
+    np.testing.assert_array_equal(dequantize_int4(q, scale, zero, _K), _dequantized(weight, block_size))
     assert (scale[1] == 1).all() and not q[1].any()
+
+
+def test_zero_point_blocks_match_a_direct_computation_with_less_error():
+    weight = _heavy_tailed((_K, _N))
+    weight[:, 1] = 0
+    weight[:, 2] = np.abs(weight[:, 2])  # all positive: the zero point sits at -8
+    q, scale, zero = quantize_int4(weight, 16, symmetric=False)
+    np.testing.assert_allclose(dequantize_int4(q, scale, zero, _K), _dequantized_with_zero_points(weight, 16),
+                               rtol=1e-6, atol=1e-7)
+    assert (zero[2] == -8).all() and (scale[1] == 1).all() and (q[1] == zero[1][..., None]).all()  # zeros stay 0
+    gaussian = np.random.default_rng(4).standard_normal((256, 64)).astype(np.float32)
+    errors = [np.square(dequantize_int4(*quantize_int4(gaussian, 32, symmetric=symmetric), 256) - gaussian).sum()
+              for symmetric in (True, False)]
+    assert errors[1] < 0.75 * errors[0], errors
 
 
 def test_packing_puts_the_first_value_in_the_low_nibble_offset_by_8():
@@ -106,7 +137,7 @@ def test_mse_is_never_worse_than_round_to_nearest_and_better_on_heavy_tails():
     rtn_error, mse_error = block_error(blocks, *rtn, ones), block_error(blocks, *mse, ones)
     assert (mse_error <= rtn_error).all()
     assert (mse_error < rtn_error).any()
-    total = [np.square(dequantize_int4(*pair, 256) - weight).sum() for pair in (rtn, mse)]
+    total = [np.square(dequantize_int4(*quantized, 256) - weight).sum() for quantized in (rtn, mse)]
     assert total[1] < total[0]
     assert rtn[0].min() == -7 and mse[0].min() == -8  # a clipped scale saturates at -8, not -7
 
@@ -143,7 +174,8 @@ def test_matmul_nbits_stores_blocks_along_k_as_unsigned_nibbles():
     packed, scales = tensors["w_int4"].numpy(), tensors["w_scale"].numpy()
     assert packed.shape == (_N, 3, 8) and packed.dtype == np.uint8 and scales.shape == (_N, 3)
     nibbles = np.stack([packed & 15, packed >> 4], axis=-1).reshape(_N, 3, 16).astype(np.int8) - 8
-    np.testing.assert_array_equal(dequantize_int4(nibbles, scales, _K), _dequantized(_W, 16))
+    np.testing.assert_array_equal(dequantize_int4(nibbles, scales, np.zeros(scales.shape, np.int8), _K),
+                                  _dequantized(_W, 16))
 
 
 def test_accuracy_level_4_quantizes_activations_to_int8_and_stays_close():
@@ -196,17 +228,17 @@ def test_mse_reaches_the_kernel():
     weight = _heavy_tailed((64, 8))
     model = _model(body="y = MatMul(x, w)", weight=weight)
     x = _x((2, 3, 64))
-    result = _quantize(model, "ort", algorithm="mse", **_EXACT)
+    result = _quantize(model, "ort", algorithm="mse", **_EXACT)  # symmetric
     (got,) = run(result.model, {"x": x})
     np.testing.assert_allclose(got, x @ dequantize_int4(*quantize_int4(weight, 32, "mse"), 64), rtol=1e-4, atol=1e-5)
     assert not np.allclose(got, x @ _dequantized(weight, 32), rtol=1e-4, atol=1e-5)
-    assert "1 MatMul/Gemm int4 (block 32, mse): MatMulNBits" in result.report.passes[0].changes
+    assert "1 MatMul/Gemm int4 (block 32, symmetric, mse): MatMulNBits" in result.report.passes[0].changes
 
 
 def test_channel_weights_for_the_input_steer_the_pass():
     weight = _heavy_tailed((64, 8))
     model = ir.serde.deserialize_model(_model(body="y = MatMul(x, w)", weight=weight))
-    quantize = QuantizeWeightOnly(algorithm="mse", accuracy_level=0)
+    quantize = QuantizeWeightOnly(algorithm="mse", accuracy_level=0, symmetric=True)
     quantize.target = "ort"
     importance = np.where(np.arange(64) % 32 < 4, 100.0, 0.01).astype(np.float32)
     quantize.channel_weights["x"] = importance
@@ -220,7 +252,7 @@ def test_a_shared_weight_splits_when_its_inputs_weigh_channels_differently():
     weight = _heavy_tailed((64, 8))
     model = ir.serde.deserialize_model(_model(body="m = MatMul(x, w)\n r = Relu(x)\n n = MatMul(r, w)\n y = Add(m, n)",
                                               weight=weight))
-    quantize = QuantizeWeightOnly(algorithm="mse")
+    quantize = QuantizeWeightOnly(algorithm="mse", symmetric=True)
     quantize.target = "ort"
     importance = np.where(np.arange(64) % 32 < 4, 100.0, 0.01).astype(np.float32)
     quantize.channel_weights["x"] = importance
@@ -237,6 +269,22 @@ def test_channel_weights_of_the_wrong_length_are_an_input_error():
     quantize.channel_weights["x"] = np.ones(_K + 1, np.float32)
     with pytest.raises(InputError, match=f"channel weights for 'x' must be {_K} finite values"):
         quantize(ir.serde.deserialize_model(_model()))
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_zero_points_reach_the_kernel_by_default(target):
+    x = _x()
+    result = graphopt.optimize(_model(opset=21), passes=[("quantize_weight_only", {"block_size": 16, **_EXACT})],
+                               target=target)
+    tensors = _initializers(result.model)
+    if target == "ort":
+        (node,) = [node for node in result.model.graph if node.op_type == "MatMulNBits"]
+        assert node.inputs[3].name == "w_zero" and tensors["w_zero"].shape == (_N, 2)  # 3 blocks, 2 per byte
+    else:
+        assert tensors["w_zero"].dtype == ir.DataType.INT4 and tensors["w_zero"].shape == (3, _N)
+    assert "(block 16, zero points, rtn)" in result.report.passes[0].changes[0]
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, x @ _dequantized_with_zero_points(_W, 16) + _B, rtol=1e-4, atol=1e-5)
 
 
 # -- portable: DequantizeLinear ---------------------------------------------------------------
@@ -281,6 +329,8 @@ def test_int4_parameters_take_an_eighth_of_float32_plus_scales(target):
     report = result.report.passes[0]
     assert report.parameter_bytes_before == k * n * 4 + n * 4
     assert report.parameter_bytes_after == k * n // 2 + (k // 32) * n * 4 + n * 4
+    with_zero_points = _quantize(model, target, symmetric=False).report.passes[0]
+    assert with_zero_points.parameter_bytes_after == report.parameter_bytes_after + (k // 32) * n // 2
     assert len(ir.serde.serialize_model(result.model).SerializeToString()) < model.ByteSize() / 5
 
 
@@ -304,6 +354,14 @@ def test_ort_gathers_int4_blocks_of_an_embedding_table():
     assert result.model.ir_version >= 10  # the IR version that has int4
     (got,) = run(result.model, {"ids": ids})
     np.testing.assert_allclose(got, _dequantized(_TABLE.T, 16).T[ids], rtol=1e-6)
+
+
+def test_ort_gathers_an_embedding_table_with_zero_points():
+    ids = _RNG.integers(0, 50, (2, 7)).astype(np.int64)
+    result = _quantize(_embedding_model(), "ort", block_size=16, min_embedding_bytes=0, symmetric=False)
+    assert _initializers(result.model)["table_zero"].shape == (50, 3)
+    (got,) = run(result.model, {"ids": ids})
+    np.testing.assert_allclose(got, _dequantized_with_zero_points(_TABLE.T, 16).T[ids], rtol=1e-5, atol=1e-7)
 
 
 def test_portable_embeddings_are_int8_rows_as_the_dynamic_pass_makes_them():
