@@ -347,8 +347,15 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
               help="weight-only: weights per scale, along the reduction axis (a power of two, at least 16).")
 @click.option("--algorithm", type=click.Choice(["rtn", "mse", "gptq"]), default="rtn", show_default=True,
               help="weight-only: rtn rounds to nearest; mse searches each block's clipping, weighing the "
-                   "error by the validation inputs' activations; gptq moves each channel's rounding error "
-                   "onto the channels not yet rounded (GPTQ, with the inputs' Gram matrix).")
+                   "error by the activations; gptq moves each channel's rounding error onto the channels not "
+                   "yet rounded (GPTQ, with the inputs' Gram matrix). Both measure on --calib when given.")
+@click.option("--zero-points/--symmetric", default=None,
+              help="weight-only: a zero point per int4 block, spanning its [min, max] (the default: about 40% "
+                   "less error for +0.5 bit per 32 weights), or symmetric blocks.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration data for the measured statistics (mse, gptq, --outlier-ratio, --smooth): an .npz "
+                   "with the samples along axis 0, or a folder of .npz (one input set each). Default: the "
+                   "validation inputs.")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
               help="weight-only --target ort: MatMulNBits' compute type; 0 float32, 4 int8 activations "
                    "(faster for one-row decoding, slower at 128 rows on CPU).")
@@ -387,7 +394,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, algorithm: str, accuracy_level: int, outlier_ratio: float, outlier_mode: str,
+             block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int, outlier_ratio: float, outlier_mode: str,
              per_channel: bool,
              exclude: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
@@ -400,11 +407,12 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
     if mode == "weight-only" and tolerance == make_tolerance("int8"):
         tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
     result = _with_progress(quiet, lambda observer: api.quantize(
-        model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, accuracy_level=accuracy_level,
+        model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, zero_points=zero_points,
+        accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth,
         min_cosine=min_cosine, max_drop=max_drop,
         preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
-        inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
+        inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,
     ))
     _finish(result, output, report, quiet)

@@ -28,6 +28,7 @@ from graphopt.passes.quantize.smooth import linear_weight
 from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport
 from graphopt.runtime import guard
 from graphopt.runtime import inputs as input_io
+from graphopt.runtime.calibration import CalibrationData
 from graphopt.runtime.activations import channel_stats
 from graphopt.runtime.compare import Tolerance, tolerance as named_tolerance
 from graphopt.runtime.providers import SessionConfig
@@ -38,6 +39,7 @@ MODES = {"dynamic": (8,), "weight-only": (4,)}
 # a linear layer makes (three small float MatMuls each); all, every linear layer's input.
 OUTLIER_MODES = ("all", "carve")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather")
+FAILS_TOLERANCE = 2.0  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
 
 
 @dataclasses.dataclass
@@ -51,6 +53,7 @@ class QuantizeSettings:
     embeddings: bool = True
     block_size: int = 32
     algorithm: str = "rtn"
+    zero_points: bool | None = None  # weight-only: None means yes
     accuracy_level: int = 0
     outlier_ratio: float = 0.0
     outlier_mode: str = "all"
@@ -66,6 +69,9 @@ class QuantizeSettings:
             raise InputError(f"--bits {self.bits}: --mode {self.mode} quantizes to {allowed}")
         if self.mode != "weight-only" and self.algorithm != "rtn":
             raise InputError(f"--algorithm {self.algorithm}: it chooses int4 weights (--mode weight-only)")
+        if self.mode != "weight-only" and self.zero_points is not None:
+            raise InputError("--zero-points/--symmetric: they choose int4 blocks (--mode weight-only); "
+                             "dynamic int8 weights are symmetric")
         if self.mode != "weight-only" and self.accuracy_level:
             raise InputError(f"--accuracy-level {self.accuracy_level}: it sets MatMulNBits' compute type "
                              "(--mode weight-only)")
@@ -97,6 +103,7 @@ class QuantizeSettings:
             steps.append(("quantize_weight_only", {"bits": self.bits, "block_size": self.block_size,
                                                    "algorithm": self.algorithm, "exclude": exclude,
                                                    "accuracy_level": self.accuracy_level,
+                                                   "symmetric": self.zero_points is False,
                                                    "embeddings": self.embeddings}))
         return steps
 
@@ -133,8 +140,8 @@ class QuantizeResult:
         if self.fallback is not None:
             fallback = self.fallback
             verdict = "met" if fallback.met else "NOT met (the best found)"
-            lines.append(f"budget {fallback.budget:.4f} {verdict}: score {fallback.trials[0].score:.4f} all quantized, "
-                         f"{fallback.score:.4f} with {len(fallback.kept_float)} layer(s) float "
+            lines.append(f"budget {fallback.budget:.4f} {verdict}: score {_score_text(fallback.trials[0].score)} all "
+                         f"quantized, {_score_text(fallback.score)} with {len(fallback.kept_float)} layer(s) float "
                          f"({len(fallback.trials)} trials)")
         if self.latency is not None:
             lines.append(f"latency: {self.latency.describe()}")
@@ -145,6 +152,12 @@ class QuantizeResult:
                 "float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
                 "fallback": self.fallback.to_dict() if self.fallback else None,
                 "latency": self.latency.to_dict() if self.latency else None}
+
+
+def _score_text(value: float) -> str:
+    if value < -1.0:
+        return f"{value + FAILS_TOLERANCE:.4f} (failing the tolerance's other checks)"
+    return f"{value:.4f}"
 
 
 def score(result: ValidationResult, settings: QuantizeSettings) -> float:
@@ -161,7 +174,7 @@ def score(result: ValidationResult, settings: QuantizeSettings) -> float:
 
 def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, opset: int | None,
         validate: bool, check_speed: bool,
-        force: bool, inputs, shapes, input_ranges, tol: str | Tolerance, config: SessionConfig,
+        force: bool, inputs, calibration, shapes, input_ranges, tol: str | Tolerance, config: SessionConfig,
         bench_config: SessionConfig, observer: PassObserver | None, external_data: bool | None) -> QuantizeResult:
     settings.check()
     if preset not in PRESETS or preset.startswith("int"):
@@ -169,6 +182,12 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     if settings.budget is not None and not validate:
         raise InputError("--min-cosine and --max-drop are measured by validation: drop --no-validate")
     source, float_model = _load(model)
+    samples = None
+    if calibration is not None:
+        if not settings.needs_statistics:
+            raise InputError("--calib feeds the measured statistics of --algorithm mse/gptq, --outlier-ratio and "
+                             "--smooth; this run measures none (nothing would use the data)")
+        samples = CalibrationData(float_model, calibration)
     if opset is not None:
         float_model = model_io.convert_opset(float_model, opset)
     float_report = PassManager([create_pass(name) for name in PRESETS[preset]], target=target,
@@ -176,8 +195,9 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     tol = _tolerance(tol, settings)
     validator = Validator(source, feeds=inputs, shapes=shapes, ranges=input_ranges, tol=tol, config=config,
                           reference_ir=source if isinstance(source, ir.Model) else None) \
-        if validate or settings.needs_statistics else None
-    stats = channel_stats(float_model, _linear_inputs(float_model), validator.input_sets, config,
+        if validate or (settings.needs_statistics and samples is None) else None
+    stats = channel_stats(float_model, _linear_inputs(float_model),
+                          samples if samples is not None else validator.input_sets, config,
                           gram=settings.algorithm == "gptq") \
         if settings.needs_statistics else {}
 
@@ -264,11 +284,17 @@ def _quantized(float_model: ir.Model, candidate: ir.Model) -> list[str]:
 
 def _fall_back(float_model: ir.Model, candidate: ir.Model, settings: QuantizeSettings, validator: Validator,
                build: Callable) -> Fallback:
-    cache = {(): score(validator.check(candidate), settings)}
+    def judged(model: ir.Model) -> float:
+        """The budget's score; a candidate failing the tolerance's other checks (top-1 agreement
+        under a cosine budget) scores below any budget, by FAILS_TOLERANCE."""
+        result = validator.check(model)
+        return score(result, settings) - (0.0 if result.passed else FAILS_TOLERANCE)
+
+    cache = {(): judged(candidate)}
 
     def measure(kept: tuple[str, ...]) -> float:
         if kept not in cache:
-            cache[kept] = score(validator.check(build(kept)[0]), settings)
+            cache[kept] = judged(build(kept)[0])
         return cache[kept]
 
     return choose_float(_quantized(float_model, candidate), measure, settings.budget)
@@ -283,8 +309,9 @@ def _kept_float(report: PipelineReport, fallback: Fallback | None) -> list[tuple
                 if fallback is None or not any(f"'{item}'" in name for item in fallback.kept_float):
                     kept.append((name, why.lstrip(": ") or "excluded"))
     if fallback is not None:
-        kept += [(name, f"the fallback: alone it raises the score by {fallback.sensitivity[name]:+.4f}")
-                 for name in fallback.kept_float]
+        kept += [(name, "the fallback: alone it " + (
+                     "brings the model within the tolerance's other checks" if fallback.sensitivity[name] > 1.0
+                     else f"raises the score by {fallback.sensitivity[name]:+.4f}")) for name in fallback.kept_float]
     return kept
 
 

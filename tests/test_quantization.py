@@ -86,6 +86,16 @@ def test_the_fallback_meets_a_budget_plain_quantization_misses(tmp_path):
     assert [node.name for node in written.graph.node if node.op_type == "MatMul"] == ["first"]
 
 
+def test_a_cosine_budget_still_needs_the_tolerances_top1_agreement(tmp_path):
+    # cosine 0.23 meets a 0.2 budget, but top-1 agreement is 0%: the fallback does not stop there
+    result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
+                               min_cosine=0.2, outlier_ratio=0)
+    assert result.fallback.trials[0].score < -1.0 and result.fallback.kept_float == ("first",)
+    assert result.validation.passed and result.validation.input_sets[0].outputs[0].top1_agreement >= 0.9
+    assert "within the tolerance's other checks" in result.kept_float[0][1]
+    assert "(failing the tolerance's other checks)" in result.summary_lines()[-1]
+
+
 def _wide(k: int = 128, n: int = 32) -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.ndarray]:
     """x @ w with K = 128 and correlated inputs (x = z @ mix): where GPTQ's error moving pays."""
     rng = np.random.default_rng(3)
@@ -108,6 +118,44 @@ def test_gptq_measures_the_gram_matrix_and_beats_round_to_nearest():
     assert errors["gptq"] < 0.8 * errors["rtn"], errors
 
 
+def test_gptq_on_calibration_data_beats_gptq_on_synthesized_inputs(tmp_path):
+    model, feeds, exact = _wide()
+    np.savez(tmp_path / "calib.npz", x=feeds["x"][:192])  # samples along axis 0: 192 rows of [1, 128]
+    errors = {}
+    for label, calibration in (("synthesized", None), ("npz", tmp_path / "calib.npz"),
+                               ("iterable", [{"x": feeds["x"][i:i + 64]} for i in range(0, 192, 64)])):
+        result = graphopt.quantize(model, mode="weight-only", algorithm="gptq", preset="O0", target="ort",
+                                   calibration=calibration, check_speed=False, validate=False)
+        (got,) = run(result.model, feeds)
+        errors[label] = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+    assert errors["npz"] == pytest.approx(errors["iterable"], rel=1e-3)  # the same rows, batched differently
+    assert errors["npz"] < 0.8 * errors["synthesized"], errors
+
+
+def test_calibration_data_nothing_would_use_is_an_error(tmp_path):
+    model, feeds, _ = _wide()
+    with pytest.raises(InputError, match="--calib feeds the measured statistics"):
+        graphopt.quantize(model, mode="weight-only", calibration=[feeds])
+    with pytest.raises(InputError, match="no array for input 'x'"):
+        graphopt.quantize(model, mode="weight-only", algorithm="gptq", calibration=[{"y": feeds["x"]}])
+
+
+def test_the_cli_reads_a_calibration_folder(tmp_path):
+    model, feeds, exact = _wide()
+    onnx.save(model, tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for index in range(3):
+        np.savez(tmp_path / "calib" / f"{index}.npz", x=feeds["x"][index * 64:(index + 1) * 64])
+    assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--mode", "weight-only",
+                 "--algorithm", "gptq", "--calib", str(tmp_path / "calib"), "--target", "ort", "--preset", "O0",
+                 "--no-check-speed", "--no-validate", "-q"]) == 0
+    (got,) = run(onnx.load(tmp_path / "q.onnx"), feeds)
+    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 0.1
+    assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "r.onnx"), "--calib",
+                 str(tmp_path / "calib"), "-q"]) == 2
+    assert not (tmp_path / "r.onnx").exists()
+
+
 def test_max_drop_budgets_top1_agreement():
     result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
                                max_drop=0.02, outlier_ratio=0)
@@ -122,6 +170,7 @@ def test_max_drop_budgets_top1_agreement():
     ({"smooth": 1.5}, "alpha must be between 0 and 1"),
     ({"accuracy_level": 4}, "--accuracy-level 4: it sets MatMulNBits' compute type"),
     ({"algorithm": "gptq"}, "--algorithm gptq: it chooses int4 weights"),
+    ({"zero_points": False}, "--zero-points/--symmetric: they choose int4 blocks"),
 ])
 def test_bad_budget_options_are_clear_errors(kwargs, message):
     with pytest.raises(InputError, match=message):
