@@ -394,8 +394,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int, outlier_ratio: float, outlier_mode: str,
-             per_channel: bool,
+             block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int,
+             outlier_ratio: float, outlier_mode: str, per_channel: bool,
              exclude: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
              opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,

@@ -2,11 +2,14 @@
 
 1. The preset's float passes (O3) run on the loaded model: the float model.
 2. Activation statistics, when a step needs them, come from running the float model on the
-   validation inputs (graphopt.runtime.activations): SmoothQuant's peaks, int4's channel weights.
+   calibration data (graphopt.runtime.calibration, checked before any work) or else on the
+   validation inputs (graphopt.runtime.activations): SmoothQuant's and the outlier channels'
+   peaks, int4's channel weights and GPTQ's Gram matrices.
 3. The quantizer runs on a clone: dynamic int8, or weight-only int4; `exclude` stays float.
 4. Validation against the input at int8 tolerance. With `min_cosine` (worst output cosine) or
    `max_drop` (top-1 agreement lost) the score is measured, and when quantizing everything
-   misses it, the most sensitive layers go back to float until it is met (fallback.choose_float).
+   misses it, the most sensitive layers go back to float until it is met (fallback.choose_float);
+   a candidate failing the tolerance's other checks (top-1 under a cosine budget) does not meet it.
 5. Guards: ops without a kernel on the execution provider are refused, and the quantized model
    is timed against the float model on that provider and refused when slower (QuantizationRefused,
    exit 1) unless forced.

@@ -1,4 +1,4 @@
-"""Blocked symmetric int4 weights: the arithmetic of weight-only quantization, in numpy.
+"""Blocked int4 weights, with or without zero points: the arithmetic of weight-only quantization, in numpy.
 
 A weight [K, N] is cut, for each output column n, into blocks of `block_size` consecutive
 elements along K (zero-padded to whole blocks); each block holds W ≈ s · (q − z) with

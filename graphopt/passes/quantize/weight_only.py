@@ -1,24 +1,26 @@
 """quantize_weight_only: int4 weights in blocks along K, activations left float.
 
-Each constant [K, N] float32 weight of a MatMul/Gemm becomes symmetric int4 with one float32
-scale per block of `block_size` values along K of each output column (`blocks.py`): W ≈ s · q,
-rounded to nearest ("rtn"), with each block's clipping searched ("mse"), or by GPTQ ("gptq":
-the rounding error of each input channel moved onto those not yet rounded, by the Gram matrix
-of the layer's measured inputs).
-  ort       MatMulNBits(x, B, scales, , , bias): B uint8 [N, k_blocks, block_size/2], two values
-            per byte (low nibble first) stored as q + 8, the zero point it assumes when given none;
-            scales [N, k_blocks]; com.microsoft Attention is split as quantize_dynamic splits it
+Each constant [K, N] float32 weight of a MatMul/Gemm becomes int4 with one float32 scale and
+one int4 zero point per block of `block_size` values along K of each output column
+(`blocks.py`): W ≈ s · (q − z), the block's [min, max] in 16 levels (`symmetric`: z = 0, ±max|W|
+in 15), rounded to nearest ("rtn"), with each block's clipping searched ("mse"), or by GPTQ
+("gptq": the rounding error of each input channel moved onto those not yet rounded, by the Gram
+matrix of the layer's measured inputs).
+  ort       MatMulNBits(x, B, scales, zero_points, , bias): B uint8 [N, k_blocks, block_size/2],
+            two values per byte (low nibble first) stored as q + 8; zero points z + 8 packed the
+            same way [N, ceil(k_blocks/2)], left out when symmetric (8, z = 0, is what the kernel
+            assumes); scales [N, k_blocks]; com.microsoft Attention is split as quantize_dynamic splits it
             (packed QKV MatMulNBits, Split, MultiHeadAttention). accuracy_level 0 (the default)
             computes in float32 from the int4 weights: on this CPU as fast as an fp32 MatMul at
             128 rows and above; 4 quantizes x to int8 per block, 1.5x faster at one row (decoding)
             but 1.3x slower at 128 (MatMulNBits microbenchmarks, ONNX Runtime 1.32, 2 threads)
-  portable  DequantizeLinear(q int4 [K, N], s [k_blocks, N], axis=0, block_size) feeding the
+  portable  DequantizeLinear(q int4 [K, N], s [k_blocks, N], z int4 [k_blocks, N], axis=0, block_size) feeding the
             MatMul/Gemm as it was (a Gemm with transB keeps its [N, K] orientation: axis 1);
             blocked DequantizeLinear needs opset 21, below it the weights stay float
 Embedding tables of 256 KiB or more (Gather of a constant [V, D] table, blocks along D; a
 BERT's position table counts — int4 is about size):
-  ort       GatherBlockQuantized(q int4 [V, D], ids, s [V, ceil(D/block_size)]): only the
-            gathered rows are dequantized
+  ort       GatherBlockQuantized(q int4 [V, D], ids, s [V, ceil(D/block_size)], z int4, same shape):
+            only the gathered rows are dequantized
   portable  int8 rows with one scale per row, as quantize_dynamic emits them: standard ONNX
             gathers no int4, and dequantizing the whole table before a Gather costs a float
             table per run
