@@ -288,10 +288,11 @@ def _quantized(float_model: ir.Model, candidate: ir.Model) -> list[str]:
 def _fall_back(float_model: ir.Model, candidate: ir.Model, settings: QuantizeSettings, validator: Validator,
                build: Callable) -> Fallback:
     def judged(model: ir.Model) -> float:
-        """The budget's score; a candidate failing the tolerance's other checks (top-1 agreement
-        under a cosine budget) scores below any budget, by FAILS_TOLERANCE."""
+        """The budget's score; a candidate that meets it but fails the tolerance's other checks
+        (top-1 agreement under a cosine budget) scores below any budget, by FAILS_TOLERANCE."""
         result = validator.check(model)
-        return score(result, settings) - (0.0 if result.passed else FAILS_TOLERANCE)
+        value = score(result, settings)
+        return value - FAILS_TOLERANCE if value >= settings.budget and not result.passed else value
 
     cache = {(): judged(candidate)}
 
