@@ -82,14 +82,7 @@ def _items(source) -> list:
 
 def _stacked(model: ir.Model, path: Path) -> dict[str, np.ndarray]:
     """The .npz's arrays, samples along axis 0; every sample checked as the input set it will be."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file or folder") from None
-    except Exception as error:
-        raise InputError(f"{path}: not a readable .npz file ({error})") from None
-    with archive:
-        arrays = {name: archive[name] for name in archive.files}
+    arrays = input_io.read_npz(path)
     infos = input_io.signature(model)
     ranks = _ranks(model)
     counts = set()

@@ -295,8 +295,8 @@ def synthesize(model: ir.Model, shapes: dict[str, tuple[int, ...]] | None = None
     return feeds
 
 
-def load_npz(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarray]:
-    """Inputs from an .npz with one array per input name, checked against the signature."""
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz, by name; a missing or unreadable file is an InputError."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -305,8 +305,12 @@ def load_npz(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarray]:
     except Exception as error:
         raise InputError(f"{path}: not a readable .npz file ({error})") from None
     with archive:
-        arrays = {name: archive[name] for name in archive.files}
-    return check_feeds(model, arrays, str(path))
+        return {name: archive[name] for name in archive.files}
+
+
+def load_npz(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarray]:
+    """Inputs from an .npz with one array per input name, checked against the signature."""
+    return check_feeds(model, read_npz(path), str(path))
 
 
 def user_feeds(model: ir.Model, given: str | os.PathLike | dict) -> dict[str, np.ndarray]:
