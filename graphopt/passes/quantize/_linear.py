@@ -53,11 +53,15 @@ class WeightQuantizer(Pass):
         self.min_embedding_bytes = min_embedding_bytes
 
     def _check_exclude(self, model: ir.Model) -> None:
+        self._check_names(model, self.exclude, "--exclude")
+
+    @staticmethod
+    def _check_names(model: ir.Model, names: set[str], option: str) -> None:
         known = {node.name for graph in model.graphs() for node in graph} | \
                 {node.op_type for graph in model.graphs() for node in graph}
-        unknown = sorted(self.exclude - known)
+        unknown = sorted(names - known)
         if unknown:
-            raise InputError(f"--exclude names no node or op type of the model (after the float passes): "
+            raise InputError(f"{option} names no node or op type of the model (after the float passes): "
                              f"{', '.join(unknown)}")
 
     def _excluded(self, node: ir.Node) -> bool:
@@ -103,10 +107,12 @@ class WeightQuantizer(Pass):
                 bias, nodes, out = other, [node, add], add.outputs[0]
         return Linear(nodes, weight, False, bias, out)
 
-    def _split_attention(self, model: ir.Model, graph: ir.Graph, node: ir.Node, separate: bool = False) -> bool:
+    def _split_attention(self, model: ir.Model, graph: ir.Graph, node: ir.Node,
+                         separate: bool = False) -> list[ir.Node]:
         """com.microsoft Attention(x, W, b, mask…) → x·W + b → Split → MultiHeadAttention, so its
         packed QKV projection is quantized like any MatMul (ONNX Runtime's QAttention takes no
-        attention bias, and no kernel reads int4 attention weights). `separate`: three
+        attention bias, and no kernel reads int4 attention weights); returns the projection
+        MatMuls, none when the node stays as it is. `separate`: three
         projections x·Wq + bq, x·Wk + bk, x·Wv + bv instead of one and a Split — dynamic int8
         then quantizes x once for the three and copies nothing (MiniLM: ~2% faster)."""
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
@@ -114,14 +120,14 @@ class WeightQuantizer(Pass):
         weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
         if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] % 3:
             self.skip(f"{where}: weights or bias not constant [D, 3D]")
-            return False
+            return []
         if inputs[3] is not None or inputs[4] is not None or len(node.inputs) > 6 or \
                 any(attr not in ("num_heads", "scale", "mask_filter_value") for attr in node.attributes) or \
                 any(value.uses() or value.is_graph_output() for value in node.outputs[1:]):
             self.skip(f"{where}: mask index, past state or attributes MultiHeadAttention does not take")
-            return False
+            return []
         if self._excluded(node):
-            return False
+            return []
         width = weight.shape[1] // 3
         name = fresh_node_name(graph, f"{node.name or 'attention'}/qkv")
         shape = node.outputs[0].shape
@@ -158,7 +164,7 @@ class WeightQuantizer(Pass):
                                                 [node.outputs[0]], [attention.outputs[0]])
         drop_unused_initializers(graph, [inputs[1], inputs[2]])
         model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return True
+        return [made for made in nodes if made.op_type == "MatMul"]
 
     @staticmethod
     def _replace(graph: ir.Graph, linear: Linear, nodes: list[ir.Node]) -> None:

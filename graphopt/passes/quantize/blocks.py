@@ -1,11 +1,12 @@
-"""Blocked int4 weights, with or without zero points: the arithmetic of weight-only quantization, in numpy.
+"""Blocked int4 (or int8) weights, with or without zero points: the arithmetic of weight-only quantization, in numpy.
 
 A weight [K, N] is cut, for each output column n, into blocks of `block_size` consecutive
 elements along K (zero-padded to whole blocks); each block holds W ≈ s · (q − z) with
-q = clip(round(W / s) + z, -8, 7). Symmetric blocks take z = 0 and s = r · max|W| / 7;
-asymmetric ones span the block's own range, s = r · (max − min) / 15 with min ≤ 0 ≤ max and
-z = round(−r · min / s) − 8 (one int4 zero point per block: 16 levels over [min, max] instead of
-15 over [−max|W|, max|W|], about 40% less squared error for +0.5 bit per 32 weights).
+q = clip(round(W / s) + z, qmin, qmax), [-8, 7] for 4 bits and [-128, 127] for 8. Symmetric
+blocks take z = 0 and s = r · max|W| / qmax; asymmetric ones span the block's own range,
+s = r · (max − min) / (qmax − qmin) with min ≤ 0 ≤ max and z = round(−r · min / s) + qmin (one
+zero point per block: for int4, 16 levels over [min, max] instead of 15 over [−max|W|, max|W|],
+about 40% less squared error for +0.5 bit per 32 weights).
 Round-to-nearest takes r = 1; the error-minimizing search takes, per block, the clipping ratio r
 that minimizes Σ_k c_k (W − s·(q − z))², where c weighs the input channels (mean squared
 activations; 1 when unknown).
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-QMIN, QMAX = -8, 7
+BITS = (4, 8)
 # 1.0 first: a block keeps round-to-nearest's scale unless a smaller ratio is strictly better.
 CLIP_RATIOS = np.linspace(1.0, 0.7, 20, dtype=np.float32)
 _GPTQ_CHUNK = 128
@@ -34,11 +35,16 @@ def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
     return np.ascontiguousarray(padded.T).reshape(n, -1, block_size)
 
 
-def quantize_int4(weight: np.ndarray, block_size: int, algorithm: str = "rtn",
-                  channel_weights: np.ndarray | None = None,
-                  symmetric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q int8 in [-8, 7] of shape [N, k_blocks, block_size], scale float32 [N, k_blocks], zero int8
-    [N, k_blocks], all 0 when `symmetric`) for a [K, N] weight; `algorithm` is "rtn" or "mse",
+def levels(bits: int) -> tuple[int, int]:
+    """(qmin, qmax) of a signed `bits`-bit integer."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def quantize_blocks(weight: np.ndarray, block_size: int, algorithm: str = "rtn",
+                    channel_weights: np.ndarray | None = None, symmetric: bool = True,
+                    bits: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q int8 in levels(bits) of shape [N, k_blocks, block_size], scale float32 [N, k_blocks], zero
+    int8 [N, k_blocks], all 0 when `symmetric`) for a [K, N] weight; `algorithm` is "rtn" or "mse",
     `channel_weights` a [K] weighting for "mse". Output columns are independent: a few MiB of them
     at a time, so a memory-mapped table is only read, never copied whole."""
     weight = np.asarray(weight, np.float32)
@@ -55,15 +61,16 @@ def quantize_int4(weight: np.ndarray, block_size: int, algorithm: str = "rtn",
         columns = slice(start, start + step)
         blocks = to_blocks(weight[:, columns], block_size)
         span = _span(blocks, symmetric)
-        ratio = np.float32(1.0) if importance is None else best_clip_ratios(blocks, span, importance, symmetric)
-        scale[columns], zero[columns] = _scale(span, ratio, symmetric)
-        q[columns] = _round(blocks, scale[columns], zero[columns])
+        ratio = np.float32(1.0) if importance is None else \
+            best_clip_ratios(blocks, span, importance, symmetric, bits)
+        scale[columns], zero[columns] = _scale(span, ratio, symmetric, bits)
+        q[columns] = _round(blocks, scale[columns], zero[columns], bits)
     return q, scale, zero
 
 
-def gptq_int4(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: float = 0.1,
-              symmetric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """quantize_int4's (q, scale, zero) for a [K, N] weight, chosen by GPTQ with the [K, K] Gram
+def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: float = 0.1,
+                symmetric: bool = True, bits: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_blocks's (q, scale, zero) for a [K, N] weight, chosen by GPTQ with the [K, K] Gram
     matrix `hessian` of the layer's inputs.
 
     The scales and zero points are fixed first: the "mse" search weighted by diag H, on the weight
@@ -79,7 +86,8 @@ def gptq_int4(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: fl
     dead = np.diag(hessian) == 0
     hessian[dead, dead] = 1.0
     weight[dead] = 0.0
-    _, scale, zero = quantize_int4(weight, block_size, "mse", np.diag(hessian), symmetric)
+    _, scale, zero = quantize_blocks(weight, block_size, "mse", np.diag(hessian), symmetric, bits)
+    qmin, qmax = levels(bits)
     hessian[np.diag_indices(k)] += damp * np.mean(np.diag(hessian))
 
     order = np.argsort(-np.diag(hessian), kind="stable")
@@ -94,7 +102,7 @@ def gptq_int4(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: fl
         errors = np.empty_like(chunk)
         for i in range(stop - start):
             channel = start + i
-            q[channel] = np.clip(np.rint(chunk[i] / channel_scale[channel]) + channel_zero[channel], QMIN, QMAX)
+            q[channel] = np.clip(np.rint(chunk[i] / channel_scale[channel]) + channel_zero[channel], qmin, qmax)
             errors[i] = (chunk[i] - (q[channel] - channel_zero[channel]) * channel_scale[channel]) / factor[i, i]
             chunk[i + 1:] -= np.outer(factor[i, i + 1:], errors[i])
         weight[stop:] -= inverse_factor[start:stop, stop:].T @ errors
@@ -102,14 +110,14 @@ def gptq_int4(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: fl
 
 
 def best_clip_ratios(blocks: np.ndarray, span: tuple[np.ndarray, np.ndarray], importance: np.ndarray,
-                     symmetric: bool = True) -> np.ndarray:
+                     symmetric: bool = True, bits: int = 4) -> np.ndarray:
     """Per block, the ratio of CLIP_RATIOS whose scale reconstructs it with the least weighted
     squared error; `importance` [k_blocks, block_size] weighs the elements of every column's blocks."""
     best_ratio = np.ones(span[0].shape, np.float32)
     best_error = np.full(span[0].shape, np.inf, np.float32)
     for ratio in CLIP_RATIOS:
-        scale, zero = _scale(span, ratio, symmetric)
-        error = block_error(blocks, _round(blocks, scale, zero), scale, zero, importance)
+        scale, zero = _scale(span, ratio, symmetric, bits)
+        error = block_error(blocks, _round(blocks, scale, zero, bits), scale, zero, importance)
         better = error < best_error
         best_ratio[better], best_error[better] = ratio, error[better]
     return best_ratio
@@ -122,11 +130,19 @@ def block_error(blocks: np.ndarray, q: np.ndarray, scale: np.ndarray, zero: np.n
     return np.einsum("nkb,nkb,kb->nk", residual, residual, importance)
 
 
-def dequantize_int4(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, k: int) -> np.ndarray:
+def dequantize_blocks(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, k: int) -> np.ndarray:
     """The float [K, N] weight that blocks s · (q − z) stand for (padding dropped)."""
     n = q.shape[0]
     values = (q.astype(np.float32) - zero[..., None].astype(np.float32)) * scale[..., None]
     return values.reshape(n, -1)[:, :k].T
+
+
+def pack_unsigned(q: np.ndarray, bits: int) -> np.ndarray:
+    """MatMulNBits' storage: int4 packed two per byte (pack_uint4), int8 as q + 128 in uint8 (the
+    zero point it assumes when given none is 2^(bits-1), so a symmetric block stores z = 0)."""
+    if bits == 4:
+        return pack_uint4(q)
+    return (q.astype(np.int16) + 128).astype(np.uint8)
 
 
 def pack_uint4(q: np.ndarray) -> np.ndarray:
@@ -135,7 +151,7 @@ def pack_uint4(q: np.ndarray) -> np.ndarray:
     last axis is padded to even length with zero."""
     if q.shape[-1] % 2:
         q = np.concatenate([q, np.zeros((*q.shape[:-1], 1), q.dtype)], axis=-1)
-    unsigned = (q.astype(np.int16) - QMIN).astype(np.uint8)
+    unsigned = (q.astype(np.int16) + 8).astype(np.uint8)
     return unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
 
 
@@ -147,17 +163,18 @@ def _span(blocks: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(blocks.min(axis=-1), 0.0), np.maximum(blocks.max(axis=-1), 0.0)
 
 
-def _scale(span: tuple[np.ndarray, np.ndarray], ratio, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, zero) covering ratio · span: r · max|W| / 7 with zero 0 when symmetric, else
-    r · (high − low) / 15 with its zero point; an all-zero block gets scale 1."""
+def _scale(span: tuple[np.ndarray, np.ndarray], ratio, symmetric: bool, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero) covering ratio · span: r · max|W| / qmax with zero 0 when symmetric, else
+    r · (high − low) / (qmax − qmin) with its zero point; an all-zero block gets scale 1."""
     low, high = span
+    qmin, qmax = levels(bits)
     if symmetric:
-        return np.where(high > 0, high * ratio / QMAX, 1.0).astype(np.float32), np.zeros(high.shape, np.int8)
+        return np.where(high > 0, high * ratio / qmax, 1.0).astype(np.float32), np.zeros(high.shape, np.int8)
     width = (high - low) * ratio
-    scale = np.where(width > 0, width / (QMAX - QMIN), 1.0).astype(np.float32)
-    zero = np.clip(np.rint(-low * ratio / scale) + QMIN, QMIN, QMAX).astype(np.int8)
+    scale = np.where(width > 0, width / (qmax - qmin), 1.0).astype(np.float32)
+    zero = np.clip(np.rint(-low * ratio / scale) + qmin, qmin, qmax).astype(np.int8)
     return scale, zero
 
 
-def _round(blocks: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], QMIN, QMAX).astype(np.int8)
+def _round(blocks: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
+    return np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], *levels(bits)).astype(np.int8)

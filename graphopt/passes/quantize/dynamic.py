@@ -73,7 +73,7 @@ class QuantizeDynamic(WeightQuantizer):
         counts = {"linear": 0, "attention": 0, "embedding": 0, "outliers": 0, "carved": 0}
         for graph in model.graphs():
             if self.target == "ort":
-                counts["attention"] += sum(self._split_attention(model, graph, node, separate=True)
+                counts["attention"] += sum(bool(self._split_attention(model, graph, node, separate=True))
                                            for node in list(graph)
                                            if node.domain == MS_DOMAIN and node.op_type == "Attention")
             helpers, carved = self._carve(graph)

@@ -1,4 +1,4 @@
-"""quantize_weight_only: int4 weights in blocks along K, activations left float.
+"""quantize_weight_only: int4 weights in blocks along K, activations left float; named layers int8.
 
 Each constant [K, N] float32 weight of a MatMul/Gemm becomes int4 with one float32 scale and
 one int4 zero point per block of `block_size` values along K of each output column
@@ -17,10 +17,18 @@ matrix of the layer's measured inputs).
   portable  DequantizeLinear(q int4 [K, N], s [k_blocks, N], z int4 [k_blocks, N], axis=0, block_size) feeding the
             MatMul/Gemm as it was (a Gemm with transB keeps its [N, K] orientation: axis 1);
             blocked DequantizeLinear needs opset 21, below it the weights stay float
+`int8_layers` (node names or op types, like `exclude`) are quantized the same way at 8 bits, in
+blocks of at least INT8_BLOCK_SIZE: MatMulNBits bits=8 (q + 128 in uint8, zero points z + 128 in
+uint8 [N, k_blocks]) or an int8 blocked DequantizeLinear; an int8 embedding table takes int8 rows
+(the portable form below) on both targets. The fallback of `graphopt quantize --mode weight-only`
+raises its most sensitive layers this way instead of keeping them float: about 1.1 bytes a weight
+instead of 4, and close to float.
 Embedding tables of 256 KiB or more (Gather of a constant [V, D] table, blocks along D; a
 BERT's position table counts — int4 is about size):
   ort       GatherBlockQuantized(q int4 [V, D], ids, s [V, ceil(D/block_size)], z int4, same shape):
-            only the gathered rows are dequantized
+            only the gathered rows are dequantized; the scales are float16 (a fifth of the table's
+            bytes at block 32 in float32; float16's 11 bits lose nothing next to int4's 4) and the
+            rows it gathers, float16 too, are cast to float32
   portable  int8 rows with one scale per row, as quantize_dynamic emits them: standard ONNX
             gathers no int4, and dequantizing the whole table before a Gather costs a float
             table per run
@@ -34,6 +42,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
     constant_array,
+    constant_tensor,
     drop_unused_initializers,
     fresh_node_name,
     infer_types,
@@ -42,7 +51,7 @@ from graphopt.passes.fusion._match import (
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer
-from graphopt.passes.quantize.blocks import gptq_int4, pack_uint4, quantize_int4
+from graphopt.passes.quantize.blocks import gptq_blocks, pack_unsigned, quantize_blocks
 from graphopt.passes.registry import register
 
 ALGORITHMS = ("rtn", "mse", "gptq")
@@ -50,6 +59,9 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 INT4 = ir.DataType.INT4.numpy()
 BLOCKED_DEQUANTIZE_OPSET = 21
 INT4_IR_VERSION = 10
+# 8-bit blocks: 128 values share a scale (at 8 bits a block's range costs little precision, and
+# the scales of blocks of 32 would add 12% to the layer).
+INT8_BLOCK_SIZE = 128
 
 
 # Opset 11 as quantize_dynamic, whose int8 rows it reuses; portable int4 needs 21, checked per layer.
@@ -64,9 +76,11 @@ class QuantizeWeightOnly(WeightQuantizer):
 
     def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 0,
                  exclude: str = "", embeddings: bool = True, min_embedding_bytes: int = 1 << 18,
-                 symmetric: bool = False) -> None:
+                 symmetric: bool = False, int8_layers: str = "") -> None:
         super().__init__(exclude, min_embedding_bytes)
         _check_options(bits, block_size, algorithm, accuracy_level)
+        self.int8_layers = {item.strip() for item in int8_layers.split(";") if item.strip()}
+        self._int8_nodes: set[ir.Node] = set()  # the projections of split Attention nodes named in int8_layers
         self.block_size = block_size
         self.symmetric = symmetric
         self.algorithm = algorithm
@@ -79,24 +93,34 @@ class QuantizeWeightOnly(WeightQuantizer):
         self.hessians: dict[str, np.ndarray] = {}
         # per weight: its int4 initializers and K (ort), or the DequantizeLinear's output (portable)
         self._quantized: dict[tuple, tuple | ir.Value] = {}
+        # (q, scale, zero, K) by weight name and layout, shareable between runs of passes with the
+        # same options and statistics on clones of one model (the fallback builds many): not an option.
+        self.blocks_cache: dict[tuple, tuple] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._check_exclude(model)
+        self._check_names(model, self.int8_layers, "int8 layers")
         infer_types(self, model)
         self._quantized.clear()
         self._unmeasured: list[str] = []
-        counts = {"linear": 0, "attention": 0, "embedding": 0}
+        self._int8_nodes.clear()
+        counts = {"linear": 0, "attention": 0, "embedding": 0, "int8": 0}
         for graph in model.graphs():
-            if self.target == "ort":
-                counts["attention"] += sum(self._split_attention(model, graph, node) for node in list(graph)
-                                           if node.domain == MS_DOMAIN and node.op_type == "Attention")
+            for node in list(graph) if self.target == "ort" else ():
+                if node.domain == MS_DOMAIN and node.op_type == "Attention":
+                    projections = self._split_attention(model, graph, node)
+                    counts["attention"] += bool(projections)
+                    if self._eight_bit(node):
+                        self._int8_nodes.update(projections)
             for node in list(graph):
                 linear = self._linear(node)
-                if linear is not None:
-                    counts["linear"] += self._quantize_linear(model, graph, linear)
-            if self.embeddings:
-                counts["embedding"] += sum(self._quantize_embedding(model, graph, node) for node in list(graph)
-                                           if is_op(node, "Gather"))
+                if linear is not None and self._quantize_linear(model, graph, linear):
+                    counts["linear"] += 1
+                    counts["int8"] += self._eight_bit(node)
+            for node in list(graph) if self.embeddings else ():
+                if is_op(node, "Gather") and self._quantize_embedding(model, graph, node):
+                    counts["embedding"] += 1
+                    counts["int8"] += self._eight_bit(node)
         self._report(counts)
         modified = any(counts.values())
         if modified:
@@ -108,6 +132,8 @@ class QuantizeWeightOnly(WeightQuantizer):
         if counts["linear"]:
             form = "MatMulNBits" if self.target == "ort" else "DequantizeLinear before the MatMul/Gemm"
             self.changed(f"{counts['linear']} MatMul/Gemm int4 ({how}): {form}")
+        if counts["int8"]:
+            self.changed(f"{counts['int8']} of them int8 (int8 layers: {', '.join(sorted(self.int8_layers))})")
         if counts["attention"]:
             self.changed(f"{counts['attention']} Attention QKV projections int4 (MultiHeadAttention after)")
         if self._unmeasured:
@@ -119,6 +145,9 @@ class QuantizeWeightOnly(WeightQuantizer):
             self.changed(f"{counts['embedding']} embedding tables int8 (per-row scales; standard ONNX gathers no int4)")
 
     # -- linear layers ----------------------------------------------------------------------
+
+    def _eight_bit(self, node: ir.Node) -> bool:
+        return node.name in self.int8_layers or node.op_type in self.int8_layers or node in self._int8_nodes
 
     def _quantize_linear(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> bool:
         if self.target == "ort":
@@ -133,19 +162,36 @@ class QuantizeWeightOnly(WeightQuantizer):
         self._dequantize_weight(model, graph, linear)
         return True
 
+    def _layout(self, linear: Linear) -> tuple[int, int]:
+        """(bits, block size) of the layer."""
+        if self._eight_bit(linear.nodes[0]):
+            return 8, max(self.block_size, INT8_BLOCK_SIZE)
+        return 4, self.block_size
+
     def _blocks(self, linear: Linear) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(q [N, k_blocks, block_size], scales and zero points [N, k_blocks], K) of the layer's [K, N] weight."""
+        k = constant_tensor(linear.weight).shape[1 if linear.transposed else 0]
+        hessian = self.hessians.get(linear.x.name) if self.algorithm == "gptq" else None
+        if self.algorithm == "gptq" and np.shape(hessian) != (k, k):
+            self._unmeasured.append(linear.nodes[0].name)
+            hessian = None
+        if not linear.weight.name:
+            return self._compute_blocks(linear, hessian)
+        key = (linear.weight.name, *self._cache_key(None, linear)[2:])
+        if key not in self.blocks_cache:
+            self.blocks_cache[key] = self._compute_blocks(linear, hessian)
+        return self.blocks_cache[key]
+
+    def _compute_blocks(self, linear: Linear, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         weight = constant_array(linear.weight)
         weight = weight.T if linear.transposed else weight
         k = weight.shape[0]
-        if self.algorithm == "gptq":
-            hessian = self.hessians.get(linear.x.name)
-            if hessian is not None and np.shape(hessian) == (k, k):
-                return *gptq_int4(weight, hessian, self.block_size, symmetric=self.symmetric), k
-            self._unmeasured.append(linear.nodes[0].name)
-            return *quantize_int4(weight, self.block_size, symmetric=self.symmetric), k
-        return *quantize_int4(weight, self.block_size, self.algorithm, self._channel_weights(linear, k),
-                              self.symmetric), k
+        bits, block_size = self._layout(linear)
+        if hessian is not None:
+            return *gptq_blocks(weight, hessian, block_size, symmetric=self.symmetric, bits=bits), k
+        algorithm = "rtn" if self.algorithm == "gptq" else self.algorithm
+        return *quantize_blocks(weight, block_size, algorithm, self._channel_weights(linear, k),
+                                self.symmetric, bits), k
 
     def _channel_weights(self, linear: Linear, k: int) -> np.ndarray | None:
         """The [K] importance of the layer's input channels, when "mse" has calibration data for x."""
@@ -162,23 +208,27 @@ class QuantizeWeightOnly(WeightQuantizer):
         """Layers sharing a weight share its int4 form, unless their inputs weigh channels differently."""
         weighted = (self.algorithm == "mse" and linear.x.name in self.channel_weights) or \
             (self.algorithm == "gptq" and linear.x.name in self.hessians)
-        return id(graph), id(linear.weight), linear.transposed, linear.x.name if weighted else None
+        return id(graph), id(linear.weight), linear.transposed, self._layout(linear), \
+            linear.x.name if weighted else None
 
     def _matmul_nbits(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> None:
         key = self._cache_key(graph, linear)
         if key not in self._quantized:
             q, scale, zero, k = self._blocks(linear)
+            bits = self._layout(linear)[0]
             base = linear.weight.name or "weight"
-            self._quantized[key] = (new_initializer(graph, pack_uint4(q), f"{base}_int4"),
+            self._quantized[key] = (new_initializer(graph, pack_unsigned(q, bits), f"{base}_int{bits}"),
                                     new_initializer(graph, scale, f"{base}_scale"),
-                                    None if self.symmetric else new_initializer(graph, pack_uint4(zero), f"{base}_zero"), k)
+                                    None if self.symmetric else new_initializer(graph, pack_unsigned(zero, bits),
+                                                                                f"{base}_zero"), k)
         packed, scale, zero, k = self._quantized[key]
         inputs = [linear.x, packed, scale, zero, None, linear.bias]
         while inputs[-1] is None:
             inputs.pop()
-        attributes = [ir.AttrInt64("K", k), ir.AttrInt64("N", packed.shape[0]), ir.AttrInt64("bits", 4),
-                      ir.AttrInt64("block_size", self.block_size), ir.AttrInt64("accuracy_level", self.accuracy_level)]
-        name = fresh_node_name(graph, f"{linear.nodes[0].name or 'matmul'}/int4")
+        bits, block_size = self._layout(linear)
+        attributes = [ir.AttrInt64("K", k), ir.AttrInt64("N", packed.shape[0]), ir.AttrInt64("bits", bits),
+                      ir.AttrInt64("block_size", block_size), ir.AttrInt64("accuracy_level", self.accuracy_level)]
+        name = fresh_node_name(graph, f"{linear.nodes[0].name or 'matmul'}/int{bits}")
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         self._replace(graph, linear, [ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes, name=name)])
 
@@ -191,13 +241,16 @@ class QuantizeWeightOnly(WeightQuantizer):
             q = q.reshape(q.shape[0], -1)[:, :k]
             if not linear.transposed:
                 q, scale, zero = q.T, scale.T, zero.T
+            bits, block_size = self._layout(linear)
+            dtype = INT4 if bits == 4 else np.int8
             base = linear.weight.name or "weight"
-            inputs = [new_initializer(graph, q.astype(INT4), f"{base}_int4"), new_initializer(graph, scale, f"{base}_scale")]
+            inputs = [new_initializer(graph, q.astype(dtype), f"{base}_int{bits}"),
+                      new_initializer(graph, scale, f"{base}_scale")]
             if not self.symmetric:
-                inputs.append(new_initializer(graph, zero.astype(INT4), f"{base}_zero"))
+                inputs.append(new_initializer(graph, zero.astype(dtype), f"{base}_zero"))
             dequantize = ir.Node("", "DequantizeLinear", inputs,
                                  [ir.AttrInt64("axis", 1 if linear.transposed else 0),
-                                  ir.AttrInt64("block_size", self.block_size)],
+                                  ir.AttrInt64("block_size", block_size)],
                                  name=fresh_node_name(graph, f"{node.name or 'matmul'}/dequantize"))
             dequantize.outputs[0].dtype, dequantize.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(q.shape)
             graph.insert_before(node, dequantize)
@@ -213,7 +266,7 @@ class QuantizeWeightOnly(WeightQuantizer):
         tensor = self._embedding_table(node)
         if tensor is None:
             return False
-        if self.target == "ort":
+        if self.target == "ort" and not self._eight_bit(node):
             self._gather_block_quantized(model, graph, node, tensor)
         else:
             self._int8_rows(graph, node, tensor)
@@ -223,16 +276,22 @@ class QuantizeWeightOnly(WeightQuantizer):
                                 tensor: ir.TensorProtocol) -> None:
         table = node.inputs[0]
         rows, width = tensor.shape
-        q, scale, zero = quantize_int4(tensor.numpy().T, self.block_size, self.algorithm, symmetric=self.symmetric)
+        algorithm = "mse" if self.algorithm == "gptq" else self.algorithm  # a lookup has no Gram matrix
+        q, scale, zero = quantize_blocks(tensor.numpy().T, self.block_size, algorithm, symmetric=self.symmetric)
         base = table.name or "table"
         data = new_initializer(graph, q.reshape(rows, -1)[:, :width].astype(INT4), f"{base}_int4")
         zero_points = [] if self.symmetric else [new_initializer(graph, zero.astype(INT4), f"{base}_zero")]
         attributes = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1),
                       ir.AttrInt64("block_size", self.block_size), ir.AttrInt64("bits", 4)]
-        gather = ir.Node(MS_DOMAIN, "GatherBlockQuantized",
-                         [data, node.inputs[1], new_initializer(graph, scale, f"{base}_scale"), *zero_points], attributes,
-                         name=fresh_node_name(graph, f"{node.name or 'gather'}/int4"))
-        ir.convenience.replace_nodes_and_values(graph, node, [node], [gather], [node.outputs[0]], [gather.outputs[0]])
+        name = fresh_node_name(graph, f"{node.name or 'gather'}/int4")
+        scales = new_initializer(graph, scale.astype(np.float16), f"{base}_scale")
+        gather = ir.Node(MS_DOMAIN, "GatherBlockQuantized", [data, node.inputs[1], scales, *zero_points], attributes,
+                         name=name)
+        gather.outputs[0].dtype = ir.DataType.FLOAT16
+        as_float = ir.Node("", "Cast", [gather.outputs[0]], [ir.AttrInt64("to", ir.DataType.FLOAT)],
+                           name=fresh_node_name(graph, f"{name}/Cast"))
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [gather, as_float], [node.outputs[0]],
+                                                [as_float.outputs[0]])
         drop_unused_initializers(graph, [table])
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         model.ir_version = max(model.ir_version, INT4_IR_VERSION)

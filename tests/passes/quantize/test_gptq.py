@@ -1,4 +1,4 @@
-"""gptq_int4: GPTQ's error-compensating int4 weights in quantize_int4's format.
+"""gptq_blocks: GPTQ's error-compensating int4 weights in quantize_blocks's format.
 
 The reference for the update is the sequential form of Optimal Brain Quantization written out
 with the explicit inverse Hessian (`_sequential_gptq`); the benefit is measured as the layer's
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.passes.quantize.blocks import dequantize_int4, gptq_int4, quantize_int4, to_blocks
+from graphopt.passes.quantize.blocks import dequantize_blocks, gptq_blocks, quantize_blocks, to_blocks
 
 _RNG = np.random.default_rng(7)
 _K, _N, _BLOCK = 80, 12, 32  # 80 = 2·32 + 16: the last block is half padding
@@ -23,7 +23,7 @@ def _gram(x: np.ndarray) -> np.ndarray:
 
 
 def _output_error(x: np.ndarray, weight: np.ndarray, quantized: tuple) -> float:
-    return float(np.linalg.norm(x @ weight - x @ dequantize_int4(*quantized, weight.shape[0])))
+    return float(np.linalg.norm(x @ weight - x @ dequantize_blocks(*quantized, weight.shape[0])))
 
 
 def _sequential_gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, block_size: int,
@@ -46,8 +46,8 @@ def _sequential_gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray,
 
 
 def test_without_correlation_it_rounds_to_nearest_on_the_searched_scales():
-    q, scale, zero = gptq_int4(_W, 4.0 * np.eye(_K), _BLOCK)
-    q_mse, scale_mse, _ = quantize_int4(_W, _BLOCK, "mse", np.full(_K, 4.0))
+    q, scale, zero = gptq_blocks(_W, 4.0 * np.eye(_K), _BLOCK)
+    q_mse, scale_mse, _ = quantize_blocks(_W, _BLOCK, "mse", np.full(_K, 4.0))
     assert not zero.any()  # symmetric unless asked
     np.testing.assert_array_equal(scale, scale_mse)
     np.testing.assert_array_equal(q, q_mse)
@@ -59,27 +59,27 @@ def test_matches_the_sequential_update_with_the_explicit_inverse_hessian():
     k = 160  # past one 128-channel chunk: the lazy update across chunks is exercised
     x = _RNG.standard_normal((1024, k)) @ _RNG.standard_normal((k, k))
     weight = _RNG.standard_normal((k, 8)).astype(np.float32)
-    q, scale, _ = gptq_int4(weight, _gram(x), _BLOCK)
+    q, scale, _ = gptq_blocks(weight, _gram(x), _BLOCK)
     expected = _sequential_gptq(weight, _gram(x), scale, _BLOCK)
     assert np.mean(to_blocks(expected, _BLOCK) == q) > 0.99  # float32 against float64: a rare tie may flip
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_output_error_is_well_below_round_to_nearest_on_correlated_inputs(symmetric):
-    gptq_error = _output_error(_X, _W, gptq_int4(_W, _gram(_X), _BLOCK, symmetric=symmetric))
-    assert gptq_error <= 0.8 * _output_error(_X, _W, quantize_int4(_W, _BLOCK, symmetric=symmetric))
-    assert gptq_error < _output_error(_X, _W, quantize_int4(_W, _BLOCK, "mse", np.diag(_gram(_X)), symmetric))
+    gptq_error = _output_error(_X, _W, gptq_blocks(_W, _gram(_X), _BLOCK, symmetric=symmetric))
+    assert gptq_error <= 0.8 * _output_error(_X, _W, quantize_blocks(_W, _BLOCK, symmetric=symmetric))
+    assert gptq_error < _output_error(_X, _W, quantize_blocks(_W, _BLOCK, "mse", np.diag(_gram(_X)), symmetric))
 
 
 def test_zero_points_take_the_error_below_symmetric_gptqs():
-    symmetric = _output_error(_X, _W, gptq_int4(_W, _gram(_X), _BLOCK))
-    q, scale, zero = gptq_int4(_W, _gram(_X), _BLOCK, symmetric=False)
+    symmetric = _output_error(_X, _W, gptq_blocks(_W, _gram(_X), _BLOCK))
+    q, scale, zero = gptq_blocks(_W, _gram(_X), _BLOCK, symmetric=False)
     assert zero.any() and zero.min() >= -8 and zero.max() <= 7
     assert _output_error(_X, _W, (q, scale, zero)) < 0.9 * symmetric
 
 
-def test_format_is_quantize_int4s_with_zero_padding():
-    q, scale, zero = gptq_int4(_W, _gram(_X), _BLOCK)
+def test_format_is_quantize_blocks_with_zero_padding():
+    q, scale, zero = gptq_blocks(_W, _gram(_X), _BLOCK)
     assert q.dtype == np.int8 and q.shape == (_N, 3, _BLOCK)
     assert scale.dtype == np.float32 and scale.shape == (_N, 3)
     assert q.min() >= -8 and q.max() <= 7
@@ -87,13 +87,13 @@ def test_format_is_quantize_int4s_with_zero_padding():
     blocks = to_blocks(_W, _BLOCK)
     assert np.all(scale * 7 <= np.abs(blocks).max(axis=-1) * (1 + 1e-6))  # clipped, never widened
     assert np.all(scale * 7 >= np.abs(blocks).max(axis=-1) * 0.69)
-    assert dequantize_int4(q, scale, zero, _K).shape == (_K, _N)
+    assert dequantize_blocks(q, scale, zero, _K).shape == (_K, _N)
 
 
 def test_a_dead_channel_is_zeroed_and_the_rest_still_compensates():
     x = _X.copy()
     x[:, 5] = 0.0
-    quantized = gptq_int4(_W, _gram(x), _BLOCK)
+    quantized = gptq_blocks(_W, _gram(x), _BLOCK)
     assert np.all(np.isfinite(quantized[1]))
     np.testing.assert_array_equal(quantized[0][:, 0, 5], 0)
-    assert _output_error(x, _W, quantized) <= 0.8 * _output_error(x, _W, quantize_int4(_W, _BLOCK))
+    assert _output_error(x, _W, quantized) <= 0.8 * _output_error(x, _W, quantize_blocks(_W, _BLOCK))
