@@ -175,6 +175,7 @@ def quantize(
     bits: int | None = None,
     per_channel: bool = True,
     exclude: Sequence[str] = (),
+    int8_layers: Sequence[str] = (),
     embeddings: bool = True,
     block_size: int = 32,
     algorithm: str = "rtn",
@@ -207,7 +208,8 @@ def quantize(
     "mse" searches each block's clipping against activation-weighted error, "gptq" applies GPTQ with
     the Gram matrix of each layer's inputs; `zero_points` (default yes) gives each int4 block a zero
     point, spanning its own [min, max] — about 40% less squared error than symmetric blocks for
-    +0.5 bit per 32 weights; False makes them symmetric); `accuracy_level` is
+    +0.5 bit per 32 weights; False makes them symmetric; `int8_layers` names nodes or op types
+    quantized to 8 bits instead, in blocks of 128); `accuracy_level` is
     MatMulNBits': 0 computes in float32, 4 quantizes activations to int8, which pays at one row
     (decoding) and costs at 128). `outlier_ratio` (dynamic int8; 0, off, by default; 6 is a good
     value) keeps the input channels whose measured peak is above that many times the median
@@ -217,9 +219,10 @@ def quantize(
     float; `smooth` (SmoothQuant's alpha) moves activation outliers into
     the weights first. The result is validated against the input at int8 tolerance; with
     `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
-    layers go back to float until the budget is met. `check_speed` times float against quantized
-    on the EP and refuses (QuantizationRefused) a slower model, as it refuses ops the EP has no
-    kernel for, unless `force`. `opset` converts first (portable int4 needs 21).
+    layers go back to float (weight-only: to 8 bits) until the budget is met. `check_speed` times
+    float against quantized on the EP and refuses (QuantizationRefused) a slower model, as it
+    refuses ops the EP has no kernel for, unless `force`. `opset` converts first (portable int4
+    needs 21).
 
     The statistics (mse, gptq, outlier_ratio, smooth) are measured on `calibration` when given
     (an .npz with the samples along axis 0, a folder of .npz, or an iterable of {input: array};
@@ -228,7 +231,7 @@ def quantize(
     """
     settings = quantization.QuantizeSettings(
         mode=mode, bits=bits if bits is not None else quantization.MODES.get(mode, (8,))[0],
-        per_channel=per_channel, exclude=tuple(exclude), embeddings=embeddings, block_size=block_size,
+        per_channel=per_channel, exclude=tuple(exclude), int8_layers=tuple(int8_layers), embeddings=embeddings, block_size=block_size,
         algorithm=algorithm, zero_points=zero_points, accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio or 0.0, outlier_mode=outlier_mode,
         smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)

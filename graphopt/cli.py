@@ -369,14 +369,18 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="One weight scale per output channel, or one per tensor.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="A node name or op type to keep float (repeatable).")
+@click.option("--int8", "int8_layers", multiple=True, metavar="NODE_OR_OP",
+              help="weight-only: a node name or op type to quantize to 8 bits instead of 4 (repeatable).")
 @click.option("--embeddings/--no-embeddings", default=True, show_default=True,
               help="Quantize embedding tables (Gather of a constant table) too.")
 @click.option("--smooth", type=float, metavar="ALPHA",
               help="SmoothQuant first: move activation outliers into the weights (alpha 0-1, e.g. 0.5).")
 @click.option("--min-cosine", type=float,
-              help="Budget: the worst output cosine; the most sensitive layers stay float until it is met.")
+              help="Budget: the worst output cosine; the most sensitive layers stay float (weight-only: go to "
+                   "8 bits) until it is met.")
 @click.option("--max-drop", type=float,
-              help="Budget: top-1 agreement lost at most (0.01 = 1 point); layers stay float until it is met.")
+              help="Budget: top-1 agreement lost at most (0.01 = 1 point); layers stay float (weight-only: go to "
+                   "8 bits) until it is met.")
 @click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
 @click.option("--target", default="portable", show_default=True,
               type=click.Choice(["portable", "ort"]), help="portable: standard ONNX ops; ort: ONNX Runtime's contrib ops.")
@@ -396,7 +400,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
              block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int,
              outlier_ratio: float, outlier_mode: str, per_channel: bool,
-             exclude: tuple[str, ...], embeddings: bool,
+             exclude: tuple[str, ...], int8_layers: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
              opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,
              tolerance: Tolerance, inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
@@ -409,8 +413,8 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
     result = _with_progress(quiet, lambda observer: api.quantize(
         model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, zero_points=zero_points,
         accuracy_level=accuracy_level,
-        outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, embeddings=embeddings, smooth=smooth,
-        min_cosine=min_cosine, max_drop=max_drop,
+        outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, int8_layers=int8_layers,
+        embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,
         preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,

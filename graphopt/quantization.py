@@ -7,9 +7,13 @@
    peaks, int4's channel weights and GPTQ's Gram matrices.
 3. The quantizer runs on a clone: dynamic int8, or weight-only int4; `exclude` stays float.
 4. Validation against the input at int8 tolerance. With `min_cosine` (worst output cosine) or
-   `max_drop` (top-1 agreement lost) the score is measured, and when quantizing everything
+   `max_drop` (top-1 agreement lost) the score is measured (on a held-out slice of the
+   calibration data when there is some and no `inputs`: an eighth, at most HELD_OUT samples,
+   which the statistics never see), and when quantizing everything
    misses it, the most sensitive layers go back to float until it is met (fallback.choose_float);
    a candidate failing the tolerance's other checks (top-1 under a cosine budget) does not meet it.
+   Under weight-only int4 the chosen layers go to 8 bits instead of float (`int8_layers`): about a
+   quarter of float's bytes, and as close to float as the budget needs.
 5. Guards: ops without a kernel on the execution provider are refused, and the quantized model
    is timed against the float model on that provider and refused when slower (QuantizationRefused,
    exit 1) unless forced.
@@ -26,6 +30,7 @@ import onnx_ir as ir
 from graphopt import model as model_io
 from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
 from graphopt.passes import create_pass
+from graphopt.passes.fusion._match import constant_tensor
 from graphopt.passes.quantize.fallback import Fallback, choose_float
 from graphopt.passes.quantize.smooth import linear_weight
 from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport
@@ -42,7 +47,8 @@ MODES = {"dynamic": (8,), "weight-only": (4,)}
 # a linear layer makes (three small float MatMuls each); all, every linear layer's input.
 OUTLIER_MODES = ("all", "carve")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather")
-FAILS_TOLERANCE = 2.0  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
+FAILS_TOLERANCE = 2.0
+HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
 
 
 @dataclasses.dataclass
@@ -53,6 +59,7 @@ class QuantizeSettings:
     bits: int = 8
     per_channel: bool = True
     exclude: tuple[str, ...] = ()
+    int8_layers: tuple[str, ...] = ()  # weight-only: layers at 8 bits
     embeddings: bool = True
     block_size: int = 32
     algorithm: str = "rtn"
@@ -75,6 +82,9 @@ class QuantizeSettings:
         if self.mode != "weight-only" and self.zero_points is not None:
             raise InputError("--zero-points/--symmetric: they choose int4 blocks (--mode weight-only); "
                              "dynamic int8 weights are symmetric")
+        if self.mode != "weight-only" and self.int8_layers:
+            raise InputError("--int8: it names layers weight-only int4 quantizes to 8 bits instead "
+                             "(--mode weight-only); dynamic int8 quantizes every layer to 8 bits")
         if self.mode != "weight-only" and self.accuracy_level:
             raise InputError(f"--accuracy-level {self.accuracy_level}: it sets MatMulNBits' compute type "
                              "(--mode weight-only)")
@@ -93,8 +103,10 @@ class QuantizeSettings:
         if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
             raise InputError(f"--smooth {self.smooth_alpha}: SmoothQuant's alpha must be between 0 and 1")
 
-    def passes(self, extra_exclude: Sequence[str] = ()) -> list[tuple[str, dict]]:
-        exclude = ";".join([*self.exclude, *extra_exclude])
+    def passes(self, fallback: Sequence[str] = ()) -> list[tuple[str, dict]]:
+        """The quantization passes; the `fallback`'s layers float (dynamic) or at 8 bits (weight-only)."""
+        raised = fallback if self.mode == "weight-only" else ()
+        exclude = ";".join([*self.exclude, *(() if raised else fallback)])
         steps: list[tuple[str, dict]] = []
         if self.smooth_alpha is not None:
             steps.append(("smooth_activations", {"alpha": self.smooth_alpha}))
@@ -107,6 +119,7 @@ class QuantizeSettings:
                                                    "algorithm": self.algorithm, "exclude": exclude,
                                                    "accuracy_level": self.accuracy_level,
                                                    "symmetric": self.zero_points is False,
+                                                   "int8_layers": ";".join([*self.int8_layers, *raised]),
                                                    "embeddings": self.embeddings}))
         return steps
 
@@ -135,16 +148,19 @@ class QuantizeResult:
     quantized_bytes: int
     fallback: Fallback | None = None
     latency: guard.LatencyCheck | None = None
+    int8: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # weight-only layers at 8 bits
+    fallback_to: str = "float"  # where the fallback's layers went: "float" or "8 bits"
 
     def summary_lines(self) -> list[str]:
         lines = [f"quantized {len(self.quantized)} node(s); parameters {self.float_bytes / 2**20:.1f} MiB → "
                  f"{self.quantized_bytes / 2**20:.1f} MiB ({self.quantized_bytes / max(self.float_bytes, 1):.3f}x)"]
         lines += [f"kept float: {name} ({reason})" for name, reason in self.kept_float]
+        lines += [f"int8, not int4: {name} ({reason})" for name, reason in self.int8]
         if self.fallback is not None:
             fallback = self.fallback
             verdict = "met" if fallback.met else "NOT met (the best found)"
             lines.append(f"budget {fallback.budget:.4f} {verdict}: score {_score_text(fallback.trials[0].score)} all "
-                         f"quantized, {_score_text(fallback.score)} with {len(fallback.kept_float)} layer(s) float "
+                         f"quantized, {_score_text(fallback.score)} with {len(fallback.kept_float)} layer(s) {self.fallback_to} "
                          f"({len(fallback.trials)} trials)")
         if self.latency is not None:
             lines.append(f"latency: {self.latency.describe()}")
@@ -152,6 +168,7 @@ class QuantizeResult:
 
     def to_dict(self) -> dict:
         return {"quantized": self.quantized, "kept_float": [list(item) for item in self.kept_float],
+                "int8": [list(item) for item in self.int8],
                 "float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
                 "fallback": self.fallback.to_dict() if self.fallback else None,
                 "latency": self.latency.to_dict() if self.latency else None}
@@ -191,22 +208,26 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
             raise InputError("--calib feeds the measured statistics of --algorithm mse/gptq, --outlier-ratio and "
                              "--smooth; this run measures none (nothing would use the data)")
         samples = CalibrationData(float_model, calibration)
+    held_out = samples.split_off(min(HELD_OUT, max(1, len(samples) // 8))) \
+        if samples is not None and len(samples) > 1 and settings.budget is not None and inputs is None else None
     if opset is not None:
         float_model = model_io.convert_opset(float_model, opset)
     float_report = PassManager([create_pass(name) for name in PRESETS[preset]], target=target,
                                fixed_point=preset != "O0", observer=observer).run(float_model)
     tol = _tolerance(tol, settings)
     validator = Validator(source, feeds=inputs, shapes=shapes, ranges=input_ranges, tol=tol, config=config,
-                          reference_ir=source if isinstance(source, ir.Model) else None) \
+                          reference_ir=source if isinstance(source, ir.Model) else None, feed_sets=held_out) \
         if validate or (settings.needs_statistics and samples is None) else None
     stats = channel_stats(float_model, _linear_inputs(float_model),
                           samples if samples is not None else validator.input_sets, config,
                           gram=settings.algorithm == "gptq") \
         if settings.needs_statistics else {}
 
+    blocks_cache: dict = {}  # int4 weights computed once for every candidate the fallback builds
+
     def build(kept: Sequence[str]) -> tuple[ir.Model, PipelineReport]:
         candidate = float_model.clone()
-        passes = [_with_statistics(create_pass(name, options), stats)
+        passes = [_with_statistics(create_pass(name, options), stats, blocks_cache)
                   for name, options in settings.passes(kept)]
         return candidate, PassManager(passes, target=target).run(candidate)
 
@@ -220,9 +241,13 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     if validation is not None and not validation.passed and not force:
         raise ValidationFailed(f"the quantized model does not match the input: {validation.summary()}; "
                                "nothing was written", validation)
+    raised = settings.mode == "weight-only"
     result = QuantizeResult(candidate, _merged(float_report, report), [], validation, [],
-                            _quantized(float_model, candidate), _kept_float(report, fallback),
-                            model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate), fallback)
+                            _quantized(float_model, candidate), _kept_float(report, None if raised else fallback),
+                            model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate), fallback,
+                            int8=[(name, "given") for name in settings.int8_layers] +
+                            (_fallback_reasons(fallback) if raised and fallback else []),
+                            fallback_to="8 bits" if raised else "float")
     _check_kernels(candidate, config.resolved_ep(), force)
     if check_speed:
         feeds = None if inputs is None else input_io.user_feeds(float_model, inputs)
@@ -259,7 +284,7 @@ def _linear_inputs(model: ir.Model) -> list[str]:
                    if value is not None and value.name and any(linear_weight(use) for use in value.uses())})
 
 
-def _with_statistics(pass_, stats):
+def _with_statistics(pass_, stats, blocks_cache: dict):
     if pass_.name == "smooth_activations":
         pass_.peaks = {name: item.peak for name, item in stats.items()}
     elif pass_.name == "quantize_dynamic" and stats:
@@ -267,6 +292,8 @@ def _with_statistics(pass_, stats):
     elif pass_.name == "quantize_weight_only" and stats:
         pass_.channel_weights = {name: item.mean_square for name, item in stats.items()}
         pass_.hessians = {name: item.gram for name, item in stats.items() if item.gram is not None}
+    if pass_.name == "quantize_weight_only":
+        pass_.blocks_cache = blocks_cache
     return pass_
 
 
@@ -301,7 +328,21 @@ def _fall_back(float_model: ir.Model, candidate: ir.Model, settings: QuantizeSet
             cache[kept] = judged(build(kept)[0])
         return cache[kept]
 
-    return choose_float(_quantized(float_model, candidate), measure, settings.budget)
+    candidates = _quantized(float_model, candidate)
+    # weight-only raises layers to 8 bits: their bytes grow with their weights, so rank per weight
+    cost = _weight_elements(float_model, candidates) if settings.mode == "weight-only" else None
+    return choose_float(candidates, measure, settings.budget, cost=cost)
+
+
+def _weight_elements(model: ir.Model, names: Sequence[str]) -> dict[str, float]:
+    """Elements of each named node's constant weight (a Gather's table, a MatMul/Gemm/Attention's W)."""
+    nodes = {node.name: node for node in model.graph}
+    elements = {}
+    for name in names:
+        node = nodes[name]
+        tensor = constant_tensor(node.inputs[0 if node.op_type == "Gather" else 1])
+        elements[name] = float(max(tensor.size if tensor is not None else 1, 1))
+    return elements
 
 
 def _kept_float(report: PipelineReport, fallback: Fallback | None) -> list[tuple[str, str]]:
@@ -312,11 +353,13 @@ def _kept_float(report: PipelineReport, fallback: Fallback | None) -> list[tuple
                 name, _, why = reason.partition(" kept float")
                 if fallback is None or not any(f"'{item}'" in name for item in fallback.kept_float):
                     kept.append((name, why.lstrip(": ") or "excluded"))
-    if fallback is not None:
-        kept += [(name, "the fallback: alone it " + (
-                     "brings the model within the tolerance's other checks" if fallback.sensitivity[name] > 1.0
-                     else f"raises the score by {fallback.sensitivity[name]:+.4f}")) for name in fallback.kept_float]
-    return kept
+    return kept + (_fallback_reasons(fallback) if fallback is not None else [])
+
+
+def _fallback_reasons(fallback: Fallback) -> list[tuple[str, str]]:
+    return [(name, "the fallback: alone it " + (
+                "brings the model within the tolerance's other checks" if fallback.sensitivity[name] > 1.0
+                else f"raises the score by {fallback.sensitivity[name]:+.4f}")) for name in fallback.kept_float]
 
 
 def _merged(first: PipelineReport, second: PipelineReport) -> PipelineReport:

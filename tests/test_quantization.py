@@ -56,6 +56,46 @@ def test_choose_float_keeps_the_most_sensitive_first_and_stops_at_the_budget():
     assert not unmet.met and unmet.kept_float == ("a",) and unmet.score == pytest.approx(0.75)
 
 
+def test_choose_float_with_costs_ranks_by_sensitivity_per_cost():
+    damage = {"table": 0.02, "small": 0.01, "other": 0.01}
+    cost = {"table": 100.0, "small": 1.0, "other": 2.0}
+    measure = lambda kept: 1.0 - sum(value for name, value in damage.items() if name not in kept)  # noqa: E731
+    chosen = choose_float(list(damage), measure, budget=0.975, cost=cost)
+    assert chosen.kept_float == ("small", "other")  # not the table, the most sensitive alone
+    assert choose_float(list(damage), measure, budget=0.975).kept_float == ("table",)  # fewest layers
+
+
+def test_weight_only_fallback_raises_layers_to_8_bits_not_float(tmp_path):
+    feeds = {"x": _RNG.standard_normal((64, 16)).astype(np.float32)}
+    plain = graphopt.quantize(_two_layers(), mode="weight-only", preset="O0", target="ort", inputs=feeds,
+                              check_speed=False, force=True)
+    assert plain.validation.input_sets[0].outputs[0].cosine < 0.9995
+    result = graphopt.quantize(_two_layers(), tmp_path / "q.onnx", mode="weight-only", preset="O0", target="ort",
+                               inputs=feeds, check_speed=False, min_cosine=0.9995)
+    assert result.fallback.met and result.fallback.kept_float and result.kept_float == []
+    assert [name for name, _ in result.int8] == list(result.fallback.kept_float)
+    assert all("the fallback" in reason for _, reason in result.int8)
+    assert result.quantized == ["first", "second"]  # both still quantized, some at 8 bits
+    bits = {node.name.split("/")[0]: node.attributes["bits"].value for node in result.model.graph}
+    assert {name for name, value in bits.items() if value == 8} == set(result.fallback.kept_float)
+    assert result.validation.input_sets[0].outputs[0].cosine >= 0.9995
+    assert any("layer(s) 8 bits" in line for line in result.summary_lines())
+    (got,) = run(onnx.load(tmp_path / "q.onnx"), feeds)
+    exact = feeds["x"] @ _W1 @ _W2
+    assert np.linalg.norm(got - exact) < np.linalg.norm(run(plain.model, feeds)[0] - exact)
+
+
+def test_a_budget_is_judged_on_held_out_calibration_samples():
+    model, feeds, _ = _wide()
+    samples = [{"x": feeds["x"][i:i + 16]} for i in range(0, 256, 16)]  # 16 sets: 2 held out
+    result = graphopt.quantize(model, mode="weight-only", algorithm="gptq", preset="O0", target="ort",
+                               calibration=samples, check_speed=False, min_cosine=0.9)
+    assert len(result.validation.input_sets) == 2
+    assert result.validation.input_sets[0].shapes == {"x": [16, 128]}
+    with pytest.raises(InputError, match="--int8: it names layers weight-only int4"):
+        graphopt.quantize(model, int8_layers=["first"])
+
+
 def test_the_outlier_channel_is_measured_and_kept_float(tmp_path):
     model, feeds = _two_layers(), _outlier_inputs()
     plain = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=0)

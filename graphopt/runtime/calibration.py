@@ -13,6 +13,7 @@ once as given), so the statistics' memory stays flat however many samples there 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,11 +55,20 @@ class CalibrationData:
     def __len__(self) -> int:
         return self._count
 
+    def split_off(self, count: int) -> list[dict[str, np.ndarray]]:
+        """The last `count` samples, as a list, and no longer part of this data (a held-out slice:
+        what the statistics never saw judges the result)."""
+        if not 0 < count < self._count:
+            raise ValueError(f"cannot hold out {count} of {self._count} samples")
+        held_out = list(itertools.islice(self, self._count - count, None))
+        self._count -= count
+        return held_out
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self._sets is not None:
-            yield from self._sets
+            yield from self._sets[:self._count]
         elif self._folder is not None:
-            for file in self._folder:
+            for file in self._folder[:self._count]:
                 yield input_io.load_npz(file, self._model)
         else:
             ranks = _ranks(self._model)

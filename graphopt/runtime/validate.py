@@ -145,13 +145,16 @@ class Validator:
                  shapes: dict[str, tuple[int, ...]] | None = None,
                  ranges: dict[str, tuple[float, float]] | None = None,
                  tol: Tolerance | str = "fp32", config: SessionConfig = SessionConfig(opt_level="disable"),
-                 seed: int = 0, reference_ir: ir.Model | None = None) -> None:
-        """reference_ir: the reference already loaded (it is kept unchanged), to avoid a reload."""
+                 seed: int = 0, reference_ir: ir.Model | None = None,
+                 feed_sets: Sequence[dict[str, np.ndarray]] | None = None) -> None:
+        """reference_ir: the reference already loaded (it is kept unchanged), to avoid a reload;
+        feed_sets: input sets already checked against the model (a held-out slice of calibration
+        data), used instead of `feeds` or synthesized ones."""
         self.reference = reference
         self.reference_ir = reference_ir if reference_ir is not None else _as_ir(reference)
         self.tolerance = tol if isinstance(tol, Tolerance) else tolerance(tol)
         self.config = config
-        self.input_sets = self._input_sets(feeds, shapes or {}, ranges or {}, seed)
+        self.input_sets = list(feed_sets) if feed_sets else self._input_sets(feeds, shapes or {}, ranges or {}, seed)
         self._reference_session = create_session(reference, config,
                                                  label=model_label(reference, "the reference model"))
         try:

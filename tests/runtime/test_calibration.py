@@ -31,6 +31,26 @@ def test_an_npz_holds_the_samples_along_axis_0(tmp_path):
     assert len(data) == 3 and [sample["input_ids"].shape for sample in data] == [(2, 7)] * 3
 
 
+@pytest.mark.parametrize("form", ["npz", "folder", "iterable"])
+def test_split_off_holds_out_the_last_samples(tmp_path, form):
+    ids = _ids(5, 7)
+    if form == "npz":
+        np.savez(tmp_path / "c.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+        source = tmp_path / "c.npz"
+    elif form == "folder":
+        for index in range(5):
+            np.savez(tmp_path / f"{index}.npz", input_ids=ids[index:index + 1], attention_mask=np.ones((1, 7), np.int64))
+        source = tmp_path
+    else:
+        source = [{"input_ids": ids[i:i + 1], "attention_mask": np.ones((1, 7), np.int64)} for i in range(5)]
+    data = CalibrationData(_MODEL, source)
+    held_out = data.split_off(2)
+    assert len(data) == 3 and [sample["input_ids"][0, 0] for sample in data] == list(ids[:3, 0])
+    assert [sample["input_ids"][0, 0] for sample in held_out] == list(ids[3:, 0])
+    with pytest.raises(ValueError, match="cannot hold out 3 of 3"):
+        data.split_off(3)
+
+
 def test_a_folder_gives_one_input_set_per_file_at_its_own_shapes(tmp_path):
     for index, length in enumerate((4, 9, 6)):
         ids = _ids(1, length, seed=index)

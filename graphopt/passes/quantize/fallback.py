@@ -4,13 +4,15 @@ The caller measures (it runs the model through graphopt.runtime); this module on
 `measure(kept_float)` builds the model with those layers float and returns a score where higher
 is better (min cosine, top-1 agreement). Sensitivity of a layer = the score with only that
 layer float minus the score with everything quantized; layers go back to float greedily, most
-sensitive first, until the score meets the budget.
+sensitive first, until the score meets the budget. With a `cost` per layer (the bytes it adds when
+raised) they go in order of sensitivity per cost instead: the fewest bytes rather than the fewest
+layers (a 12 MB embedding table that helps a little comes after 1 MB layers that help as much).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 
 @dataclasses.dataclass
@@ -35,8 +37,9 @@ class Fallback:
 
 
 def choose_float(candidates: Sequence[str], measure: Callable[[tuple[str, ...]], float], budget: float,
-                 max_float: int | None = None) -> Fallback:
-    """Keep the fewest candidates float (most sensitive first) that bring the score to `budget`."""
+                 max_float: int | None = None, cost: Mapping[str, float] | None = None) -> Fallback:
+    """Keep the fewest candidates float (most sensitive first, or most sensitive per `cost`) that
+    bring the score to `budget`."""
     baseline = measure(())
     trials = [Trial((), baseline)]
     if baseline >= budget:
@@ -46,7 +49,7 @@ def choose_float(candidates: Sequence[str], measure: Callable[[tuple[str, ...]],
         score = measure((name,))
         trials.append(Trial((name,), score))
         sensitivity[name] = score - baseline
-    ranked = sorted(candidates, key=lambda name: -sensitivity[name])
+    ranked = sorted(candidates, key=lambda name: -sensitivity[name] / (cost[name] if cost else 1.0))
     limit = len(ranked) if max_float is None else min(max_float, len(ranked))
     best = trials[0]
     for count in range(1, limit + 1):
