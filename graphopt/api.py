@@ -209,7 +209,7 @@ def quantize(
     the Gram matrix of each layer's inputs; `zero_points` (default yes) gives each int4 block a zero
     point, spanning its own [min, max] — about 40% less squared error than symmetric blocks for
     +0.5 bit per 32 weights; False makes them symmetric; `int8_layers` names nodes or op types
-    quantized to 8 bits instead, in blocks of 128); `accuracy_level` is
+    quantized to 8 bits instead, in blocks of 128 to 512); `accuracy_level` is
     MatMulNBits': 0 computes in float32, 4 quantizes activations to int8, which pays at one row
     (decoding) and costs at 128). `outlier_ratio` (dynamic int8; 0, off, by default; 6 is a good
     value) keeps the input channels whose measured peak is above that many times the median

@@ -47,8 +47,8 @@ MODES = {"dynamic": (8,), "weight-only": (4,)}
 # a linear layer makes (three small float MatMuls each); all, every linear layer's input.
 OUTLIER_MODES = ("all", "carve")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather")
-FAILS_TOLERANCE = 2.0
-HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
+FAILS_TOLERANCE = 2.0  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
+HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)
 
 
 @dataclasses.dataclass
@@ -160,8 +160,8 @@ class QuantizeResult:
             fallback = self.fallback
             verdict = "met" if fallback.met else "NOT met (the best found)"
             lines.append(f"budget {fallback.budget:.4f} {verdict}: score {_score_text(fallback.trials[0].score)} all "
-                         f"quantized, {_score_text(fallback.score)} with {len(fallback.kept_float)} layer(s) {self.fallback_to} "
-                         f"({len(fallback.trials)} trials)")
+                         f"quantized, {_score_text(fallback.score)} with {len(fallback.kept_float)} layer(s) "
+                         f"{self.fallback_to} ({len(fallback.trials)} trials)")
         if self.latency is not None:
             lines.append(f"latency: {self.latency.describe()}")
         return lines

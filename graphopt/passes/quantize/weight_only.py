@@ -18,7 +18,7 @@ matrix of the layer's measured inputs).
             MatMul/Gemm as it was (a Gemm with transB keeps its [N, K] orientation: axis 1);
             blocked DequantizeLinear needs opset 21, below it the weights stay float
 `int8_layers` (node names or op types, like `exclude`) are quantized the same way at 8 bits, in
-blocks of at least INT8_BLOCK_SIZE: MatMulNBits bits=8 (q + 128 in uint8, zero points z + 128 in
+blocks of 512, 256 or 128 (the largest dividing K): MatMulNBits bits=8 (q + 128 in uint8, zero points z + 128 in
 uint8 [N, k_blocks]) or an int8 blocked DequantizeLinear; an int8 embedding table takes int8 rows
 (the portable form below) on both targets. The fallback of `graphopt quantize --mode weight-only`
 raises its most sensitive layers this way instead of keeping them float: about 1.1 bytes a weight
@@ -59,9 +59,10 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 INT4 = ir.DataType.INT4.numpy()
 BLOCKED_DEQUANTIZE_OPSET = 21
 INT4_IR_VERSION = 10
-# 8-bit blocks: 128 values share a scale (at 8 bits a block's range costs little precision, and
-# the scales of blocks of 32 would add 12% to the layer).
-INT8_BLOCK_SIZE = 128
+# 8-bit blocks: the largest of these that divides K (else the first), never below block_size: at
+# 8 bits a block's range costs little precision, and scales and zero points for every 32 values
+# would add 16% to the layer.
+INT8_BLOCK_SIZES = (512, 256, 128)
 
 
 # Opset 11 as quantize_dynamic, whose int8 rows it reuses; portable int4 needs 21, checked per layer.
@@ -165,7 +166,9 @@ class QuantizeWeightOnly(WeightQuantizer):
     def _layout(self, linear: Linear) -> tuple[int, int]:
         """(bits, block size) of the layer."""
         if self._eight_bit(linear.nodes[0]):
-            return 8, max(self.block_size, INT8_BLOCK_SIZE)
+            k = constant_tensor(linear.weight).shape[1 if linear.transposed else 0]
+            block_size = next((size for size in INT8_BLOCK_SIZES if k % size == 0), INT8_BLOCK_SIZES[-1])
+            return 8, max(self.block_size, block_size)
         return 4, self.block_size
 
     def _blocks(self, linear: Linear) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

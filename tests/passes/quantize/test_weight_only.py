@@ -340,6 +340,17 @@ def test_int8_layers_are_quantized_to_8_bits_in_blocks_of_128(target):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_int8_blocks_are_the_largest_of_512_256_128_dividing_k():
+    weight = _heavy_tailed((768, 4))
+    model = _model(weight=weight)
+    x = _x((2, 3, 768))
+    result = _quantize(model, "ort", symmetric=False, int8_layers="MatMul", **_EXACT)
+    (node,) = [node for node in result.model.graph if node.op_type == "MatMulNBits"]
+    assert node.attributes["bits"].value == 8 and node.attributes["block_size"].value == 256
+    (got,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got, x @ _dequantized_int8(weight, 256), rtol=1e-4, atol=1e-4)
+
+
 def test_an_int8_attention_or_table_takes_its_8_bit_form():
     d = 32
     weight = _RNG.standard_normal((d, 3 * d)).astype(np.float32) * 0.3
