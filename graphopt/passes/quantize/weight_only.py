@@ -180,7 +180,7 @@ class QuantizeWeightOnly(WeightQuantizer):
             hessian = None
         if not linear.weight.name:
             return self._compute_blocks(linear, hessian)
-        key = (linear.weight.name, *self._cache_key(None, linear)[2:])
+        key = (linear.weight.name, *self._form(linear))
         if key not in self.blocks_cache:
             self.blocks_cache[key] = self._compute_blocks(linear, hessian)
         return self.blocks_cache[key]
@@ -209,10 +209,13 @@ class QuantizeWeightOnly(WeightQuantizer):
 
     def _cache_key(self, graph: ir.Graph, linear: Linear) -> tuple:
         """Layers sharing a weight share its int4 form, unless their inputs weigh channels differently."""
+        return id(graph), id(linear.weight), *self._form(linear)
+
+    def _form(self, linear: Linear) -> tuple:
+        """What the quantized weight depends on besides its values and the pass's options."""
         weighted = (self.algorithm == "mse" and linear.x.name in self.channel_weights) or \
             (self.algorithm == "gptq" and linear.x.name in self.hessians)
-        return id(graph), id(linear.weight), linear.transposed, self._layout(linear), \
-            linear.x.name if weighted else None
+        return linear.transposed, self._layout(linear), linear.x.name if weighted else None
 
     def _matmul_nbits(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> None:
         key = self._cache_key(graph, linear)

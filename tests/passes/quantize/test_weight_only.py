@@ -49,32 +49,23 @@ def _dequantized(weight: np.ndarray, block_size: int) -> np.ndarray:
     return result
 
 
-def _dequantized_with_zero_points(weight: np.ndarray, block_size: int) -> np.ndarray:
-    """Asymmetric int4 and back: each block spans [min(w, 0), max(w, 0)] in 15 steps, zero point
-    z = round(-low / s) - 8, q = clip(round(w / s) + z, -8, 7), w ≈ s · (q - z)."""
+def _dequantized_with_zero_points(weight: np.ndarray, block_size: int, bits: int = 4) -> np.ndarray:
+    """Asymmetric blocks and back: each block spans [min(w, 0), max(w, 0)] in 2^bits - 1 steps,
+    zero point z = round(-low / s) + qmin, q = clip(round(w / s) + z, qmin, qmax), w ≈ s · (q - z)."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     result = np.zeros_like(weight)
     for n in range(weight.shape[1]):
         for start in range(0, weight.shape[0], block_size):
             block = weight[start:start + block_size, n]
             low, high = min(np.float32(block.min()), np.float32(0)), max(np.float32(block.max()), np.float32(0))
-            scale = np.float32((high - low) / np.float32(15)) if high > low else np.float32(1)
-            zero = np.clip(np.rint(-low / scale) - 8, -8, 7)
-            result[start:start + block_size, n] = (np.clip(np.rint(block / scale) + zero, -8, 7) - zero) * scale
+            scale = np.float32((high - low) / np.float32(qmax - qmin)) if high > low else np.float32(1)
+            zero = np.clip(np.rint(-low / scale) + qmin, qmin, qmax)
+            result[start:start + block_size, n] = (np.clip(np.rint(block / scale) + zero, qmin, qmax) - zero) * scale
     return result
 
 
 def _dequantized_int8(weight: np.ndarray, block_size: int) -> np.ndarray:
-    """8-bit blocks with zero points and back: [min(w, 0), max(w, 0)] in 255 steps,
-    z = round(-low / s) - 128, q = clip(round(w / s) + z, -128, 127), w ≈ s · (q - z)."""
-    result = np.zeros_like(weight)
-    for n in range(weight.shape[1]):
-        for start in range(0, weight.shape[0], block_size):
-            block = weight[start:start + block_size, n]
-            low, high = min(np.float32(block.min()), np.float32(0)), max(np.float32(block.max()), np.float32(0))
-            scale = np.float32((high - low) / np.float32(255)) if high > low else np.float32(1)
-            zero = np.clip(np.rint(-low / scale) - 128, -128, 127)
-            result[start:start + block_size, n] = (np.clip(np.rint(block / scale) + zero, -128, 127) - zero) * scale
-    return result
+    return _dequantized_with_zero_points(weight, block_size, bits=8)
 
 
 def _heavy_tailed(shape, seed: int = 1) -> np.ndarray:
