@@ -14,21 +14,25 @@ Variants of each export (dynamo exporter unless the spec says otherwise):
   graphopt-int8-ort-carve  --outlier-ratio 10 --outlier-mode carve: outliers only where they are cheap
                            (the FFN's Gelu outputs); on MiniLM ratio 10 carves 5 of the 6 layers and
                            scored best on the sentences (6: 0.9946, 10: 0.9949, 20: 0.9943)
+  graphopt-int8-ort-smooth-carve  --smooth 0.5 --outlier-ratio 10 --outlier-mode carve: SmoothQuant for
+                           the other activations (a Mul each where the residual reads them too), the
+                           carving for the Gelu outputs (smoothing leaves those to it)
   graphopt-int4-ort        graphopt quantize --mode weight-only --target ort (MatMulNBits, block 32,
-                           a zero point per block, round to nearest)
+                           a zero point per block, round to nearest; tables in blocks of 128)
   graphopt-int4-ort-gptq   the same with --algorithm gptq --calib: GPTQ on calibration data that is not
                            the evaluation set (MiniLM: 256 prose sentences of Python's own documentation,
                            pydoc_data, each at its own length; the others: 8 random inputs of another seed)
   graphopt-int4-ort-mixed  the same with --min-cosine 0.9915 judged on the first 32 calibration inputs as
                            one padded batch: the fallback raises the layers that help most per byte to
-                           8 bits (on MiniLM 0.99 raises 2, 0.991 3, 0.9915 5, 0.992 5 others: a sweep on
-                           the evaluation sentences chose 0.9915, see the README)
+                           8 bits (a sweep of budgets on the evaluation sentences chose 0.9915, see the
+                           README)
 For each: file size, fidelity against float (MiniLM: the lowest cosine of mean-pooled sentence
 embeddings over benchmarks/data/sentences.txt, each sentence at its own length; the others:
 the lowest output cosine over 8 random inputs at seq 128), and p50 latency at batch 1 for each
 sequence length, every variant of a model timed in one graphopt bench run (time slices: each
 session owns the machine while timed; ORT_ENABLE_ALL). Speedups are float p50 / variant p50.
-Writes results/quant_vs_ort.{json,md}.
+Writes results/quant_vs_ort.{json,md}; a run of some models replaces those models' entries there
+and keeps the others (each entry says the day it was run).
 
     python benchmarks/quant_vs_ort.py [--models minilm@dynamo:128:512,bert-base@dynamo:128]
 """
@@ -36,6 +40,7 @@ Writes results/quant_vs_ort.{json,md}.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -57,7 +62,7 @@ SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 DEFAULT_MODELS = "minilm@dynamo:128:512,bert-base@dynamo:128,gpt2@dynamo:128"
 VARIANTS = ("float", "ort-dynamic", "graphopt-O1+ort-dynamic", "ort-transformers+dynamic",
             "graphopt-int8-ort", "graphopt-int8-portable", "graphopt-int8-ort-0.99", "graphopt-int8-ort-outliers",
-            "graphopt-int8-ort-carve", "graphopt-int4-ort", "graphopt-int4-ort-gptq", "graphopt-int4-ort-mixed")
+            "graphopt-int8-ort-carve", "graphopt-int8-ort-smooth-carve", "graphopt-int4-ort", "graphopt-int4-ort-gptq", "graphopt-int4-ort-mixed")
 MIXED_BUDGET = 0.9915
 CALIBRATION_SENTENCES = 256
 
@@ -92,6 +97,9 @@ def build(variant: str, zoo_name: str, path: Path, workdir: Path, calibration: l
         graphopt.quantize(path, out, target="ort", outlier_ratio=6, validate=False, check_speed=False)
     elif variant == "graphopt-int8-ort-carve":
         graphopt.quantize(path, out, target="ort", outlier_ratio=10, outlier_mode="carve", validate=False,
+                          check_speed=False)
+    elif variant == "graphopt-int8-ort-smooth-carve":
+        graphopt.quantize(path, out, target="ort", smooth=0.5, outlier_ratio=10, outlier_mode="carve", validate=False,
                           check_speed=False)
     elif variant == "graphopt-int4-ort":
         graphopt.quantize(path, out, mode="weight-only", target="ort", validate=False, check_speed=False)
@@ -222,7 +230,7 @@ def bench_model(spec: str, workdir: Path) -> dict:
             row["size_vs_float"] = row["bytes"] / rows["float"]["bytes"]
             for size in sizes:
                 row[f"speedup_{size}"] = rows["float"][f"p50_ms_{size}"] / row[f"p50_ms_{size}"]
-    return {"model": name, "sizes": sizes, "fidelity": "min cosine, mean-pooled sentence embeddings over "
+    return {"model": name, "date": datetime.date.today().isoformat(), "sizes": sizes, "fidelity": "min cosine, mean-pooled sentence embeddings over "
             f"{len(feeds)} real sentences" if pooled else f"min output cosine over {len(feeds)} random inputs",
             "variants": rows}
 
@@ -237,7 +245,7 @@ def _markdown(results: list[dict]) -> str:
     lines = []
     for result in results:
         sizes = result["sizes"]
-        lines.append(f"### {result['model']} ({result['fidelity']})\n")
+        lines.append(f"### {result['model']} ({result['fidelity']}; run {result.get('date', 'before 2026-11-24')})\n")
         lines.append("| variant | quantized matmuls | size vs float | min cosine | " +
                      " | ".join(f"p50 ms @{size} | speedup @{size}" for size in sizes) + " |")
         lines.append("|---|" + "---:|" * (3 + 2 * len(sizes)))
@@ -259,11 +267,17 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results = []
+    saved = RESULTS / "quant_vs_ort.json"
+    results = json.loads(saved.read_text()) if saved.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models.split(","):
             print(f"benchmarking {spec}", file=sys.stderr)
-            results.append(bench_model(spec, Path(tmp)))
+            fresh = bench_model(spec, Path(tmp))
+            kept = [index for index, result in enumerate(results) if result["model"] == fresh["model"]]
+            if kept:
+                results[kept[0]] = fresh
+            else:
+                results.append(fresh)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quant_vs_ort.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "quant_vs_ort.md").write_text(_markdown(results))

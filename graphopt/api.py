@@ -178,6 +178,7 @@ def quantize(
     int8_layers: Sequence[str] = (),
     embeddings: bool = True,
     block_size: int = 32,
+    embedding_block_size: int = 128,
     algorithm: str = "rtn",
     zero_points: bool | None = None,
     accuracy_level: int = 0,
@@ -209,7 +210,8 @@ def quantize(
     the Gram matrix of each layer's inputs; `zero_points` (default yes) gives each int4 block a zero
     point, spanning its own [min, max] — about 40% less squared error than symmetric blocks for
     +0.5 bit per 32 weights; False makes them symmetric; `int8_layers` names nodes or op types
-    quantized to 8 bits instead, in blocks of 128 to 512); `accuracy_level` is
+    quantized to 8 bits instead, in blocks of 128 to 512; int4 embedding tables (target "ort") take
+    blocks of `embedding_block_size` along a row); `accuracy_level` is
     MatMulNBits': 0 computes in float32, 4 quantizes activations to int8, which pays at one row
     (decoding) and costs at 128). `outlier_ratio` (dynamic int8; 0, off, by default; 6 is a good
     value) keeps the input channels whose measured peak is above that many times the median
@@ -232,7 +234,7 @@ def quantize(
     settings = quantization.QuantizeSettings(
         mode=mode, bits=bits if bits is not None else quantization.MODES.get(mode, (8,))[0],
         per_channel=per_channel, exclude=tuple(exclude), int8_layers=tuple(int8_layers), embeddings=embeddings, block_size=block_size,
-        algorithm=algorithm, zero_points=zero_points, accuracy_level=accuracy_level,
+        embedding_block_size=embedding_block_size, algorithm=algorithm, zero_points=zero_points, accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio or 0.0, outlier_mode=outlier_mode,
         smooth_alpha=smooth, min_cosine=min_cosine, max_drop=max_drop)
     runtime = runtime or RuntimeOptions()

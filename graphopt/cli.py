@@ -345,6 +345,9 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--bits", type=int, help="Weight bits: 8 for dynamic (default), 4 for weight-only (default).")
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="weight-only: weights per scale, along the reduction axis (a power of two, at least 16).")
+@click.option("--embedding-block-size", type=int, default=128, show_default=True,
+              help="weight-only, --target ort: values per scale along an int4 embedding table's rows "
+                   "(a power of two, at least 16).")
 @click.option("--algorithm", type=click.Choice(["rtn", "mse", "gptq"]), default="rtn", show_default=True,
               help="weight-only: rtn rounds to nearest; mse searches each block's clipping, weighing the "
                    "error by the activations; gptq moves each channel's rounding error onto the channels not "
@@ -398,7 +401,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int,
+             block_size: int, embedding_block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int,
              outlier_ratio: float, outlier_mode: str, per_channel: bool,
              exclude: tuple[str, ...], int8_layers: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
@@ -411,7 +414,8 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
     if mode == "weight-only" and tolerance == make_tolerance("int8"):
         tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
     result = _with_progress(quiet, lambda observer: api.quantize(
-        model, output, mode=mode, bits=bits, block_size=block_size, algorithm=algorithm, zero_points=zero_points,
+        model, output, mode=mode, bits=bits, block_size=block_size, embedding_block_size=embedding_block_size,
+        algorithm=algorithm, zero_points=zero_points,
         accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, int8_layers=int8_layers,
         embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,

@@ -62,6 +62,7 @@ class QuantizeSettings:
     int8_layers: tuple[str, ...] = ()  # weight-only: layers at 8 bits
     embeddings: bool = True
     block_size: int = 32
+    embedding_block_size: int = 128  # weight-only int4 tables (GatherBlockQuantized)
     algorithm: str = "rtn"
     zero_points: bool | None = None  # weight-only: None means yes
     accuracy_level: int = 0
@@ -109,13 +110,15 @@ class QuantizeSettings:
         exclude = ";".join([*self.exclude, *(() if raised else fallback)])
         steps: list[tuple[str, dict]] = []
         if self.smooth_alpha is not None:
-            steps.append(("smooth_activations", {"alpha": self.smooth_alpha}))
+            carving = {"outlier_ratio": self.outlier_ratio, "exclude": exclude} if self.mode == "dynamic" else {}
+            steps.append(("smooth_activations", {"alpha": self.smooth_alpha, **carving}))
         if self.mode == "dynamic":
             steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
                                                "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio,
                                                "mask_outliers": self.outlier_mode == "all"}))
         else:
             steps.append(("quantize_weight_only", {"bits": self.bits, "block_size": self.block_size,
+                                                   "embedding_block_size": self.embedding_block_size,
                                                    "algorithm": self.algorithm, "exclude": exclude,
                                                    "accuracy_level": self.accuracy_level,
                                                    "symmetric": self.zero_points is False,

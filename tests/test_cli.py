@@ -509,6 +509,7 @@ def test_quantize_writes_a_smaller_validated_model(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--bits", "3"], "--bits 3: --mode dynamic quantizes to --bits 8"),
     (["--mode", "weight-only", "--block-size", "24"], "block"),
+    (["--mode", "weight-only", "--embedding-block-size", "100"], "embedding_block_size must be a power of two"),
     (["--min-cosine", "0.99", "--max-drop", "0.01"], "give --min-cosine or --max-drop, not both"),
     (["--exclude", "nothing_here"], "--exclude names no node or op type of the model (after the float passes): nothing_here"),
 ])

@@ -55,31 +55,48 @@ def weight_of(node: ir.Node, value: ir.Value) -> np.ndarray | None:
     return weight if weight is not None and weight.ndim == 2 and weight.dtype == np.float32 else None
 
 
+def carves(graph: ir.Graph, x: ir.Value, peaks: np.ndarray | None, ratio: float, most: int,
+           frozen: Callable[[ir.Node], bool]) -> bool:
+    """Whether `carve` would carve x (smoothing leaves such activations to it)."""
+    return _plan(graph, x, peaks, ratio, most, frozen) is not None
+
+
+def _plan(graph: ir.Graph, x: ir.Value, peaks: np.ndarray | None, ratio: float, most: int,
+          frozen: Callable[[ir.Node], bool]):
+    """(act, its bias or None, the readers, the channels, (MatMul, bias Add) making act's input,
+    where each reader's result takes an addend), or None when x cannot or need not be carved."""
+    act = x.producer()
+    if act is None or act.graph is not graph or (act.domain, act.op_type) not in ZERO_AT_ZERO or \
+            x.is_graph_output() or len(act.outputs) != 1 or x.dtype != ir.DataType.FLOAT:
+        return None
+    readers = [use.node for use in x.uses()]
+    weights = [weight_of(node, x) for node in readers]
+    if not readers or any(weight is None for weight in weights) or any(node.graph is not graph for node in readers):
+        return None
+    width = weights[0].shape[0]
+    outliers = pick(peaks, width, ratio, most)
+    if not len(outliers) or any(weight.shape[0] != width for weight in weights):
+        return None
+    act_bias = act.inputs[1] if ZERO_AT_ZERO[(act.domain, act.op_type)] and len(act.inputs) > 1 else None
+    if len(act.inputs) > (2 if act_bias is not None else 1) or \
+            (act_bias is not None and _vector(act_bias, width) is None):
+        return None
+    up = _projection(graph, act.inputs[0], width)
+    targets = [_sum_after(node.outputs[0]) for node in readers]
+    if up is None or any(target is None for target in targets) or any(frozen(node) for node in (*readers, up[0])):
+        return None
+    return act, act_bias, readers, outliers, up, targets
+
+
 def carve(graph: ir.Graph, x: ir.Value, peaks: np.ndarray | None, ratio: float, most: int,
           frozen: Callable[[ir.Node], bool]) -> list[ir.Node]:
     """Carve x's outlier channels (`pick`) out of the layer producing it (see the module
     docstring); the float MatMuls added (to keep float), or [] when there are none, x is not
     act(x_in·W1 [+ b1]) read only by MatMuls, or one of those nodes is `frozen`."""
-    act = x.producer()
-    if act is None or act.graph is not graph or (act.domain, act.op_type) not in ZERO_AT_ZERO or \
-            x.is_graph_output() or len(act.outputs) != 1 or x.dtype != ir.DataType.FLOAT:
+    plan = _plan(graph, x, peaks, ratio, most, frozen)
+    if plan is None:
         return []
-    readers = [use.node for use in x.uses()]
-    weights = [weight_of(node, x) for node in readers]
-    if not readers or any(weight is None for weight in weights) or any(node.graph is not graph for node in readers):
-        return []
-    width = weights[0].shape[0]
-    outliers = pick(peaks, width, ratio, most)
-    if not len(outliers) or any(weight.shape[0] != width for weight in weights):
-        return []
-    act_bias = act.inputs[1] if ZERO_AT_ZERO[(act.domain, act.op_type)] and len(act.inputs) > 1 else None
-    if len(act.inputs) > (2 if act_bias is not None else 1) or \
-            (act_bias is not None and _vector(act_bias, width) is None):
-        return []
-    up = _projection(graph, act.inputs[0], width)
-    targets = [_sum_after(node.outputs[0]) for node in readers]
-    if up is None or any(target is None for target in targets) or any(frozen(node) for node in (*readers, up[0])):
-        return []
+    act, act_bias, readers, outliers, up, targets = plan
     matmul, bias_add = up
     name = fresh_node_name(graph, f"{matmul.name or 'matmul'}/outliers")
     columns = _take(graph, matmul, 1, lambda w: w[:, outliers], lambda w: w.__setitem__((slice(None), outliers), 0),

@@ -9,7 +9,10 @@ so activations and weights share the range. 1/s folds into a LayerNormalization'
 when the normalized value feeds nothing else; otherwise an explicit Mul(X, 1/s) goes in front
 of the linear layers (the residual stream keeps X). The per-channel peaks come from running
 the float model (graphopt.runtime.activations), set as `peaks` by the caller: without them
-the pass changes nothing.
+the pass changes nothing. With `outlier_ratio` (dynamic int8's), the activations whose outlier
+channels quantize_dynamic will carve out of the Gelu/Relu layer making them (outliers.carve:
+three small nodes, no full-size Mul) are left to it: the two together keep MiniLM's int8
+sentence cosine at 0.9987 where either alone reaches 0.995.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from graphopt.passes.fusion._match import (
     new_initializer,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize.outliers import carves
 from graphopt.passes.registry import Pass, register
 
 
@@ -47,18 +51,27 @@ def linear_weight(use: ir.Usage) -> tuple[np.ndarray, bool] | None:
 class SmoothActivations(Pass):
     """Move activation outliers into the weights of the linear layers reading them (SmoothQuant; exact in float)."""
 
-    def __init__(self, alpha: float = 0.5, min_outlier_ratio: float = 8.0) -> None:
+    def __init__(self, alpha: float = 0.5, min_outlier_ratio: float = 8.0, outlier_ratio: float = 0.0,
+                 max_outliers: int = 8, exclude: str = "") -> None:
         super().__init__()
         self.alpha = alpha
         self.min_outlier_ratio = min_outlier_ratio
+        # quantize_dynamic's options: what it will carve (outliers.carves) is not smoothed here
+        self.outlier_ratio = outlier_ratio
+        self.max_outliers = max_outliers
+        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}
         self.peaks: dict[str, np.ndarray] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folded = inserted = 0
+        folded = inserted = left = 0
         values = {value.name: value for node in model.graph for value in node.outputs}
         for name, peak in self.peaks.items():
             value = values.get(name)
             if value is None or value.is_graph_output():
+                continue
+            if self.outlier_ratio and carves(model.graph, value, peak, self.outlier_ratio, self.max_outliers,
+                                             lambda node: node.name in self.exclude or node.op_type in self.exclude):
+                left += 1
                 continue
             how = self._smooth(model.graph, value, np.asarray(peak, np.float32))
             folded += how == "folded"
@@ -67,6 +80,8 @@ class SmoothActivations(Pass):
             self.changed(f"{folded} activations smoothed into their LayerNormalization")
         if inserted:
             self.changed(f"{inserted} activations smoothed by a Mul in front of their linear layers")
+        if left:
+            self.skip(f"{left} activations left to the outlier carving (not smoothed)")
         return ir.passes.PassResult(model, modified=bool(folded or inserted))
 
     def _smooth(self, graph: ir.Graph, value: ir.Value, peak: np.ndarray) -> str:

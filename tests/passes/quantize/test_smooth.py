@@ -82,3 +82,41 @@ def test_no_outliers_or_no_statistics_change_nothing():
     smooth.peaks = {"h": np.ones(8, np.float32)}
     assert not PassManager([smooth]).run(ir_model).passes[0].modified
     assert not PassManager([create_pass("smooth_activations")]).run(model_io.from_proto(model)).passes[0].modified
+
+
+def test_with_outlier_carving_the_activations_it_carves_are_left_to_it():
+    """x → LayerNorm → ·W1 + b1 → Gelu → ·W → Relu, outliers in both activations: smoothing takes the
+    LayerNorm's, and leaves the Gelu's to quantize_dynamic's carving (no Mul in front of W2)."""
+    w1 = _RNG.standard_normal((8, 8)).astype(np.float32)
+    w1[:, 3] *= 40  # hidden channel 3 dwarfs the others
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 20, "com.microsoft" : 1]>
+        g (float[B, 8] x) => (float[B, 6] y) <float[8, 8] w1 = {{{_floats(w1)}}}, float[8] b1 = {{{_floats(_V[0])}}},
+          float[8, 6] w = {{{_floats(_W)}}}, float[8] gamma = {{{_floats(np.linspace(0.5, 2, 8))}}},
+          float[8] beta = {{{_floats(np.linspace(-1, 1, 8))}}}> {{
+            n = LayerNormalization <axis = -1> (x, gamma, beta)
+            m = MatMul(n, w1)
+            h = com.microsoft.BiasGelu(m, b1)
+            p = MatMul(h, w)
+            y = Relu(p) }}""")  # carving adds into the reader's result, so that is not the output
+    feeds = _x()
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+    float_h = run(exposed, feeds)[1]
+    peaks = {"n": _PEAK, "h": np.abs(float_h).max(axis=0)}
+    reports = {}
+    for ratio in (0.0, 6.0):
+        ir_model = model_io.from_proto(model)
+        for node in ir_model.graph:
+            node.outputs[0].dtype = node.outputs[0].dtype or ir_model.graph.inputs[0].dtype
+        smooth = create_pass("smooth_activations", {"alpha": 0.5, "outlier_ratio": ratio})
+        smooth.peaks = peaks
+        reports[ratio] = PassManager([smooth]).run(ir_model).passes[0]
+        (got,) = run(ir_model, feeds)
+        np.testing.assert_allclose(got, run(model, feeds)[0], rtol=1e-4, atol=1e-4)  # exact in float either way
+        if ratio:
+            assert op_types(ir_model) == ["LayerNormalization", "MatMul", "BiasGelu", "MatMul", "Relu"]
+    assert reports[0.0].changes == ["1 activations smoothed into their LayerNormalization",
+                                    "1 activations smoothed by a Mul in front of their linear layers"]
+    assert reports[6.0].changes == ["1 activations smoothed into their LayerNormalization"]
+    assert reports[6.0].skipped == ["1 activations left to the outlier carving (not smoothed)"]

@@ -417,8 +417,10 @@ def _embedding_model() -> onnx.ModelProto:
 
 def test_ort_gathers_int4_blocks_of_an_embedding_table():
     ids = _RNG.integers(0, 50, (2, 7)).astype(np.int64)
-    result = _quantize(_embedding_model(), "ort", block_size=16, min_embedding_bytes=0, symmetric=True)
+    result = _quantize(_embedding_model(), "ort", embedding_block_size=16, min_embedding_bytes=0, symmetric=True)
     assert op_types(result.model) == ["GatherBlockQuantized", "Cast"]
+    gather = next(iter(result.model.graph))
+    assert gather.attributes.get_int("block_size") == 16  # the table's own block size, not the MatMuls' 32
     tensors = _initializers(result.model)
     assert tensors["table_int4"].dtype == ir.DataType.INT4 and tensors["table_scale"].shape == (50, 3)
     assert tensors["table_scale"].dtype == ir.DataType.FLOAT16  # half the scales' bytes
@@ -431,7 +433,7 @@ def test_ort_gathers_int4_blocks_of_an_embedding_table():
 
 def test_ort_gathers_an_embedding_table_with_zero_points():
     ids = _RNG.integers(0, 50, (2, 7)).astype(np.int64)
-    result = _quantize(_embedding_model(), "ort", block_size=16, min_embedding_bytes=0, symmetric=False)
+    result = _quantize(_embedding_model(), "ort", embedding_block_size=16, min_embedding_bytes=0, symmetric=False)
     assert _initializers(result.model)["table_zero"].shape == (50, 3)
     (got,) = run(result.model, {"ids": ids})
     np.testing.assert_allclose(got, _dequantized_with_zero_points(_TABLE.T, 16).T[ids], rtol=2e-3, atol=1e-6)
@@ -464,6 +466,7 @@ def test_excluded_nodes_stay_float_with_the_reason():
     ({"bits": 3}, "bits 3 is not supported"),
     ({"block_size": 24}, "block_size must be a power of two >= 16, got 24"),
     ({"block_size": 8}, "block_size must be a power of two >= 16, got 8"),
+    ({"embedding_block_size": 100}, "embedding_block_size must be a power of two >= 16, got 100"),
     ({"algorithm": "hqq"}, "unknown algorithm 'hqq'"),
     ({"accuracy_level": 5}, "accuracy_level must be 0 to 4"),
     ({"exclude": "no_such_node"}, "--exclude names no node or op type"),
