@@ -172,8 +172,11 @@ def fresh_value_name(graph: ir.Graph, base: str) -> str:
 
 
 def new_initializer(graph: ir.Graph, array: np.ndarray, base: str) -> ir.Value:
-    """A new initializer of `graph` holding `array`, named `base` or the next free variant."""
-    value = ir.Value(name=fresh_value_name(graph, base), const_value=ir.tensor(np.ascontiguousarray(array)))
+    """A new initializer of `graph` holding `array`, named `base` or the next free variant (a 0-d
+    array stays a scalar: np.ascontiguousarray would make it [1])."""
+    array = np.asarray(array)
+    array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    value = ir.Value(name=fresh_value_name(graph, base), const_value=ir.tensor(array))
     value.shape, value.dtype = ir.Shape(array.shape), value.const_value.dtype
     graph.register_initializer(value)
     return value
