@@ -5,16 +5,19 @@ outputs (a chunk at a time) and keeps, per value and channel of its last axis, t
 magnitude (what SmoothQuant needs to move outliers into the weights) and the mean square
 (how much each input channel of a linear layer matters to its output: the int4 scale search
 weighs its error by it); on request also the channels' Gram matrix xᵀx / count, GPTQ's Hessian.
+`histograms` keeps each value's whole distribution instead (static int8's calibration), merged
+as the runs come (graphopt.runtime.histograms).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.runtime.histograms import DEFAULT_BINS, Histogram
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import exposed_runs
 
@@ -35,27 +38,53 @@ def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Iterable[di
     """{value name: its statistics over every input set and position, per channel of the last axis};
     `gram` adds each value's Gram matrix (channels² floats per value). `input_sets` is read once
     per chunk of values (one session per chunk), so it must be re-iterable (a list, CalibrationData)."""
+    stats: dict[str, ChannelStats] = {}
+    for _, _, chunk, arrays in _runs(model, names, input_sets, config):
+        for value, array in zip(chunk, arrays):
+            array = np.asarray(array, dtype=np.float32)
+            if array.ndim == 0 or array.size == 0:
+                continue
+            rows = array.reshape(-1, array.shape[-1])
+            peak, square = np.abs(rows).max(axis=0), np.square(rows, dtype=np.float64).sum(axis=0)
+            products = rows.T.astype(np.float64) @ rows if gram else None
+            seen = stats.get(value.name)
+            if seen is None:
+                stats[value.name] = ChannelStats(peak, square / len(rows), len(rows),
+                                                 None if products is None else products / len(rows))
+                continue
+            count = seen.count + len(rows)
+            stats[value.name] = ChannelStats(
+                np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
+                None if products is None else (seen.gram * seen.count + products) / count)
+    return stats
+
+
+def histograms(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],
+               config: SessionConfig = SessionConfig(opt_level="disable"), *, bins: int = DEFAULT_BINS,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Histogram]:
+    """{value name: its histogram over every input set}, float values that held a finite value
+    only; each run's arrays are added and dropped (memory: `bins` counts per value), and
+    `progress(runs done, runs in all)` is called after each run."""
+    result: dict[str, Histogram] = {}
+    for done, total, chunk, arrays in _runs(model, names, input_sets, config):
+        for value, array in zip(chunk, arrays):
+            if np.issubdtype(np.asarray(array).dtype, np.floating):
+                result.setdefault(value.name, Histogram.empty(bins)).add(array)
+        if progress is not None:
+            progress(done, total)
+    return {name: histogram for name, histogram in result.items() if histogram.high >= histogram.low}
+
+
+def _runs(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],
+          config: SessionConfig) -> Iterator[tuple[int, int, list[ir.Value], list]]:
+    """(runs done, runs in all, the values, their arrays) for each input set and chunk of at most
+    VALUES_PER_RUN of the named values (one session per chunk: `input_sets` is read once per
+    chunk, so it must be re-iterable; runs in all is 0 when it has no len())."""
     values = {value.name: value for node in model.graph for value in node.outputs}
     values.update((value.name, value) for value in model.graph.inputs)
     wanted = [values[name] for name in names if name in values]
-    stats: dict[str, ChannelStats] = {}
-    for start in range(0, len(wanted), VALUES_PER_RUN):
-        chunk = wanted[start:start + VALUES_PER_RUN]
-        for arrays in exposed_runs(model, chunk, input_sets, config):
-            for value, array in zip(chunk, arrays):
-                array = np.asarray(array, dtype=np.float32)
-                if array.ndim == 0 or array.size == 0:
-                    continue
-                rows = array.reshape(-1, array.shape[-1])
-                peak, square = np.abs(rows).max(axis=0), np.square(rows, dtype=np.float64).sum(axis=0)
-                products = rows.T.astype(np.float64) @ rows if gram else None
-                seen = stats.get(value.name)
-                if seen is None:
-                    stats[value.name] = ChannelStats(peak, square / len(rows), len(rows),
-                                                     None if products is None else products / len(rows))
-                    continue
-                count = seen.count + len(rows)
-                stats[value.name] = ChannelStats(
-                    np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
-                    None if products is None else (seen.gram * seen.count + products) / count)
-    return stats
+    chunks = [wanted[start:start + VALUES_PER_RUN] for start in range(0, len(wanted), VALUES_PER_RUN)]
+    samples = len(input_sets) if hasattr(input_sets, "__len__") else 0
+    for number, chunk in enumerate(chunks):
+        for done, arrays in enumerate(exposed_runs(model, chunk, input_sets, config), 1):
+            yield number * samples + done, len(chunks) * samples, chunk, arrays

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import model as model_io
-from graphopt.runtime.activations import channel_stats
+from graphopt.runtime.activations import channel_stats, histograms
+from graphopt.runtime.histograms import Histogram
 from tests.helpers import parse
 
 _RNG = np.random.default_rng(5)
@@ -39,3 +40,17 @@ def test_the_gram_matrix_is_off_by_default():
     stats = channel_stats(_model(), ["x"], [{"x": np.ones((1, 2, 4), np.float32)}])
     assert stats["x"].gram is None
     np.testing.assert_array_equal(stats["x"].mean_square, np.ones(4))
+
+
+def test_histograms_stream_over_input_sets_as_one_histogram_of_all_values():
+    inputs = [_RNG.standard_normal((2, 5, 4)).astype(np.float32) * scale for scale in (0.1, 1, 30)]
+    seen = []
+    result = histograms(_model(), ["x", "h", "y", "missing"], [{"x": x} for x in inputs], bins=64,
+                        progress=lambda done, total: seen.append((done, total)))
+    assert sorted(result) == ["h", "x", "y"]
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # one chunk of values, three runs
+    for name, arrays in (("x", inputs), ("h", [x @ _W for x in inputs]), ("y", [np.maximum(x @ _W, 0) for x in inputs])):
+        want = Histogram.of(np.concatenate([array.reshape(-1) for array in arrays]), bins=64)
+        got = result[name]
+        assert got.limit == want.limit and got.low == want.low and got.high == want.high
+        np.testing.assert_array_equal(got.counts, want.counts)
