@@ -5,6 +5,8 @@ smooth: SmoothQuant's activation outliers moved into the weights (exact in float
 dynamic: int8 weights for MatMul/Gemm/Attention, activations quantized at run time; int8 embeddings.
 blocks: the blocked symmetric int4 arithmetic (round-to-nearest, error-minimizing clip, packing) in numpy.
 weight_only: int4 weights in blocks (MatMulNBits, or DequantizeLinear at opset 21), activations float.
+calibrate: static int8's activation ranges (minmax, percentile, entropy) from streamed histograms.
+static: QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run.
 """
 
-from graphopt.passes.quantize import dynamic, smooth, weight_only  # noqa: F401  (registers them)
+from graphopt.passes.quantize import dynamic, smooth, static, weight_only  # noqa: F401  (registers them)

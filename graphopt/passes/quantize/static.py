@@ -1,0 +1,305 @@
+"""quantize_static: int8 QuantizeLinear → DequantizeLinear pairs (QDQ) at calibrated ranges, where int8 kernels read them.
+
+Standard ONNX for both targets: ONNX Runtime fuses DQ → op → Q into its int8 kernels at load
+(QLinearConv, QLinearMatMul, QGemm, QLinearAdd, QLinearMul, QLinearConcat, QLinearAveragePool,
+QLinearGlobalAveragePool) and drops the pairs around data movement; TensorRT and OpenVINO read
+QDQ the same way.
+
+  compute      Conv, ConvTranspose, MatMul, Gemm: a constant weight becomes int8 (symmetric, one
+               scale per output channel with `per_channel`, else per tensor) behind a
+               DequantizeLinear; a Conv/Gemm constant bias int32 at scale x_scale · w_scale
+               (zero point 0), as the integer kernels add it; activations through Q/DQ
+  elementwise  Add, Mul, AveragePool, GlobalAveragePool, Concat: every float input and the output
+               through Q/DQ (a constant input stored quantized at its own min/max)
+  movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize: quantized only
+               between quantized tensors, the output at its input's scale and zero point (so the
+               pair around it drops and the data stays int8)
+  activation   a Relu reading only a compute op's output: that output gets no pair, the Relu's
+               output does, with zero point at the bottom of the int8 range (ONNX Runtime then
+               folds the Relu into the Q, leaving Conv → Q)
+
+Each float tensor a quantized node reads or writes gets one pair right after its producer (or
+at the graph input), read by every consumer; graph outputs stay float (the last layer runs as
+DQ → op, the integer product scaled back to float). Activation ranges come from calibration
+({value name: (low, high)}, `ranges`, set by graphopt.quantize from
+graphopt.passes.quantize.calibrate); a node whose tensors have no range stays float, with the
+reason in the report. Activations are uint8 with a zero point (`activation_type` "u8") or int8
+(`s8`, `symmetric` for zero point 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.errors import InputError
+from graphopt.passes.fusion._match import (
+    constant_array,
+    fresh_node_name,
+    fresh_value_name,
+    infer_types,
+    new_initializer,
+)
+from graphopt.passes.quantize.scales import symmetric_int8
+from graphopt.passes.registry import Pass, register
+
+COMPUTE = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op: index of the weight
+ELEMENTWISE = ("Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat")
+MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize")
+ACTIVATION_TYPES = {"u8": (ir.DataType.UINT8, 0, 255), "s8": (ir.DataType.INT8, -128, 127)}
+BIAS_QMAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """A tensor's quantization: x ≈ scale · (q − zero_point)."""
+
+    scale: float
+    zero_point: int
+
+
+@register("quantize_static", min_opset=13)
+class QuantizeStatic(Pass):
+    """Insert int8 QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run."""
+
+    lossy = True
+
+    def __init__(self, per_channel: bool = True, activation_type: str = "u8", symmetric: bool = False,
+                 exclude: str = "") -> None:
+        super().__init__()
+        if activation_type not in ACTIVATION_TYPES:
+            raise InputError(f"--activation-type {activation_type!r}: choose u8 or s8")
+        if symmetric and activation_type == "u8":
+            raise InputError("symmetric activations are int8 (--activation-type s8): uint8 needs its zero point")
+        self.per_channel = per_channel
+        self.activation_type = activation_type
+        self.symmetric = symmetric
+        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}
+        # {value name: (low, high)} from calibration, low <= 0 <= high: set by the caller, not an option.
+        self.ranges: dict[str, tuple[float, float]] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        infer_types(self, model)
+        graph = model.graph
+        chosen = self._choose(graph)
+        params = self._params(chosen)
+        weights = sum(self._quantize_weight(graph, node, params) for node in chosen if node.op_type in COMPUTE)
+        tensors = [value for value in _tensors(chosen) if value in params]
+        for value in tensors:
+            self._insert_pair(graph, value, params[value])
+        counts: dict[str, int] = {}
+        for node in chosen:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if chosen:
+            kinds = ", ".join(f"{count} {op}" for op, count in sorted(counts.items()))
+            self.changed(f"{len(tensors)} activations int8 ({self.activation_type}) around {kinds}; "
+                         f"{weights} weights int8 ({'per channel' if self.per_channel else 'per tensor'})")
+        return ir.passes.PassResult(model, modified=bool(chosen))
+
+    # -- which nodes ---------------------------------------------------------------------------
+
+    def _choose(self, graph: ir.Graph) -> list[ir.Node]:
+        chosen: list[ir.Node] = []
+        for node in graph:
+            if node.op_type in MOVEMENT or node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type not in COMPUTE and node.op_type not in ELEMENTWISE and node.op_type != "Relu":
+                continue
+            if node.name in self.exclude or node.op_type in self.exclude:
+                self.skip(f"{node.op_type} {_label(node)} kept float: excluded")
+                continue
+            reason = self._unquantizable(node)
+            if reason:
+                if node.op_type != "Relu":
+                    self.skip(f"{node.op_type} {_label(node)} kept float: {reason}")
+                continue
+            chosen.append(node)
+        chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
+        moving = True
+        quantized = set(_tensors(chosen))
+        while moving:  # data movement between quantized tensors, chains included
+            moving = False
+            for node in graph:
+                if node.op_type in MOVEMENT and node not in chosen and not self._excluded_quietly(node) and \
+                        not node.outputs[0].is_graph_output() and node.inputs[0] in quantized and \
+                        any(use.node in chosen for use in node.outputs[0].uses()):
+                    chosen.append(node)
+                    quantized.add(node.outputs[0])
+                    moving = True
+        order = {node: index for index, node in enumerate(graph)}
+        return sorted(chosen, key=order.__getitem__)
+
+    def _excluded_quietly(self, node: ir.Node) -> bool:
+        return node.name in self.exclude or node.op_type in self.exclude
+
+    def _unquantizable(self, node: ir.Node) -> str:
+        inputs = [value for value in node.inputs if value is not None]
+        if any(value.dtype != ir.DataType.FLOAT for value in [*inputs[:1], *node.outputs[:1]]):
+            return "not float32"
+        if len(node.outputs) != 1 or node.outputs[0].is_graph_output() and node.op_type not in COMPUTE:
+            return "its output is a graph output" if len(node.outputs) == 1 else "several outputs"
+        if node.op_type in COMPUTE:
+            weight = constant_array(node.inputs[COMPUTE[node.op_type]])
+            if node.op_type != "MatMul" and weight is None:
+                return "its weight is not a constant"
+            if node.op_type == "Gemm" and any(node.attributes.get_float(name, 1.0) != 1.0 for name in ("alpha", "beta")):
+                return "alpha or beta other than 1"
+            if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+                return "transA"
+            reads = [value for index, value in enumerate(node.inputs[:2])
+                     if value is not None and (index == 0 or weight is None)]
+        else:
+            reads = [value for value in inputs if constant_array(value) is None]
+        missing = [value.name for value in [*reads, *node.outputs]
+                   if value.name not in self.ranges and not value.is_graph_output()]
+        if missing:
+            return f"no calibrated range for {', '.join(missing[:2])}"
+        return ""
+
+    # -- quantization parameters ----------------------------------------------------------------
+
+    def _params(self, chosen: list[ir.Node]) -> dict[ir.Value, Params]:
+        params: dict[ir.Value, Params] = {}
+        chosen_set = set(chosen)
+        for node in chosen:  # in graph order: a movement node's input is settled before it
+            for index, value in enumerate(node.inputs):
+                if value is None or value in params or (node.op_type in COMPUTE and index > 0 and
+                                                         constant_array(value) is not None):
+                    continue
+                array = constant_array(value)
+                if array is not None:
+                    params[value] = self._activation(float(min(array.min(), 0)), float(max(array.max(), 0)))
+                elif value.name in self.ranges and not _feeds_relu(value, chosen_set):
+                    params[value] = self._activation(*self.ranges[value.name])
+            out = node.outputs[0]
+            if out.is_graph_output() or _feeds_relu(out, chosen_set):
+                continue
+            if node.op_type in MOVEMENT:
+                params[out] = params[node.inputs[0]]
+            elif node.op_type == "Relu":
+                params[out] = self._activation(0.0, self.ranges[out.name][1])
+            else:
+                params[out] = self._activation(*self.ranges[out.name])
+        return params
+
+    def _activation(self, low: float, high: float) -> Params:
+        _, qmin, qmax = ACTIVATION_TYPES[self.activation_type]
+        low, high = min(low, 0.0), max(high, 0.0)
+        if self.symmetric:
+            peak = max(-low, high)
+            return Params(peak / qmax if peak > 0 else 1.0, 0)
+        if high == low:
+            return Params(1.0, qmin if self.activation_type == "u8" else 0)
+        scale = (high - low) / (qmax - qmin)
+        return Params(scale, int(np.clip(round(qmin - low / scale), qmin, qmax)))
+
+    # -- rewriting -------------------------------------------------------------------------------
+
+    def _insert_pair(self, graph: ir.Graph, value: ir.Value, params: Params) -> None:
+        """value → Q → DQ, read by all of value's readers; a constant is stored quantized behind the DQ."""
+        dtype = ACTIVATION_TYPES[self.activation_type][0]
+        base = value.name or "x"
+        array = constant_array(value)
+        if array is not None:
+            _, qmin, qmax = ACTIVATION_TYPES[self.activation_type]
+            q = np.clip(np.rint(array / params.scale) + params.zero_point, qmin, qmax).astype(dtype.numpy())
+            dequantized = self._dequantized(graph, q, np.float32(params.scale),
+                                            np.array(params.zero_point, dtype.numpy()), None, base)
+            for use in list(value.uses()):
+                use.node.replace_input_with(use.idx, dequantized)
+            return
+        scale = new_initializer(graph, np.array(params.scale, np.float32), f"{base}_scale")
+        zero = new_initializer(graph, np.array(params.zero_point, dtype.numpy()), f"{base}_zero_point")
+        uses = list(value.uses())
+        quantize = ir.Node("", "QuantizeLinear", [value, scale, zero], name=fresh_node_name(graph, f"{base}/Q"))
+        quantize.outputs[0].name = fresh_value_name(graph, f"{base}_quantized")
+        quantize.outputs[0].dtype, quantize.outputs[0].shape = dtype, value.shape
+        dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero],
+                             name=fresh_node_name(graph, f"{base}/DQ"))
+        dequantize.outputs[0].name = fresh_value_name(graph, f"{base}_dequantized")
+        dequantize.outputs[0].dtype, dequantize.outputs[0].shape = value.dtype, value.shape
+        producer = value.producer()
+        if producer is not None:
+            graph.insert_after(producer, [quantize, dequantize])
+        else:
+            graph.insert_before(next(iter(graph)), [quantize, dequantize])
+        for use in uses:
+            use.node.replace_input_with(use.idx, dequantize.outputs[0])
+
+    def _quantize_weight(self, graph: ir.Graph, node: ir.Node, params: dict[ir.Value, Params]) -> int:
+        index = COMPUTE[node.op_type]
+        weight = constant_array(node.inputs[index])
+        if weight is None or weight.dtype != np.float32:
+            return 0
+        grouped = node.op_type == "ConvTranspose" and node.attributes.get_int("group", 1) != 1
+        axis = _channel_axis(node) if self.per_channel and weight.ndim >= 2 and not \
+            (node.op_type == "MatMul" and weight.ndim != 2) and not grouped else None
+        q, scale = symmetric_int8(weight, axis)
+        base = node.inputs[index].name or "weight"
+        weight_value = self._dequantized(graph, q, scale, np.zeros(scale.shape, np.int8), axis, base)
+        node.replace_input_with(index, weight_value)
+        bias = node.inputs[2] if len(node.inputs) > 2 and node.op_type in ("Conv", "Gemm") else None
+        biases = constant_array(bias) if bias is not None else None
+        x = params.get(node.inputs[0])
+        channels = weight.shape[_channel_axis(node)]
+        if biases is not None and x is not None and biases.shape == (channels,):
+            bias_scale = (x.scale * np.broadcast_to(scale, biases.shape)).astype(np.float32)
+            q_bias = np.clip(np.rint(biases / np.where(bias_scale > 0, bias_scale, 1.0)), -BIAS_QMAX, BIAS_QMAX)
+            node.replace_input_with(2, self._dequantized(graph, q_bias.astype(np.int32), bias_scale,
+                                                         np.zeros(biases.shape, np.int32), 0, bias.name or "bias"))
+        return 1
+
+    @staticmethod
+    def _dequantized(graph: ir.Graph, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | None,
+                     base: str) -> ir.Value:
+        inputs = [new_initializer(graph, q, f"{base}_quantized"), new_initializer(graph, np.asarray(scale, np.float32),
+                                                                                  f"{base}_scale"),
+                  new_initializer(graph, zero, f"{base}_zero_point")]
+        attributes = [ir.AttrInt64("axis", axis)] if axis is not None and np.ndim(scale) == 1 else []
+        node = ir.Node("", "DequantizeLinear", inputs, attributes, name=fresh_node_name(graph, f"{base}/DQ"))
+        node.outputs[0].name = fresh_value_name(graph, f"{base}_dequantized")
+        node.outputs[0].dtype, node.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(q.shape)
+        graph.insert_before(next(iter(graph)), node)
+        return node.outputs[0]
+
+
+def _tensors(nodes: list[ir.Node]) -> list[ir.Value]:
+    """The tensors the nodes read or write (a compute op's weight and bias aside), once each, in order."""
+    seen: dict[ir.Value, None] = {}
+    for node in nodes:
+        for index, value in enumerate(node.inputs):
+            if value is not None and not (node.op_type in COMPUTE and index > 0 and constant_array(value) is not None):
+                seen.setdefault(value)
+        seen.setdefault(node.outputs[0])
+    return list(seen)
+
+
+def _after_compute(relu: ir.Node, chosen: list[ir.Node]) -> bool:
+    """A Relu is quantized when it reads a chosen compute op's output and nothing else does."""
+    producer = relu.inputs[0].producer()
+    return producer in chosen and producer.op_type in COMPUTE and len(relu.inputs[0].uses()) == 1 and \
+        not relu.inputs[0].is_graph_output()
+
+
+def _feeds_relu(value: ir.Value, chosen: set[ir.Node]) -> bool:
+    """The compute op's output a chosen Relu takes over (no pair of its own)."""
+    uses = list(value.uses())
+    return len(uses) == 1 and uses[0].node in chosen and uses[0].node.op_type == "Relu" and \
+        value.producer() is not None and value.producer().op_type in COMPUTE
+
+
+def _channel_axis(node: ir.Node) -> int:
+    """The weight's output-channel axis."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    return 1  # MatMul: the columns of [K, N]
+
+
+def _label(node: ir.Node) -> str:
+    return repr(node.name) if node.name else f"making {node.outputs[0].name!r}"

@@ -1,0 +1,177 @@
+"""quantize_static: QDQ pairs at calibrated ranges run in ONNX Runtime, fuse into its int8 kernels, and stay close to float."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from graphopt import model as model_io
+from graphopt.errors import InputError
+from graphopt.passes import create_pass
+from graphopt.passes.quantize.calibrate import minmax_range
+from graphopt.passes.quantize.scales import symmetric_int8
+from graphopt.pipeline import PassManager
+from graphopt.runtime.activations import histograms
+from tests.helpers import parse, run, to_proto
+
+_RNG = np.random.default_rng(7)
+
+
+def _floats(array: np.ndarray) -> str:
+    return ", ".join(repr(float(item)) for item in np.asarray(array).reshape(-1))
+
+
+_W1 = (_RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+_B1 = (_RNG.standard_normal(8) * 0.1).astype(np.float32)
+_W2 = (_RNG.standard_normal((8, 8, 3, 3)) * 0.15).astype(np.float32)
+_B2 = (_RNG.standard_normal(8) * 0.1).astype(np.float32)
+_WF = (_RNG.standard_normal((8, 5)) * 0.5).astype(np.float32)
+_BF = (_RNG.standard_normal(5) * 0.1).astype(np.float32)
+
+
+def _cnn() -> onnx.ModelProto:
+    """Conv → Relu → MaxPool → Conv → Relu → Add (residual) → GlobalAveragePool → Flatten → Gemm."""
+    return parse(f"""<ir_version: 9, opset_import: ["" : 17]>
+        g (float[1, 3, 8, 8] x) => (float[1, 5] y) <float[8, 3, 3, 3] w1 = {{{_floats(_W1)}}}, float[8] b1 = {{{_floats(_B1)}}},
+          float[8, 8, 3, 3] w2 = {{{_floats(_W2)}}}, float[8] b2 = {{{_floats(_B2)}}}, float[8, 5] wf = {{{_floats(_WF)}}},
+          float[5] bf = {{{_floats(_BF)}}}> {{
+            c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+            r1 = Relu(c1)
+            p1 = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (r1)
+            c2 = Conv <pads = [1, 1, 1, 1]> (p1, w2, b2)
+            r2 = Relu(c2)
+            s = Add(r2, p1)
+            g1 = GlobalAveragePool(s)
+            f = Flatten(g1)
+            y = Gemm(f, wf, bf) }}""")
+
+
+def _samples(count: int = 16) -> list[dict[str, np.ndarray]]:
+    return [{"x": _RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(count)]
+
+
+def _ranges(model: onnx.ModelProto, samples) -> dict[str, tuple[float, float]]:
+    ir_model = model_io.from_proto(model)
+    names = [value.name for node in ir_model.graph for value in node.outputs] + \
+        [value.name for value in ir_model.graph.inputs]
+    return {name: minmax_range(histogram) for name, histogram in histograms(ir_model, names, samples).items()}
+
+
+def _quantize(model: onnx.ModelProto, ranges, **options):
+    ir_model = model_io.from_proto(model)
+    quantize = create_pass("quantize_static", options)
+    quantize.ranges = ranges
+    report = PassManager([quantize]).run(ir_model)
+    return ir_model, report.passes[0]
+
+
+def _fused_ops(model) -> list[str]:
+    """The op types ONNX Runtime runs after its own optimizations (QDQ fusions included)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(_fused_ops.path)
+    ort.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(str(_fused_ops.path)).graph.node]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a.reshape(-1), b.reshape(-1)) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(autouse=True)
+def _fused_path(tmp_path):
+    _fused_ops.path = tmp_path / "fused.onnx"
+
+
+@pytest.mark.parametrize("options", [{}, {"per_channel": False}])
+def test_a_cnn_runs_close_to_float_and_every_op_fuses_into_an_int8_kernel(options):
+    model = _cnn()
+    quantized, report = _quantize(model, _ranges(model, _samples()), **options)
+    assert report.changes and "2 Conv" in report.changes[0] and "1 Gemm" in report.changes[0]
+    for feeds in _samples(4):
+        (want,), (got,) = run(model, feeds), run(quantized, feeds)
+        assert _cosine(want, got) > 0.999
+        assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    fused = _fused_ops(quantized)
+    assert "Conv" not in fused and "Relu" not in fused  # QLinearConv, the Relus folded into its Q
+    assert fused.count("QLinearConv") == 2
+    assert "Add" not in fused and "QLinearAdd" in fused
+    assert "QLinearGlobalAveragePool" in fused and "GlobalAveragePool" not in fused
+    assert "QGemm" in fused and "Gemm" not in fused
+    assert [op for op in fused if op.endswith("MaxPool")] == ["NhwcMaxPool"]  # on the int8 data, its pair dropped
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int8_activations_run_close_to_float(symmetric):
+    """(ONNX Runtime's CPU kernels fuse fewer of them: uint8 is the default for a reason.)"""
+    model = _cnn()
+    quantized, _ = _quantize(model, _ranges(model, _samples()), activation_type="s8", symmetric=symmetric)
+    zero_points = {name: value.const_value.numpy() for name, value in quantized.graph.initializers.items()
+                   if name.endswith("_zero_point") and not name.startswith(("w", "b"))}
+    assert zero_points and all(point.dtype == np.int8 for point in zero_points.values())
+    assert (zero_points["r1_zero_point"] == 0) if symmetric else (zero_points["r1_zero_point"] == -128)
+    for feeds in _samples(4):
+        (want,), (got,) = run(model, feeds), run(quantized, feeds)
+        assert _cosine(want, got) > 0.999
+
+
+def test_weights_scales_and_bias_are_the_direct_computation():
+    model = _cnn()
+    ranges = _ranges(model, _samples())
+    quantized, _ = _quantize(model, ranges)
+    init = {name: value.const_value.numpy() for name, value in quantized.graph.initializers.items()}
+    q, scale = symmetric_int8(_W1, axis=0)
+    np.testing.assert_array_equal(init["w1_quantized"], q)
+    np.testing.assert_allclose(init["w1_scale"], scale)
+    low, high = ranges["x"]
+    x_scale = (high - low) / 255
+    assert init["x_scale"] == pytest.approx(x_scale) and init["x_zero_point"] == round(-low / x_scale)
+    np.testing.assert_array_equal(init["b1_quantized"], np.rint(_B1 / (x_scale * scale)).astype(np.int32))
+    # the Relu's output, not the Conv's, carries a pair: [0, high] with zero point 0
+    assert "c1_scale" not in init and init["r1_zero_point"] == 0
+    assert init["r1_scale"] == pytest.approx(ranges["r1"][1] / 255)
+    # MaxPool moves data: its output keeps its input's scale and zero point, and so the int8 data
+    assert init["p1_scale"] == init["r1_scale"] and init["p1_zero_point"] == init["r1_zero_point"]
+
+
+def test_activation_matmul_mul_concat_and_movement():
+    model = parse("""<ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 4, 6] a, float[2, 6, 4] b) => (float[2, 4, 8] y) {
+            m = MatMul(a, b)
+            t = Transpose <perm = [0, 2, 1]> (m)
+            k = Mul(t, m)
+            y = Concat <axis = 2> (k, m) }""")
+    samples = [{"a": _RNG.standard_normal((2, 4, 6)).astype(np.float32),
+                "b": _RNG.standard_normal((2, 6, 4)).astype(np.float32)} for _ in range(8)]
+    quantized, report = _quantize(model, _ranges(model, samples))
+    assert "1 MatMul" in report.changes[0] and "1 Mul" in report.changes[0] and "1 Transpose" in report.changes[0]
+    assert any("Concat" in reason and "graph output" in reason for reason in report.skipped)
+    for feeds in samples[:3]:
+        (want,), (got,) = run(model, feeds), run(quantized, feeds)
+        assert _cosine(want, got) > 0.999
+    fused = _fused_ops(quantized)
+    assert "QLinearMatMul" in fused and "QLinearMul" in fused and "Transpose" in fused
+
+
+def test_a_tensor_without_a_range_keeps_its_node_float():
+    model = _cnn()
+    ranges = _ranges(model, _samples())
+    del ranges["s"]
+    quantized, report = _quantize(model, ranges)
+    assert any("Add" in reason and "no calibrated range for s" in reason for reason in report.skipped)
+    feeds = _samples(1)[0]
+    (want,), (got,) = run(model, feeds), run(quantized, feeds)
+    assert _cosine(want, got) > 0.999
+    assert "Add" in _fused_ops(quantized)  # float, between the int8 kernels
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"activation_type": "u4"}, "--activation-type 'u4'"),
+    ({"symmetric": True}, "symmetric activations are int8"),
+])
+def test_bad_options_are_input_errors(options, message):
+    with pytest.raises(InputError, match=message):
+        create_pass("quantize_static", options)
