@@ -341,7 +341,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the quantized model.")
 @click.option("--mode", type=click.Choice(api.QUANTIZE_MODES), default="dynamic", show_default=True,
-              help="dynamic: int8 weights, activations quantized at run time; weight-only: int4 weight blocks.")
+              help="dynamic: int8 weights, activations quantized at run time; weight-only: int4 weight blocks; "
+                   "static: int8 QDQ with activation ranges calibrated on --calib.")
 @click.option("--bits", type=int, help="Weight bits: 8 for dynamic (default), 4 for weight-only (default).")
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="weight-only: weights per scale, along the reduction axis (a power of two, at least 16).")
@@ -354,11 +355,17 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
                    "yet rounded (GPTQ, with the inputs' Gram matrix). Both measure on --calib when given.")
 @click.option("--zero-points/--symmetric", default=None,
               help="weight-only: a zero point per int4 block, spanning its [min, max] (the default: about 40% "
-                   "less error for +0.5 bit per 32 weights), or symmetric blocks.")
+                   "less error for +0.5 bit per 32 weights), or symmetric blocks; static: symmetric int8 "
+                   "activations (with --activation-type s8).")
+@click.option("--calibrator", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="static: an activation's range from its histogram: min/max, the 99.999th "
+                                      "percentiles, or the KL-optimal clipping (TensorRT's entropy method).")
+@click.option("--activation-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
+              help="static: uint8 activations with a zero point (what ONNX Runtime's CPU kernels fuse best) or int8.")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration data for the measured statistics (mse, gptq, --outlier-ratio, --smooth): an .npz "
-                   "with the samples along axis 0, or a folder of .npz (one input set each). Default: the "
-                   "validation inputs.")
+              help="Calibration data for the measured statistics (mse, gptq, --outlier-ratio, --smooth; static "
+                   "needs it): an .npz with the samples along axis 0, or a folder of .npz (one input set each). "
+                   "Default: the validation inputs.")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
               help="weight-only --target ort: MatMulNBits' compute type; 0 float32, 4 int8 activations "
                    "(faster for one-row decoding, slower at 128 rows on CPU).")
@@ -401,25 +408,26 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
-             block_size: int, embedding_block_size: int, algorithm: str, zero_points: bool | None, calib: Path | None, accuracy_level: int,
+             block_size: int, embedding_block_size: int, algorithm: str, zero_points: bool | None,
+             calibrator: str, activation_type: str, calib: Path | None, accuracy_level: int,
              outlier_ratio: float, outlier_mode: str, per_channel: bool,
              exclude: tuple[str, ...], int8_layers: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
              opset: int | None, validate: bool, check_speed: bool, force: bool, external_data: bool | None, report: Path | None,
              tolerance: Tolerance, inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
              runtime: api.RuntimeOptions, quiet: bool) -> None:
-    """Quantize MODEL (after the preset's float passes), validate it (int8 tolerance; int4 for
-    weight-only), check it is faster than float, and write it atomically."""
+    """Quantize MODEL (after the preset's float passes), validate it (int8 tolerance; int8-static for
+    static, int4 for weight-only), check it is faster than float, and write it atomically."""
     output = _output_path("quantize", model, output_arg, output, report)
-    if mode == "weight-only" and tolerance == make_tolerance("int8"):
-        tolerance = None  # not overridden: int4 weights are judged at the int4 tolerance
+    if mode != "dynamic" and tolerance == make_tolerance("int8"):
+        tolerance = None  # not overridden: the mode's own tolerance (int4, int8-static) judges
     result = _with_progress(quiet, lambda observer: api.quantize(
         model, output, mode=mode, bits=bits, block_size=block_size, embedding_block_size=embedding_block_size,
         algorithm=algorithm, zero_points=zero_points,
         accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, int8_layers=int8_layers,
-        embeddings=embeddings, smooth=smooth, min_cosine=min_cosine, max_drop=max_drop,
-        preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
+        embeddings=embeddings, smooth=smooth, calibrator=calibrator, activation_type=activation_type,
+        min_cosine=min_cosine, max_drop=max_drop, preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,
     ))

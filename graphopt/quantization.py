@@ -5,8 +5,14 @@
    calibration data (graphopt.runtime.calibration, checked before any work) or else on the
    validation inputs (graphopt.runtime.activations): SmoothQuant's and the outlier channels'
    peaks, int4's channel weights and GPTQ's Gram matrices.
-3. The quantizer runs on a clone: dynamic int8, or weight-only int4; `exclude` stays float.
-4. Validation against the input at int8 tolerance. With `min_cosine` (worst output cosine) or
+   Static int8 measures a histogram of every float value on the calibration data (required) and
+   gives each its range by `calibrator` (passes/quantize/calibrate.py); its float passes run for
+   the portable target whatever the target, since contrib fusions (FusedConv, Attention) would
+   hide the ops ONNX Runtime's QDQ fusions look for.
+3. The quantizer runs on a clone: dynamic int8, weight-only int4 or static int8 (QDQ); `exclude`
+   stays float.
+4. Validation against the input at int8 tolerance (static int8 on the held-out slice below even
+   without a budget: its ranges fit real data, and synthesized inputs saturate them). With `min_cosine` (worst output cosine) or
    `max_drop` (top-1 agreement lost) the score is measured (on a held-out slice of the
    calibration data when there is some and no `inputs`: an eighth, at most HELD_OUT samples,
    which the statistics never see), and when quantizing everything
@@ -37,16 +43,18 @@ from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport
 from graphopt.runtime import guard
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.calibration import CalibrationData
-from graphopt.runtime.activations import channel_stats
+from graphopt.passes.quantize.calibrate import CALIBRATORS, calibrated_range
+from graphopt.runtime.activations import channel_stats, histograms
 from graphopt.runtime.compare import Tolerance, tolerance as named_tolerance
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import ValidationResult, Validator
 
-MODES = {"dynamic": (8,), "weight-only": (4,)}
+MODES = {"dynamic": (8,), "weight-only": (4,), "static": (8,)}
 # Where --outlier-ratio acts (passes/quantize/outliers.py): carve, only activations a Gelu/Relu of
 # a linear layer makes (three small float MatMuls each); all, every linear layer's input.
 OUTLIER_MODES = ("all", "carve")
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather")
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather", "Conv", "ConvTranspose", "Add", "Mul", "AveragePool",
+                   "GlobalAveragePool", "Concat")
 FAILS_TOLERANCE = 2.0  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
 HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)
 
@@ -69,6 +77,8 @@ class QuantizeSettings:
     outlier_ratio: float = 0.0
     outlier_mode: str = "all"
     smooth_alpha: float | None = None
+    calibrator: str = "minmax"  # static: how a histogram becomes a range
+    activation_type: str = "u8"  # static
     min_cosine: float | None = None
     max_drop: float | None = None
 
@@ -80,9 +90,18 @@ class QuantizeSettings:
             raise InputError(f"--bits {self.bits}: --mode {self.mode} quantizes to {allowed}")
         if self.mode != "weight-only" and self.algorithm != "rtn":
             raise InputError(f"--algorithm {self.algorithm}: it chooses int4 weights (--mode weight-only)")
-        if self.mode != "weight-only" and self.zero_points is not None:
-            raise InputError("--zero-points/--symmetric: they choose int4 blocks (--mode weight-only); "
-                             "dynamic int8 weights are symmetric")
+        if self.mode == "dynamic" and self.zero_points is not None:
+            raise InputError("--zero-points/--symmetric: they choose int4 blocks (--mode weight-only) or static "
+                             "int8 activations; dynamic int8 weights are symmetric")
+        if self.mode == "static" and self.zero_points is False and self.activation_type != "s8":
+            raise InputError("--symmetric: symmetric activations are int8 (--activation-type s8); uint8 needs "
+                             "its zero point")
+        if self.mode != "static" and (self.calibrator != "minmax" or self.activation_type != "u8"):
+            raise InputError("--calibrator and --activation-type choose static int8's activations (--mode static)")
+        if self.calibrator not in CALIBRATORS:
+            raise InputError(f"--calibrator {self.calibrator!r}: choose from {', '.join(CALIBRATORS)}")
+        if self.mode == "static" and (self.outlier_ratio or self.smooth_alpha is not None):
+            raise InputError("--outlier-ratio and --smooth act on dynamic int8 (--mode dynamic)")
         if self.mode != "weight-only" and self.int8_layers:
             raise InputError("--int8: it names layers weight-only int4 quantizes to 8 bits instead "
                              "(--mode weight-only); dynamic int8 quantizes every layer to 8 bits")
@@ -112,7 +131,10 @@ class QuantizeSettings:
         if self.smooth_alpha is not None:
             carving = {"outlier_ratio": self.outlier_ratio, "exclude": exclude} if self.mode == "dynamic" else {}
             steps.append(("smooth_activations", {"alpha": self.smooth_alpha, **carving}))
-        if self.mode == "dynamic":
+        if self.mode == "static":
+            steps.append(("quantize_static", {"per_channel": self.per_channel, "activation_type": self.activation_type,
+                                              "symmetric": self.zero_points is False, "exclude": exclude}))
+        elif self.mode == "dynamic":
             steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
                                                "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio,
                                                "mask_outliers": self.outlier_mode == "all"}))
@@ -128,7 +150,8 @@ class QuantizeSettings:
 
     @property
     def needs_statistics(self) -> bool:
-        return self.smooth_alpha is not None or (self.mode == "weight-only" and self.algorithm != "rtn") or \
+        return self.mode == "static" or self.smooth_alpha is not None or \
+            (self.mode == "weight-only" and self.algorithm != "rtn") or \
             (self.mode == "dynamic" and bool(self.outlier_ratio))
 
     @property
@@ -204,6 +227,8 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
         raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
     if settings.budget is not None and not validate:
         raise InputError("--min-cosine and --max-drop are measured by validation: drop --no-validate")
+    if settings.mode == "static" and calibration is None:
+        raise InputError("--mode static measures every activation's range on calibration data: give --calib DATA")
     source, float_model = _load(model)
     samples = None
     if calibration is not None:
@@ -211,20 +236,27 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
             raise InputError("--calib feeds the measured statistics of --algorithm mse/gptq, --outlier-ratio and "
                              "--smooth; this run measures none (nothing would use the data)")
         samples = CalibrationData(float_model, calibration)
+    # a budget, and static int8 whatever the budget, are judged on data like the calibration data:
+    # synthesized inputs (random pixels, random ids) saturate ranges measured on real samples
+    judged_on_data = settings.budget is not None or settings.mode == "static"
     held_out = samples.split_off(min(HELD_OUT, max(1, len(samples) // 8))) \
-        if samples is not None and len(samples) > 1 and settings.budget is not None and inputs is None else None
+        if samples is not None and len(samples) > 1 and judged_on_data and inputs is None else None
     if opset is not None:
         float_model = model_io.convert_opset(float_model, opset)
-    float_report = PassManager([create_pass(name) for name in PRESETS[preset]], target=target,
+    float_target = "portable" if settings.mode == "static" else target  # see the module docstring
+    float_report = PassManager([create_pass(name) for name in PRESETS[preset]], target=float_target,
                                fixed_point=preset != "O0", observer=observer).run(float_model)
     tol = _tolerance(tol, settings)
     validator = Validator(source, feeds=inputs, shapes=shapes, ranges=input_ranges, tol=tol, config=config,
                           reference_ir=source if isinstance(source, ir.Model) else None, feed_sets=held_out) \
         if validate or (settings.needs_statistics and samples is None) else None
-    stats = channel_stats(float_model, _linear_inputs(float_model),
-                          samples if samples is not None else validator.input_sets, config,
-                          gram=settings.algorithm == "gptq") \
-        if settings.needs_statistics else {}
+    data = samples if samples is not None else validator.input_sets if validator is not None else None
+    if settings.mode == "static":
+        stats = {name: calibrated_range(histogram, settings.calibrator) for name, histogram in
+                 histograms(float_model, _float_values(float_model), data, config).items()}
+    else:
+        stats = channel_stats(float_model, _linear_inputs(float_model), data, config,
+                              gram=settings.algorithm == "gptq") if settings.needs_statistics else {}
 
     blocks_cache: dict = {}  # int4 weights computed once for every candidate the fallback builds
 
@@ -287,8 +319,16 @@ def _linear_inputs(model: ir.Model) -> list[str]:
                    if value is not None and value.name and any(linear_weight(use) for use in value.uses())})
 
 
+def _float_values(model: ir.Model) -> list[str]:
+    """Names of the model's float inputs and node outputs (static int8 calibrates each)."""
+    values = [*model.graph.inputs, *(value for node in model.graph for value in node.outputs)]
+    return [value.name for value in values if value.name and value.dtype == ir.DataType.FLOAT]
+
+
 def _with_statistics(pass_, stats, blocks_cache: dict):
-    if pass_.name == "smooth_activations":
+    if pass_.name == "quantize_static":
+        pass_.ranges = stats
+    elif pass_.name == "smooth_activations":
         pass_.peaks = {name: item.peak for name, item in stats.items()}
     elif pass_.name == "quantize_dynamic" and stats:
         pass_.channel_peaks = {name: item.peak for name, item in stats.items()}

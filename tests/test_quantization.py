@@ -196,6 +196,34 @@ def test_the_cli_reads_a_calibration_folder(tmp_path):
     assert not (tmp_path / "r.onnx").exists()
 
 
+def test_static_int8_calibrates_every_activation_and_validates(tmp_path):
+    from tests.passes.quantize.test_static import _cnn, _samples
+
+    samples = _samples(24)
+    results = {}
+    for calibrator in ("minmax", "percentile", "entropy"):
+        result = graphopt.quantize(_cnn(), mode="static", calibration=samples, calibrator=calibrator,
+                                   check_speed=False)
+        assert result.validation.passed and result.validation.input_sets[0].outputs[0].cosine > 0.999
+        assert op_types(result.model).count("QuantizeLinear") == 7
+        assert result.quantized_bytes < result.float_bytes / 2
+        results[calibrator] = result
+    # the calibrators chose their own ranges: entropy clips the first Relu's tail (12,288 values),
+    # while 99.999% of them is still the largest
+    scales = {name: result.model.graph.initializers["r1_scale"].const_value.numpy().item()
+              for name, result in results.items()}
+    assert scales["minmax"] > scales["entropy"] and scales["minmax"] == scales["percentile"]
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([sample["x"] for sample in samples]))
+    onnx.save(_cnn(), tmp_path / "m.onnx")
+    assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--mode", "static",
+                 "--calib", str(tmp_path / "calib.npz"), "--calibrator", "percentile", "--no-check-speed", "-q"]) == 0
+    (got,), (want,) = run(onnx.load(tmp_path / "q.onnx"), samples[0]), run(_cnn(), samples[0])
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "r.onnx"), "--mode", "static",
+                 "-q"]) == 2  # no --calib
+    assert not (tmp_path / "r.onnx").exists()
+
+
 def test_max_drop_budgets_top1_agreement():
     result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
                                max_drop=0.02, outlier_ratio=0)
@@ -211,6 +239,11 @@ def test_max_drop_budgets_top1_agreement():
     ({"accuracy_level": 4}, "--accuracy-level 4: it sets MatMulNBits' compute type"),
     ({"algorithm": "gptq"}, "--algorithm gptq: it chooses int4 weights"),
     ({"zero_points": False}, "--zero-points/--symmetric: they choose int4 blocks"),
+    ({"mode": "static"}, "--mode static measures every activation's range on calibration data"),
+    ({"calibrator": "entropy"}, "--calibrator and --activation-type choose static int8's activations"),
+    ({"mode": "static", "calibrator": "kl", "calibration": []}, "--calibrator 'kl'"),
+    ({"mode": "static", "zero_points": False, "calibration": []}, "symmetric activations are int8"),
+    ({"mode": "static", "smooth": 0.5, "calibration": []}, "--outlier-ratio and --smooth act on dynamic int8"),
 ])
 def test_bad_budget_options_are_clear_errors(kwargs, message):
     with pytest.raises(InputError, match=message):

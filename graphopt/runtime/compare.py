@@ -37,6 +37,9 @@ TOLERANCES = {
     "int8": Tolerance("int8", rtol=0.1, atol=0.05, max_mismatch=0.05, min_cosine=0.99, min_top1=0.9),
     # int4 weights: judged by cosine and top-1 only (half the logits off by 20% is normal at a cosine of 0.99)
     "int4": Tolerance("int4", rtol=0.2, atol=0.1, max_mismatch=1.0, min_cosine=0.98, min_top1=0.8),
+    # static int8: one activation scale fixed at calibration leaves small outputs far off in relative
+    # terms (a 64-wide layer: 12% of them beyond int8's atol at a cosine of 0.9999); cosine and top-1 judge
+    "int8-static": Tolerance("int8-static", rtol=0.1, atol=0.05, max_mismatch=1.0, min_cosine=0.99, min_top1=0.9),
 }
 
 

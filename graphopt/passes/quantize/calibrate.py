@@ -24,6 +24,8 @@ from graphopt.errors import InputError
 from graphopt.runtime.histograms import Histogram
 
 DEFAULT_PERCENTILE = 99.999
+SEARCH_BINS = 2048  # the entropy search's resolution, as TensorRT's
+SAMPLES_PER_BIN = 16
 CALIBRATORS = ("minmax", "percentile", "entropy")
 
 
@@ -60,25 +62,31 @@ def entropy_range(histogram: Histogram, levels: int | None = None) -> tuple[floa
 
 def entropy_threshold(counts: np.ndarray, limit: float, levels: int) -> float:
     """The clipping threshold of |x| (counts over [0, limit)) that keeps most information at
-    `levels` quantization bins: argmin over t of KL(P_t ‖ Q_t)."""
-    bins = counts.size
-    width = limit / bins
-    last = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
-    if last <= levels:
-        return last * width  # fewer occupied bins than levels: nothing is lost keeping them all
-    stride = max(1, bins // 512)
-    candidates = list(range(levels, last, stride)) + [last]
-    best, best_divergence = last, math.inf
-    for end in candidates:
-        divergence = _clipped_divergence(counts, end, levels)
-        if divergence < best_divergence:
-            best, best_divergence = end, divergence
-    return best * width
+    `levels` quantization bins: argmin over t of KL(P_t ‖ Q_t). The search runs on at most
+    SEARCH_BINS bins up to the largest value, and on fewer when the samples are few (at least
+    SAMPLES_PER_BIN per bin on average): a sparse histogram's divergence is mostly noise."""
+    occupied = np.flatnonzero(counts)
+    if not occupied.size:
+        return 0.0
+    last = int(occupied[-1]) + 1
+    bins = int(np.clip(int(counts.sum()) // SAMPLES_PER_BIN, levels, SEARCH_BINS))
+    factor = -(-last // bins)
+    coarse = np.add.reduceat(counts[:last], np.arange(0, last, factor))
+    width = limit / counts.size * factor
+    if coarse.size <= levels:
+        return last * limit / counts.size  # fewer bins than levels: keeping them all loses nothing
+    stride = max(1, coarse.size // 512)
+    candidates = list(range(levels, coarse.size, stride)) + [coarse.size]
+    divergences = [_clipped_divergence(coarse, end, levels) for end in candidates]
+    best = candidates[int(np.argmin(divergences))]
+    return last * limit / counts.size if best == coarse.size else best * width
 
 
 def _clipped_divergence(counts: np.ndarray, end: int, levels: int) -> float:
     """KL(P ‖ Q): P the first `end` bins with the tail added to the last, Q those `end` bins
     merged into `levels` groups and spread evenly back over each group's non-empty bins."""
+    if not counts[:end].any():
+        return math.inf  # everything in the tail: nothing left to quantize
     reference = counts[:end].astype(np.float64)
     reference[-1] += counts[end:].sum()
     starts = (np.arange(levels) * end) // levels  # group boundaries, as even as end allows

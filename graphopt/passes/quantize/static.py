@@ -14,9 +14,9 @@ QDQ the same way.
   movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize: quantized only
                between quantized tensors, the output at its input's scale and zero point (so the
                pair around it drops and the data stays int8)
-  activation   a Relu reading only a compute op's output: that output gets no pair, the Relu's
-               output does, with zero point at the bottom of the int8 range (ONNX Runtime then
-               folds the Relu into the Q, leaving Conv → Q)
+  activation   a Relu reading only a compute op's, Add's or Mul's output: that output gets no pair,
+               the Relu's output does, with zero point at the bottom of the int8 range (ONNX Runtime
+               then folds the Relu into the Q, leaving Conv → Q, Add → Q)
 
 Each float tensor a quantized node reads or writes gets one pair right after its producer (or
 at the graph input), read by every consumer; graph outputs stay float (the last layer runs as
@@ -37,6 +37,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
     constant_array,
+    drop_unused_initializers,
     fresh_node_name,
     fresh_value_name,
     infer_types,
@@ -48,6 +49,7 @@ from graphopt.passes.registry import Pass, register
 COMPUTE = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op: index of the weight
 ELEMENTWISE = ("Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat")
 MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize")
+RELU_FOLDS = (*COMPUTE, "Add", "Mul")  # ops whose int8 kernel the Relu after them folds into
 ACTIVATION_TYPES = {"u8": (ir.DataType.UINT8, 0, 255), "s8": (ir.DataType.INT8, -128, 127)}
 BIAS_QMAX = 2**31 - 1
 
@@ -209,6 +211,7 @@ class QuantizeStatic(Pass):
                                             np.array(params.zero_point, dtype.numpy()), None, base)
             for use in list(value.uses()):
                 use.node.replace_input_with(use.idx, dequantized)
+            drop_unused_initializers(graph, [value])
             return
         scale = new_initializer(graph, np.array(params.scale, np.float32), f"{base}_scale")
         zero = new_initializer(graph, np.array(params.zero_point, dtype.numpy()), f"{base}_zero_point")
@@ -238,8 +241,8 @@ class QuantizeStatic(Pass):
             (node.op_type == "MatMul" and weight.ndim != 2) and not grouped else None
         q, scale = symmetric_int8(weight, axis)
         base = node.inputs[index].name or "weight"
-        weight_value = self._dequantized(graph, q, scale, np.zeros(scale.shape, np.int8), axis, base)
-        node.replace_input_with(index, weight_value)
+        old = [node.inputs[index]]
+        node.replace_input_with(index, self._dequantized(graph, q, scale, np.zeros(scale.shape, np.int8), axis, base))
         bias = node.inputs[2] if len(node.inputs) > 2 and node.op_type in ("Conv", "Gemm") else None
         biases = constant_array(bias) if bias is not None else None
         x = params.get(node.inputs[0])
@@ -249,6 +252,8 @@ class QuantizeStatic(Pass):
             q_bias = np.clip(np.rint(biases / np.where(bias_scale > 0, bias_scale, 1.0)), -BIAS_QMAX, BIAS_QMAX)
             node.replace_input_with(2, self._dequantized(graph, q_bias.astype(np.int32), bias_scale,
                                                          np.zeros(biases.shape, np.int32), 0, bias.name or "bias"))
+            old.append(bias)
+        drop_unused_initializers(graph, old)
         return 1
 
     @staticmethod
@@ -277,17 +282,18 @@ def _tensors(nodes: list[ir.Node]) -> list[ir.Value]:
 
 
 def _after_compute(relu: ir.Node, chosen: list[ir.Node]) -> bool:
-    """A Relu is quantized when it reads a chosen compute op's output and nothing else does."""
+    """A Relu is quantized when it reads the output of a chosen compute op, Add or Mul, and
+    nothing else does (a residual block's Add → Relu as much as Conv → Relu)."""
     producer = relu.inputs[0].producer()
-    return producer in chosen and producer.op_type in COMPUTE and len(relu.inputs[0].uses()) == 1 and \
+    return producer in chosen and producer.op_type in RELU_FOLDS and len(relu.inputs[0].uses()) == 1 and \
         not relu.inputs[0].is_graph_output()
 
 
 def _feeds_relu(value: ir.Value, chosen: set[ir.Node]) -> bool:
-    """The compute op's output a chosen Relu takes over (no pair of its own)."""
+    """The output a chosen Relu takes over (no pair of its own)."""
     uses = list(value.uses())
     return len(uses) == 1 and uses[0].node in chosen and uses[0].node.op_type == "Relu" and \
-        value.producer() is not None and value.producer().op_type in COMPUTE
+        value.producer() is not None and value.producer().op_type in RELU_FOLDS
 
 
 def _channel_axis(node: ir.Node) -> int:
