@@ -109,7 +109,7 @@ class QuantizeStatic(Pass):
                 continue
             if node.op_type not in COMPUTE and node.op_type not in ELEMENTWISE and node.op_type != "Relu":
                 continue
-            if node.name in self.exclude or node.op_type in self.exclude:
+            if self._excluded_quietly(node):
                 self.skip(f"{node.op_type} {_label(node)} kept float: excluded")
                 continue
             reason = self._unquantizable(node)
@@ -137,23 +137,19 @@ class QuantizeStatic(Pass):
         return node.name in self.exclude or node.op_type in self.exclude
 
     def _unquantizable(self, node: ir.Node) -> str:
-        inputs = [value for value in node.inputs if value is not None]
-        if any(value.dtype != ir.DataType.FLOAT for value in [*inputs[:1], *node.outputs[:1]]):
+        data = _data_inputs(node)
+        if not data or any(value.dtype != ir.DataType.FLOAT for value in [*data, *node.outputs[:1]]):
             return "not float32"
         if len(node.outputs) != 1 or node.outputs[0].is_graph_output() and node.op_type not in COMPUTE:
             return "its output is a graph output" if len(node.outputs) == 1 else "several outputs"
         if node.op_type in COMPUTE:
-            weight = constant_array(node.inputs[COMPUTE[node.op_type]])
-            if node.op_type != "MatMul" and weight is None:
+            if node.op_type != "MatMul" and constant_array(node.inputs[COMPUTE[node.op_type]]) is None:
                 return "its weight is not a constant"
             if node.op_type == "Gemm" and any(node.attributes.get_float(name, 1.0) != 1.0 for name in ("alpha", "beta")):
                 return "alpha or beta other than 1"
             if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
                 return "transA"
-            reads = [value for index, value in enumerate(node.inputs[:2])
-                     if value is not None and (index == 0 or weight is None)]
-        else:
-            reads = [value for value in inputs if constant_array(value) is None]
+        reads = [value for value in data if constant_array(value) is None]
         missing = [value.name for value in [*reads, *node.outputs]
                    if value.name not in self.ranges and not value.is_graph_output()]
         if missing:
@@ -166,9 +162,8 @@ class QuantizeStatic(Pass):
         params: dict[ir.Value, Params] = {}
         chosen_set = set(chosen)
         for node in chosen:  # in graph order: a movement node's input is settled before it
-            for index, value in enumerate(node.inputs):
-                if value is None or value in params or (node.op_type in COMPUTE and index > 0 and
-                                                         constant_array(value) is not None):
+            for value in _data_inputs(node):
+                if value in params:
                     continue
                 array = constant_array(value)
                 if array is not None:
@@ -271,14 +266,25 @@ class QuantizeStatic(Pass):
 
 
 def _tensors(nodes: list[ir.Node]) -> list[ir.Value]:
-    """The tensors the nodes read or write (a compute op's weight and bias aside), once each, in order."""
+    """The tensors the nodes read (`_data_inputs`) or write, once each, in order."""
     seen: dict[ir.Value, None] = {}
     for node in nodes:
-        for index, value in enumerate(node.inputs):
-            if value is not None and not (node.op_type in COMPUTE and index > 0 and constant_array(value) is not None):
-                seen.setdefault(value)
+        for value in _data_inputs(node):
+            seen.setdefault(value)
         seen.setdefault(node.outputs[0])
     return list(seen)
+
+
+def _data_inputs(node: ir.Node) -> list[ir.Value]:
+    """The inputs that carry data through the quantized node: a compute op's activation (both of
+    an activation-by-activation MatMul; the weight and bias are quantized apart), every input of
+    Add, Mul and Concat, the first of the others (not a Reshape's shape or a Resize's scales)."""
+    if node.op_type in COMPUTE:
+        return [value for index, value in enumerate(node.inputs[:2]) if value is not None and
+                (index == 0 or (node.op_type == "MatMul" and constant_array(value) is None))]
+    if node.op_type in ("Add", "Mul", "Concat"):
+        return [value for value in node.inputs if value is not None]
+    return node.inputs[:1] if node.inputs and node.inputs[0] is not None else []
 
 
 def _after_compute(relu: ir.Node, chosen: list[ir.Node]) -> bool:

@@ -175,3 +175,23 @@ def test_a_tensor_without_a_range_keeps_its_node_float():
 def test_bad_options_are_input_errors(options, message):
     with pytest.raises(InputError, match=message):
         create_pass("quantize_static", options)
+
+
+def test_a_reshape_moves_int8_data_and_keeps_its_shape_input():
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 17]>
+        g (float[1, 3, 8, 8] x) => (float[1, 8, 4, 16] y) <float[8, 3, 3, 3] w1 = {{{_floats(_W1)}}},
+          float[8] b1 = {{{_floats(_B1)}}}, int64[4] shape = {{1, 8, 4, 16}}> {{
+            c = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+            r = Reshape(c, shape)
+            m = Mul(r, r)
+            y = Relu(m) }}""")
+    quantized, report = _quantize(model, _ranges(model, _samples()))
+    assert "1 Reshape" in report.changes[0] and "1 Mul" in report.changes[0]
+    shape = quantized.graph.initializers["shape"].const_value.numpy()
+    assert shape.dtype == np.int64 and shape.tolist() == [1, 8, 4, 16]  # data movement's other inputs untouched
+    reshape = next(node for node in quantized.graph if node.op_type == "Reshape")
+    assert reshape.inputs[1].name == "shape"
+    for feeds in _samples(3):
+        (want,), (got,) = run(model, feeds), run(quantized, feeds)
+        assert _cosine(want, got) > 0.999
+    assert "QLinearMul" in _fused_ops(quantized)
