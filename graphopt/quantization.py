@@ -11,8 +11,9 @@
    hide the ops ONNX Runtime's QDQ fusions look for.
 3. The quantizer runs on a clone: dynamic int8, weight-only int4 or static int8 (QDQ); `exclude`
    stays float.
-4. Validation against the input at int8 tolerance (static int8 on the held-out slice below even
-   without a budget: its ranges fit real data, and synthesized inputs saturate them). With `min_cosine` (worst output cosine) or
+4. Validation against the input at int8 tolerance (static int8: int8-static, on the held-out
+   slice below even without a budget: its ranges fit real data, and synthesized inputs saturate
+   them). With `min_cosine` (worst output cosine) or
    `max_drop` (top-1 agreement lost) the score is measured (on a held-out slice of the
    calibration data when there is some and no `inputs`: an eighth, at most HELD_OUT samples,
    which the statistics never see), and when quantizing everything
