@@ -37,6 +37,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
     constant_array,
+    constant_tensor,
     drop_unused_initializers,
     fresh_node_name,
     fresh_value_name,
@@ -143,13 +144,13 @@ class QuantizeStatic(Pass):
         if len(node.outputs) != 1 or node.outputs[0].is_graph_output() and node.op_type not in COMPUTE:
             return "its output is a graph output" if len(node.outputs) == 1 else "several outputs"
         if node.op_type in COMPUTE:
-            if node.op_type != "MatMul" and constant_array(node.inputs[COMPUTE[node.op_type]]) is None:
+            if node.op_type != "MatMul" and constant_tensor(node.inputs[COMPUTE[node.op_type]]) is None:
                 return "its weight is not a constant"
             if node.op_type == "Gemm" and any(node.attributes.get_float(name, 1.0) != 1.0 for name in ("alpha", "beta")):
                 return "alpha or beta other than 1"
             if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
                 return "transA"
-        reads = [value for value in data if constant_array(value) is None]
+        reads = [value for value in data if constant_tensor(value) is None]
         missing = [value.name for value in [*reads, *node.outputs]
                    if value.name not in self.ranges and not value.is_graph_output()]
         if missing:
@@ -281,7 +282,7 @@ def _data_inputs(node: ir.Node) -> list[ir.Value]:
     Add, Mul and Concat, the first of the others (not a Reshape's shape or a Resize's scales)."""
     if node.op_type in COMPUTE:
         return [value for index, value in enumerate(node.inputs[:2]) if value is not None and
-                (index == 0 or (node.op_type == "MatMul" and constant_array(value) is None))]
+                (index == 0 or (node.op_type == "MatMul" and constant_tensor(value) is None))]
     if node.op_type in ("Add", "Mul", "Concat"):
         return [value for value in node.inputs if value is not None]
     return node.inputs[:1] if node.inputs and node.inputs[0] is not None else []
