@@ -28,6 +28,11 @@ from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import Pass
 
 
+def name_set(option: str) -> set[str]:
+    """The node names or op types of a `;`-separated option (`exclude`, `int8_layers`): names may hold commas."""
+    return {item.strip() for item in option.split(";") if item.strip()}
+
+
 class Linear:
     """One x·W (+ bias) to quantize: the nodes it replaces and where its result goes."""
 
@@ -49,7 +54,7 @@ class WeightQuantizer(Pass):
 
     def __init__(self, exclude: str, min_embedding_bytes: int) -> None:
         super().__init__()
-        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}  # names may hold commas
+        self.exclude = name_set(exclude)
         self.min_embedding_bytes = min_embedding_bytes
 
     def _check_exclude(self, model: ir.Model) -> None:

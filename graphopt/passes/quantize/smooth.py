@@ -29,6 +29,7 @@ from graphopt.passes.fusion._match import (
     new_initializer,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.quantize.outliers import carves
 from graphopt.passes.registry import Pass, register
 
@@ -59,7 +60,7 @@ class SmoothActivations(Pass):
         # quantize_dynamic's options: what it will carve (outliers.carves) is not smoothed here
         self.outlier_ratio = outlier_ratio
         self.max_outliers = max_outliers
-        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}
+        self.exclude = name_set(exclude)
         self.peaks: dict[str, np.ndarray] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

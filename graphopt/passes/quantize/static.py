@@ -44,6 +44,7 @@ from graphopt.passes.fusion._match import (
     infer_types,
     new_initializer,
 )
+from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import Pass, register
 
@@ -79,7 +80,7 @@ class QuantizeStatic(Pass):
         self.per_channel = per_channel
         self.activation_type = activation_type
         self.symmetric = symmetric
-        self.exclude = {item.strip() for item in exclude.split(";") if item.strip()}
+        self.exclude = name_set(exclude)
         # {value name: (low, high)} from calibration, low <= 0 <= high: set by the caller, not an option.
         self.ranges: dict[str, tuple[float, float]] = {}
 

@@ -53,7 +53,7 @@ from graphopt.passes.fusion._match import (
     new_initializer,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
-from graphopt.passes.quantize._linear import Linear, WeightQuantizer
+from graphopt.passes.quantize._linear import Linear, WeightQuantizer, name_set
 from graphopt.passes.quantize.blocks import gptq_blocks, pack_unsigned, quantize_blocks
 from graphopt.passes.registry import register
 
@@ -85,7 +85,7 @@ class QuantizeWeightOnly(WeightQuantizer):
         _check_options(bits, block_size, algorithm, accuracy_level)
         _check_block_size(embedding_block_size, "embedding_block_size")
         self.embedding_block_size = embedding_block_size
-        self.int8_layers = {item.strip() for item in int8_layers.split(";") if item.strip()}
+        self.int8_layers = name_set(int8_layers)
         self._int8_nodes: set[ir.Node] = set()  # the projections of split Attention nodes named in int8_layers
         self.block_size = block_size
         self.symmetric = symmetric
