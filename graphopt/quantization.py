@@ -47,7 +47,7 @@ from graphopt.runtime.calibration import CalibrationData
 from graphopt.passes.quantize.calibrate import CALIBRATORS, calibrated_range
 from graphopt.runtime.activations import channel_stats, histograms
 from graphopt.runtime.compare import Tolerance, tolerance as named_tolerance
-from graphopt.runtime.providers import SessionConfig
+from graphopt.runtime.providers import SessionConfig, create_session
 from graphopt.runtime.validate import ValidationResult, Validator
 
 MODES = {"dynamic": (8,), "weight-only": (4,), "static": (8,)}
@@ -222,9 +222,13 @@ def score(result: ValidationResult, settings: QuantizeSettings) -> float:
 def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, opset: int | None,
         validate: bool, check_speed: bool,
         force: bool, inputs, calibration, shapes, input_ranges, tol: str | Tolerance, config: SessionConfig,
-        bench_config: SessionConfig, observer: PassObserver | None, external_data: bool | None) -> QuantizeResult:
+        bench_config: SessionConfig, observer: PassObserver | None, external_data: bool | None,
+        float_passes: Sequence | None = None, fixed_point: bool | None = None) -> QuantizeResult:
+    """`float_passes` (Pass objects, repeated until nothing changes unless `fixed_point` is False)
+    replace the `preset`'s when given (graphopt.optimize's int8-static preset, and recipes and pass
+    lists ending in quantize_static)."""
     settings.check()
-    if preset not in PRESETS or preset.startswith("int"):
+    if float_passes is None and (preset not in PRESETS or preset.startswith("int")):
         raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
     if settings.budget is not None and not validate:
         raise InputError("--min-cosine and --max-drop are measured by validation: drop --no-validate")
@@ -245,8 +249,11 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     if opset is not None:
         float_model = model_io.convert_opset(float_model, opset)
     float_target = "portable" if settings.mode == "static" else target  # see the module docstring
-    float_report = PassManager([create_pass(name) for name in PRESETS[preset]], target=float_target,
-                               fixed_point=preset != "O0", observer=observer).run(float_model)
+    if float_passes is None:
+        float_passes = [create_pass(name) for name in PRESETS[preset]]
+    float_report = PassManager(list(float_passes), target=float_target, fixed_point=bool(float_passes) if fixed_point is None else fixed_point,
+                               observer=observer).run(float_model)
+    _name_nodes(float_model)
     tol = _tolerance(tol, settings)
     validator = Validator(source, feeds=inputs, shapes=shapes, ranges=input_ranges, tol=tol, config=config,
                           reference_ir=source if isinstance(source, ir.Model) else None, feed_sets=held_out) \
@@ -284,7 +291,7 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
                             int8=[(name, "given") for name in settings.int8_layers] +
                             (_fallback_reasons(fallback) if raised and fallback else []),
                             fallback_to="8 bits" if raised else "float")
-    _check_kernels(candidate, config.resolved_ep(), force)
+    _check_kernels(float_model, candidate, config, force)
     if check_speed:
         feeds = None if inputs is None else input_io.user_feeds(float_model, inputs)
         result.latency = guard.check_speed(float_model, candidate, bench_config, feeds, force)
@@ -323,7 +330,8 @@ def _linear_inputs(model: ir.Model) -> list[str]:
 def _float_values(model: ir.Model) -> list[str]:
     """Names of the model's float inputs and node outputs (static int8 calibrates each)."""
     values = [*model.graph.inputs, *(value for node in model.graph for value in node.outputs)]
-    return [value.name for value in values if value.name and value.dtype == ir.DataType.FLOAT]
+    return [value.name for value in values if value.name and value.dtype == ir.DataType.FLOAT
+            and isinstance(value.type, ir.TensorType)]  # not a sequence of float tensors
 
 
 def _with_statistics(pass_, stats, blocks_cache: dict):
@@ -339,6 +347,19 @@ def _with_statistics(pass_, stats, blocks_cache: dict):
     if pass_.name == "quantize_weight_only":
         pass_.blocks_cache = blocks_cache
     return pass_
+
+
+def _name_nodes(model: ir.Model) -> None:
+    """Name the unnamed nodes (op type and index): the report, --exclude and the fallback know
+    layers by name."""
+    taken = {node.name for node in model.graph if node.name}
+    for index, node in enumerate(model.graph):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def _quantized(float_model: ir.Model, candidate: ir.Model) -> list[str]:
@@ -411,8 +432,17 @@ def _merged(first: PipelineReport, second: PipelineReport) -> PipelineReport:
                                nodes_after=second.nodes_after)
 
 
-def _check_kernels(model: ir.Model, ep: str, force: bool) -> None:
-    missing = guard.missing_kernels(model, ep)
+def _check_kernels(float_model: ir.Model, model: ir.Model, config: SessionConfig, force: bool) -> None:
+    """Refuse ops the quantizer brought in that the EP has no kernel for (ops the float model already
+    had, such as the shape arithmetic CUDA leaves to the CPU, are not the quantizer's doing), and a
+    model ONNX Runtime cannot load (a kernel missing for the model's opset: QuantizeLinear-28)."""
+    ep = config.resolved_ep()
+    try:
+        create_session(model, config, label="the quantized model")
+    except InputError as error:
+        if not force:
+            raise QuantizationRefused(f"{error}; nothing was written (--force writes it)") from None
+    missing = sorted(set(guard.missing_kernels(model, ep)) - set(guard.missing_kernels(float_model, ep)))
     if missing and not force:
         raise QuantizationRefused(f"{ep} has no kernel for {', '.join(missing)}: those nodes would run on the "
                                   "CPU with copies both ways; nothing was written (--force writes it)")

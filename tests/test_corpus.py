@@ -82,6 +82,13 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("zoo_case", _zoo_parameters(full), ids=lambda case: "-".join(case))
 
 
+def _calibration(case: str, source):
+    """The zoo model's calibration set (graphopt run --quantize static's)."""
+    from graphopt.export import calibration_set, zoo_entry
+
+    return calibration_set(zoo_entry(case.split("@")[0]).build(), source)
+
+
 def test_zoo_models_validate_at_two_shapes(zoo_case, zoo_exports, tmp_path):
     name, preset, target = zoo_case
     source = zoo_exports(name)
@@ -91,10 +98,16 @@ def test_zoo_models_validate_at_two_shapes(zoo_case, zoo_exports, tmp_path):
         # A quantizing preset goes through graphopt.quantize with its tolerance's cosine as the budget:
         # the most sensitive layers stay float until it is met (int8 on random ids takes MiniLM's
         # layer-0 FFN down-projection below 0.99 otherwise). Speed is benchmarks' business here.
-        mode = "weight-only" if "quantize_weight_only" in PRESETS[preset] else "dynamic"
-        result = graphopt.quantize(source, out, mode=mode, target=target, check_speed=False,
+        mode = {"quantize_weight_only": "weight-only", "quantize_static": "static"}.get(PRESETS[preset][-1], "dynamic")
+        calibration = _calibration(name, source) if mode == "static" else None
+        result = graphopt.quantize(source, out, mode=mode, target=target, check_speed=False, calibration=calibration,
                                    min_cosine=tolerance(spec.default_tolerance).min_cosine)
         kept = f"; {len(result.kept_float)} kept float, {len(result.quantized)} quantized"
+        if mode == "static":  # judged on the held-out eighth of its calibration set, at that set's shapes
+            assert result.validation.passed, result.validation.summary()
+            assert result.quantized, "nothing was quantized"
+            print(f"\n{name} {preset}/{target}: {result.validation.summary()}{kept}")
+            return
     else:
         result = graphopt.optimize(source, out, preset=preset, target=target, validate=True)
         kept = ""

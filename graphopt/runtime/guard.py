@@ -88,13 +88,14 @@ def _kernels(provider: str) -> frozenset[tuple[str, str]]:
 
 def missing_kernels(model: ir.Model, ep: str) -> list[str]:
     """'domain::Op' for each op of the model without a kernel on `ep` (empty when ONNX Runtime
-    does not list that provider's kernels: nothing can be checked then)."""
+    does not list that provider's kernels: nothing can be checked then). Constant needs none:
+    ONNX Runtime turns it into an initializer at load."""
     kernels = _kernels(EP_NAMES.get(ep, ep))
     if not kernels:
         return []
     missing = set()
     for graph in model.graphs():
         for node in graph:
-            if (node.domain or "ai.onnx", node.op_type) not in kernels:
+            if (node.domain or "ai.onnx", node.op_type) not in kernels and node.op_type != "Constant":
                 missing.add(f"{node.domain + '::' if node.domain else ''}{node.op_type}")
     return sorted(missing)

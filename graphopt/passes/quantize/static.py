@@ -45,6 +45,7 @@ from graphopt.passes.fusion._match import (
     new_initializer,
 )
 from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.quantize.calibrate import CALIBRATORS
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import Pass, register
 
@@ -69,10 +70,13 @@ class QuantizeStatic(Pass):
     """Insert int8 QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run."""
 
     lossy = True
+    lossy_tolerance = "int8-static"
 
     def __init__(self, per_channel: bool = True, activation_type: str = "u8", symmetric: bool = False,
-                 exclude: str = "") -> None:
+                 exclude: str = "", calibrator: str = "minmax") -> None:
         super().__init__()
+        if calibrator not in CALIBRATORS:
+            raise InputError(f"--calibrator {calibrator!r}: choose from {', '.join(CALIBRATORS)}")
         if activation_type not in ACTIVATION_TYPES:
             raise InputError(f"--activation-type {activation_type!r}: choose u8 or s8")
         if symmetric and activation_type == "u8":
@@ -81,6 +85,7 @@ class QuantizeStatic(Pass):
         self.activation_type = activation_type
         self.symmetric = symmetric
         self.exclude = name_set(exclude)
+        self.calibrator = calibrator  # how the caller turns each histogram into a range (calibrate.py)
         # {value name: (low, high)} from calibration, low <= 0 <= high: set by the caller, not an option.
         self.ranges: dict[str, tuple[float, float]] = {}
 
@@ -156,6 +161,13 @@ class QuantizeStatic(Pass):
                    if value.name not in self.ranges and not value.is_graph_output()]
         if missing:
             return f"no calibrated range for {', '.join(missing[:2])}"
+        measured = [self.ranges[value.name] for value in [*reads, *node.outputs] if value.name in self.ranges]
+        constants = [constant_array(value) for value in data if constant_tensor(value) is not None]
+        if node.op_type in COMPUTE and constant_tensor(node.inputs[COMPUTE[node.op_type]]) is not None:
+            constants.append(constant_array(node.inputs[COMPUTE[node.op_type]]))  # the weight
+        if not all(np.isfinite(bounds).all() for bounds in measured) or \
+                not all(np.isfinite(array).all() for array in constants):
+            return "inf or NaN in its calibrated ranges or constants"
         return ""
 
     # -- quantization parameters ----------------------------------------------------------------
