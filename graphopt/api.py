@@ -47,7 +47,12 @@ class RuntimeOptions:
     session_config: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def for_validation(self) -> SessionConfig:
-        return self._config("disable")
+        """On CUDA, TF32 off unless asked for: validation compares the graphs' float32 math, and
+        TF32 products (ONNX Runtime's default) differ by ~1e-4 between any two graphs."""
+        config = self._config("disable")
+        if config.resolved_ep() == "cuda" and "use_tf32" not in self.provider_options:
+            config = dataclasses.replace(config, provider_options=(*config.provider_options, ("use_tf32", "0")))
+        return config
 
     def for_bench(self) -> SessionConfig:
         return self._config("all")

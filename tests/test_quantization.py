@@ -394,6 +394,28 @@ def test_the_kernel_guard_blames_only_what_the_quantizer_brought_in(monkeypatch)
         graphopt.quantize(model, preset="O0", validate=False, check_speed=False)
 
 
+def test_a_gpu_build_lists_its_kernels_in_a_child_process(monkeypatch):
+    """onnxruntime-gpu 1.31 crashed the process listing kernels without TensorRT's libraries (seen
+    on an H100): a GPU build lists them in a child, whose crash leaves nothing to check."""
+    import onnxruntime as ort
+
+    in_process = guard._all_kernels()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    guard._all_kernels.cache_clear()
+    try:
+        assert set(guard._all_kernels()) == set(in_process)  # this machine's CPU build, through the child
+    finally:
+        guard._all_kernels.cache_clear()
+
+
+def test_validation_on_cuda_turns_tf32_off_unless_asked():
+    assert ("use_tf32", "0") in graphopt.RuntimeOptions(ep="cuda").for_validation().provider_options
+    assert ("use_tf32", "1") in graphopt.RuntimeOptions(ep="cuda", provider_options={"use_tf32": "1"}) \
+        .for_validation().provider_options
+    assert graphopt.RuntimeOptions(ep="cuda").for_bench().provider_options == ()
+    assert graphopt.RuntimeOptions().for_validation().provider_options == ()
+
+
 @pytest.mark.parametrize("target", ["portable", "ort"])
 def test_every_op_the_quantizer_emits_has_a_cpu_kernel(target):
     result = graphopt.quantize(_two_layers(), preset="O0", target=target, inputs=_outlier_inputs(),

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 import onnxruntime.capi._pybind_state as ort_state
 
 from graphopt import model as model_io
@@ -82,8 +86,23 @@ def check_speed(float_model: ir.Model, quantized: ir.Model, config: SessionConfi
 
 @functools.cache
 def _kernels(provider: str) -> frozenset[tuple[str, str]]:
-    return frozenset((kernel.domain or "ai.onnx", kernel.op_name) for kernel in ort_state.get_all_opkernel_def()
-                     if kernel.provider == provider)
+    return frozenset((domain, op) for domain, op, owner in _all_kernels() if owner == provider)
+
+
+@functools.cache
+def _all_kernels() -> list[tuple[str, str, str]]:
+    """(domain, op, provider) of every kernel ONNX Runtime registers. A GPU build lists them in a
+    child process: get_all_opkernel_def loads every provider library, and onnxruntime-gpu 1.31
+    crashes the process when TensorRT's libraries are absent (nothing can be checked then)."""
+    if ort.get_available_providers() == ["CPUExecutionProvider"]:
+        return [(kernel.domain or "ai.onnx", kernel.op_name, kernel.provider)
+                for kernel in ort_state.get_all_opkernel_def()]
+    code = ("import json, onnxruntime.capi._pybind_state as s; print(json.dumps(sorted({(k.domain or 'ai.onnx', "
+            "k.op_name, k.provider) for k in s.get_all_opkernel_def()})))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if completed.returncode != 0:
+        return []
+    return [tuple(entry) for entry in json.loads(completed.stdout.strip().splitlines()[-1])]
 
 
 def missing_kernels(model: ir.Model, ep: str) -> list[str]:

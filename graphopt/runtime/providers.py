@@ -143,8 +143,22 @@ def _providers(config: SessionConfig) -> list[Any]:
             raise InputError("--provider-option configures a GPU execution provider, and --ep auto "
                              "found none: ONNX Runtime offers " + ", ".join(ort.get_available_providers()))
         return [EP_NAMES["cpu"]]
+    _preload_gpu_libraries()
     options = {"device_id": str(config.device_id), **dict(config.provider_options)}
     return [(EP_NAMES[ep], options), EP_NAMES["cpu"]]
+
+
+@functools.cache
+def _preload_gpu_libraries() -> None:
+    """Load CUDA, cuDNN and cuBLAS from the nvidia-* pip packages when they are installed
+    (onnxruntime-gpu's preload_dlls, 1.21+): without it the CUDA EP finds them only on
+    LD_LIBRARY_PATH. Libraries already loaded or absent are left to the session's own error."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - a missing package is reported when the session starts
+            pass
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
