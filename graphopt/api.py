@@ -284,8 +284,9 @@ def _static_settings(spec, calibration) -> quantization.QuantizeSettings:
         raise InputError("quantize_static (the int8-static preset) measures every activation's range on "
                          "calibration data: give --calib DATA")
     static = create_pass("quantize_static", spec.passes[-1][1])  # checks the options
-    return quantization.QuantizeSettings(mode="static", per_channel=static.per_channel, exclude=tuple(sorted(static.exclude)),
-                                         calibrator=static.calibrator, activation_type=static.activation_type,
+    return quantization.QuantizeSettings(mode="static", per_channel=static.per_channel,
+                                         exclude=tuple(sorted(static.exclude)), calibrator=static.calibrator,
+                                         activation_type=static.activation_type,
                                          zero_points=False if static.symmetric else None)
 
 

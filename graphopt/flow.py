@@ -3,7 +3,8 @@
 Files in the output folder: model.onnx (the export, plus <name>.<dataset>.npz for zoo models
 that ship data), model.<preset>.onnx (only when validation passes), with `quantize` also
 model.<mode>.onnx (only when it validates at its mode's tolerance and beats the float model's
-latency; static int8 calibrates on graphopt.export.calibration_set), report.md, report.json and latency.png. Everything is staged and moved into place at the end, so a failure leaves
+latency; static int8 calibrates on graphopt.export.calibration_set), report.md, report.json and
+latency.png. Everything is staged and moved into place at the end, so a failure leaves
 no half-written files.
 """
 

@@ -61,7 +61,8 @@ PRESET_SUMMARIES = {
     "O3": "everything safe for the target (same as O2 in this release)",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
     "int4-weight-only": "O3, then int4 weight blocks (32 along K) for MatMul/Gemm (ort: MatMulNBits; portable: blocked DequantizeLinear, opset 21) and embedding tables",
-    "int8-static": "O3 (portable fusions), then int8 QDQ pairs at activation ranges calibrated on --calib around Conv/MatMul/Gemm/Add/Mul/pooling/Concat",
+    "int8-static": "O3 (portable fusions), then int8 QDQ pairs at activation ranges calibrated on --calib "
+                   "around Conv/MatMul/Gemm/Add/Mul/pooling/Concat",
 }
 DEFAULT_MAX_ITERATIONS = 4
 

@@ -57,6 +57,7 @@ OUTLIER_MODES = ("all", "carve")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather", "Conv", "ConvTranspose", "Add", "Mul", "AveragePool",
                    "GlobalAveragePool", "Concat")
 FAILS_TOLERANCE = 2.0  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
+LOAD_CHECK_BYTES = 2**30  # the kernel guard loads quantized models up to this size in ONNX Runtime
 HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)
 
 
@@ -251,7 +252,8 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     float_target = "portable" if settings.mode == "static" else target  # see the module docstring
     if float_passes is None:
         float_passes = [create_pass(name) for name in PRESETS[preset]]
-    float_report = PassManager(list(float_passes), target=float_target, fixed_point=bool(float_passes) if fixed_point is None else fixed_point,
+    fixed_point = bool(float_passes) if fixed_point is None else fixed_point
+    float_report = PassManager(list(float_passes), target=float_target, fixed_point=fixed_point,
                                observer=observer).run(float_model)
     _name_nodes(float_model)
     tol = _tolerance(tol, settings)
@@ -435,10 +437,13 @@ def _merged(first: PipelineReport, second: PipelineReport) -> PipelineReport:
 def _check_kernels(float_model: ir.Model, model: ir.Model, config: SessionConfig, force: bool) -> None:
     """Refuse ops the quantizer brought in that the EP has no kernel for (ops the float model already
     had, such as the shape arithmetic CUDA leaves to the CPU, are not the quantizer's doing), and a
-    model ONNX Runtime cannot load (a kernel missing for the model's opset: QuantizeLinear-28)."""
+    model ONNX Runtime cannot load (a kernel missing for the model's opset: QuantizeLinear-28) —
+    loaded only up to LOAD_CHECK_BYTES of parameters, since a session holds another copy of them
+    (a bigger model is loaded by validation, unless --no-validate)."""
     ep = config.resolved_ep()
     try:
-        create_session(model, config, label="the quantized model")
+        if model_io.parameter_bytes(model) <= LOAD_CHECK_BYTES:
+            create_session(model, config, label="the quantized model")
     except InputError as error:
         if not force:
             raise QuantizationRefused(f"{error}; nothing was written (--force writes it)") from None

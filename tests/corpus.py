@@ -99,7 +99,8 @@ def run_corpus(cases, **optimize_kwargs) -> CorpusResult:
             copy.CopyFrom(model)
             try:
                 calibration = [dict(zip(_input_names(model), inputs))] if calibrated else None
-                result = graphopt.optimize(copy, **optimize_kwargs, **({"calibration": calibration} if calibrated else {}))
+                extra = {"calibration": calibration} if calibrated else {}
+                result = graphopt.optimize(copy, **optimize_kwargs, **extra)
                 optimized = to_proto(result.model)
             except graphopt.GraphoptError as error:
                 if calibrated and "this model cannot be calibrated" in str(error):

@@ -29,8 +29,8 @@ class CalibrationData:
     """A re-iterable, checked set of input sets; len() is the number of samples."""
 
     def __init__(self, model: ir.Model, source: str | os.PathLike | Iterable[dict]) -> None:
-        untensored = [value for value in model.graph.inputs
-                      if value.const_value is None and value.type is not None and not isinstance(value.type, ir.TensorType)]
+        untensored = [value for value in model.graph.inputs if value.const_value is None
+                      and value.type is not None and not isinstance(value.type, ir.TensorType)]
         if untensored:
             raise InputError(f"input {untensored[0].name!r} is a {untensored[0].type}, not a tensor: calibration "
                              "data holds tensors, so this model cannot be calibrated")
