@@ -99,9 +99,19 @@ def _print_skips(report: PipelineReport, limit: int = 8) -> None:
 
 
 def _progress_observer(progress: Progress, task) -> api.PassObserver:
+    """Pass by pass; its `calibration(done, total)` adds a bar over static int8's calibration runs
+    (one run per sample and chunk of values)."""
     def observe(iteration: int, index: int, pass_) -> None:
         progress.update(task, description=f"iteration {iteration}: {pass_.name}", advance=1)
 
+    calibration = []
+
+    def calibrate(done: int, total: int) -> None:
+        if not calibration:
+            calibration.append(progress.add_task("calibrating: model runs over the data", total=total or None))
+        progress.update(calibration[0], completed=done)
+
+    observe.calibration = calibrate
     return observe
 
 

@@ -263,7 +263,8 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     data = samples if samples is not None else validator.input_sets if validator is not None else None
     if settings.mode == "static":
         stats = {name: calibrated_range(histogram, settings.calibrator) for name, histogram in
-                 histograms(float_model, _float_values(float_model), data, config).items()}
+                 histograms(float_model, _float_values(float_model), data, config,
+                            progress=getattr(observer, "calibration", None)).items()}
     else:
         stats = channel_stats(float_model, _linear_inputs(float_model), data, config,
                               gram=settings.algorithm == "gptq") if settings.needs_statistics else {}

@@ -235,6 +235,15 @@ def test_the_int8_static_preset_calibrates_in_optimize(tmp_path):
     assert op_types(result.model).count("QuantizeLinear") == 7 and result.quantized
     (got,), (want,) = run(onnx.load(tmp_path / "q.onnx"), samples[-1]), run(_cnn(), samples[-1])
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    # an observer's `calibration(done, total)` hears every calibration run (the CLI's progress bar)
+    heard = []
+
+    def observer(iteration, index, pass_):
+        pass
+
+    observer.calibration = lambda done, total: heard.append((done, total))
+    graphopt.quantize(_cnn(), mode="static", calibration=samples, check_speed=False, observer=observer)
+    assert heard[-1][0] == heard[-1][1] == len(heard) and len(heard) % 21 == 0  # 21 samples after the held-out 3
     # a pass list ending in quantize_static takes the calibrator as an option
     entropy = graphopt.optimize(_cnn(), passes="fold_constants,quantize_static:calibrator=entropy",
                                 calibration=samples)

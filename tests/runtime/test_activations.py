@@ -54,3 +54,22 @@ def test_histograms_stream_over_input_sets_as_one_histogram_of_all_values():
         got = result[name]
         assert got.limit == want.limit and got.low == want.low and got.high == want.high
         np.testing.assert_array_equal(got.counts, want.counts)
+
+
+def test_a_big_model_is_written_once_and_each_chunk_loads_the_file(monkeypatch):
+    """Above SAVE_ONCE_BYTES the chunks' sessions load one saved file (external data): the same
+    histograms, one chunk of a value per run as before."""
+    from graphopt.runtime import activations
+
+    inputs = [{"x": _RNG.standard_normal((2, 5, 4)).astype(np.float32)} for _ in range(3)]
+    in_memory = histograms(_model(), ["x", "h", "y"], inputs, bins=64)
+    monkeypatch.setattr(activations, "SAVE_ONCE_BYTES", 0)
+    monkeypatch.setattr(activations, "VALUES_PER_RUN", 1)  # three chunks
+    saved = []
+    real = activations._file_runs
+    monkeypatch.setattr(activations, "_file_runs", lambda path, *rest: saved.append(path) or real(path, *rest))
+    from_file = histograms(_model(), ["x", "h", "y"], inputs, bins=64)
+    assert len(saved) == 3 and len(set(saved)) == 1 and not saved[0].exists()  # one file, removed after
+    assert sorted(from_file) == sorted(in_memory)
+    for name in in_memory:
+        np.testing.assert_array_equal(from_file[name].counts, in_memory[name].counts)
