@@ -243,7 +243,7 @@ def quantize(
     accurate, somewhat slower); `outlier_mode` "carve" does that only where it is cheap (inputs a
     Gelu/Relu of a linear layer makes), "all" everywhere. `exclude` names nodes or op types kept
     float; `smooth` (SmoothQuant's alpha) moves activation outliers into
-    the weights first. `mode` "static": int8 QuantizeLinear/DequantizeLinear pairs around the ops
+    the weights first (static: before calibrating; its dividing Muls run in float). `mode` "static": int8 QuantizeLinear/DequantizeLinear pairs around the ops
     int8 kernels run (Conv, MatMul, Gemm, Add, Mul, pooling, Concat), each activation's range
     measured on `calibration` (required) by `calibrator` ("minmax", "percentile" 99.999,
     "entropy"), activations `activation_type` "u8" (zero point) or "s8" (`zero_points=False`:

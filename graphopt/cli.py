@@ -398,7 +398,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--embeddings/--no-embeddings", default=True, show_default=True,
               help="Quantize embedding tables (Gather of a constant table) too.")
 @click.option("--smooth", type=float, metavar="ALPHA",
-              help="SmoothQuant first: move activation outliers into the weights (alpha 0-1, e.g. 0.5).")
+              help="SmoothQuant first: move activation outliers into the weights (alpha 0-1, e.g. 0.5); "
+                   "static: before calibrating, the dividing Muls kept float.")
 @click.option("--min-cosine", type=float,
               help="Budget: the worst output cosine; the most sensitive layers stay float (weight-only: go to "
                    "8 bits) until it is met.")

@@ -35,6 +35,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt import model as model_io
+from graphopt import shapes
 from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
 from graphopt.passes import create_pass
 from graphopt.passes.fusion._match import constant_tensor
@@ -102,8 +103,8 @@ class QuantizeSettings:
             raise InputError("--calibrator and --activation-type choose static int8's activations (--mode static)")
         if self.calibrator not in CALIBRATORS:
             raise InputError(f"--calibrator {self.calibrator!r}: choose from {', '.join(CALIBRATORS)}")
-        if self.mode == "static" and (self.outlier_ratio or self.smooth_alpha is not None):
-            raise InputError("--outlier-ratio and --smooth act on dynamic int8 (--mode dynamic)")
+        if self.mode == "static" and self.outlier_ratio:
+            raise InputError("--outlier-ratio acts on dynamic int8 (--mode dynamic)")
         if self.mode != "weight-only" and self.int8_layers:
             raise InputError("--int8: it names layers weight-only int4 quantizes to 8 bits instead "
                              "(--mode weight-only); dynamic int8 quantizes every layer to 8 bits")
@@ -130,7 +131,7 @@ class QuantizeSettings:
         raised = fallback if self.mode == "weight-only" else ()
         exclude = ";".join([*self.exclude, *(() if raised else fallback)])
         steps: list[tuple[str, dict]] = []
-        if self.smooth_alpha is not None:
+        if self.smooth_alpha is not None and self.mode != "static":  # static smooths before calibrating
             carving = {"outlier_ratio": self.outlier_ratio, "exclude": exclude} if self.mode == "dynamic" else {}
             steps.append(("smooth_activations", {"alpha": self.smooth_alpha, **carving}))
         if self.mode == "static":
@@ -262,6 +263,11 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
         if validate or (settings.needs_statistics and samples is None) else None
     data = samples if samples is not None else validator.input_sets if validator is not None else None
     if settings.mode == "static":
+        if settings.smooth_alpha is not None:  # smoothed first: the ranges are the smoothed activations'
+            smoothed, dividers = _smoothed(float_model, settings.smooth_alpha, data, config)
+            float_report = _merged(float_report, smoothed)
+            # the dividing Muls run in float: quantizing their input would lose what smoothing saves
+            settings = dataclasses.replace(settings, exclude=(*settings.exclude, *dividers))
         stats = {name: calibrated_range(histogram, settings.calibrator) for name, histogram in
                  histograms(float_model, _float_values(float_model), data, config,
                             progress=getattr(observer, "calibration", None)).items()}
@@ -331,7 +337,12 @@ def _linear_inputs(model: ir.Model) -> list[str]:
 
 
 def _float_values(model: ir.Model) -> list[str]:
-    """Names of the model's float inputs and node outputs (static int8 calibrates each)."""
+    """Names of the model's float inputs and node outputs (static int8 calibrates each); missing
+    types are inferred first (a model loaded without value_info, under --preset O0)."""
+    try:
+        shapes.infer_shapes(model, only_if_missing=True)
+    except shapes.InferenceFailed:
+        pass  # values of unknown type are not calibrated, and quantize_static says which stayed float
     values = [*model.graph.inputs, *(value for node in model.graph for value in node.outputs)]
     return [value.name for value in values if value.name and value.dtype == ir.DataType.FLOAT
             and isinstance(value.type, ir.TensorType)]  # not a sequence of float tensors
@@ -350,6 +361,16 @@ def _with_statistics(pass_, stats, blocks_cache: dict):
     if pass_.name == "quantize_weight_only":
         pass_.blocks_cache = blocks_cache
     return pass_
+
+
+def _smoothed(model: ir.Model, alpha: float, data, config: SessionConfig) -> tuple[PipelineReport, list[str]]:
+    """SmoothQuant applied to the float model in place (exact in float), from its linear layers'
+    input channel peaks on `data`; (the report, the names of the Muls it put in front of layers)."""
+    smooth = create_pass("smooth_activations", {"alpha": alpha})
+    smooth.peaks = {name: item.peak for name, item in channel_stats(model, _linear_inputs(model), data, config).items()}
+    before = {node.name for node in model.graph}
+    report = PassManager([smooth]).run(model)
+    return report, [node.name for node in model.graph if node.name not in before and node.op_type == "Mul"]
 
 
 def _name_nodes(model: ir.Model) -> None:

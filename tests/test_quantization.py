@@ -266,6 +266,35 @@ def test_bad_static_optimize_options_are_clear_errors(tmp_path, kwargs, message)
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_smoothquant_before_static_int8_saves_the_channels_an_outlier_crowds_out():
+    """One input channel 300x the others owns a per-tensor int8 range: without smoothing the other
+    channels round to zero; smoothed (a float Mul dividing each channel, weights multiplied) they stay."""
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, 16] x) => (float[B, 16] y) <float[16, 16] w1 = {{{_floats(_W1)}}},
+                                                 float[16, 16] w2 = {{{_floats(_W2)}}}> {{
+            r = Relu(x)
+            h = MatMul(r, w1)
+            y = MatMul(h, w2) }}""")
+    rng = np.random.default_rng(5)
+
+    def sample():
+        x = rng.standard_normal((8, 16)).astype(np.float32)
+        x[:, 0] *= 300
+        return {"x": x}
+
+    calibration, evaluation = [sample() for _ in range(32)], [sample() for _ in range(4)]
+    cosines = {}
+    for smooth in (None, 0.5):
+        result = graphopt.quantize(model, preset="O0", mode="static", calibration=calibration, smooth=smooth,
+                                   check_speed=False, force=True)
+        assert op_types(result.model).count("QuantizeLinear") == 2
+        cosines[smooth] = min(float(np.dot(want.ravel(), got.ravel()) / np.linalg.norm(want) / np.linalg.norm(got))
+                              for feeds in evaluation for want, got in [(run(model, feeds)[0],
+                                                                         run(result.model, feeds)[0])])
+    assert cosines[None] < 0.9 and cosines[0.5] > 0.99
+    assert result.kept_float == [("Mul 'r/smooth'", "excluded")]  # the divider runs in float
+
+
 def test_max_drop_budgets_top1_agreement():
     result = graphopt.quantize(_two_layers(), preset="O0", inputs=_outlier_inputs(), check_speed=False,
                                max_drop=0.02, outlier_ratio=0)
@@ -285,7 +314,7 @@ def test_max_drop_budgets_top1_agreement():
     ({"calibrator": "entropy"}, "--calibrator and --activation-type choose static int8's activations"),
     ({"mode": "static", "calibrator": "kl", "calibration": []}, "--calibrator 'kl'"),
     ({"mode": "static", "zero_points": False, "calibration": []}, "symmetric activations are int8"),
-    ({"mode": "static", "smooth": 0.5, "calibration": []}, "--outlier-ratio and --smooth act on dynamic int8"),
+    ({"mode": "static", "outlier_ratio": 6, "calibration": []}, "--outlier-ratio acts on dynamic int8"),
 ])
 def test_bad_budget_options_are_clear_errors(kwargs, message):
     with pytest.raises(InputError, match=message):
