@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphopt  # noqa: E402
 from benchmarks.fusion_vs_peers import exported  # noqa: E402
-from benchmarks.quant_vs_ort import _cosine, _outputs, _sentence_feeds, _session  # noqa: E402
+from benchmarks.quant_vs_ort import _cosine, _outputs, _sentence_feeds, _session, merge  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODELS = "resnet18,resnet50,mobilenetv2,convnext-tiny,vit-base,digits-cnn,minilm"
@@ -298,11 +298,7 @@ def main() -> None:
             print("bert-base entropy calibration memory", file=sys.stderr)
             fresh.append(bert_memory(Path(tmp)))
     for entry in fresh:
-        kept = [index for index, result in enumerate(results) if result["model"] == entry["model"]]
-        if kept:
-            results[kept[0]] = entry
-        else:
-            results.append(entry)
+        merge(results, entry)
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "quant_static_vs_ort.md").write_text(_markdown(results))

@@ -247,6 +247,15 @@ def _markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(results: list[dict], fresh: dict) -> None:
+    """`fresh` replaces the saved entry of the same model, or joins the list (a partial run keeps the rest)."""
+    kept = [index for index, result in enumerate(results) if result["model"] == fresh["model"]]
+    if kept:
+        results[kept[0]] = fresh
+    else:
+        results.append(fresh)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS)
@@ -258,12 +267,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models.split(","):
             print(f"benchmarking {spec}", file=sys.stderr)
-            fresh = bench_model(spec, Path(tmp))
-            kept = [index for index, result in enumerate(results) if result["model"] == fresh["model"]]
-            if kept:
-                results[kept[0]] = fresh
-            else:
-                results.append(fresh)
+            merge(results, bench_model(spec, Path(tmp)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quant_vs_ort.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "quant_vs_ort.md").write_text(_markdown(results))

@@ -137,11 +137,12 @@ def optimize(
     if calibration is not None or any(name == "quantize_static" for name, _ in spec.passes):
         if validate_each:
             raise InputError("--validate-each checks float passes; quantize_static is judged as a whole (--validate)")
+        runtime = runtime or RuntimeOptions()
         result = quantization.run(model, output, _static_settings(spec, calibration), preset="O0", target=target,
                                   opset=opset, validate=validate, check_speed=validate and check_speed, force=force,
                                   inputs=inputs, calibration=calibration, shapes=shapes, input_ranges=input_ranges,
-                                  tol=tolerance, config=(runtime or RuntimeOptions()).for_validation(),
-                                  bench_config=(runtime or RuntimeOptions()).for_bench(), observer=observer,
+                                  tol=tolerance, config=runtime.for_validation(),
+                                  bench_config=runtime.for_bench(), observer=observer,
                                   external_data=external_data, float_passes=spec.build()[:-1],
                                   fixed_point=spec.fixed_point)
         result.warnings = opset_warnings(result.model)

@@ -24,7 +24,7 @@ import onnx_ir as ir
 from graphopt import model as model_io
 from graphopt.runtime.histograms import DEFAULT_BINS, Histogram
 from graphopt.runtime.providers import SessionConfig, create_session
-from graphopt.runtime.validate import exposed_runs
+from graphopt.runtime.validate import exposed_runs, session_runs
 
 VALUES_PER_RUN = 64
 SAVE_ONCE_BYTES = 64 * 2**20  # models this big are written once for the statistics' sessions
@@ -125,7 +125,4 @@ def _file_runs(path: Path, values: Sequence[ir.Value], input_sets: Iterable[dict
     exposed = path.with_name("exposed.onnx")
     onnx.save(proto, exposed)
     session = create_session(exposed, config, label="the model with intermediate values exposed")
-    names = [output.name for output in session.inner.get_outputs()]
-    for feeds in input_sets:
-        results = dict(zip(names, session.run(feeds)))
-        yield [results[value.name] for value in values]
+    yield from session_runs(session, values, input_sets)

@@ -332,6 +332,11 @@ def exposed_runs(model: ir.Model, values: Sequence[ir.Value], feed_sets: Iterabl
     finally:
         outputs.clear()
         outputs.extend(original)
+    yield from session_runs(session, values, feed_sets)
+
+
+def session_runs(session, values: Sequence[ir.Value], feed_sets: Iterable[dict]) -> Iterator[list]:
+    """The arrays of `values` (outputs of `session`) for each of `feed_sets`, in turn."""
     names = [value.name for value in session.inner.get_outputs()]
     for feeds in feed_sets:
         results = dict(zip(names, session.run(feeds)))
