@@ -159,7 +159,9 @@ class WeightQuantizer(Pass):
         attention = ir.Node(MS_DOMAIN, "MultiHeadAttention", [*heads, None, None, inputs[5]],
                             list(node.attributes.values()),
                             name=fresh_node_name(graph, f"{node.name or 'attention'}/mha"))
-        attention.outputs[0].shape, attention.outputs[0].dtype = shape, node.outputs[0].dtype
+        attention.outputs[0].shape = shape
+        if node.outputs[0].dtype is not None:
+            attention.outputs[0].dtype = node.outputs[0].dtype
         for made in nodes:
             for output in made.outputs:
                 output.dtype = ir.DataType.FLOAT

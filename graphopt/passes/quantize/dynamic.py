@@ -9,8 +9,9 @@ x·W ≈ xs · s · (xq − xz)·q is computed in integers:
             A bias the next node adds (a constant input of the residual Sum, BiasGelu's, which
             becomes Gelu) moves into the kernel, which adds it as it writes.
   portable  DynamicQuantizeLinear(x) → MatMulInteger(xq, q, xz) → Cast → Mul(xs · s) [→ Add(bias)]
-com.microsoft Attention (ort) keeps its QKV projections in int8: three of them reading one
-quantized x, then MultiHeadAttention with the same attention bias. With measured per-channel
+com.microsoft Attention (ort) becomes QAttention, its packed QKV projection int8 inside the
+kernel (qattention.py), when its attention bias is a mask QAttention takes; otherwise its three
+projections are int8 MatMuls reading one quantized x, then MultiHeadAttention with the bias. With measured per-channel
 peaks of x (`channel_peaks`, set by graphopt.quantize), the channels above outlier_ratio × the
 median peak are computed in float beside the int8 product (LLM.int8(); outliers.py: carved out
 of the Gelu/Relu layer making them, or masked out of x — `mask_outliers` False skips those).
@@ -35,6 +36,7 @@ from graphopt.passes.fusion._match import (
     only_consumer,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize import qattention
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer
 from graphopt.passes.quantize.outliers import carve, pick
 from graphopt.passes.quantize.scales import symmetric_int8
@@ -52,7 +54,7 @@ class QuantizeDynamic(WeightQuantizer):
 
     def __init__(self, per_channel: bool = True, exclude: str = "", embeddings: bool = True,
                  min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 6.0, max_outliers: int = 8,
-                 mask_outliers: bool = True) -> None:
+                 mask_outliers: bool = True, qattention: bool = True) -> None:
         super().__init__(exclude, min_embedding_bytes)
         if outlier_ratio and outlier_ratio <= 1:
             raise InputError(f"quantize_dynamic: outlier_ratio must be above 1 (or 0 for none), got {outlier_ratio}")
@@ -61,6 +63,7 @@ class QuantizeDynamic(WeightQuantizer):
         self.outlier_ratio = outlier_ratio
         self.max_outliers = max_outliers
         self.mask_outliers = mask_outliers  # False: only carved outliers (outliers.py), no masked ones
+        self.qattention = qattention  # False: every Attention split, its projections int8 MatMuls
         # [K] largest |x| per input channel, keyed by the name of the x a MatMul reads: channels
         # above outlier_ratio × the median stay float. Filled from calibration data, not an option.
         self.channel_peaks: dict[str, np.ndarray] = {}
@@ -70,12 +73,20 @@ class QuantizeDynamic(WeightQuantizer):
         self._check_exclude(model)
         infer_types(self, model)
         self._quantized.clear()
-        counts = {"linear": 0, "attention": 0, "embedding": 0, "outliers": 0, "carved": 0}
+        counts = {"linear": 0, "qattention": 0, "attention": 0, "embedding": 0, "outliers": 0, "carved": 0}
         for graph in model.graphs():
             if self.target == "ort":
-                counts["attention"] += sum(bool(self._split_attention(model, graph, node, separate=True))
-                                           for node in list(graph)
-                                           if node.domain == MS_DOMAIN and node.op_type == "Attention")
+                masks: dict[ir.Value, ir.Value] = {}
+                for node in list(graph):
+                    if node.domain != MS_DOMAIN or node.op_type != "Attention":
+                        continue
+                    found = self._qattention_plan(node)
+                    if found is not None:
+                        if not self._excluded(node):
+                            qattention.emit(model, graph, node, found, self.per_channel, masks)
+                            counts["qattention"] += 1
+                    elif self._split_attention(model, graph, node, separate=True):
+                        counts["attention"] += 1
             helpers, carved = self._carve(graph)
             counts["carved"] += len(carved)
             groups: dict[ir.Value, list[Linear]] = {}
@@ -95,6 +106,8 @@ class QuantizeDynamic(WeightQuantizer):
         scales = "per-channel" if self.per_channel else "per-tensor"
         if counts["linear"]:
             self.changed(f"{counts['linear']} MatMul/Gemm int8 ({scales} weights, dynamic activations)")
+        if counts["qattention"]:
+            self.changed(f"{counts['qattention']} Attention → QAttention (QKV projection int8 inside the kernel)")
         if counts["attention"]:
             self.changed(f"{counts['attention']} Attention QKV projections int8 (MultiHeadAttention after)")
         if counts["carved"]:
@@ -109,6 +122,18 @@ class QuantizeDynamic(WeightQuantizer):
         if modified:
             ir.passes.common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)
+
+    def _qattention_plan(self, node: ir.Node) -> qattention.Plan | None:
+        """How the node becomes a QAttention, or None: turned off, an attention bias QAttention cannot
+        take, or outlier channels of x to mask (only the split projections can leave them float)."""
+        if not self.qattention:
+            return None
+        found = qattention.plan(node)
+        if found is None or (self.mask_outliers and
+                             len(pick(self.channel_peaks.get(node.inputs[0].name), found.weight.shape[0],
+                                      self.outlier_ratio, self.max_outliers))):
+            return None
+        return found
 
     def _carve(self, graph: ir.Graph) -> tuple[set[ir.Node], set[ir.Value]]:
         """Carve the outlier channels out of activations produced by act(x·W) (outliers.carve):

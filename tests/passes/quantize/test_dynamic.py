@@ -157,6 +157,84 @@ def test_attention_keeps_its_mask_and_quantizes_the_qkv_projection():
     assert cosine > 0.999
 
 
+def _masked_attention(fill: str, layers: int = 2, cond_batch: str = "B") -> tuple[onnx.ModelProto, int]:
+    """`layers` Attention nodes in a row, each adding Where(cond, 0, fill) to its scores (how both
+    exporters write the padding mask)."""
+    d, heads = 8, 2
+    inits, body, x = [], [], "x"
+    for layer in range(layers):
+        weight = _RNG.standard_normal((d, 3 * d)).astype(np.float32) * 0.3
+        bias = _RNG.standard_normal(3 * d).astype(np.float32) * 0.1
+        inits += [f"float[{d}, {3 * d}] w{layer} = {{{_floats(weight)}}}", f"float[{3 * d}] b{layer} = {{{_floats(bias)}}}"]
+        out = "y" if layer == layers - 1 else f"h{layer}"
+        body.append(f"{out} = com.microsoft.Attention<num_heads = {heads}, scale = 0.3>({x}, w{layer}, b{layer}, , , bias)")
+        x = out
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[B, S, {d}] x, bool[{cond_batch}, 1, S, S] cond) => (float[B, S, {d}] y)
+          <{", ".join(inits + [f"float[B, S, {d}] h{layer}" for layer in range(layers - 1)])},
+           float zero = {{0.0}}, float fill = {{{fill}}}> {{
+            bias = Where(cond, zero, fill)
+            {chr(10).join(body)} }}""")
+    return model, d
+
+
+def _quantized_forms(model: onnx.ModelProto, per_channel: bool = True):
+    """(QAttention form, split form: three int8 MatMuls and MultiHeadAttention)."""
+    options = {"per_channel": per_channel}
+    return (graphopt.optimize(model, passes=[("quantize_dynamic", options)], target="ort"),
+            graphopt.optimize(model, passes=[("quantize_dynamic", {**options, "qattention": False})], target="ort"))
+
+
+def _cosine(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.dot(got.reshape(-1), want.reshape(-1)) / np.linalg.norm(got) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_attention_with_a_where_mask_becomes_qattention_with_the_same_result(per_channel):
+    model, d = _masked_attention("-3.4028234663852886e+38")
+    result, split = _quantized_forms(model, per_channel)
+    # one mask conversion shared by both layers
+    assert op_types(result.model) == ["Squeeze", "Cast"] + ["DynamicQuantizeLinear", "QAttention"] * 2
+    assert "2 Attention → QAttention" in result.report.passes[0].changes[0]
+    assert op_types(split.model).count("MultiHeadAttention") == 2
+    feeds = {"x": _x((2, 5, d)), "cond": _RNG.random((2, 1, 5, 5)) > 0.3}
+    (want,) = run(model, feeds)
+    (got,) = run(result.model, feeds)
+    (same,) = run(split.model, feeds)
+    np.testing.assert_allclose(got, same, rtol=1e-5, atol=1e-6)  # the same int8 math, the same mask
+    assert _cosine(got, want) > 0.999
+
+
+@pytest.mark.parametrize("fill", ["-3.4028234663852886e+38", "-inf"])
+def test_a_query_that_may_attend_nothing_gets_what_the_original_computes(fill):
+    # adding finfo.min everywhere leaves a uniform softmax; adding -inf, NaN: the mask_filter_value says which
+    model, d = _masked_attention(fill, layers=1)
+    result, split = _quantized_forms(model)
+    assert "QAttention" in op_types(result.model)
+    cond = _RNG.random((2, 1, 5, 5)) > 0.3
+    cond[1, 0, 2, :] = False
+    feeds = {"x": _x((2, 5, d)), "cond": cond}
+    (want,) = run(model, feeds)
+    (got,) = run(result.model, feeds)
+    (same,) = run(split.model, feeds)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(want).any() == (fill == "-inf")
+    np.testing.assert_allclose(got, same, rtol=1e-5, atol=1e-6)
+    keep = ~np.isnan(want)
+    assert _cosine(got[keep], want[keep]) > 0.999
+
+
+def test_a_mask_that_broadcasts_over_the_batch_keeps_multiheadattention():
+    # QAttention's mask has the batch dim of x; a [1, 1, S, S] cond would fail there at run time
+    model, d = _masked_attention("-10000.0", layers=1, cond_batch="1")
+    result = graphopt.optimize(model, passes="quantize_dynamic", target="ort")
+    assert "QAttention" not in op_types(result.model) and "MultiHeadAttention" in op_types(result.model)
+    feeds = {"x": _x((2, 5, d)), "cond": _RNG.random((1, 1, 5, 5)) > 0.3}
+    (want,) = run(model, feeds)
+    (got,) = run(result.model, feeds)
+    assert _cosine(got, want) > 0.999
+
+
 def test_excluded_nodes_stay_float_with_the_reason():
     model = _matmul_model("m = MatMul(x, w)\n y = Add(m, b)")
     result = graphopt.optimize(model, passes=[("quantize_dynamic", {"exclude": "MatMul"})])
