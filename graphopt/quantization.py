@@ -164,6 +164,31 @@ class QuantizeSettings:
         return None if self.max_drop is None else 1.0 - self.max_drop
 
 
+MAX_ALTERNATIVES = 6  # points of the fallback's path timed for the report
+
+
+@dataclasses.dataclass
+class Alternative:
+    """A point of the fallback's path (everything quantized, then the most sensitive layers float
+    one by one), timed against float in the latency guard's bench run."""
+
+    kept_float: tuple[str, ...]
+    score: float
+    latency: guard.LatencyCheck
+    chosen: bool
+    pareto: bool = False  # no other point scores at least as well and runs at least as fast
+
+    def line(self) -> str:
+        marks = ", ".join(mark for mark, on in (("chosen", self.chosen), ("Pareto", self.pareto)) if on)
+        return (f"{len(self.kept_float)} float: score {_score_text(self.score)}, "
+                f"p50 {self.latency.quantized_ms:.3f} ms "
+                f"({self.latency.speedup:.2f}x float){f'  [{marks}]' if marks else ''}")
+
+    def to_dict(self) -> dict:
+        return {"kept_float": list(self.kept_float), "score": self.score, "p50_ms": self.latency.quantized_ms,
+                "speedup": self.latency.speedup, "chosen": self.chosen, "pareto": self.pareto}
+
+
 @dataclasses.dataclass
 class QuantizeResult:
     model: ir.Model
@@ -179,6 +204,7 @@ class QuantizeResult:
     latency: guard.LatencyCheck | None = None
     int8: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # weight-only layers at 8 bits
     fallback_to: str = "float"  # where the fallback's layers went: "float" or "8 bits"
+    alternatives: list[Alternative] = dataclasses.field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         lines = [f"quantized {len(self.quantized)} node(s); parameters {self.float_bytes / 2**20:.1f} MiB → "
@@ -191,6 +217,10 @@ class QuantizeResult:
             lines.append(f"budget {fallback.budget:.4f} {verdict}: score {_score_text(fallback.trials[0].score)} all "
                          f"quantized, {_score_text(fallback.score)} with {len(fallback.kept_float)} layer(s) "
                          f"{self.fallback_to} ({len(fallback.trials)} trials)")
+        if self.alternatives:
+            lines.append(f"alternatives on the fallback's path ({self.fallback_to}; float p50 "
+                         f"{self.alternatives[0].latency.float_ms:.3f} ms, all timed in one bench run):")
+            lines += [f"  {alternative.line()}" for alternative in self.alternatives]
         if self.latency is not None:
             lines.append(f"latency: {self.latency.describe()}")
         return lines
@@ -200,6 +230,7 @@ class QuantizeResult:
                 "int8": [list(item) for item in self.int8],
                 "float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
                 "fallback": self.fallback.to_dict() if self.fallback else None,
+                "alternatives": [alternative.to_dict() for alternative in self.alternatives],
                 "latency": self.latency.to_dict() if self.latency else None}
 
 
@@ -303,10 +334,42 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     _check_kernels(float_model, candidate, config, force)
     if check_speed:
         feeds = None if inputs is None else input_io.user_feeds(float_model, inputs)
-        result.latency = guard.check_speed(float_model, candidate, bench_config, feeds, force)
+        path = _path_to_time(fallback)
+        if len(path) > 1:  # the fallback's alternatives timed with the chosen one: a small Pareto table
+            checks = guard.compare_latencies(
+                float_model, [(lambda: candidate) if trial.kept_float == fallback.kept_float else
+                              (lambda kept=trial.kept_float: build(kept)[0]) for trial in path], bench_config, feeds)
+            result.alternatives = _pareto([Alternative(trial.kept_float, trial.score, check,
+                                                       trial.kept_float == fallback.kept_float)
+                                           for trial, check in zip(path, checks)])
+            result.latency = guard.refuse_slower(next(item.latency for item in result.alternatives if item.chosen),
+                                                 force)
+        else:
+            result.latency = guard.check_speed(float_model, candidate, bench_config, feeds, force)
     if output is not None:
         result.written = model_io.save(candidate, output, external_data=external_data)
     return result
+
+
+def _path_to_time(fallback: Fallback | None) -> list:
+    """The fallback path's points to time: all of them up to MAX_ALTERNATIVES, else evenly spaced
+    ones, the first and the chosen among them."""
+    if fallback is None or len(fallback.path) < 2:
+        return []
+    path = fallback.path
+    chosen = next((index for index, trial in enumerate(path) if trial.kept_float == fallback.kept_float), 0)
+    picked = {round(index * (len(path) - 1) / (MAX_ALTERNATIVES - 2)) for index in range(MAX_ALTERNATIVES - 1)} \
+        if len(path) > MAX_ALTERNATIVES else set(range(len(path)))
+    return [path[index] for index in sorted(picked | {0, chosen})]
+
+
+def _pareto(alternatives: list[Alternative]) -> list[Alternative]:
+    """Mark the points no other point beats on both score and latency."""
+    for item in alternatives:
+        item.pareto = not any(other.score >= item.score and other.latency.quantized_ms <= item.latency.quantized_ms
+                              and (other.score > item.score or other.latency.quantized_ms < item.latency.quantized_ms)
+                              for other in alternatives)
+    return alternatives
 
 
 def _load(model) -> tuple[object, ir.Model]:

@@ -12,7 +12,8 @@ import pytest
 import graphopt
 from graphopt.cli import main
 from graphopt.errors import InputError, QuantizationRefused
-from graphopt.passes.quantize.fallback import choose_float
+from graphopt import quantization
+from graphopt.passes.quantize.fallback import Fallback, Trial, choose_float
 from graphopt.runtime import guard
 from graphopt.runtime.guard import compare_latency, missing_kernels
 from graphopt.runtime.providers import SessionConfig
@@ -124,6 +125,37 @@ def test_the_fallback_meets_a_budget_plain_quantization_misses(tmp_path):
     assert result.kept_float[0][0] == "first" and "the fallback" in result.kept_float[0][1]
     written = onnx.load(tmp_path / "q.onnx")
     assert [node.name for node in written.graph.node if node.op_type == "MatMul"] == ["first"]
+
+
+def test_the_fallbacks_alternatives_are_timed_in_a_small_pareto_table():
+    model, feeds = _two_layers(), _outlier_inputs()
+    result = graphopt.quantize(model, preset="O0", inputs=feeds, min_cosine=0.999, outlier_ratio=0, force=True)
+    path = result.fallback.path
+    assert [trial.kept_float for trial in path] == [(), ("first",)]
+    assert [item.kept_float for item in result.alternatives] == [(), ("first",)]
+    assert [item.score for item in result.alternatives] == [trial.score for trial in path]
+    assert [item.chosen for item in result.alternatives] == [False, True]
+    assert result.latency is result.alternatives[1].latency  # the guard judged the chosen one in that run
+    assert all(item.latency.quantized_ms > 0 and item.latency.float_ms == result.latency.float_ms
+               for item in result.alternatives)
+    assert result.alternatives[1].pareto  # the best score: nothing beats it on both
+    lines = result.summary_lines()
+    assert any(line.startswith("alternatives on the fallback's path (float") for line in lines)
+    assert any("1 float: score" in line and "[chosen" in line for line in lines)
+    assert [item["kept_float"] for item in result.to_dict()["alternatives"]] == [[], ["first"]]
+
+
+def test_pareto_points_and_the_points_a_long_path_times():
+    def point(score: float, ms: float, chosen: bool = False) -> quantization.Alternative:
+        return quantization.Alternative((), score, guard.LatencyCheck(10.0, ms, "cpu", {}), chosen)
+
+    marked = quantization._pareto([point(0.90, 2.0), point(0.95, 2.5), point(0.94, 3.0), point(0.95, 2.5)])
+    assert [item.pareto for item in marked] == [True, True, False, True]  # ties are not beaten
+    trials = [Trial(tuple(f"l{i}" for i in range(count)), 0.9 + count / 100) for count in range(12)]
+    fallback = Fallback(0.99, trials[9].kept_float, trials[9].score, True, {}, trials, trials)
+    timed = quantization._path_to_time(fallback)
+    assert len(timed) <= quantization.MAX_ALTERNATIVES and timed[0] is trials[0] and trials[9] in timed
+    assert timed[-1] is trials[11] and timed == sorted(timed, key=lambda trial: len(trial.kept_float))
 
 
 def test_a_cosine_budget_still_needs_the_tolerances_top1_agreement(tmp_path):

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,28 +61,42 @@ class LatencyCheck:
 def compare_latency(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
                     feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS) -> LatencyCheck:
     """Time both models in turns (ONNX Runtime's graph optimizations on, as deployed)."""
+    return compare_latencies(float_model, [lambda: quantized], config, feeds, runs)[0]
+
+
+def compare_latencies(float_model: ir.Model, builders: Sequence[Callable[[], ir.Model]], config: SessionConfig,
+                      feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS) -> list[LatencyCheck]:
+    """The float model against each model the builders make (built and saved one at a time), all
+    timed in turns in one bench run: one LatencyCheck per builder."""
     if feeds is None:
         feeds = input_io.synthesize(float_model, defaults=GUARD_DIMS)
     with tempfile.TemporaryDirectory(prefix="graphopt-guard-") as folder:
-        paths = [Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"]
-        for model, path in zip((float_model, quantized), paths):
-            model_io.save(model, path)
-        result = bench_module.bench(paths, config=config, inputs=feeds, warmup=5, runs=runs,
-                                    labels=["float", "quantized"])
-    first, second = result.models
-    return LatencyCheck(first.p50_ms, second.p50_ms, config.resolved_ep(),
-                        {name: list(array.shape) for name, array in feeds.items()})
+        paths = [Path(folder) / "float.onnx"]
+        model_io.save(float_model, paths[0])
+        for index, build in enumerate(builders):
+            paths.append(Path(folder) / f"quantized_{index}.onnx")
+            model_io.save(build(), paths[-1])
+        labels = ["float"] + (["quantized"] if len(builders) == 1 else
+                              [f"quantized {index}" for index in range(len(builders))])
+        result = bench_module.bench(paths, config=config, inputs=feeds, warmup=5, runs=runs, labels=labels)
+    first, *others = result.models
+    shapes = {name: list(array.shape) for name, array in feeds.items()}
+    return [LatencyCheck(first.p50_ms, other.p50_ms, config.resolved_ep(), shapes) for other in others]
 
 
-def check_speed(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
-                feeds: dict[str, np.ndarray] | None, force: bool) -> LatencyCheck:
-    """compare_latency, refusing (QuantizationRefused, both p50s in the message) a quantized
-    model slower than its float self unless `force`."""
-    check = compare_latency(float_model, quantized, config, feeds=feeds)
+def refuse_slower(check: LatencyCheck, force: bool) -> LatencyCheck:
+    """QuantizationRefused (both p50s in the message) for a quantized model slower than its float
+    self, unless `force`."""
     if check.slower and not force:
         raise QuantizationRefused(f"the quantized model is slower than the float one: {check.describe()}; "
                                   "nothing was written (--force writes it)")
     return check
+
+
+def check_speed(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
+                feeds: dict[str, np.ndarray] | None, force: bool) -> LatencyCheck:
+    """compare_latency, then refuse_slower."""
+    return refuse_slower(compare_latency(float_model, quantized, config, feeds=feeds), force)
 
 
 @functools.cache

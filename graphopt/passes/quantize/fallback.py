@@ -31,6 +31,8 @@ class Fallback:
     met: bool
     sensitivity: dict[str, float]
     trials: list[Trial]
+    # the greedy path: everything quantized, then the 1, 2, … most sensitive layers float
+    path: list[Trial] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -43,7 +45,7 @@ def choose_float(candidates: Sequence[str], measure: Callable[[tuple[str, ...]],
     baseline = measure(())
     trials = [Trial((), baseline)]
     if baseline >= budget:
-        return Fallback(budget, (), baseline, True, {}, trials)
+        return Fallback(budget, (), baseline, True, {}, trials, [trials[0]])
     sensitivity = {}
     for name in candidates:
         score = measure((name,))
@@ -52,13 +54,15 @@ def choose_float(candidates: Sequence[str], measure: Callable[[tuple[str, ...]],
     ranked = sorted(candidates, key=lambda name: -sensitivity[name] / (cost[name] if cost else 1.0))
     limit = len(ranked) if max_float is None else min(max_float, len(ranked))
     best = trials[0]
+    path = [trials[0]]
     for count in range(1, limit + 1):
         kept = tuple(ranked[:count])
         score = sensitivity[kept[0]] + baseline if count == 1 else measure(kept)
         if count > 1:
             trials.append(Trial(kept, score))
+        path.append(Trial(kept, score))
         if score > best.score:
-            best = Trial(kept, score)
+            best = path[-1]
         if score >= budget:
-            return Fallback(budget, kept, score, True, sensitivity, trials)
-    return Fallback(budget, best.kept_float, best.score, False, sensitivity, trials)
+            return Fallback(budget, kept, score, True, sensitivity, trials, path)
+    return Fallback(budget, best.kept_float, best.score, False, sensitivity, trials, path)

@@ -165,9 +165,11 @@ def _masked_attention(fill: str, layers: int = 2, cond_batch: str = "B") -> tupl
     for layer in range(layers):
         weight = _RNG.standard_normal((d, 3 * d)).astype(np.float32) * 0.3
         bias = _RNG.standard_normal(3 * d).astype(np.float32) * 0.1
-        inits += [f"float[{d}, {3 * d}] w{layer} = {{{_floats(weight)}}}", f"float[{3 * d}] b{layer} = {{{_floats(bias)}}}"]
+        inits += [f"float[{d}, {3 * d}] w{layer} = {{{_floats(weight)}}}",
+                  f"float[{3 * d}] b{layer} = {{{_floats(bias)}}}"]
         out = "y" if layer == layers - 1 else f"h{layer}"
-        body.append(f"{out} = com.microsoft.Attention<num_heads = {heads}, scale = 0.3>({x}, w{layer}, b{layer}, , , bias)")
+        body.append(f"{out} = com.microsoft.Attention<num_heads = {heads}, scale = 0.3>"
+                    f"({x}, w{layer}, b{layer}, , , bias)")
         x = out
     model = parse(f"""<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
         g (float[B, S, {d}] x, bool[{cond_batch}, 1, S, S] cond) => (float[B, S, {d}] y)
