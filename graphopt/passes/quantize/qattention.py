@@ -27,9 +27,8 @@ from graphopt.passes.fusion._match import (
     new_initializer,
 )
 from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize._linear import attention_refusal
 from graphopt.passes.quantize.scales import symmetric_int8
-
-ATTRIBUTES = ("num_heads", "scale", "mask_filter_value")
 
 
 class Plan:
@@ -41,13 +40,11 @@ class Plan:
 
 def plan(node: ir.Node) -> Plan | None:
     """The conversion's inputs, or None when the node does not convert (it is then split)."""
-    inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
-    weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
-    if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] % 3 or bias.shape != (weight.shape[1],):
+    if attention_refusal(node):
         return None
-    if weight.dtype != np.float32 or inputs[3] is not None or inputs[4] is not None or len(node.inputs) > 6 or \
-            any(attr not in ATTRIBUTES for attr in node.attributes) or \
-            any(value.uses() or value.is_graph_output() for value in node.outputs[1:]):
+    inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+    weight = constant_array(inputs[1])
+    if weight.dtype != np.float32 or constant_array(inputs[2]).shape != (weight.shape[1],):
         return None
     if inputs[5] is None:
         return Plan(weight, None, None)
