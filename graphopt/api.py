@@ -210,6 +210,7 @@ def quantize(
     smooth: float | None = None,
     calibrator: str = "minmax",
     activation_type: str = "u8",
+    scheme: str = "auto",
     min_cosine: float | None = None,
     max_drop: float | None = None,
     preset: str = "O3",
@@ -244,11 +245,15 @@ def quantize(
     accurate, somewhat slower); `outlier_mode` "carve" does that only where it is cheap (inputs a
     Gelu/Relu of a linear layer makes), "all" everywhere. `exclude` names nodes or op types kept
     float; `smooth` (SmoothQuant's alpha) moves activation outliers into
-    the weights first (static: before calibrating; its dividing Muls run in float). `mode` "static": int8 QuantizeLinear/DequantizeLinear pairs around the ops
-    int8 kernels run (Conv, MatMul, Gemm, Add, Mul, pooling, Concat), each activation's range
-    measured on `calibration` (required) by `calibrator` ("minmax", "percentile" 99.999,
-    "entropy"), activations `activation_type` "u8" (zero point) or "s8" (`zero_points=False`:
-    symmetric), weights int8 per channel, biases int32. The result is validated against the input at int8 tolerance; with
+    the weights first (static: before calibrating; its dividing Muls run in float). `mode` "static":
+    activations quantized at ranges measured on `calibration` (required) by `calibrator` ("minmax",
+    "percentile" 99.999, "entropy"), `activation_type` "u8" (zero point) or "s8"
+    (`zero_points=False`: symmetric), weights int8 per channel; `scheme` "qdq" puts
+    QuantizeLinear/DequantizeLinear pairs around every op int8 kernels run (Conv, MatMul, Gemm,
+    Add, Mul, pooling, Concat; biases int32), "linear" quantizes only the linear layers and
+    attention projections (dynamic int8's kernels at calibrated scales; embeddings int8 rows),
+    "auto" (default) takes linear for a model with attention, qdq otherwise; `outlier_ratio` with
+    `outlier_mode="carve"` carves before calibrating. The result is validated against the input at int8 tolerance; with
     `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
     layers go back to float (weight-only: to 8 bits) until the budget is met. `check_speed` times
     float against quantized on the EP and refuses (QuantizationRefused) a slower model, as it
@@ -265,7 +270,8 @@ def quantize(
         per_channel=per_channel, exclude=tuple(exclude), int8_layers=tuple(int8_layers), embeddings=embeddings, block_size=block_size,
         embedding_block_size=embedding_block_size, algorithm=algorithm, zero_points=zero_points, accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio or 0.0, outlier_mode=outlier_mode,
-        smooth_alpha=smooth, calibrator=calibrator, activation_type=activation_type, min_cosine=min_cosine,
+        smooth_alpha=smooth, calibrator=calibrator, activation_type=activation_type, scheme=scheme,
+        min_cosine=min_cosine,
         max_drop=max_drop)
     runtime = runtime or RuntimeOptions()
     check_output_file(output)

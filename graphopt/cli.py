@@ -356,7 +356,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the quantized model.")
 @click.option("--mode", type=click.Choice(api.QUANTIZE_MODES), default="dynamic", show_default=True,
               help="dynamic: int8 weights, activations quantized at run time; weight-only: int4 weight blocks; "
-                   "static: int8 QDQ with activation ranges calibrated on --calib.")
+                   "static: int8 activations at ranges calibrated on --calib (see --scheme).")
 @click.option("--bits", type=int, help="Weight bits: 8 for dynamic (default), 4 for weight-only (default).")
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="weight-only: weights per scale, along the reduction axis (a power of two, at least 16).")
@@ -376,6 +376,10 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
                                       "percentiles, or the KL-optimal clipping (TensorRT's entropy method).")
 @click.option("--activation-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
               help="static: uint8 activations with a zero point (what ONNX Runtime's CPU kernels fuse best) or int8.")
+@click.option("--scheme", type=click.Choice(["auto", "qdq", "linear"]), default="auto", show_default=True,
+              help="static: qdq puts Q/DQ pairs around every op with an int8 kernel (CNNs); linear quantizes only "
+                   "the linear layers and attention projections, the rest float (transformers); auto takes linear "
+                   "for a model with attention, qdq otherwise.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the measured statistics (mse, gptq, --outlier-ratio, --smooth; static "
                    "needs it): an .npz with the samples along axis 0, or a folder of .npz (one input set each). "
@@ -384,8 +388,9 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
               help="weight-only --target ort: MatMulNBits' compute type; 0 float32, 4 int8 activations "
                    "(faster for one-row decoding, slower at 128 rows on CPU).")
 @click.option("--outlier-ratio", type=float, default=0.0, show_default=True,
-              help="dynamic: input channels peaking above this many times the median channel (e.g. 6) stay in a "
-                   "small float MatMul beside the int8 one: more accurate, somewhat slower; 0 is off.")
+              help="int8: input channels peaking above this many times the median channel (e.g. 6) stay in a "
+                   "small float MatMul beside the int8 one: more accurate, somewhat slower; 0 is off (static: "
+                   "with --outlier-mode carve, carved before calibrating).")
 @click.option("--outlier-mode", type=click.Choice(["all", "carve"]), default="all", show_default=True,
               help="Where --outlier-ratio acts. carve: only activations a Gelu/Relu of a linear layer makes (their "
                    "outlier channels are carved out of that layer: cheap); all: every linear layer's input (the "
@@ -424,7 +429,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
              block_size: int, embedding_block_size: int, algorithm: str, zero_points: bool | None,
-             calibrator: str, activation_type: str, calib: Path | None, accuracy_level: int,
+             calibrator: str, activation_type: str, scheme: str, calib: Path | None, accuracy_level: int,
              outlier_ratio: float, outlier_mode: str, per_channel: bool,
              exclude: tuple[str, ...], int8_layers: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
@@ -441,7 +446,7 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
         algorithm=algorithm, zero_points=zero_points,
         accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, int8_layers=int8_layers,
-        embeddings=embeddings, smooth=smooth, calibrator=calibrator, activation_type=activation_type,
+        embeddings=embeddings, smooth=smooth, calibrator=calibrator, activation_type=activation_type, scheme=scheme,
         min_cosine=min_cosine, max_drop=max_drop, preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,

@@ -5,11 +5,15 @@
    calibration data (graphopt.runtime.calibration, checked before any work) or else on the
    validation inputs (graphopt.runtime.activations): SmoothQuant's and the outlier channels'
    peaks, int4's channel weights and GPTQ's Gram matrices.
-   Static int8 measures a histogram of every float value on the calibration data (required) and
-   gives each its range by `calibrator` (passes/quantize/calibrate.py); its float passes run for
-   the portable target whatever the target, since contrib fusions (FusedConv, Attention) would
-   hide the ops ONNX Runtime's QDQ fusions look for.
-3. The quantizer runs on a clone: dynamic int8, weight-only int4 or static int8 (QDQ); `exclude`
+   Static int8 takes one of two forms (`scheme`; auto: linear when the model has attention):
+   qdq, Q/DQ pairs around every op with an int8 kernel (quantize_static, for CNNs), whose float
+   passes run for the portable target whatever the target, since contrib fusions (FusedConv,
+   Attention) would hide the ops ONNX Runtime's QDQ fusions look for; or linear, only the linear
+   layers and attention projections (quantize_static_linear, for transformers). SmoothQuant and
+   the outlier carving rewrite the float model first. It measures a histogram of every float value
+   (qdq) or linear layer input (linear) on the calibration data (required) and gives each its
+   range by `calibrator` (passes/quantize/calibrate.py).
+3. The quantizer runs on a clone: dynamic int8, weight-only int4 or static int8; `exclude`
    stays float.
 4. Validation against the input at int8 tolerance (static int8: int8-static, on the held-out
    slice below even without a budget: its ranges fit real data, and synthesized inputs saturate
@@ -39,6 +43,7 @@ from graphopt import shapes
 from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
 from graphopt.passes import create_pass
 from graphopt.passes.fusion._match import constant_tensor
+from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize.fallback import Fallback, choose_float
 from graphopt.passes.quantize.smooth import linear_weight
 from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport
@@ -55,6 +60,10 @@ MODES = {"dynamic": (8,), "weight-only": (4,), "static": (8,)}
 # Where --outlier-ratio acts (passes/quantize/outliers.py): carve, only activations a Gelu/Relu of
 # a linear layer makes (three small float MatMuls each); all, every linear layer's input.
 OUTLIER_MODES = ("all", "carve")
+# Static int8's two forms: qdq, pairs around every op with an int8 kernel (quantize_static: CNNs);
+# linear, only the linear layers and attention projections (quantize_static_linear: transformers);
+# auto, linear when the model has attention (see has_attention), else qdq.
+SCHEMES = ("auto", "qdq", "linear")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Attention", "Gather", "Conv", "ConvTranspose", "Add", "Mul", "AveragePool",
                    "GlobalAveragePool", "Concat")
 FAILS_TOLERANCE = 2.0  # cosines and agreements lie in [-1, 1]: minus 2 is below every budget
@@ -82,6 +91,7 @@ class QuantizeSettings:
     smooth_alpha: float | None = None
     calibrator: str = "minmax"  # static: how a histogram becomes a range
     activation_type: str = "u8"  # static
+    scheme: str = "auto"  # static: SCHEMES
     min_cosine: float | None = None
     max_drop: float | None = None
 
@@ -103,8 +113,13 @@ class QuantizeSettings:
             raise InputError("--calibrator and --activation-type choose static int8's activations (--mode static)")
         if self.calibrator not in CALIBRATORS:
             raise InputError(f"--calibrator {self.calibrator!r}: choose from {', '.join(CALIBRATORS)}")
-        if self.mode == "static" and self.outlier_ratio:
-            raise InputError("--outlier-ratio acts on dynamic int8 (--mode dynamic)")
+        if self.scheme not in SCHEMES:
+            raise InputError(f"--scheme {self.scheme!r}: choose from {', '.join(SCHEMES)}")
+        if self.mode != "static" and self.scheme != "auto":
+            raise InputError(f"--scheme {self.scheme}: it chooses static int8's form (--mode static)")
+        if self.mode == "static" and self.outlier_ratio and self.outlier_mode != "carve":
+            raise InputError("--outlier-ratio under --mode static carves (--outlier-mode carve): the carved layers are "
+                             "rewritten in float before calibrating; masking x needs its run-time range")
         if self.mode != "weight-only" and self.int8_layers:
             raise InputError("--int8: it names layers weight-only int4 quantizes to 8 bits instead "
                              "(--mode weight-only); dynamic int8 quantizes every layer to 8 bits")
@@ -117,8 +132,8 @@ class QuantizeSettings:
             raise InputError(f"--min-cosine {self.min_cosine}: it must be between -1 and 1")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 1.0:
             raise InputError(f"--max-drop {self.max_drop}: it must be between 0 and 1 (a fraction of top-1 agreement)")
-        if self.outlier_ratio and (self.mode != "dynamic" or self.outlier_ratio <= 1):
-            raise InputError(f"--outlier-ratio {self.outlier_ratio}: dynamic int8 only, above 1 (0 turns it off)")
+        if self.outlier_ratio and (self.mode == "weight-only" or self.outlier_ratio <= 1):
+            raise InputError(f"--outlier-ratio {self.outlier_ratio}: int8 only, above 1 (0 turns it off)")
         if self.outlier_mode not in OUTLIER_MODES:
             raise InputError(f"--outlier-mode {self.outlier_mode!r}: choose from {', '.join(OUTLIER_MODES)}")
         if self.outlier_mode != "all" and not self.outlier_ratio:
@@ -135,8 +150,10 @@ class QuantizeSettings:
             carving = {"outlier_ratio": self.outlier_ratio, "exclude": exclude} if self.mode == "dynamic" else {}
             steps.append(("smooth_activations", {"alpha": self.smooth_alpha, **carving}))
         if self.mode == "static":
-            steps.append(("quantize_static", {"per_channel": self.per_channel, "activation_type": self.activation_type,
-                                              "symmetric": self.zero_points is False, "exclude": exclude}))
+            options = {"per_channel": self.per_channel, "activation_type": self.activation_type,
+                       "symmetric": self.zero_points is False, "exclude": exclude}
+            steps.append(("quantize_static_linear", {**options, "embeddings": self.embeddings})
+                         if self.scheme == "linear" else ("quantize_static", options))
         elif self.mode == "dynamic":
             steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
                                                "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio,
@@ -165,6 +182,8 @@ class QuantizeSettings:
 
 
 MAX_ALTERNATIVES = 6  # points of the fallback's path timed for the report
+ATTENTION_DEPTH = 4  # has_attention: how far back from a Softmax to look for the scores' MatMul
+SCORE_OPS = ("Add", "Sub", "Mul", "Div", "Where", "Cast", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
 
 
 @dataclasses.dataclass
@@ -268,7 +287,7 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     if settings.mode == "static" and calibration is None:
         raise InputError("--mode static measures every activation's range on calibration data: give --calib DATA")
     source, float_model = _load(model)
-    samples = None
+    samples, tamed = None, []
     if calibration is not None:
         if not settings.needs_statistics:
             raise InputError("--calib feeds the measured statistics of --algorithm mse/gptq, --outlier-ratio and "
@@ -281,7 +300,9 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
         if samples is not None and len(samples) > 1 and judged_on_data and inputs is None else None
     if opset is not None:
         float_model = model_io.convert_opset(float_model, opset)
-    float_target = "portable" if settings.mode == "static" else target  # see the module docstring
+    if settings.mode == "static" and settings.scheme == "auto":
+        settings = dataclasses.replace(settings, scheme="linear" if has_attention(float_model) else "qdq")
+    float_target = "portable" if settings.mode == "static" and settings.scheme == "qdq" else target  # see above
     if float_passes is None:
         float_passes = [create_pass(name) for name in PRESETS[preset]]
     fixed_point = bool(float_passes) if fixed_point is None else fixed_point
@@ -294,13 +315,14 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
         if validate or (settings.needs_statistics and samples is None) else None
     data = samples if samples is not None else validator.input_sets if validator is not None else None
     if settings.mode == "static":
-        if settings.smooth_alpha is not None:  # smoothed first: the ranges are the smoothed activations'
-            smoothed, dividers = _smoothed(float_model, settings.smooth_alpha, data, config)
-            float_report = _merged(float_report, smoothed)
-            # the dividing Muls run in float: quantizing their input would lose what smoothing saves
-            settings = dataclasses.replace(settings, exclude=(*settings.exclude, *dividers))
+        if settings.smooth_alpha is not None or settings.outlier_ratio:
+            # smoothed and carved first: the ranges are those of the activations int8 will read
+            rewritten, tamed = _tamed(float_model, settings, data, config)
+            float_report = _merged(float_report, rewritten)
+            settings = dataclasses.replace(settings, exclude=(*settings.exclude, *tamed))
+        values = _linear_inputs(float_model) if settings.scheme == "linear" else _float_values(float_model)
         stats = {name: calibrated_range(histogram, settings.calibrator) for name, histogram in
-                 histograms(float_model, _float_values(float_model), data, config,
+                 histograms(float_model, values, data, config,
                             progress=getattr(observer, "calibration", None)).items()}
     else:
         stats = channel_stats(float_model, _linear_inputs(float_model), data, config,
@@ -326,7 +348,7 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
                                "nothing was written", validation)
     raised = settings.mode == "weight-only"
     result = QuantizeResult(candidate, _merged(float_report, report), [], validation, [],
-                            _quantized(float_model, candidate), _kept_float(report, None if raised else fallback),
+                            _quantized(float_model, candidate), _kept_float(report, None if raised else fallback, tamed),
                             model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate), fallback,
                             int8=[(name, "given") for name in settings.int8_layers] +
                             (_fallback_reasons(fallback) if raised and fallback else []),
@@ -412,7 +434,7 @@ def _float_values(model: ir.Model) -> list[str]:
 
 
 def _with_statistics(pass_, stats, blocks_cache: dict):
-    if pass_.name == "quantize_static":
+    if pass_.name in ("quantize_static", "quantize_static_linear"):
         pass_.ranges = stats
     elif pass_.name == "smooth_activations":
         pass_.peaks = {name: item.peak for name, item in stats.items()}
@@ -426,14 +448,46 @@ def _with_statistics(pass_, stats, blocks_cache: dict):
     return pass_
 
 
-def _smoothed(model: ir.Model, alpha: float, data, config: SessionConfig) -> tuple[PipelineReport, list[str]]:
-    """SmoothQuant applied to the float model in place (exact in float), from its linear layers'
-    input channel peaks on `data`; (the report, the names of the Muls it put in front of layers)."""
-    smooth = create_pass("smooth_activations", {"alpha": alpha})
-    smooth.peaks = {name: item.peak for name, item in channel_stats(model, _linear_inputs(model), data, config).items()}
+def _tamed(model: ir.Model, settings: QuantizeSettings, data, config: SessionConfig) -> tuple[PipelineReport,
+                                                                                         list[str]]:
+    """Static int8's float rewrites before calibrating, from the linear layers' input channel peaks
+    on `data`, in place (exact in float): SmoothQuant (`smooth_alpha`), then the Gelu/Relu outputs'
+    outlier channels carved out (`outlier_ratio`; smoothing leaves those to it). (The report, the
+    nodes to keep float, every node they added: the Muls smoothing put in front of layers, whose
+    input int8 would lose what smoothing saves, and the carved channels' own small layers.)"""
+    peaks = {name: item.peak for name, item in channel_stats(model, _linear_inputs(model), data, config).items()}
     before = {node.name for node in model.graph}
-    report = PassManager([smooth]).run(model)
-    return report, [node.name for node in model.graph if node.name not in before and node.op_type == "Mul"]
+    passes = []
+    if settings.smooth_alpha is not None:
+        smooth = create_pass("smooth_activations", {"alpha": settings.smooth_alpha, "exclude": ";".join(settings.exclude),
+                                                    "outlier_ratio": settings.outlier_ratio})
+        smooth.peaks = peaks
+        passes.append(smooth)
+    if settings.outlier_ratio:
+        carve = create_pass("carve_outliers", {"outlier_ratio": settings.outlier_ratio,
+                                               "exclude": ";".join(settings.exclude)})
+        carve.peaks = peaks
+        passes.append(carve)
+    report = PassManager(passes).run(model)
+    return report, [node.name for node in model.graph if node.name not in before]
+
+
+def has_attention(model: ir.Model) -> bool:
+    """Whether the model has attention: a fused attention node, or a Softmax reading (through at
+    most ATTENTION_DEPTH elementwise or layout ops: scaling, masking) a MatMul of two activations."""
+    for node in model.graph:
+        if node.domain == MS_DOMAIN and node.op_type in ("Attention", "MultiHeadAttention", "QAttention"):
+            return True
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        frontier = [node.inputs[0]]
+        for _ in range(ATTENTION_DEPTH):
+            producers = [value.producer() for value in frontier if value is not None and value.producer() is not None]
+            if any(producer.op_type in ("MatMul", "Einsum") and
+                   all(constant_tensor(value) is None for value in producer.inputs) for producer in producers):
+                return True
+            frontier = [value for producer in producers if producer.op_type in SCORE_OPS for value in producer.inputs]
+    return False
 
 
 def _name_nodes(model: ir.Model) -> None:
@@ -497,12 +551,16 @@ def _weight_elements(model: ir.Model, names: Sequence[str]) -> dict[str, float]:
     return elements
 
 
-def _kept_float(report: PipelineReport, fallback: Fallback | None) -> list[tuple[str, str]]:
+def _kept_float(report: PipelineReport, fallback: Fallback | None, tamed: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(node, why) for the layers the quantizer kept float; `tamed` names the float parts of the
+    float rewrites (smoothing's Muls, the carved channels' MatMuls), kept float on purpose."""
     kept = []
     for pass_report in report.passes:
         for reason in pass_report.skipped:
             if " kept float" in reason:
                 name, _, why = reason.partition(" kept float")
+                if any(f"'{item}'" in name for item in tamed):
+                    why = "the float part of smoothing or carving"
                 if fallback is None or not any(f"'{item}'" in name for item in fallback.kept_float):
                     kept.append((name, why.lstrip(": ") or "excluded"))
     return kept + (_fallback_reasons(fallback) if fallback is not None else [])

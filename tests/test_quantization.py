@@ -104,7 +104,7 @@ def test_the_outlier_channel_is_measured_and_kept_float(tmp_path):
     split = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6)
     assert split.validation.input_sets[0].outputs[0].cosine > 0.999 and split.quantized == ["first", "second"]
     assert any("outlier input channels" in change for change in split.report.passes[-1].changes)
-    with pytest.raises(InputError, match="--outlier-ratio 6.0: dynamic int8 only"):
+    with pytest.raises(InputError, match="--outlier-ratio 6.0: int8 only"):
         graphopt.quantize(model, mode="weight-only", outlier_ratio=6.0)
     # carve acts only on activations a Gelu/Relu of a linear layer makes: x is a graph input
     carved = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6,
@@ -256,6 +256,73 @@ def test_static_int8_calibrates_every_activation_and_validates(tmp_path):
     assert not (tmp_path / "r.onnx").exists()
 
 
+def _attention_samples(model: onnx.ModelProto, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    from tests.passes.fusion.test_attention import _feeds
+
+    rng = np.random.default_rng(seed)
+    return [{**_feeds(model), "x": rng.standard_normal((2, 5, 8)).astype(np.float32)} for _ in range(count)]
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+@pytest.mark.parametrize("key_form", ["torchscript", "dynamo"])
+def test_static_int8_of_a_model_with_attention_quantizes_only_its_linear_layers(target, key_form):
+    from tests.passes.fusion.test_attention import _model
+    from tests.passes.quantize.test_static import _cnn
+
+    model = _model(key_form, mask="min")
+    assert quantization.has_attention(model_io.from_proto(model))
+    assert not quantization.has_attention(model_io.from_proto(_cnn()))
+    result = graphopt.quantize(model, mode="static", target=target, calibration=_attention_samples(model, 24, 0),
+                               check_speed=False)
+    assert result.report.passes[-1].name == "quantize_static_linear" and result.validation.passed
+    ops = op_types(result.model)
+    # the softmax and the scores stay float: no pair around them, the projections int8
+    if target == "ort":
+        # (this keys-only mask reaches the fused Attention through an Expand: MultiHeadAttention, not QAttention)
+        assert ops.count("MatMulIntegerToFloat") == 4 and "MultiHeadAttention" in ops and "DequantizeLinear" not in ops
+    else:
+        assert ops.count("QuantizeLinear") == 2 and "Softmax" in ops  # x, and the merged heads
+    for feeds in _attention_samples(model, 4, 1):
+        (want,), (got,) = run(model, feeds), run(result.model, feeds)
+        assert np.dot(want.ravel(), got.ravel()) / np.linalg.norm(want) / np.linalg.norm(got) > 0.995
+    qdq = graphopt.quantize(model, mode="static", scheme="qdq", calibration=_attention_samples(model, 24, 0),
+                            check_speed=False, validate=False)
+    assert qdq.report.passes[-1].name == "quantize_static"
+
+
+@pytest.mark.parametrize("scheme", ["linear", "qdq"])
+def test_static_int8_carves_the_outlier_channels_before_calibrating(scheme):
+    """Two Gelu channels 40x the rest own the range static int8 calibrates for the second layer's
+    input; carved out of the first layer (float), they leave the others their levels."""
+    from tests.passes.quantize.test_dynamic import _B1, _W1 as W1, _ffn
+
+    model = _ffn("portable")
+    w1, b1 = W1.copy(), _B1.copy()
+    w1[:, [2, 7]] *= 40
+    b1[[2, 7]] += 5
+    for tensor in model.graph.initializer:
+        if tensor.name in ("w1", "b1"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array({"w1": w1, "b1": b1}[tensor.name], tensor.name))
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.standard_normal((2, 5, 8)).astype(np.float32),
+                "r": rng.standard_normal((2, 5, 6)).astype(np.float32)} for _ in range(16)]
+    errors = {}
+    for ratio in (0, 6):
+        result = graphopt.quantize(model, preset="O0", mode="static", scheme=scheme, calibration=samples,
+                                   outlier_ratio=ratio, outlier_mode="carve" if ratio else "all", check_speed=False,
+                                   force=True)
+        (want,), (got,) = run(model, samples[0]), run(result.model, samples[0])
+        errors[ratio] = np.abs(got - want).max()
+        if ratio:
+            assert any(item.name == "carve_outliers" and item.changes for item in result.report.passes)
+            floats = [("MatMul 'MatMul_0/outliers'", "the float part of smoothing or carving"),
+                      ("MatMul 'MatMul_3/outliers'", "the float part of smoothing or carving")]
+            if scheme == "qdq":  # the carved channels' bias Add too
+                floats.insert(1, ("Add 'MatMul_0/outliers/bias'", "the float part of smoothing or carving"))
+            assert result.kept_float == floats
+    assert errors[6] < errors[0] / 4
+
+
 def test_the_int8_static_preset_calibrates_in_optimize(tmp_path):
     from tests.passes.quantize.test_static import _cnn, _samples
 
@@ -324,7 +391,7 @@ def test_smoothquant_before_static_int8_saves_the_channels_an_outlier_crowds_out
                               for feeds in evaluation for want, got in [(run(model, feeds)[0],
                                                                          run(result.model, feeds)[0])])
     assert cosines[None] < 0.9 and cosines[0.5] > 0.99
-    assert result.kept_float == [("Mul 'r/smooth'", "excluded")]  # the divider runs in float
+    assert result.kept_float == [("Mul 'r/smooth'", "the float part of smoothing or carving")]  # it runs in float
 
 
 def test_max_drop_budgets_top1_agreement():
@@ -346,7 +413,9 @@ def test_max_drop_budgets_top1_agreement():
     ({"calibrator": "entropy"}, "--calibrator and --activation-type choose static int8's activations"),
     ({"mode": "static", "calibrator": "kl", "calibration": []}, "--calibrator 'kl'"),
     ({"mode": "static", "zero_points": False, "calibration": []}, "symmetric activations are int8"),
-    ({"mode": "static", "outlier_ratio": 6, "calibration": []}, "--outlier-ratio acts on dynamic int8"),
+    ({"mode": "static", "outlier_ratio": 6, "calibration": []}, "--outlier-ratio under --mode static carves"),
+    ({"scheme": "linear"}, "--scheme linear: it chooses static int8's form"),
+    ({"mode": "static", "scheme": "qlinear", "calibration": []}, "--scheme 'qlinear': choose from auto, qdq, linear"),
 ])
 def test_bad_budget_options_are_clear_errors(kwargs, message):
     with pytest.raises(InputError, match=message):

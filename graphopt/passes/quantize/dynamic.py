@@ -38,7 +38,7 @@ from graphopt.passes.fusion._match import (
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize import qattention
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer
-from graphopt.passes.quantize.outliers import carve, pick
+from graphopt.passes.quantize.outliers import carve_all, pick
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import register
 
@@ -51,6 +51,9 @@ class QuantizeDynamic(WeightQuantizer):
     target_aware = True
     lossy = True
     float32_only = "dynamic int8 quantizes float32 activations"
+    # ort: a layer alone on its input runs DynamicQuantizeMatMul, which quantizes x inside the kernel
+    quantizes_inside = True
+    activations = "dynamic activations"  # how the report says x is quantized
 
     def __init__(self, per_channel: bool = True, exclude: str = "", embeddings: bool = True,
                  min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 6.0, max_outliers: int = 8,
@@ -83,7 +86,8 @@ class QuantizeDynamic(WeightQuantizer):
                     found = self._qattention_plan(node)
                     if found is not None:
                         if not self._excluded(node):
-                            qattention.emit(model, graph, node, found, self.per_channel, masks)
+                            qattention.emit(model, graph, node, found, self.per_channel, masks,
+                                            lambda x, before, name: self._quantize_input(graph, x, before, name))
                             counts["qattention"] += 1
                     elif self._split_attention(model, graph, node, separate=True):
                         counts["attention"] += 1
@@ -105,7 +109,7 @@ class QuantizeDynamic(WeightQuantizer):
                                            if is_op(node, "Gather"))
         scales = "per-channel" if self.per_channel else "per-tensor"
         if counts["linear"]:
-            self.changed(f"{counts['linear']} MatMul/Gemm int8 ({scales} weights, dynamic activations)")
+            self.changed(f"{counts['linear']} MatMul/Gemm int8 ({scales} weights, {self.activations})")
         if counts["qattention"]:
             self.changed(f"{counts['qattention']} Attention → QAttention (QKV projection int8 inside the kernel)")
         if counts["attention"]:
@@ -136,21 +140,10 @@ class QuantizeDynamic(WeightQuantizer):
         return found
 
     def _carve(self, graph: ir.Graph) -> tuple[set[ir.Node], set[ir.Value]]:
-        """Carve the outlier channels out of activations produced by act(x·W) (outliers.carve):
+        """Carve the outlier channels out of activations produced by act(x·W) (outliers.carve_all):
         (the float MatMuls added, the activations carved)."""
-        helpers: set[ir.Node] = set()
-        carved: set[ir.Value] = set()
-        if not self.outlier_ratio or not self.channel_peaks:
-            return helpers, carved
-        for node in list(graph):
-            for x in node.outputs:
-                added = carve(graph, x, self.channel_peaks.get(x.name), self.outlier_ratio, self.max_outliers,
-                              frozen=lambda item: item.name in self.exclude or item.op_type in self.exclude) \
-                    if x.name in self.channel_peaks else []
-                if added:
-                    helpers.update(added)
-                    carved.add(x)
-        return helpers, carved
+        return carve_all(graph, self.channel_peaks, self.outlier_ratio, self.max_outliers,
+                         frozen=lambda item: item.name in self.exclude or item.op_type in self.exclude)
 
     def _weights(self, graph: ir.Graph, linear: Linear, outliers: np.ndarray) -> tuple[ir.Value, ir.Value, ir.Value | None]:
         """The int8 weight [K, N] and its scales, made once per float weight; with outlier
@@ -181,7 +174,7 @@ class QuantizeDynamic(WeightQuantizer):
         x, x_outliers = members[0].x, None
         if len(outliers):
             x, x_outliers = self._split_outliers(graph, first, name, x, outliers, _width(members[0]))
-        if self.target == "ort" and len(members) == 1:
+        if self.target == "ort" and len(members) == 1 and self.quantizes_inside:
             linear = members[0]
             q, scale, rows = self._weights(graph, linear, outliers)
             node = ir.Node(MS_DOMAIN, "DynamicQuantizeMatMul", self._trim([x, q, scale, None, linear.bias]),
@@ -189,11 +182,7 @@ class QuantizeDynamic(WeightQuantizer):
             model.opset_imports.setdefault(MS_DOMAIN, 1)
             self._replace(graph, linear, [node, *self._add_outliers(graph, name, node, x_outliers, rows)])
             return
-        quantize = ir.Node("", "DynamicQuantizeLinear", [x], num_outputs=3, name=fresh_node_name(graph, f"{name}/x"))
-        xq, xs, xz = quantize.outputs
-        for value, suffix in zip(quantize.outputs, ("quantized", "scale", "zero_point")):
-            value.name = fresh_value_name(graph, f"{name}/x_{suffix}")
-        graph.insert_before(first, quantize)
+        xq, xs, xz = self._quantize_input(graph, x, first, name)
         for index, linear in enumerate(members):
             q, scale, rows = self._weights(graph, linear, outliers)
             base = fresh_node_name(graph, f"{name}_{index}" if len(members) > 1 else name)
@@ -214,6 +203,15 @@ class QuantizeDynamic(WeightQuantizer):
                                          name=fresh_node_name(graph, f"{base}/bias")))
             nodes += self._add_outliers(graph, base, nodes[-1], x_outliers, rows)
             self._replace(graph, linear, nodes)
+
+    def _quantize_input(self, graph: ir.Graph, x: ir.Value, before: ir.Node, name: str) -> qattention.Quantized:
+        """(x as uint8, its scale, its zero point), quantized in front of `before`: at run time,
+        over x's own range."""
+        quantize = ir.Node("", "DynamicQuantizeLinear", [x], num_outputs=3, name=fresh_node_name(graph, f"{name}/x"))
+        for value, suffix in zip(quantize.outputs, ("quantized", "scale", "zero_point")):
+            value.name = fresh_value_name(graph, f"{name}/x_{suffix}")
+        graph.insert_before(before, quantize)
+        return tuple(quantize.outputs)
 
     @staticmethod
     def _split_outliers(graph: ir.Graph, first: ir.Node, name: str, x: ir.Value, outliers: np.ndarray,

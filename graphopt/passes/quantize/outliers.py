@@ -13,6 +13,9 @@ levels. Their share of x·W is computed in float instead, two ways:
   masked  any other x: the int8 layer reads x·mask and Gather(x, idx)·W[idx] is added in float:
           a full-size Mul and a Gather more per activation, which costs several times as much
           (quantize_dynamic emits it with the int8 layer; this module picks the channels).
+
+quantize_dynamic carves as it quantizes; static int8 carves first (the `carve_outliers` pass),
+so the ranges it calibrates are the carved activations'.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ from graphopt.passes.fusion._match import (
     constant_array,
     drop_unused_initializers,
     fresh_node_name,
+    infer_types,
     is_op,
     new_initializer,
     only_consumer,
     operands,
 )
+from graphopt.errors import InputError
 from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.registry import Pass, register
 
 # Activations with act(0) = 0, and whether input 1 is a bias added first.
 ZERO_AT_ZERO = {("", "Relu"): False, ("", "Gelu"): False, (MS_DOMAIN, "Gelu"): False,
@@ -128,6 +135,48 @@ def carve(graph: ir.Graph, x: ir.Value, peaks: np.ndarray | None, ratio: float, 
     for node in [*nodes, *products[1:]]:
         node.outputs[0].dtype = ir.DataType.FLOAT
     return products
+
+
+def carve_all(graph: ir.Graph, peaks: dict[str, np.ndarray], ratio: float, most: int,
+              frozen: Callable[[ir.Node], bool]) -> tuple[set[ir.Node], set[ir.Value]]:
+    """`carve` every node output of the graph that has measured `peaks`: (the float MatMuls
+    added, the activations carved)."""
+    helpers: set[ir.Node] = set()
+    carved: set[ir.Value] = set()
+    if not ratio or not peaks:
+        return helpers, carved
+    for node in list(graph):
+        for x in node.outputs:
+            added = carve(graph, x, peaks[x.name], ratio, most, frozen) if x.name in peaks else []
+            if added:
+                helpers.update(added)
+                carved.add(x)
+    return helpers, carved
+
+
+@register("carve_outliers", min_opset=1)
+class CarveOutliers(Pass):
+    """Compute the outlier channels of act(x·W) activations apart, in float, carved out of the layer (exact in float)."""
+
+    def __init__(self, outlier_ratio: float = 10.0, max_outliers: int = 8, exclude: str = "") -> None:
+        super().__init__()
+        if outlier_ratio <= 1:
+            raise InputError(f"carve_outliers: outlier_ratio must be above 1, got {outlier_ratio}")
+        self.outlier_ratio = outlier_ratio
+        self.max_outliers = max_outliers
+        self.exclude = name_set(exclude)
+        # {activation name: [K] largest |x| per channel}, measured by the caller: without them the
+        # pass changes nothing.
+        self.peaks: dict[str, np.ndarray] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        infer_types(self, model)
+        _, carved = carve_all(model.graph, self.peaks, self.outlier_ratio, self.max_outliers,
+                              lambda node: node.name in self.exclude or node.op_type in self.exclude)
+        if carved:
+            self.changed(f"{len(carved)} activations' outlier channels (peak above {self.outlier_ratio:g}x the "
+                         "median) carved out of the layer producing them and computed apart in float")
+        return ir.passes.PassResult(model, modified=bool(carved))
 
 
 def _vector(value: ir.Value, width: int) -> np.ndarray | None:

@@ -3,6 +3,8 @@
     Attention(x, W [D, 3D], b, attention_bias = Where(cond, 0, c))
       →  DynamicQuantizeLinear(x) → QAttention(xq, q, b, xs, s, mask_index, xz; mask_filter_value c)
 
+(static int8: QuantizeLinear(x) at x's calibrated scale and zero point instead, static_linear.py)
+
 with mask_index = int32(cond) squeezed to [batch, seq, total] (ONNX Runtime adds c to the scores
 where it is 0 and nothing where it is 1: what adding the Where's result did; c = -inf keeps the
 NaN of a fully masked row too). ONNX Runtime's QAttention takes no additive bias, so only an
@@ -14,6 +16,8 @@ per column of the packed weight; per-tensor ones one per projection, as the thre
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -29,6 +33,9 @@ from graphopt.passes.fusion._match import (
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import attention_refusal
 from graphopt.passes.quantize.scales import symmetric_int8
+
+
+Quantized = tuple[ir.Value, ir.Value, ir.Value]  # x as uint8, its scale, its zero point
 
 
 class Plan:
@@ -71,18 +78,16 @@ def _where_mask(bias: ir.Value, x: ir.Value) -> tuple[ir.Value, float] | None:
 
 
 def emit(model: ir.Model, graph: ir.Graph, node: ir.Node, found: Plan, per_channel: bool,
-         masks: dict[ir.Value, ir.Value]) -> None:
-    """Replace the Attention node by DynamicQuantizeLinear + QAttention; `masks` caches the
-    int32 mask made from each cond."""
+         masks: dict[ir.Value, ir.Value], quantize: Callable[[ir.Value, ir.Node, str], Quantized]) -> None:
+    """Replace the Attention node by QAttention reading x as `quantize(x, node, name)` made it
+    (DynamicQuantizeLinear, or QuantizeLinear at a calibrated scale, in front of the node);
+    `masks` caches the int32 mask made from each cond."""
     x, weight_value, bias = node.inputs[0], node.inputs[1], node.inputs[2]
     name = fresh_node_name(graph, f"{node.name or 'attention'}/qattention")
-    quantize = ir.Node("", "DynamicQuantizeLinear", [x], num_outputs=3, name=fresh_node_name(graph, f"{name}/x"))
-    for value, suffix in zip(quantize.outputs, ("quantized", "scale", "zero_point")):
-        value.name = fresh_value_name(graph, f"{name}/x_{suffix}")
+    xq, xs, xz = quantize(x, node, name)
     q, scale = _int8(found.weight, per_channel)
     base = weight_value.name or "qkv_weight"
     mask = None
-    made = [quantize]
     if found.cond is not None:
         mask = masks.get(found.cond)
         if mask is None:
@@ -99,14 +104,13 @@ def emit(model: ir.Model, graph: ir.Graph, node: ir.Node, found: Plan, per_chann
     if found.fill is not None:
         attributes.append(ir.AttrFloat32("mask_filter_value", found.fill))
     attention = ir.Node(MS_DOMAIN, "QAttention",
-                        [quantize.outputs[0], new_initializer(graph, q, f"{base}_int8"), bias, quantize.outputs[1],
-                         new_initializer(graph, scale, f"{base}_scale"), mask, quantize.outputs[2]],
+                        [xq, new_initializer(graph, q, f"{base}_int8"), bias, xs,
+                         new_initializer(graph, scale, f"{base}_scale"), mask, xz],
                         attributes, name=name)
     attention.outputs[0].shape = node.outputs[0].shape
     if node.outputs[0].dtype is not None:
         attention.outputs[0].dtype = node.outputs[0].dtype
-    made.append(attention)
-    ir.convenience.replace_nodes_and_values(graph, node, [node], made, [node.outputs[0]], [attention.outputs[0]])
+    ir.convenience.replace_nodes_and_values(graph, node, [node], [attention], [node.outputs[0]], [attention.outputs[0]])
     drop_unused_initializers(graph, [weight_value])
     model.opset_imports.setdefault(MS_DOMAIN, 1)
 

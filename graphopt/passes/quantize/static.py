@@ -65,6 +65,19 @@ class Params:
     zero_point: int
 
 
+def activation_params(low: float, high: float, activation_type: str, symmetric: bool) -> Params:
+    """The scale and zero point of an activation calibrated to [low, high] (widened to hold 0)."""
+    _, qmin, qmax = ACTIVATION_TYPES[activation_type]
+    low, high = min(low, 0.0), max(high, 0.0)
+    if symmetric:
+        peak = max(-low, high)
+        return Params(peak / qmax if peak > 0 else 1.0, 0)
+    if high == low:
+        return Params(1.0, qmin if activation_type == "u8" else 0)
+    scale = (high - low) / (qmax - qmin)
+    return Params(scale, int(np.clip(round(qmin - low / scale), qmin, qmax)))
+
+
 @register("quantize_static", min_opset=13)
 class QuantizeStatic(Pass):
     """Insert int8 QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run."""
@@ -196,15 +209,7 @@ class QuantizeStatic(Pass):
         return params
 
     def _activation(self, low: float, high: float) -> Params:
-        _, qmin, qmax = ACTIVATION_TYPES[self.activation_type]
-        low, high = min(low, 0.0), max(high, 0.0)
-        if self.symmetric:
-            peak = max(-low, high)
-            return Params(peak / qmax if peak > 0 else 1.0, 0)
-        if high == low:
-            return Params(1.0, qmin if self.activation_type == "u8" else 0)
-        scale = (high - low) / (qmax - qmin)
-        return Params(scale, int(np.clip(round(qmin - low / scale), qmin, qmax)))
+        return activation_params(low, high, self.activation_type, self.symmetric)
 
     # -- rewriting -------------------------------------------------------------------------------
 
