@@ -1,4 +1,4 @@
-"""graphopt's static int8 (QDQ) against onnxruntime.quantization.quantize_static, same exports, one run.
+"""graphopt's static int8 against onnxruntime.quantization.quantize_static, same exports, one run.
 
 Variants of each export (dynamo exporter):
   float            the export as is
@@ -6,10 +6,19 @@ Variants of each export (dynamo exporter):
                    dynamo exports, see the issue), then quant_pre_process (symbolic shape inference),
                    then quantize_static: QDQ, uint8 activations, int8 weights per channel, MinMax
                    calibration on the same samples graphopt sees
-  graphopt-static  graphopt quantize --mode static (O3's portable fusions, QDQ, uint8 activations, int8
-                   weights per channel, MinMax), no budget and no validation (as ORT's)
+  graphopt-static  graphopt quantize --mode static --target ort (uint8 activations, int8 weights per
+                   channel, MinMax; --scheme auto: QDQ around every int8-capable op after O3's portable
+                   fusions for the CNNs, only the linear layers and attention projections for the models
+                   with attention, MiniLM and ViT), no budget and no validation (as ORT's)
   graphopt-static-0.99  the same with --min-cosine 0.99 judged on a held-out eighth of the calibration data
                    (the most sensitive layers go back to float until it is met)
+Models with attention also get:
+  graphopt-static-qdq  --scheme qdq: what auto chose not to do (pairs around every int8-capable op)
+MiniLM also gets, beside the static ones, the dynamic int8 that static must match (quant_vs_ort.py's):
+  graphopt-static-smooth-carve   --smooth 0.5 --outlier-ratio 10 --outlier-mode carve: SmoothQuant and the
+                   Gelu outputs' outlier channels carved out, both before calibrating
+  graphopt-dynamic, graphopt-dynamic-smooth-carve   graphopt quantize --target ort (dynamic int8), the
+                   latter with the same smoothing and carving measured on the same calibration sentences
 Calibration: the zoo's calibration set (graphopt.export.calibration_set): digits-cnn 128 training images,
 MiniLM 64 pydoc sentences at their own lengths, random-weight image models 16 seeded random images.
 Each quantizer runs in a fresh process: quantization time (wall, imports excluded) and how far its
@@ -20,7 +29,8 @@ lowest output cosine over 8 random inputs of another seed. Latency: p50 at batch
 MiniLM seq 128), every variant of a model timed in one graphopt bench run (time slices: each session
 owns the machine while timed; ORT_ENABLE_ALL). Speedups are float p50 / variant p50.
 --bert-memory: graphopt's entropy calibration of BERT-base over 1,000 sentences (pydoc sentences and
-pairs of them), alone in a fresh process importing graphopt only: its peak RSS and time (ORT's calibrators keep every activation
+pairs of them; --scheme qdq, which calibrates every float value, not only the linear layers' inputs),
+alone in a fresh process importing graphopt only: its peak RSS and time (ORT's calibrators keep every activation
 of every sample: its issue #10503 needed over 256 GB for BERT; not run here).
 Writes results/quant_static_vs_ort.{json,md}; a run of some models replaces only their entries.
 
@@ -54,6 +64,10 @@ from benchmarks.quant_vs_ort import _cosine, _outputs, _sentence_feeds, _session
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODELS = "resnet18,resnet50,mobilenetv2,convnext-tiny,vit-base,digits-cnn,minilm"
 VARIANTS = ("float", "ort-static", "graphopt-static", "graphopt-static-0.99")
+ATTENTION_VARIANTS = ("graphopt-static-qdq",)  # models with attention: what --scheme auto did not choose
+TEXT_VARIANTS = ("graphopt-static-smooth-carve", "graphopt-dynamic", "graphopt-dynamic-smooth-carve")
+ATTENTION_MODELS = ("minilm", "vit-base")
+TAMED = {"smooth": 0.5, "outlier_ratio": 10, "outlier_mode": "carve"}
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QAttention",
                  "MatMulIntegerToFloat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
                  "DynamicQuantizeMatMul"}
@@ -70,10 +84,15 @@ def worker(variant: str, source: Path, out: Path, calib: Path, calibrator: str) 
     note = ""
     if variant == "ort-static":
         note = _ort_static(source, out, calib)
+    elif variant.startswith("graphopt-dynamic"):
+        tamed = TAMED if variant.endswith("smooth-carve") else {}
+        graphopt.quantize(source, out, target="ort", calibration=calib if tamed else None, check_speed=False,
+                          validate=False, **tamed)
     else:
-        budget = {"min_cosine": 0.99} if variant.endswith("0.99") else {}
-        graphopt.quantize(source, out, mode="static", calibration=calib, calibrator=calibrator, check_speed=False,
-                          validate=bool(budget), **budget)
+        options = {"min_cosine": 0.99} if variant.endswith("0.99") else \
+            {"scheme": "qdq"} if variant.endswith("qdq") else TAMED if variant.endswith("smooth-carve") else {}
+        graphopt.quantize(source, out, mode="static", target="ort", calibration=calib, calibrator=calibrator,
+                          check_speed=False, validate="min_cosine" in options, **options)
     return {"seconds": time.perf_counter() - start, "peak_rss": _peak_rss(), "rss_growth": _peak_rss() - baseline,
             "note": note}
 
@@ -162,7 +181,9 @@ def bench_model(name: str, workdir: Path) -> dict:
     calib = _calibration_folder(name, path, workdir / f"{name}.calib")
     rows: dict[str, dict] = {"float": {}}
     paths: dict[str, Path] = {"float": path}
-    for variant in VARIANTS[1:]:
+    variants = VARIANTS[1:] + (ATTENTION_VARIANTS if name in ATTENTION_MODELS else ()) + \
+        (TEXT_VARIANTS if name == "minilm" else ())
+    for variant in variants:
         out = workdir / f"{name}.{variant}.onnx"
         try:
             rows[variant] = _run_worker(variant, path, out, calib)
@@ -230,7 +251,7 @@ def bert_memory(workdir: Path) -> dict:
         np.savez(folder / f"{index:04d}.npz", **sample)
     # a lean child (graphopt alone imported), its peak RSS as the kernel counts it
     code = ("import sys, time, graphopt; start = time.perf_counter(); graphopt.quantize(sys.argv[1], sys.argv[2], "
-            "mode='static', calibration=sys.argv[3], calibrator='entropy', validate=False, check_speed=False); "
+            "mode='static', scheme='qdq', calibration=sys.argv[3], calibrator='entropy', validate=False, check_speed=False); "
             "print(time.perf_counter() - start)")
     process = subprocess.Popen([sys.executable, "-c", code, str(path), str(workdir / "bert.static.onnx"), str(folder)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -115,7 +115,9 @@ def optimize(
     pass list or recipe ending in quantize_static) measures activation ranges on `calibration` (an
     .npz, a folder of them or an iterable of input sets; required) after the passes before it, and
     judges the result as graphopt.quantize's static mode does (int8-static tolerance, on a held-out
-    eighth of the calibration data unless `inputs` are given), returning graphopt.quantize's result.
+    eighth of the calibration data unless `inputs` are given), returning graphopt.quantize's result;
+    the preset takes the form its `scheme="auto"` would (a model with attention: only its linear
+    layers, quantize_static_linear), a pass list or recipe quantize_static as named.
     """
     spec = resolve_spec(preset, passes, recipe)
     if tolerance is None:
@@ -138,7 +140,9 @@ def optimize(
         if validate_each:
             raise InputError("--validate-each checks float passes; quantize_static is judged as a whole (--validate)")
         runtime = runtime or RuntimeOptions()
-        result = quantization.run(model, output, _static_settings(spec, calibration), preset="O0", target=target,
+        # the preset names an intent (static int8, in the form that suits the model); a pass list names quantize_static
+        scheme = "auto" if passes is None and recipe is None else "qdq"
+        result = quantization.run(model, output, _static_settings(spec, calibration, scheme), preset="O0", target=target,
                                   opset=opset, validate=validate, check_speed=validate and check_speed, force=force,
                                   inputs=inputs, calibration=calibration, shapes=shapes, input_ranges=input_ranges,
                                   tol=tolerance, config=runtime.for_validation(),
@@ -211,6 +215,7 @@ def quantize(
     calibrator: str = "minmax",
     activation_type: str = "u8",
     scheme: str = "auto",
+    bias_correction: bool = True,
     min_cosine: float | None = None,
     max_drop: float | None = None,
     preset: str = "O3",
@@ -252,8 +257,9 @@ def quantize(
     QuantizeLinear/DequantizeLinear pairs around every op int8 kernels run (Conv, MatMul, Gemm,
     Add, Mul, pooling, Concat; biases int32), "linear" quantizes only the linear layers and
     attention projections (dynamic int8's kernels at calibrated scales; embeddings int8 rows),
-    "auto" (default) takes linear for a model with attention, qdq otherwise; `outlier_ratio` with
-    `outlier_mode="carve"` carves before calibrating. The result is validated against the input at int8 tolerance; with
+    "auto" (default) takes linear for a model with attention, qdq otherwise; qdq's `bias_correction`
+    (default on) takes E[x]·(Ŵ − W), the mean error the int8 weights add, out of each Conv/Gemm bias;
+    `outlier_ratio` with `outlier_mode="carve"` carves before calibrating. The result is validated against the input at int8 tolerance; with
     `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement lost) the most sensitive
     layers go back to float (weight-only: to 8 bits) until the budget is met. `check_speed` times
     float against quantized on the EP and refuses (QuantizationRefused) a slower model, as it
@@ -271,6 +277,7 @@ def quantize(
         embedding_block_size=embedding_block_size, algorithm=algorithm, zero_points=zero_points, accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio or 0.0, outlier_mode=outlier_mode,
         smooth_alpha=smooth, calibrator=calibrator, activation_type=activation_type, scheme=scheme,
+        bias_correction=bias_correction,
         min_cosine=min_cosine,
         max_drop=max_drop)
     runtime = runtime or RuntimeOptions()
@@ -282,7 +289,7 @@ def quantize(
                             bench_config=runtime.for_bench(), observer=observer, external_data=external_data)
 
 
-def _static_settings(spec, calibration) -> quantization.QuantizeSettings:
+def _static_settings(spec, calibration, scheme: str) -> quantization.QuantizeSettings:
     """quantize_static's options as graphopt.quantize's static settings; it must come last, once."""
     if [name for name, _ in spec.passes].count("quantize_static") != 1 or spec.passes[-1][0] != "quantize_static":
         raise InputError("--calib feeds quantize_static (the int8-static preset), which must be the last pass and "
@@ -293,7 +300,8 @@ def _static_settings(spec, calibration) -> quantization.QuantizeSettings:
     static = create_pass("quantize_static", spec.passes[-1][1])  # checks the options
     return quantization.QuantizeSettings(mode="static", per_channel=static.per_channel,
                                          exclude=tuple(sorted(static.exclude)), calibrator=static.calibrator,
-                                         activation_type=static.activation_type,
+                                         activation_type=static.activation_type, scheme=scheme,
+                                         bias_correction=static.bias_correction,
                                          zero_points=False if static.symmetric else None)
 
 

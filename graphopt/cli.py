@@ -380,6 +380,9 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
               help="static: qdq puts Q/DQ pairs around every op with an int8 kernel (CNNs); linear quantizes only "
                    "the linear layers and attention projections, the rest float (transformers); auto takes linear "
                    "for a model with attention, qdq otherwise.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="static qdq: take the mean error the int8 weights add (mean input times the weight error) "
+                   "out of each Conv/Gemm bias.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the measured statistics (mse, gptq, --outlier-ratio, --smooth; static "
                    "needs it): an .npz with the samples along axis 0, or a folder of .npz (one input set each). "
@@ -429,7 +432,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: str, bits: int | None,
              block_size: int, embedding_block_size: int, algorithm: str, zero_points: bool | None,
-             calibrator: str, activation_type: str, scheme: str, calib: Path | None, accuracy_level: int,
+             calibrator: str, activation_type: str, scheme: str, bias_correction: bool, calib: Path | None,
+             accuracy_level: int,
              outlier_ratio: float, outlier_mode: str, per_channel: bool,
              exclude: tuple[str, ...], int8_layers: tuple[str, ...], embeddings: bool,
              smooth: float | None, min_cosine: float | None, max_drop: float | None, preset: str, target: str,
@@ -447,7 +451,7 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
         accuracy_level=accuracy_level,
         outlier_ratio=outlier_ratio, outlier_mode=outlier_mode, per_channel=per_channel, exclude=exclude, int8_layers=int8_layers,
         embeddings=embeddings, smooth=smooth, calibrator=calibrator, activation_type=activation_type, scheme=scheme,
-        min_cosine=min_cosine, max_drop=max_drop, preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
+        bias_correction=bias_correction, min_cosine=min_cosine, max_drop=max_drop, preset=preset, target=target, opset=opset, validate=validate, check_speed=check_speed, force=force,
         inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         tolerance=tolerance, runtime=runtime, observer=observer, external_data=external_data,
     ))

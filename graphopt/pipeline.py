@@ -61,8 +61,9 @@ PRESET_SUMMARIES = {
     "O3": "everything safe for the target (same as O2 in this release)",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
     "int4-weight-only": "O3, then int4 weight blocks (32 along K) for MatMul/Gemm (ort: MatMulNBits; portable: blocked DequantizeLinear, opset 21) and embedding tables",
-    "int8-static": "O3 (portable fusions), then int8 QDQ pairs at activation ranges calibrated on --calib "
-                   "around Conv/MatMul/Gemm/Add/Mul/pooling/Concat",
+    "int8-static": "O3, then int8 activations at ranges calibrated on --calib: QDQ pairs around "
+                   "Conv/MatMul/Gemm/Add/Mul/pooling/Concat (after O3's portable fusions), or for a model with "
+                   "attention only its linear layers and attention projections",
 }
 DEFAULT_MAX_ITERATIONS = 4
 

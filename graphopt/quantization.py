@@ -42,7 +42,7 @@ from graphopt import model as model_io
 from graphopt import shapes
 from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
 from graphopt.passes import create_pass
-from graphopt.passes.fusion._match import constant_tensor
+from graphopt.passes.fusion._match import constant_tensor, is_op
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize.fallback import Fallback, choose_float
 from graphopt.passes.quantize.smooth import linear_weight
@@ -51,7 +51,7 @@ from graphopt.runtime import guard
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.calibration import CalibrationData
 from graphopt.passes.quantize.calibrate import CALIBRATORS, calibrated_range
-from graphopt.runtime.activations import channel_stats, histograms
+from graphopt.runtime.activations import channel_means, channel_stats, histograms
 from graphopt.runtime.compare import Tolerance, tolerance as named_tolerance
 from graphopt.runtime.providers import SessionConfig, create_session
 from graphopt.runtime.validate import ValidationResult, Validator
@@ -92,6 +92,7 @@ class QuantizeSettings:
     calibrator: str = "minmax"  # static: how a histogram becomes a range
     activation_type: str = "u8"  # static
     scheme: str = "auto"  # static: SCHEMES
+    bias_correction: bool = True  # static qdq: Conv/Gemm biases corrected for the weights' mean error
     min_cosine: float | None = None
     max_drop: float | None = None
 
@@ -115,6 +116,8 @@ class QuantizeSettings:
             raise InputError(f"--calibrator {self.calibrator!r}: choose from {', '.join(CALIBRATORS)}")
         if self.scheme not in SCHEMES:
             raise InputError(f"--scheme {self.scheme!r}: choose from {', '.join(SCHEMES)}")
+        if self.mode != "static" and not self.bias_correction:
+            raise InputError("--no-bias-correction: bias correction is static int8's (--mode static)")
         if self.mode != "static" and self.scheme != "auto":
             raise InputError(f"--scheme {self.scheme}: it chooses static int8's form (--mode static)")
         if self.mode == "static" and self.outlier_ratio and self.outlier_mode != "carve":
@@ -153,7 +156,8 @@ class QuantizeSettings:
             options = {"per_channel": self.per_channel, "activation_type": self.activation_type,
                        "symmetric": self.zero_points is False, "exclude": exclude}
             steps.append(("quantize_static_linear", {**options, "embeddings": self.embeddings})
-                         if self.scheme == "linear" else ("quantize_static", options))
+                         if self.scheme == "linear" else
+                         ("quantize_static", {**options, "bias_correction": self.bias_correction}))
         elif self.mode == "dynamic":
             steps.append(("quantize_dynamic", {"per_channel": self.per_channel, "exclude": exclude,
                                                "embeddings": self.embeddings, "outlier_ratio": self.outlier_ratio,
@@ -287,7 +291,7 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
     if settings.mode == "static" and calibration is None:
         raise InputError("--mode static measures every activation's range on calibration data: give --calib DATA")
     source, float_model = _load(model)
-    samples, tamed = None, []
+    samples, tamed, means = None, [], {}
     if calibration is not None:
         if not settings.needs_statistics:
             raise InputError("--calib feeds the measured statistics of --algorithm mse/gptq, --outlier-ratio and "
@@ -324,6 +328,8 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
         stats = {name: calibrated_range(histogram, settings.calibrator) for name, histogram in
                  histograms(float_model, values, data, config,
                             progress=getattr(observer, "calibration", None)).items()}
+        if settings.scheme == "qdq" and settings.bias_correction:
+            means = channel_means(float_model, _conv_gemm_inputs(float_model), data, config)
     else:
         stats = channel_stats(float_model, _linear_inputs(float_model), data, config,
                               gram=settings.algorithm == "gptq") if settings.needs_statistics else {}
@@ -332,7 +338,7 @@ def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, 
 
     def build(kept: Sequence[str]) -> tuple[ir.Model, PipelineReport]:
         candidate = float_model.clone()
-        passes = [_with_statistics(create_pass(name, options), stats, blocks_cache)
+        passes = [_with_statistics(create_pass(name, options), stats, blocks_cache, means)
                   for name, options in settings.passes(kept)]
         return candidate, PassManager(passes, target=target).run(candidate)
 
@@ -433,9 +439,23 @@ def _float_values(model: ir.Model) -> list[str]:
             and isinstance(value.type, ir.TensorType)]  # not a sequence of float tensors
 
 
-def _with_statistics(pass_, stats, blocks_cache: dict):
+def _conv_gemm_inputs(model: ir.Model) -> dict[str, int]:
+    """{name of the input x of a Conv or Gemm with a constant weight: its channel axis}: what bias
+    correction measures the mean of."""
+    axes = {}
+    for node in model.graph:
+        if is_op(node, "Conv", "Gemm") and len(node.inputs) > 1 and constant_tensor(node.inputs[1]) is not None \
+                and node.inputs[0] is not None and node.inputs[0].name and \
+                not (node.op_type == "Gemm" and node.attributes.get_int("transA", 0)):
+            axes[node.inputs[0].name] = 1
+    return axes
+
+
+def _with_statistics(pass_, stats, blocks_cache: dict, means: dict):
     if pass_.name in ("quantize_static", "quantize_static_linear"):
         pass_.ranges = stats
+        if pass_.name == "quantize_static":
+            pass_.input_means = means
     elif pass_.name == "smooth_activations":
         pass_.peaks = {name: item.peak for name, item in stats.items()}
     elif pass_.name == "quantize_dynamic" and stats:

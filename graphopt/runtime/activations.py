@@ -6,7 +6,8 @@ magnitude (what SmoothQuant needs to move outliers into the weights) and the mea
 (how much each input channel of a linear layer matters to its output: the int4 scale search
 weighs its error by it); on request also the channels' Gram matrix xᵀx / count, GPTQ's Hessian.
 `histograms` keeps each value's whole distribution instead (static int8's calibration), merged
-as the runs come (graphopt.runtime.histograms).
+as the runs come (graphopt.runtime.histograms); `channel_means` the mean per channel of a chosen
+axis (static int8's bias correction).
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Iterable[di
                 np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
                 None if products is None else (seen.gram * seen.count + products) / count)
     return stats
+
+
+def channel_means(model: ir.Model, axes: dict[str, int], input_sets: Iterable[dict[str, np.ndarray]],
+                  config: SessionConfig = SessionConfig(opt_level="disable")) -> dict[str, np.ndarray]:
+    """{value name: its mean per channel of axis `axes[name]` (a Conv input's 1, a MatMul's -1),
+    float64, over every input set and position}: what bias correction multiplies the weights'
+    rounding error by."""
+    sums: dict[str, tuple[np.ndarray, int]] = {}
+    for _, _, chunk, arrays in _runs(model, list(axes), input_sets, config):
+        for value, array in zip(chunk, arrays):
+            array = np.asarray(array, dtype=np.float64)
+            if array.ndim == 0 or array.size == 0:
+                continue
+            rows = np.moveaxis(array, axes[value.name], -1).reshape(-1, array.shape[axes[value.name]])
+            total, count = sums.get(value.name, (0.0, 0))
+            sums[value.name] = (total + rows.sum(axis=0), count + len(rows))
+    return {name: total / count for name, (total, count) in sums.items()}
 
 
 def histograms(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],

@@ -8,7 +8,9 @@ QDQ the same way.
   compute      Conv, ConvTranspose, MatMul, Gemm: a constant weight becomes int8 (symmetric, one
                scale per output channel with `per_channel`, else per tensor) behind a
                DequantizeLinear; a Conv/Gemm constant bias int32 at scale x_scale · w_scale
-               (zero point 0), as the integer kernels add it; activations through Q/DQ
+               (zero point 0), as the integer kernels add it, less E[x]·(Ŵ − W), the mean
+               error the weights' rounding adds (bias correction, from `input_means`; a Conv or
+               Gemm without a bias gets one); activations through Q/DQ
   elementwise  Add, Mul, AveragePool, GlobalAveragePool, Concat: every float input and the output
                through Q/DQ (a constant input stored quantized at its own min/max)
   movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize: quantized only
@@ -46,7 +48,7 @@ from graphopt.passes.fusion._match import (
 )
 from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.quantize.calibrate import CALIBRATORS
-from graphopt.passes.quantize.scales import symmetric_int8
+from graphopt.passes.quantize.scales import dequantize, symmetric_int8
 from graphopt.passes.registry import Pass, register
 
 COMPUTE = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op: index of the weight
@@ -86,7 +88,7 @@ class QuantizeStatic(Pass):
     lossy_tolerance = "int8-static"
 
     def __init__(self, per_channel: bool = True, activation_type: str = "u8", symmetric: bool = False,
-                 exclude: str = "", calibrator: str = "minmax") -> None:
+                 exclude: str = "", calibrator: str = "minmax", bias_correction: bool = True) -> None:
         super().__init__()
         if calibrator not in CALIBRATORS:
             raise InputError(f"--calibrator {calibrator!r}: choose from {', '.join(CALIBRATORS)}")
@@ -99,6 +101,10 @@ class QuantizeStatic(Pass):
         self.symmetric = symmetric
         self.exclude = name_set(exclude)
         self.calibrator = calibrator  # how the caller turns each histogram into a range (calibrate.py)
+        self.bias_correction = bias_correction
+        self.corrected = self.corrected_added = 0  # biases corrected, biases added for it (last call)
+        # {Conv/Gemm input name: its mean per input channel}, measured by the caller: bias correction.
+        self.input_means: dict[str, np.ndarray] = {}
         # {value name: (low, high)} from calibration, low <= 0 <= high: set by the caller, not an option.
         self.ranges: dict[str, tuple[float, float]] = {}
 
@@ -107,6 +113,7 @@ class QuantizeStatic(Pass):
         graph = model.graph
         chosen = self._choose(graph)
         params = self._params(chosen)
+        self.corrected = self.corrected_added = 0
         weights = sum(self._quantize_weight(graph, node, params) for node in chosen if node.op_type in COMPUTE)
         tensors = [value for value in _tensors(chosen) if value in params]
         for value in tensors:
@@ -118,6 +125,10 @@ class QuantizeStatic(Pass):
             kinds = ", ".join(f"{count} {op}" for op, count in sorted(counts.items()))
             self.changed(f"{len(tensors)} activations int8 ({self.activation_type}) around {kinds}; "
                          f"{weights} weights int8 ({'per channel' if self.per_channel else 'per tensor'})")
+        if self.corrected:
+            added = f" ({self.corrected_added} given a bias for it)" if self.corrected_added else ""
+            self.changed(f"{self.corrected} Conv/Gemm biases corrected for the weights' rounding (mean input "
+                         f"times the weight error){added}")
         return ir.passes.PassResult(model, modified=bool(chosen))
 
     # -- which nodes ---------------------------------------------------------------------------
@@ -261,14 +272,42 @@ class QuantizeStatic(Pass):
         biases = constant_array(bias) if bias is not None else None
         x = params.get(node.inputs[0])
         channels = weight.shape[_channel_axis(node)]
+        correction = self._correction(node, weight, q, scale, axis) if x is not None else None
+        if correction is not None and (bias is None or (biases is not None and biases.shape == (channels,))):
+            biases = (np.zeros(channels, np.float32) if biases is None else biases) - correction.astype(np.float32)
+            if bias is None:
+                node.resize_inputs(3)
+                self.corrected_added += 1
+            self.corrected += 1
         if biases is not None and x is not None and biases.shape == (channels,):
             bias_scale = (x.scale * np.broadcast_to(scale, biases.shape)).astype(np.float32)
             q_bias = np.clip(np.rint(biases / np.where(bias_scale > 0, bias_scale, 1.0)), -BIAS_QMAX, BIAS_QMAX)
             node.replace_input_with(2, self._dequantized(graph, q_bias.astype(np.int32), bias_scale,
-                                                         np.zeros(biases.shape, np.int32), 0, bias.name or "bias"))
-            old.append(bias)
+                                                         np.zeros(biases.shape, np.int32), 0,
+                                                         bias.name if bias is not None else f"{base}_bias"))
+            if bias is not None:
+                old.append(bias)
         drop_unused_initializers(graph, old)
         return 1
+
+    def _correction(self, node: ir.Node, weight: np.ndarray, q: np.ndarray, scale: np.ndarray,
+                    axis: int | None) -> np.ndarray | None:
+        """E[x]·(Ŵ − W) per output channel of a Conv or Gemm: what the int8 weights' rounding adds to
+        the output on average, which the bias then subtracts (bias correction, Nagel et al. 2019;
+        the mean is over every position of x, padding not counted). None without measured means."""
+        means = self.input_means.get(node.inputs[0].name)
+        if not self.bias_correction or means is None or node.op_type not in ("Conv", "Gemm"):
+            return None
+        error = dequantize(q, scale, axis).astype(np.float64) - weight
+        if node.op_type == "Conv":
+            groups = node.attributes.get_int("group", 1)
+            outputs, per_group = weight.shape[:2]
+            if means.shape != (per_group * groups,) or outputs % groups:
+                return None
+            group_means = means.reshape(groups, per_group)[np.arange(outputs) // (outputs // groups)]
+            return (error.reshape(outputs, per_group, -1).sum(axis=2) * group_means).sum(axis=1)
+        error = error.T if node.attributes.get_int("transB", 0) else error  # [K, N]
+        return means @ error if means.shape == (error.shape[0],) else None
 
     @staticmethod
     def _dequantized(graph: ir.Graph, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | None,

@@ -198,3 +198,48 @@ def test_a_reshape_moves_int8_data_and_keeps_its_shape_input():
         (want,), (got,) = run(model, feeds), run(quantized, feeds)
         assert _cosine(want, got) > 0.999
     assert "QLinearMul" in _fused_ops(quantized)
+
+
+def _depthwise(bias: bool) -> onnx.ModelProto:
+    """A depthwise 3x3 Conv (no padding) whose channels' weights differ 100-fold: one scale per
+    tensor leaves the small channels a few levels, and their rounding error a mean the bias can take."""
+    weight = _RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * np.logspace(-2, 0, 8, dtype=np.float32)[:, None,
+                                                                                                            None, None]
+    b = (_RNG.standard_normal(8) * 0.1).astype(np.float32)
+    inits = f"float[8, 1, 3, 3] w = {{{_floats(weight)}}}" + (f", float[8] b = {{{_floats(b)}}}" if bias else "")
+    return parse(f"""<ir_version: 9, opset_import: ["" : 17]>
+        g (float[1, 8, 8, 8] x) => (float[1, 8, 6, 6] y) <{inits}> {{
+            y = Conv <group = 8> (x, w{", b" if bias else ""}) }}"""), weight
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_correction_takes_the_weights_mean_error_out_of_the_output(bias):
+    model, weight = _depthwise(bias)
+    rng = np.random.default_rng(4)
+    samples = [{"x": (rng.standard_normal((1, 8, 8, 8)) + 2.0).astype(np.float32)} for _ in range(32)]
+    ranges = _ranges(model, samples)
+    means = np.mean([sample["x"] for sample in samples], axis=(0, 1, 3, 4)).astype(np.float64)
+    plain, _ = _quantize(model, ranges, per_channel=False, bias_correction=False)
+    quantize = create_pass("quantize_static", {"per_channel": False})
+    quantize.ranges, quantize.input_means = ranges, {"x": means}
+    corrected = model_io.from_proto(model)
+    report = PassManager([quantize]).run(corrected).passes[0]
+    assert "1 Conv/Gemm biases corrected" in report.changes[1]
+    assert ("given a bias" in report.changes[1]) == (not bias)
+    # the correction is E[x]·(Ŵ − W) summed over each filter, a direct computation
+    q, scale = symmetric_int8(weight, None)
+    shift = (q.astype(np.float64) * scale - weight).reshape(8, 9).sum(axis=1) * means
+    stored = {name: value.const_value.numpy() for name, value in corrected.graph.initializers.items()}
+    (bias_q,) = [array for name, array in stored.items() if array.dtype == np.int32 and name.endswith("_quantized")]
+    x_scale = corrected.graph.initializers["x_scale"].const_value.numpy().item()
+    original = _initializers(model)["b"] if bias else np.zeros(8)
+    np.testing.assert_allclose(bias_q * x_scale * scale, original - shift, atol=x_scale * scale)
+    errors = {}
+    for label, quantized in (("plain", plain), ("corrected", corrected)):
+        difference = [run(quantized, feeds)[0] - run(model, feeds)[0] for feeds in samples[:8]]
+        errors[label] = np.abs(np.mean(difference, axis=(0, 1, 3, 4))).max()  # the worst channel's mean error
+    assert errors["corrected"] < errors["plain"] / 3
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
