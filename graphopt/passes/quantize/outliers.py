@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.errors import InputError
 from graphopt.passes.fusion._match import (
     constant_array,
     drop_unused_initializers,
@@ -35,7 +36,6 @@ from graphopt.passes.fusion._match import (
     only_consumer,
     operands,
 )
-from graphopt.errors import InputError
 from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.registry import Pass, register
