@@ -67,6 +67,14 @@ class Params:
     zero_point: int
 
 
+def check_activations(activation_type: str, symmetric: bool) -> None:
+    """The static quantizers' activation options, or an InputError saying what is wrong."""
+    if activation_type not in ACTIVATION_TYPES:
+        raise InputError(f"--activation-type {activation_type!r}: choose u8 or s8")
+    if symmetric and activation_type == "u8":
+        raise InputError("symmetric activations are int8 (--activation-type s8): uint8 needs its zero point")
+
+
 def activation_params(low: float, high: float, activation_type: str, symmetric: bool) -> Params:
     """The scale and zero point of an activation calibrated to [low, high] (widened to hold 0)."""
     _, qmin, qmax = ACTIVATION_TYPES[activation_type]
@@ -92,10 +100,7 @@ class QuantizeStatic(Pass):
         super().__init__()
         if calibrator not in CALIBRATORS:
             raise InputError(f"--calibrator {calibrator!r}: choose from {', '.join(CALIBRATORS)}")
-        if activation_type not in ACTIVATION_TYPES:
-            raise InputError(f"--activation-type {activation_type!r}: choose u8 or s8")
-        if symmetric and activation_type == "u8":
-            raise InputError("symmetric activations are int8 (--activation-type s8): uint8 needs its zero point")
+        check_activations(activation_type, symmetric)
         self.per_channel = per_channel
         self.activation_type = activation_type
         self.symmetric = symmetric

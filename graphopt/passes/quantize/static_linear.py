@@ -29,12 +29,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import InputError
 from graphopt.passes.fusion._match import fresh_node_name, fresh_value_name, new_initializer
 from graphopt.passes.quantize import qattention
 from graphopt.passes.quantize._linear import Linear
 from graphopt.passes.quantize.dynamic import QuantizeDynamic
-from graphopt.passes.quantize.static import ACTIVATION_TYPES, activation_params
+from graphopt.passes.quantize.static import ACTIVATION_TYPES, activation_params, check_activations
 from graphopt.passes.registry import register
 
 
@@ -51,10 +50,7 @@ class QuantizeStaticLinear(QuantizeDynamic):
                  exclude: str = "", embeddings: bool = True, qattention: bool = True) -> None:
         super().__init__(per_channel=per_channel, exclude=exclude, embeddings=embeddings, outlier_ratio=0.0,
                          qattention=qattention)
-        if activation_type not in ACTIVATION_TYPES:
-            raise InputError(f"--activation-type {activation_type!r}: choose u8 or s8")
-        if symmetric and activation_type == "u8":
-            raise InputError("symmetric activations are int8 (--activation-type s8): uint8 needs its zero point")
+        check_activations(activation_type, symmetric)
         self.activation_type = activation_type
         self.symmetric = symmetric
         # {value name: (low, high)} from calibration: set by the caller, not an option.
