@@ -54,6 +54,26 @@ def test_divergence_is_found_after_optimization_renamed_things(model_path, tmp_p
     assert not result.passed and result.divergence.op_type == "MatMul"
 
 
+def test_a_reused_name_for_another_value_is_not_blamed(tmp_path):
+    """A rewrite may give a new value a name the reference uses for something else (onnx-ir's
+    val_N): a value of another shape under the same name is not the place the outputs diverged."""
+    reference = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 4] x) => (float[2, 4] y) {
+            val_6 = Relu(x)
+            y = Mul(val_6, x)
+        }""")
+    candidate = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 4] x) => (float[2, 4] y) {
+            val_6 = ReduceSum<keepdims = 1>(x)
+            r = Relu(x)
+            three = Constant<value = float {3.0}>()
+            m = Mul(r, x)
+            y = Mul(m, three)
+        }""")
+    divergence = graphopt.validate(reference, candidate).divergence
+    assert divergence.value == "y" and divergence.op_type == "Mul"
+
+
 def test_user_inputs_from_npz(model_path, tmp_path):
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, input_ids=np.array([[1, 2, 3]], np.int64), attention_mask=np.ones((1, 3), np.int64))
