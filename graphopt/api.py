@@ -191,6 +191,7 @@ def optimize(
 
 
 QUANTIZE_MODES = tuple(quantization.MODES)
+MODE_TOLERANCES = quantization.MODE_TOLERANCES
 QuantizeResult = quantization.QuantizeResult
 
 
@@ -284,7 +285,7 @@ def quantize(
     check_output_file(output)
     return quantization.run(model, output, settings, preset=preset, target=target, opset=opset, validate=validate,
                             check_speed=check_speed, force=force, inputs=inputs, calibration=calibration,
-                            shapes=shapes, input_ranges=input_ranges, tol=tolerance or {"weight-only": "int4", "static": "int8-static"}.get(mode, "int8"),
+                            shapes=shapes, input_ranges=input_ranges, tol=tolerance,
                             config=runtime.for_validation(),
                             bench_config=runtime.for_bench(), observer=observer, external_data=external_data)
 

@@ -22,6 +22,7 @@ from graphopt import api
 from graphopt import model as model_io
 from graphopt.errors import GraphoptError, ValidationFailed
 from graphopt.outputs import check_output_file
+from graphopt.passes import TARGETS
 from graphopt.passes.plugins import load_plugin
 from graphopt.pipeline import PRESET_SUMMARIES, PipelineReport
 from graphopt.runtime import baseline, bench_report
@@ -33,6 +34,7 @@ from graphopt.runtime.validate import ValidationResult
 from graphopt.units import human_bytes
 
 _WIDE = 140
+_TARGET_HELP = "portable: standard ONNX ops only (any runtime); ort: may use ONNX Runtime's com.microsoft ops."
 # Markup is off: model, input, dim and pass names are user data ("[batch, seq]" is not a style).
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
@@ -154,11 +156,15 @@ def _runtime_options(command):
     return with_runtime
 
 
-def _tolerance_options(command=None, *, default: str = "fp32", cosine: bool = True):
-    """--tolerance and its overrides, handed to the command as one `tolerance=Tolerance(...)`.
+def _tolerance_options(command=None, *, default: str | None = "fp32", cosine: bool = True,
+                       default_help: str = "", base=lambda kwargs: "fp32"):
+    """--tolerance and its overrides, handed to the command as one `tolerance=Tolerance(...)`, or None
+    when neither is given and `default` is None: the command's own default (`default_help` says which).
+    Overrides without --tolerance apply to `base(kwargs)`, the tolerance the command would pick.
     cosine=False leaves --min-cosine to the command (quantize: a budget the tolerance follows)."""
     if command is None:
-        return functools.partial(_tolerance_options, default=default, cosine=cosine)
+        return functools.partial(_tolerance_options, default=default, cosine=cosine, default_help=default_help,
+                                 base=base)
 
     @functools.wraps(command)
     def with_tolerance(*args, **kwargs):
@@ -166,15 +172,14 @@ def _tolerance_options(command=None, *, default: str = "fp32", cosine: bool = Tr
         flags = {name: kwargs.pop(name) for name in names}
         name = flags.pop("tolerance")
         overridden = any(value is not None for value in flags.values())
-        # None: the command's own default (optimize: fp32, or int8 when a pass quantizes)
-        kwargs["tolerance"] = None if name is None and not overridden else make_tolerance(name or "fp32", **flags)
+        kwargs["tolerance"] = None if name is None and not overridden else make_tolerance(name or base(kwargs), **flags)
         return command(*args, **kwargs)
 
     for option in reversed([
         click.option("--tolerance", type=click.Choice([*TOLERANCES, "custom"]), default=default,
                      show_default=default is not None,
-                     help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement."
-                          + ("" if default else " Default: fp32, int8 when a pass quantizes.")),
+                     help="fp32 tight; fp16 and int8 looser, judged by cosine and top-1 agreement; custom: fp32 "
+                          "with the overrides below." + (f" Default: {default_help}." if default_help else "")),
         click.option("--rtol", type=float, help="Relative tolerance (custom, or override a preset)."),
         click.option("--atol", type=float, help="Absolute tolerance (custom, or override a preset)."),
         click.option("--max-mismatch", type=float, help="Allowed fraction of elements outside tolerance."),
@@ -233,8 +238,7 @@ def _print_warnings(warnings: list[str]) -> None:
               help="Where to write the optimized model (or give it as the second argument).")
 @click.option("--preset", help="O0, O1, O2, O3 (default O1), int8-dynamic, int4-weight-only or int8-static "
                                 "(with --calib); `graphopt passes` lists them.")
-@click.option("--target", default="portable", show_default=True,
-              help="portable (standard ONNX ops only) or ort (may use com.microsoft ops).")
+@click.option("--target", type=click.Choice(TARGETS), default="portable", show_default=True, help=_TARGET_HELP)
 @click.option("--passes", help="Comma-separated pass names (name:key=value for options), run once in order.")
 @click.option("--recipe", type=click.Path(path_type=Path), help="TOML or YAML recipe file.")
 @click.option("--opset", type=int, help="Convert to this ONNX opset before the passes.")
@@ -260,7 +264,8 @@ def _print_warnings(warnings: list[str]) -> None:
 @click.option("--calib", type=click.Path(path_type=Path),
               help="int8-static preset (quantize_static): calibration data, an .npz (samples along axis 0) or a "
                    "folder of .npz; validation then runs on a held-out eighth of it.")
-@_tolerance_options(default=None)
+@_tolerance_options(default=None, default_help="fp32, or the loosest a quantizing pass asks for (int8, int8-static, "
+                                                "int4)")
 @_input_options
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -415,8 +420,7 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
               help="Budget: top-1 agreement lost at most (0.01 = 1 point); layers stay float (weight-only: go to "
                    "8 bits) until it is met.")
 @click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
-@click.option("--target", default="portable", show_default=True,
-              type=click.Choice(["portable", "ort"]), help="portable: standard ONNX ops; ort: ONNX Runtime's contrib ops.")
+@click.option("--target", type=click.Choice(TARGETS), default="portable", show_default=True, help=_TARGET_HELP)
 @click.option("--opset", type=int, help="Convert to this opset first (portable int4 needs 21).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Compare with the input in ONNX Runtime; nothing is written if it fails.")
@@ -426,7 +430,8 @@ def _finish(result: api.OptimizeResult, output: Path, report: Path | None, quiet
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in a side file (default: only when the model needs it).")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-pass report as JSON.")
-@_tolerance_options(default="int8", cosine=False)
+@_tolerance_options(default=None, cosine=False, base=lambda kwargs: api.MODE_TOLERANCES[kwargs["mode"]],
+                    default_help="the mode's: int8 for dynamic, int4 for weight-only, int8-static for static")
 @_input_options
 @_runtime_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -443,8 +448,6 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, mode: st
     """Quantize MODEL (after the preset's float passes), validate it (int8 tolerance; int8-static for
     static, int4 for weight-only), check it is faster than float, and write it atomically."""
     output = _output_path("quantize", model, output_arg, output, report)
-    if mode != "dynamic" and tolerance == make_tolerance("int8"):
-        tolerance = None  # not overridden: the mode's own tolerance (int4, int8-static) judges
     result = _with_progress(quiet, lambda observer: api.quantize(
         model, output, mode=mode, bits=bits, block_size=block_size, embedding_block_size=embedding_block_size,
         algorithm=algorithm, zero_points=zero_points,
@@ -660,8 +663,8 @@ def export_command(zoo, module_spec, exporter, opset, output: Path, no_fallback:
     for check in result.parity:
         shapes = ", ".join(f"{name} {shape}" for name, shape in check.shapes.items())
         out.print(f"  parity at {shapes}: max abs error {check.max_abs_error:.3g}")
-    for dataset in export.dataset_paths(output, spec.datasets).values():
-        out.print(f"  wrote {dataset}")
+    for data in export.written_data(output, spec):
+        out.print(f"  wrote {data}" + ("/ (calibration input sets for --calib)" if data.is_dir() else ""))
 
 
 @app.command("zoo")
@@ -680,11 +683,13 @@ def zoo_command() -> None:
 @app.command("run")
 @_model_source_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--preset", default="O1", show_default=True)
-@click.option("--target", default="portable", show_default=True)
+@click.option("--preset", default="O1", show_default=True,
+              help="The float passes (O0-O3; `graphopt passes` lists them); the optimized model is "
+                   "model.<preset>.onnx.")
+@click.option("--target", type=click.Choice(TARGETS), default="portable", show_default=True, help=_TARGET_HELP)
 @_tolerance_options
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed benchmark runs per model.")
-@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed benchmark runs per model first.")
 @click.option("--shape", "shape", multiple=True, metavar="NAME=1x128",
               help="Input shape for validation and the benchmark (repeatable).")
 @click.option("--bench-shape", "bench_shape", multiple=True, metavar="NAME=1x128",
@@ -772,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.exceptions.UsageError as usage:
-        err.print(f"graphopt: error: {usage.format_message()}")
+        err.print(f"graphopt: error: {usage.format_message()}", soft_wrap=True)
         return 2
     except (click.exceptions.Abort, KeyboardInterrupt):
         err.print("graphopt: interrupted; nothing was written")

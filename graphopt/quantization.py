@@ -57,6 +57,7 @@ from graphopt.runtime.providers import SessionConfig, create_session
 from graphopt.runtime.validate import ValidationResult, Validator
 
 MODES = {"dynamic": (8,), "weight-only": (4,), "static": (8,)}
+MODE_TOLERANCES = {"dynamic": "int8", "weight-only": "int4", "static": "int8-static"}  # each mode's default
 # Where --outlier-ratio acts (passes/quantize/outliers.py): carve, only activations a Gelu/Relu of
 # a linear layer makes (three small float MatMuls each); all, every linear layer's input.
 OUTLIER_MODES = ("all", "carve")
@@ -277,13 +278,14 @@ def score(result: ValidationResult, settings: QuantizeSettings) -> float:
 
 def run(model, output, settings: QuantizeSettings, *, preset: str, target: str, opset: int | None,
         validate: bool, check_speed: bool,
-        force: bool, inputs, calibration, shapes, input_ranges, tol: str | Tolerance, config: SessionConfig,
+        force: bool, inputs, calibration, shapes, input_ranges, tol: str | Tolerance | None, config: SessionConfig,
         bench_config: SessionConfig, observer: PassObserver | None, external_data: bool | None,
         float_passes: Sequence | None = None, fixed_point: bool | None = None) -> QuantizeResult:
     """`float_passes` (Pass objects, repeated until nothing changes unless `fixed_point` is False)
     replace the `preset`'s when given (graphopt.optimize's int8-static preset, and recipes and pass
-    lists ending in quantize_static)."""
+    lists ending in quantize_static). `tol` None is the mode's own tolerance (MODE_TOLERANCES)."""
     settings.check()
+    tol = tol or MODE_TOLERANCES[settings.mode]
     if float_passes is None and (preset not in PRESETS or preset.startswith("int")):
         raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
     if settings.budget is not None and not validate:

@@ -145,7 +145,7 @@ def test_bad_model_is_one_line_exit_2_nothing_written(tmp_path, kind, capsys):
      "option fold_constants.max_output_bytes must be an integer, got 'big'"),
     (["--passes", "fold_constants:nope=1"], "pass 'fold_constants' has no option 'nope'"),
     (["--preset", "O9"], "unknown preset 'O9'"),
-    (["--target", "gpu"], "unknown target 'gpu'"),
+    (["--target", "gpu"], "'gpu' is not one of 'portable', 'ort'"),
     (["--recipe", "missing.toml"], "cannot read recipe"),
     (["--opset", "3"], "opset 7 and newer"),
 ])

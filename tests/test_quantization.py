@@ -256,6 +256,25 @@ def test_static_int8_calibrates_every_activation_and_validates(tmp_path):
     assert not (tmp_path / "r.onnx").exists()
 
 
+def test_the_tolerance_a_user_names_is_the_one_that_judges(tmp_path):
+    """`--mode static --tolerance int8` is judged at int8 (5% of elements may differ), not silently at
+    the mode's int8-static (any may); without --tolerance the mode's own judges."""
+    from tests.passes.quantize.test_static import _cnn, _samples
+
+    onnx.save(_cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([sample["x"] for sample in _samples(24)]))
+    names = {}
+    for flags in ([], ["--tolerance", "int8"], ["--rtol", "0.2"]):
+        report = tmp_path / f"report{len(names)}.json"
+        main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / f"q{len(names)}.onnx"), "--mode", "static",
+              "--calib", str(tmp_path / "calib.npz"), "--no-check-speed", "--force", "-q", "--report", str(report),
+              *flags])
+        tolerance = json.loads(report.read_text())["validation"]["tolerance"]
+        names[" ".join(flags)] = (tolerance["name"], tolerance["max_mismatch"], tolerance["rtol"])
+    assert names == {"": ("int8-static", 1.0, 0.1), "--tolerance int8": ("int8", 0.05, 0.1),
+                     "--rtol 0.2": ("int8-static", 1.0, 0.2)}
+
+
 def _attention_samples(model: onnx.ModelProto, count: int, seed: int) -> list[dict[str, np.ndarray]]:
     from tests.passes.fusion.test_attention import _feeds
 

@@ -113,7 +113,7 @@ def test_run_end_to_end(factory_file, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "O9"], "unknown preset 'O9'"),
-    (["--target", "tpu"], "unknown target 'tpu'"),
+    (["--target", "tpu"], "'tpu' is not one of 'portable', 'ort'"),
     (["--shape", "nope=1x2"], "--shape names unknown input 'nope'"),
     (["--tolerance", "custom"], "--tolerance custom needs"),
     (["--atol", "-1"], "--atol -1.0 is out of range"),
