@@ -1,11 +1,11 @@
 """The one-command flow: export -> optimize -> validate -> bench -> report, into one folder.
 
-Files in the output folder: model.onnx (the export, plus <name>.<dataset>.npz for zoo models
-that ship data), model.<preset>.onnx (only when validation passes), with `quantize` also
-model.<mode>.onnx (only when it validates at its mode's tolerance and beats the float model's
-latency; static int8 calibrates on graphopt.export.calibration_set), report.md, report.json and
-latency.png. Everything is staged and moved into place at the end, so a failure leaves
-no half-written files.
+Files in the output folder: model.onnx (the export, plus model.<dataset>.npz for zoo models
+that ship data and model.calibration/ for the text models' calibration sentences),
+model.<preset>.onnx (only when validation passes), with `quantize` also model.<mode>.onnx
+(only when it validates at its mode's tolerance and beats the float model's latency; static int8
+calibrates on graphopt.export.calibration_set), report.md, report.json and latency.png.
+Everything is staged and moved into place at the end, so a failure leaves no half-written files.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from graphopt.runtime import bench_report
 from graphopt.runtime.bench import BenchResult
 from graphopt.runtime.compare import Tolerance, tolerance as make_tolerance
 from graphopt.runtime.providers import create_session
-
-
-QUANTIZE_TOLERANCES = {"dynamic": "int8", "weight-only": "int4", "static": "int8-static"}  # their budgets' cosine
 
 
 @dataclasses.dataclass
@@ -158,7 +155,7 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
             # accuracy is still reported); the kernel guard stays the quantizer's
             quantized = api.quantize(exported_path, quantized_path, mode=quantize, preset=preset, target=target,
                                      shapes=shapes, runtime=runtime, calibration=calibration, check_speed=False,
-                                     min_cosine=make_tolerance(QUANTIZE_TOLERANCES[quantize]).min_cosine)
+                                     min_cosine=make_tolerance(api.MODE_TOLERANCES[quantize]).min_cosine)
             timed.append((quantize, quantized_path))
         except (ValidationFailed, QuantizationRefused) as failure:
             refusal = str(failure)
@@ -186,7 +183,10 @@ def _run_staged(name, spec, folder, staging, preset, target, tolerance, exporter
     for staged in sorted(staging.iterdir()):
         target_path = folder / staged.name
         try:
-            os.replace(staged, target_path)
+            if staged.is_dir():
+                model_io.replace_folder(staged, target_path)
+            else:
+                os.replace(staged, target_path)
         except OSError as error:
             raise write_error(target_path, error) from None
         result.files.append(target_path)

@@ -294,6 +294,38 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
+def write_folder_atomic(path: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write a folder of small files (calibration input sets) through a staged folder and a rename;
+    a folder already there is replaced whole."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, expected a folder path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as error:
+        raise write_error(path, error) from None
+    try:
+        for name, data in files.items():
+            (staged / name).write_bytes(data)
+        replace_folder(staged, path)
+    except OSError as error:
+        raise write_error(path, error) from None
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Move a staged folder into place, replacing a folder of that name (moved aside, then removed)."""
+    if not target.is_dir():
+        os.replace(source, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, aside / target.name)
+    os.replace(source, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write a small file (a report, a plot) through a temp file and a rename."""
     path = Path(path)

@@ -25,6 +25,7 @@ __all__ = [
     "ExportResult",
     "ZooEntry",
     "ZooModel",
+    "calibration_folder",
     "calibration_set",
     "check_parity",
     "dataset_paths",
@@ -32,6 +33,7 @@ __all__ = [
     "export_spec",
     "from_torch",
     "load_factory",
+    "written_data",
     "zoo_entry",
 ]
 
@@ -40,6 +42,21 @@ def dataset_paths(model_path: str | os.PathLike, names) -> dict[str, Path]:
     """Where the datasets of a zoo model are written: beside it, as <stem>.<name>.npz."""
     path = Path(model_path)
     return {name: path.with_name(f"{path.stem}.{name}.npz") for name in names}
+
+
+def calibration_folder(model_path: str | os.PathLike) -> Path:
+    """Where a model's calibration input sets of their own shapes (the text models' sentences) are
+    written: beside it, as <stem>.calibration/ with one .npz per input set (what --calib reads)."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.calibration")
+
+
+def written_data(model_path: str | os.PathLike, spec: ZooModel) -> list[Path]:
+    """The data files export_spec writes beside the model."""
+    paths = list(dataset_paths(model_path, spec.datasets).values())
+    if spec.calibration is not None and "calibration" not in spec.datasets:
+        paths.append(calibration_folder(model_path))
+    return paths
 
 
 def export_zoo(name: str, path: str | os.PathLike, **options) -> ExportResult:
@@ -56,6 +73,9 @@ def export_spec(spec: ZooModel, path: str | os.PathLike, *, exporter: str = "dyn
     for dataset, target in dataset_paths(path, spec.datasets).items():
         buffer = _npz_bytes(spec.datasets[dataset])
         model_io.write_bytes_atomic(target, buffer)
+    if calibration_folder(path) in written_data(path, spec):
+        model_io.write_folder_atomic(calibration_folder(path), {
+            f"{index:03d}.npz": _npz_bytes(feeds) for index, feeds in enumerate(spec.calibration())})
     return result
 
 
@@ -74,12 +94,14 @@ def calibration_set(spec: ZooModel, exported_path: str | os.PathLike,
                     shapes: dict[str, tuple[int, ...]] | None = None) -> Path | list[dict[str, np.ndarray]]:
     """What static int8 calibrates a built model on: its shipped calibration dataset (digits-cnn's
     training images, written beside the export), else its calibration inputs (the text models: real
-    sentences), else SYNTHESIZED_SAMPLES seeded random input sets at `shapes` (random-weight models)."""
+    sentences, written beside the export as a folder), else SYNTHESIZED_SAMPLES seeded random input sets at `shapes` (random-weight models)."""
     from graphopt.runtime import inputs as input_io
 
     shipped = dataset_paths(exported_path, spec.datasets).get("calibration")
     if shipped is not None:
         return shipped
+    if calibration_folder(exported_path).is_dir():
+        return calibration_folder(exported_path)
     if spec.calibration is not None:
         return spec.calibration()
     model = model_io.load(exported_path)
