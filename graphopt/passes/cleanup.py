@@ -36,7 +36,11 @@ class RemoveUnused(Pass):
 
 @register("lift_constants")
 class LiftConstants(Pass):
-    """Turn Constant nodes into initializers, so constants are data rather than nodes."""
+    """Turn Constant nodes into initializers, so constants are data rather than nodes.
+
+    Every Constant node is lifted, whatever its size. Below IR version 4 (IR version 3), where
+    initializers must also be graph inputs, the pass is skipped with the reason.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if model.ir_version < 4:
@@ -159,7 +163,12 @@ def _same_contents(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
 
 @register("eliminate_common_subexpressions")
 class EliminateCommonSubexpressions(Pass):
-    """Merge nodes that apply the same op with the same attributes to the same inputs."""
+    """Merge nodes that apply the same op with the same attributes to the same inputs.
+
+    Never merged: random ops (RandomUniform, RandomNormal, their -Like forms, Multinomial), control
+    flow (If, Loop, Scan), and nodes with a tensor attribute of more than 1024 elements. A graph
+    output keeps its declared type and shape.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         # onnx-ir's pass may hand a graph output's name to an untyped intermediate value;

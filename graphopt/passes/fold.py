@@ -226,7 +226,21 @@ def _infer(owner: Pass, model: ir.Model) -> bool:
 
 @register("fold_constants")
 class FoldConstants(Pass):
-    """Evaluate nodes whose inputs are all constant (static shapes too), within a growth budget."""
+    """Evaluate nodes whose inputs are all constant (static shapes too), within a growth budget.
+
+    Shape inference first fills in the dtypes and shapes exporters left out (only when some node
+    output lacks one; an inferred dim replaces only a symbolic or unknown one), so that Shape and
+    Size of static tensors fold too. ConstantOfShape, QuantizeLinear, DequantizeLinear and
+    DynamicQuantizeLinear are never folded (onnxscript's list).
+
+    Options:
+
+    - `max_input_bytes`: a node reading a constant input larger than this is not folded, with the
+      reason (except a Transpose that is the only reader of its large inputs: folding frees them).
+    - `max_output_bytes`: a folded result larger than this is refused when it grows the model.
+    - `max_growth_bytes`: how much folding may grow the whole model, summed over every folded node.
+    - `infer_shapes`: False skips the shape inference.
+    """
 
     def __init__(self, max_input_bytes: int = _MIB, max_output_bytes: int = _MIB,
                  max_growth_bytes: int = 4 * _MIB, infer_shapes: bool = True) -> None:
@@ -258,7 +272,12 @@ def _is_shape_computation(node: ir.Node) -> bool | None:
 
 @register("fold_shapes")
 class FoldShapes(Pass):
-    """Infer shapes, then replace Shape/Size of static tensors and the integer math on them."""
+    """Infer shapes, then replace Shape/Size of static tensors and the integer math on them.
+
+    Not in the presets. Shape inference always runs; then only Shape and Size, and nodes whose
+    outputs are all integers or booleans, are folded, under fixed caps: 64 KiB per constant input
+    and per result, 1 MiB of growth for the whole model. Float computations stay as they are.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         inferred = _infer(self, model)

@@ -334,7 +334,14 @@ def _rules():
 
 @register("eliminate_noops")
 class EliminateNoops(Pass):
-    """Remove Identity, inference Dropout, same-type Cast and shape ops that change nothing."""
+    """Remove Identity, inference Dropout, same-type Cast and shape ops that change nothing.
+
+    The shape ops and their no-op forms: Reshape to x's own dims (0 copies a dim unless allowzero,
+    at most one -1), Expand to a shape x's broadcast keeps, Pad by zeros on every side, Slice from
+    0 to the end with step 1 on every sliced axis, Concat, Sum, Mean, Max and Min of one input,
+    Split into one output, Tile by all-1 repeats. Dropout is removed from opset 7 on, with no
+    training_mode or a constant false one.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -41,7 +41,10 @@ _RULES = (
 # The rules build Reshape with allowzero and Unsqueeze with an axes input: opset 14 forms.
 @register("collapse_shape_ops", min_opset=14)
 class CollapseShapeOps(Pass):
-    """Merge chains of Reshape/Unsqueeze/Transpose/Slice into one op and make known shapes constant."""
+    """Merge chains of Reshape/Unsqueeze/Transpose/Slice into one op and make known shapes constant.
+
+    Opset 14 and up: the rules emit Reshape with allowzero and Unsqueeze with an axes input.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -90,7 +90,12 @@ def _linear(node: ir.Node | None) -> _Linear | str | None:
 
 @register("fold_affine_into_linear")
 class FoldAffineIntoLinear(Pass):
-    """Fold a constant per-channel Mul or Add after Conv, ConvTranspose, Gemm or MatMul into its weights and bias."""
+    """Fold a constant per-channel Mul or Add after Conv, ConvTranspose, Gemm or MatMul into its weights and bias.
+
+    Also refused with the reason: a Mul by zero in any channel (the weights would hide NaN and inf
+    inputs), a grouped ConvTranspose, Conv/Gemm weights or a bias that are not constant. A constant
+    Add right after a MatMul is its bias, left to the MatMul + Add fusions.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)

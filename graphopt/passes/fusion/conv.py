@@ -32,7 +32,14 @@ from graphopt.passes.registry import Pass, register
 
 @register("fuse_pad")
 class FusePad(Pass):
-    """Fold a constant Pad over spatial axes into the Conv, AveragePool or MaxPool that reads it."""
+    """Fold a constant Pad over spatial axes into the Conv, AveragePool or MaxPool that reads it.
+
+    Refused with the reason: reflect, edge or wrap modes, pads or a pad value that are not constant
+    (or a Pad naming its axes), another pad value, padding of the batch or channel axis, negative
+    pads (crops), a node with auto_pad, ceil_mode pooling (its windows may overhang the padding),
+    an AveragePool whose own pads are not counted (count_include_pad 0). An AveragePool without pads
+    of its own gets count_include_pad 1.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         fused = sum(self._fuse(graph, node) for graph, node in anchors(model, "Conv", "AveragePool", "MaxPool"))
@@ -119,7 +126,12 @@ def _activation(node: ir.Node) -> tuple[str, list[float]] | None:
 
 @register("fuse_conv_activation", targets=("ort",))
 class FuseConvActivation(Pass):
-    """Fuse Conv [+ residual Add] + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid into com.microsoft FusedConv."""
+    """Fuse Conv [+ residual Add] + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid into com.microsoft FusedConv.
+
+    Only float32 (the CPU kernel). The residual's other operand must be provably of the Conv
+    output's shape; each intermediate must be read only by the next node; Clip needs constant
+    bounds. ResNet-18: 17 FusedConv, 49 → 24 nodes.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)

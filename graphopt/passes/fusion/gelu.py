@@ -181,7 +181,13 @@ def _bias(x: ir.Value, users: set[ir.Node]) -> tuple[ir.Value, ir.Value, ir.Node
 
 @register("fuse_gelu")
 class FuseGelu(Pass):
-    """Fuse erf/tanh GELU formulas into Gelu (opset 20), or com.microsoft Gelu/FastGelu/BiasGelu for ort."""
+    """Fuse erf/tanh GELU formulas into Gelu (opset 20), or com.microsoft Gelu/FastGelu/BiasGelu for ort.
+
+    Below opset 20 the ONNX Gelu is refused with the reason (convert with `--opset 20`, or use
+    `--target ort` for float32). Near misses are reported with the step that failed: another
+    constant (x/2 for x/√2, 0.04·x³, + 2, a scale other than √(2/π)), an intermediate also read
+    outside the GELU, a non-float x. The folded bias must be a constant vector of h's last dim.
+    """
 
     target_aware = True
 

@@ -209,7 +209,13 @@ def _parameter(graph: ir.Graph, value: ir.Value | None, size: tuple[int, ...], f
 
 @register("fuse_layernorm", min_opset=LAYERNORM_OPSET)
 class FuseLayerNorm(Pass):
-    """Fuse the decomposed mean/variance formula into LayerNormalization (opset 17)."""
+    """Fuse the decomposed mean/variance formula into LayerNormalization (opset 17).
+
+    Also refused with the reason: a variance over other axes than the mean, non-trailing axes, a
+    non-float x, normalized axes of unknown size, γ or β that do not broadcast to them, an
+    intermediate also read outside the LayerNorm. MiniLM exported by torchscript at opset 16 and
+    converted with `--opset 17`: 13 fused.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)

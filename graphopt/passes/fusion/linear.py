@@ -5,7 +5,7 @@ becomes Gemm (one call for runtimes that do not fuse).
 unflatten_gemm: Reshape(x, [-1, K]) → Gemm(W, b) → Reshape back to x's leading dims (torch's
 Conv1D and addmm on 3-D activations: GPT-2 writes it for every linear layer) becomes
 MatMul(x, W) + b over x itself; two Reshapes fewer per layer, and the bias Add is then free to
-fuse into what follows (SkipLayerNormalization, FastGelu). Proven from dims: the flatten keeps
+fuse into what follows (the residual Sum, FastGelu). Proven from dims: the flatten keeps
 the last dim, the restore gives back exactly x's leading dims.
 """
 
@@ -33,7 +33,11 @@ from graphopt.passes.registry import Pass, register
 
 @register("fuse_matmul_add")
 class FuseMatMulAdd(Pass):
-    """Fuse a 2-D MatMul by a constant weight and its constant bias Add into Gemm."""
+    """Fuse a 2-D MatMul by a constant weight and its constant bias Add into Gemm.
+
+    Only float32, float16 or float64 inputs. N-D MatMuls stay MatMul + Add: ONNX Runtime already
+    runs them as one GEMM.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
@@ -63,7 +67,14 @@ class FuseMatMulAdd(Pass):
 
 @register("unflatten_gemm")
 class UnflattenGemm(Pass):
-    """Turn Reshape to 2-D → Gemm → Reshape back into MatMul + bias Add on the N-D input."""
+    """Turn Reshape to 2-D → Gemm → Reshape back into MatMul + bias Add on the N-D input.
+
+    The Gemm must have transA 0, alpha and beta 1, a constant weight (a transB one is stored
+    transposed) and a constant [N] bias or none; x must have rank 3 or more, every dim sized or
+    named (graphopt.dims names what the ops between prove). A restore that does not provably give
+    back x's leading dims is refused with both shapes. The bias Add is then free to fuse into the
+    residual Sum (residual_sum) or FastGelu. GPT-2: 48 of 48 (dynamo and torchscript).
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
@@ -116,7 +127,14 @@ class UnflattenGemm(Pass):
 
 @register("pack_parallel_matmuls", targets=("portable",), min_opset=13)
 class PackParallelMatMuls(Pass):
-    """Pack MatMuls of one input by constant weights (Q, K, V) into one MatMul (+ bias) and a Split."""
+    """Pack MatMuls of one input by constant weights (Q, K, V) into one MatMul (+ bias) and a Split.
+
+    For `portable` only. MatMuls reading the same input by constant 2-D weights of the same K and dtype
+    become one MatMul by the weights concatenated along N, one bias Add when any of them had a
+    constant [N] bias (zeros for those without), and a Split along the last axis; a MatMul (or its
+    bias Add) whose result is a graph output stays apart. The typical case is Q, K and V where
+    attention is not fused (portable below opset 23). MiniLM at opset 17: 18 MatMuls into 6.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)

@@ -156,7 +156,22 @@ def carve_all(graph: ir.Graph, peaks: dict[str, np.ndarray], ratio: float, most:
 
 @register("carve_outliers", min_opset=1)
 class CarveOutliers(Pass):
-    """Compute the outlier channels of act(x·W) activations apart, in float, carved out of the layer (exact in float)."""
+    """Compute the outlier channels of act(x·W) activations apart, in float, carved out of the layer (exact in float).
+
+    Not in the presets: `graphopt quantize --mode static --outlier-ratio R --outlier-mode carve` runs
+    it before static int8's calibration. The per-channel peaks (`peaks`, {activation name: [K]
+    largest |x|}) are measured and set by the caller; without them the pass changes nothing. Carved:
+    an activation of the main graph made by act(x_in·W1 [+ b1]), act Gelu, Relu, BiasGelu or
+    FastGelu, read only by MatMuls by constant [K, N] float32 weights, whose results (after a
+    constant bias Add) are no graph outputs.
+
+    Options:
+
+    - `outlier_ratio`: channels whose peak is above this many times the median peak are carved (> 1).
+    - `max_outliers`: at most this many channels per activation, the largest.
+    - `exclude`: `;`-separated node names or op types: an activation is not carved when its W1 MatMul
+      or one of its readers is excluded (names matching nothing are ignored).
+    """
 
     def __init__(self, outlier_ratio: float = 10.0, max_outliers: int = 8, exclude: str = "") -> None:
         super().__init__()

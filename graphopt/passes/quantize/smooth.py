@@ -11,8 +11,9 @@ of the linear layers (the residual stream keeps X). The per-channel peaks come f
 the float model (graphopt.runtime.activations), set as `peaks` by the caller: without them
 the pass changes nothing. With `outlier_ratio` (dynamic int8's), the activations whose outlier
 channels quantize_dynamic will carve out of the Gelu/Relu layer making them (outliers.carve:
-three small nodes, no full-size Mul) are left to it: the two together keep MiniLM's int8
-sentence cosine at 0.9987 where either alone stays at 0.995.
+three small nodes, no full-size Mul) are left to it: the two together keep MiniLM's worst
+sentence cosine (dynamic int8) at 0.9987, where smoothing alone reaches 0.9940, the carving alone
+0.9949 and neither 0.9909.
 """
 
 from __future__ import annotations
@@ -50,7 +51,23 @@ def linear_weight(use: ir.Usage) -> tuple[np.ndarray, bool] | None:
 
 @register("smooth_activations", min_opset=1)
 class SmoothActivations(Pass):
-    """Move activation outliers into the weights of the linear layers reading them (SmoothQuant; exact in float)."""
+    """Move activation outliers into the weights of the linear layers reading them (SmoothQuant; exact in float).
+
+    Not in the presets: `graphopt quantize --smooth ALPHA` runs it first, with peaks measured on the
+    validation inputs or `--calib`. With `--mode static` it runs before calibration and its Muls stay
+    float: an input channel 300x the others goes from cosine < 0.9 to > 0.99 in the tests, MiniLM
+    static (`linear`) 0.9905 → 0.9973 with the carving. Linear readers: MatMul, Gemm without transA
+    and com.microsoft Attention reading X as x, by a constant 2-D weight; other readers keep X.
+
+    Options:
+
+    - `alpha`: α above (`--smooth` takes 0 < α < 1).
+    - `min_outlier_ratio`: an activation whose largest channel peak is under this many times its
+      median channel peak is left alone.
+    - `outlier_ratio`: quantize_dynamic's (`--outlier-ratio`): the activations it will carve at that
+      ratio are left to it; 0: none.
+    - `max_outliers`, `exclude`: quantize_dynamic's, used only to tell what it will carve.
+    """
 
     def __init__(self, alpha: float = 0.5, min_outlier_ratio: float = 8.0, outlier_ratio: float = 0.0,
                  max_outliers: int = 8, exclude: str = "") -> None:

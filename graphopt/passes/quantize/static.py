@@ -90,7 +90,32 @@ def activation_params(low: float, high: float, activation_type: str, symmetric: 
 
 @register("quantize_static", min_opset=13)
 class QuantizeStatic(Pass):
-    """Insert int8 QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run."""
+    """Insert int8 QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run.
+
+    Run by the int8-static preset (with `--calib`) and `graphopt quantize --mode static --scheme qdq`
+    (`auto` picks it for a model without attention); for a model with attention the preset runs
+    quantize_static_linear instead, while a pass list or recipe ending in quantize_static runs this
+    pass as named. The float passes before it run for the portable target: contrib fusions such as
+    FusedConv would hide the Conv → Relu that ONNX Runtime's QDQ fusions look for. Only the main
+    graph is quantized. ResNet-50 (random weights, 16 random calibration images): every Conv, Add
+    and the Gemm run as QLinearConv, QLinearAdd and QGemm after ONNX Runtime's fusions (its global
+    pooling, a ReduceMean in the dynamo export, stays float), output cosine 0.9999.
+
+    Options:
+
+    - `per_channel`: one weight scale per output channel; False: one per tensor.
+    - `activation_type`: `u8` (a zero point; ONNX Runtime's CPU kernels fuse uint8 best) or `s8`.
+    - `symmetric`: zero point 0 for activations (`s8` only).
+    - `exclude`: `;`-separated node names or op types kept float.
+    - `calibrator`: how the caller turns each activation's histogram into its range: `minmax` (the
+      exact min and max), `percentile` (the 99.999th and 0.001st percentiles) or `entropy` (the clip
+      with the least KL divergence at 128 levels, 256 for non-negative data: TensorRT's method). On
+      digits-cnn with 112 calibration images `entropy` clipped too hard (a budget kept both Convs
+      float); `minmax` and `percentile` kept every layer int8 at top-1 agreement 1.0.
+    - `bias_correction`: subtract E[x]·(Ŵ − W) from the Conv/Gemm biases (see above); in the tests a
+      depthwise Conv with one weight scale per tensor has its worst channel's mean output error cut
+      more than 3x.
+    """
 
     lossy = True
     lossy_tolerance = "int8-static"

@@ -39,7 +39,29 @@ from graphopt.passes.registry import register
 
 @register("quantize_static_linear", min_opset=13)
 class QuantizeStaticLinear(QuantizeDynamic):
-    """Quantize MatMul/Gemm/Attention to int8 with each input at its calibrated scale (static), the rest float."""
+    """Quantize MatMul/Gemm/Attention to int8 with each input at its calibrated scale (static), the rest float.
+
+    Run by `graphopt quantize --mode static` for a model with attention (`--scheme linear`, or
+    `auto`: a fused attention node, or a Softmax reading a MatMul of two activations through at most
+    four scaling, masking or layout ops), and by the int8-static preset for such a model in place of
+    the quantize_static its pass list names. ort: QAttention where quantize_dynamic would emit it,
+    only with `u8` activations and a calibrated range for x (the split form otherwise); a bias the
+    next Sum or BiasGelu adds moves into MatMulIntegerToFloat as in quantize_dynamic. Outlier
+    channels are not handled here: carve_outliers and smooth_activations run before calibration.
+    MiniLM: a 2.85x speedup at a worst sentence cosine of 0.9905, as fast as dynamic int8 or
+    slightly faster at the same accuracy; 2.73x at 0.9973 with
+    `--smooth 0.5 --outlier-ratio 10 --outlier-mode carve`.
+
+    Options:
+
+    - `per_channel`: one weight scale per output column (QAttention: per column of the packed weight);
+      False: one per tensor (QAttention: one per projection).
+    - `activation_type`: `u8` (a zero point) or `s8` (no QAttention: ONNX Runtime's reads uint8).
+    - `symmetric`: zero point 0 for activations (`s8` only).
+    - `exclude`: `;`-separated node names or op types kept float; unknown names are an error.
+    - `embeddings`: embedding tables as int8 rows.
+    - `qattention`: False always splits ort's Attention (three projections, MultiHeadAttention).
+    """
 
     lossy_tolerance = "int8-static"
     float32_only = "static int8 quantizes float32 activations"

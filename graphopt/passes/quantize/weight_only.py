@@ -9,8 +9,8 @@ matrix of the layer's measured inputs).
   ort       MatMulNBits(x, B, scales, zero_points, , bias): B uint8 [N, k_blocks, block_size/2],
             two values per byte (low nibble first) stored as q + 8; zero points z + 8 packed the
             same way [N, ceil(k_blocks/2)], left out when symmetric (8, z = 0, is what the kernel
-            assumes); scales [N, k_blocks]; com.microsoft Attention is split as quantize_dynamic splits it
-            (packed QKV MatMulNBits, Split, MultiHeadAttention). accuracy_level 0 (the default)
+            assumes); scales [N, k_blocks]; com.microsoft Attention is split: one packed [D, 3D]
+            QKV MatMulNBits, a Split, MultiHeadAttention. accuracy_level 0 (the default)
             computes in float32 from the int4 weights: on this CPU as fast as an fp32 MatMul at
             128 rows and above; 4 quantizes x to int8 per block, 1.5x faster at one row (decoding)
             but 1.3x slower at 128 (MatMulNBits microbenchmarks, ONNX Runtime 1.32, 2 threads)
@@ -62,7 +62,7 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 INT4 = ir.DataType.INT4.numpy()
 BLOCKED_DEQUANTIZE_OPSET = 21
 INT4_IR_VERSION = 10
-# 8-bit blocks: the largest of these that divides K (else the first), never below block_size: at
+# 8-bit blocks: the largest of these that divides K (else the last), never below block_size: at
 # 8 bits a block's range costs little precision, and scales and zero points for every 32 values
 # would add 16% to the layer.
 INT8_BLOCK_SIZES = (512, 256, 128)
@@ -71,7 +71,30 @@ INT8_BLOCK_SIZES = (512, 256, 128)
 # Opset 11 as quantize_dynamic, whose int8 rows it reuses; portable int4 needs 21, checked per layer.
 @register("quantize_weight_only", min_opset=11)
 class QuantizeWeightOnly(WeightQuantizer):
-    """Quantize MatMul/Gemm weights and embedding tables to int4 in blocks (activations stay float)."""
+    """Quantize MatMul/Gemm weights and embedding tables to int4 in blocks (activations stay float).
+
+    Not in O1-O3: `graphopt quantize --mode weight-only` and the int4-weight-only preset run it.
+    gptq rounds a layer to nearest when no Gram matrix of its input was measured (the report names
+    those layers); an ort embedding table, which has none, gets mse's clipping search, unweighted.
+
+    Options:
+
+    - `bits`: 4, the only value accepted (layers at 8 bits are named by `int8_layers`).
+    - `block_size`: values per block along K, a power of two ≥ 16.
+    - `embedding_block_size`: values per block along a table row (GatherBlockQuantized), the same.
+    - `algorithm`: `rtn` (round to nearest); `mse`: per block the clipping ratio, 1.0 down to 0.7,
+      with the least squared error, weighted per input channel by the mean squared activations
+      (`channel_weights`) when the API measured them; `gptq`: with the measured input Gram matrices.
+    - `accuracy_level`: MatMulNBits' compute type, 0 to 4 (0: float32 from the int4 weights; 4: int8
+      activations inside the kernel).
+    - `symmetric`: no zero points: scale max|w|/7 per block (max|w|/127 at 8 bits).
+    - `exclude`: `;`-separated node names or op types kept float; unknown names are an error.
+    - `int8_layers`: `;`-separated node names or op types at 8 bits instead (unknown names are an
+      error); blocks of 512, 256 or 128, the largest dividing K (128 when none does), never below
+    - `block_size`.
+    - `embeddings`: quantize embedding tables.
+    - `min_embedding_bytes`: the smallest table quantized.
+    """
 
     target_aware = True
     lossy = True
