@@ -42,8 +42,7 @@ from graphopt import model as model_io
 from graphopt import shapes
 from graphopt.errors import InputError, QuantizationRefused, ValidationFailed
 from graphopt.passes import create_pass
-from graphopt.passes.fusion._match import constant_tensor, is_op
-from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.match import MS_DOMAIN, constant_tensor, is_op
 from graphopt.passes.quantize.fallback import Fallback, choose_float
 from graphopt.passes.quantize.smooth import linear_weight
 from graphopt.pipeline import PRESETS, PassManager, PassObserver, PipelineReport

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import dims
-from graphopt.passes.fusion._match import is_float, is_op, only_consumer, operands, other_input, scalar
+from graphopt.passes.match import is_float, is_op, only_consumer, operands, other_input, scalar
 
 
 class Refused(Exception):

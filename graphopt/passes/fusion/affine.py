@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
     anchors,
     constant_array,
     drop_unused_initializers,

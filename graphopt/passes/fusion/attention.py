@@ -18,7 +18,8 @@ import onnx_ir as ir
 
 from graphopt import dims
 from graphopt.passes.fusion._attention_match import Attention, Refused, finite, match
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     anchors,
     fresh_node_name,
     infer_types,
@@ -27,7 +28,6 @@ from graphopt.passes.fusion._match import (
     operands,
     vector,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
 
 ATTENTION_OPSET = 23

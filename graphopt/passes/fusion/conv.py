@@ -15,7 +15,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import dims
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     anchors,
     constant_array,
     fresh_node_name,
@@ -25,7 +26,6 @@ from graphopt.passes.fusion._match import (
     only_consumer,
     operands,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.registry import Pass, register
 
 

@@ -17,7 +17,8 @@ import math
 
 import onnx_ir as ir
 
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     anchors,
     close,
     fresh_node_name,
@@ -35,7 +36,6 @@ from graphopt.passes.fusion._match import (
 )
 from graphopt.passes.registry import Pass, register
 
-MS_DOMAIN = "com.microsoft"
 GELU_OPSET = 20
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

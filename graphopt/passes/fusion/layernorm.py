@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
     anchors,
     close,
     fresh_node_name,

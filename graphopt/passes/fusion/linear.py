@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import dims
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
     anchors,
     drop_unused_initializers,
     fresh_node_name,

@@ -20,8 +20,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from graphopt import dims
-from graphopt.passes.fusion._match import anchors, fresh_node_name, in_graph, infer_types, operands, vector
-from graphopt.passes.fusion.gelu import MS_DOMAIN
+from graphopt.passes.match import MS_DOMAIN, anchors, fresh_node_name, in_graph, infer_types, operands, vector
 from graphopt.passes.registry import Pass, register
 
 

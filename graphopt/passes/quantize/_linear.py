@@ -13,7 +13,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     constant_array,
     constant_tensor,
     drop_unused_initializers,
@@ -23,7 +24,6 @@ from graphopt.passes.fusion._match import (
     only_consumer,
     operands,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import Pass
 

@@ -25,7 +25,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     constant_array,
     constant_tensor,
     fresh_node_name,
@@ -35,7 +36,6 @@ from graphopt.passes.fusion._match import (
     new_initializer,
     only_consumer,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize import qattention
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer
 from graphopt.passes.quantize.outliers import carve_all, pick

@@ -26,7 +26,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     constant_array,
     drop_unused_initializers,
     fresh_node_name,
@@ -36,7 +37,6 @@ from graphopt.passes.fusion._match import (
     only_consumer,
     operands,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.registry import Pass, register
 

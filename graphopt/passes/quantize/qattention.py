@@ -23,14 +23,14 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import dims
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     constant_array,
     drop_unused_initializers,
     fresh_node_name,
     fresh_value_name,
     new_initializer,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import attention_refusal
 from graphopt.passes.quantize.scales import symmetric_int8
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     constant_array,
     drop_unused_initializers,
     fresh_node_name,
@@ -29,7 +30,6 @@ from graphopt.passes.fusion._match import (
     is_op,
     new_initializer,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.quantize.outliers import carves
 from graphopt.passes.registry import Pass, register

@@ -37,7 +37,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
     constant_array,
     constant_tensor,
     drop_unused_initializers,

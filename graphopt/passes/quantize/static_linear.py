@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.fusion._match import fresh_node_name, fresh_value_name, new_initializer
+from graphopt.passes.match import fresh_node_name, fresh_value_name, new_initializer
 from graphopt.passes.quantize import qattention
 from graphopt.passes.quantize._linear import Linear
 from graphopt.passes.quantize.dynamic import QuantizeDynamic

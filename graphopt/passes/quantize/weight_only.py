@@ -43,7 +43,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.passes.fusion._match import (
+from graphopt.passes.match import (
+    MS_DOMAIN,
     constant_array,
     constant_tensor,
     drop_unused_initializers,
@@ -52,7 +53,6 @@ from graphopt.passes.fusion._match import (
     is_op,
     new_initializer,
 )
-from graphopt.passes.fusion.gelu import MS_DOMAIN
 from graphopt.passes.quantize._linear import Linear, WeightQuantizer, name_set
 from graphopt.passes.quantize.blocks import gptq_blocks, pack_unsigned, quantize_blocks
 from graphopt.passes.registry import register

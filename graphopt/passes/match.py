@@ -1,8 +1,9 @@
-"""Small helpers for fusions written as Python walks over the IR.
+"""Graph walking and editing helpers the passes share (fusions, quantizers, compression).
 
 A fusion anchors on a distinctive node (Erf, Tanh, …) and walks outwards from it, taking
 either operand order of commutative ops; each helper answers None when the structure is not
-there, so the fusion can say which step failed.
+there, so the pass can say which step failed. The editing helpers make fresh names and
+initializers and drop what a rewrite left unused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnx_ir as ir
 
 from graphopt import shapes
 
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 
 import graphopt
-from graphopt.passes.fusion._match import drop_unused_initializers, new_initializer
+from graphopt.passes.match import drop_unused_initializers, new_initializer
 from tests.helpers import run
 
 _W = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
