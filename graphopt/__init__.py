@@ -15,9 +15,11 @@ from graphopt.api import (
     quantize,
     validate,
 )
-from graphopt.errors import ExportFailed, GraphoptError, InputError, PassError, ValidationFailed
+from graphopt.errors import ExportFailed, GraphoptError, GuardRefused, InputError, PassError, ValidationFailed
+from graphopt.lossy import Budget, LossyResult
 from graphopt.model import ModelInfo, convert_opset, inspect, load, save
-from graphopt.passes import Pass, create_pass, register
+from graphopt.passes import LossyPass, Pass, create_pass, register
+from graphopt.quantization import QuantizeSettings
 from graphopt.pipeline import PRESETS, PassManager, PassReport, PipelineReport
 from graphopt.runtime.bench import BenchResult
 from graphopt.runtime.validate import ValidationResult
@@ -27,9 +29,13 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "BenchResult",
+    "Budget",
     "ExportFailed",
     "GraphoptError",
+    "GuardRefused",
     "InputError",
+    "LossyPass",
+    "LossyResult",
     "ModelInfo",
     "OptimizeResult",
     "Pass",
@@ -38,6 +44,7 @@ __all__ = [
     "PassManager",
     "PassReport",
     "PipelineReport",
+    "QuantizeSettings",
     "RuntimeOptions",
     "ValidationFailed",
     "ValidationResult",

@@ -1,7 +1,8 @@
 """The errors graphopt raises on purpose, each carrying the exit code the CLI returns.
 
-`InputError` (exit 2) is anything wrong with what the user gave us; `ValidationFailed` and
-`PassError` (exit 1) mean graphopt refuses to hand back a model because it does not hold up.
+`InputError` (exit 2) is anything wrong with what the user gave us; `ValidationFailed`,
+`GuardRefused` and `PassError` (exit 1) mean graphopt refuses to hand back a model because it does
+not hold up.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ExportFailed(GraphoptError):
     exit_code = 2
 
 
-class QuantizationRefused(GraphoptError):
-    """The quantized model is slower than the float one, or uses ops its execution provider lacks."""
+class GuardRefused(GraphoptError):
+    """A lossy result is slower (or no smaller) than the float model, or uses ops its execution
+    provider lacks."""
 
     exit_code = 1

@@ -29,6 +29,11 @@ PROTOBUF_LIMIT_BYTES = 2**31 - 1
 _STRUCTURE_MARGIN_BYTES = 64 << 20
 
 
+def model_opset(model: ir.Model) -> int:
+    """The model's ONNX (default-domain) opset version."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
 def load(path: str | os.PathLike) -> ir.Model:
     """Read and check a model; tensors in external data stay on disk until a pass needs them."""
     with gc_paused():

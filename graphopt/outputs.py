@@ -51,3 +51,9 @@ def _check_writable_folder(folder: Path, flag: str, given: Path) -> None:
 def write_error(path: str | os.PathLike, error: OSError) -> InputError:
     """The one-line error for a write the system refused."""
     return InputError(f"{path}: cannot write: {error.strerror or error}")
+
+
+def check_output_differs(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Refuse an output path that is the input (before any work is done)."""
+    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(source, output):
+        raise InputError(f"{output}: refusing to overwrite the input model")

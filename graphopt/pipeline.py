@@ -19,9 +19,12 @@ import onnx_ir as ir
 import yaml
 
 from graphopt import checks
+from graphopt.model import model_opset
 from graphopt.errors import GraphoptError, InputError, PassError
 from graphopt.memory import gc_paused
 from graphopt.passes import TARGETS, Pass, create_pass, pass_class, pass_options
+from graphopt.passes.contract import LayerOutcome
+from graphopt.passes.match import INFERRED
 from graphopt.passes.registry import option_from_text
 
 if sys.version_info >= (3, 11):
@@ -58,13 +61,17 @@ PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
     "O2": "O1 plus fusions for the target (LayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm, residual Add as Sum) and deployment hygiene",
-    "O3": "everything safe for the target (same as O2 in this release)",
+    "O3": "the best float model graphopt makes for the target: today the same list as O2, since every fusion "
+          "graphopt has is exact (validated at fp32 on both torch exporters); it is the name to use for 'the best "
+          "float model', where fusions that need more proof will go",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
     "int4-weight-only": "O3, then int4 weight blocks (32 along K) for MatMul/Gemm (ort: MatMulNBits; portable: blocked DequantizeLinear, opset 21) and embedding tables",
     "int8-static": "O3, then int8 activations at ranges calibrated on --calib: QDQ pairs around "
                    "Conv/MatMul/Gemm/Add/Mul/pooling/Concat (after O3's portable fusions), or for a model with "
                    "attention only its linear layers and attention projections",
 }
+# The quantizing presets are graphopt quantize's modes after O3: graphopt.optimize runs them as it does.
+LOSSY_PRESETS = {"int8-dynamic": "dynamic", "int4-weight-only": "weight-only", "int8-static": "static"}
 DEFAULT_MAX_ITERATIONS = 4
 
 
@@ -83,6 +90,7 @@ class PassReport:
     skipped: list[str] = dataclasses.field(default_factory=list)
     changes: list[str] = dataclasses.field(default_factory=list)
     ran: bool = True
+    outcomes: list[LayerOutcome] = dataclasses.field(default_factory=list)  # a lossy pass's, per layer
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,11 +137,6 @@ def _stats(model: ir.Model) -> _Stats:
             if value.const_value is not None:
                 parameter_bytes += value.const_value.nbytes
     return _Stats(sum(1 for _ in checks.all_nodes(model.graph)), initializers, parameter_bytes)
-
-
-def model_opset(model: ir.Model) -> int:
-    """The model's ONNX (default-domain) opset version."""
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
 PassObserver = Callable[[int, int, Pass], None]
@@ -217,6 +220,7 @@ class PassManager:
             return report, before
         pass_.skipped.clear()
         pass_.changes.clear()
+        pass_.outcomes.clear()
         pass_.target = self.target
         start = time.perf_counter()
         try:
@@ -227,6 +231,8 @@ class PassManager:
             raise PassError(f"pass {pass_.name} failed: {type(error).__name__}: "
                             f"{checks.first_line(str(error))}; nothing was written") from error
         seconds = time.perf_counter() - start
+        if modified:
+            model.meta.pop(INFERRED, None)  # the shapes the passes inferred may be stale now
         if modified and checker is not None:
             self._check(checker.check, model, f"pass {pass_.name}")
         if modified and self.after_change is not None:
@@ -234,7 +240,7 @@ class PassManager:
         after = _stats(model) if modified else before
         report = PassReport(pass_.name, iteration, before.nodes, after.nodes, before.initializers,
                             after.initializers, before.parameter_bytes, after.parameter_bytes,
-                            seconds, modified, list(pass_.skipped), list(pass_.changes))
+                            seconds, modified, list(pass_.skipped), list(pass_.changes), True, list(pass_.outcomes))
         return report, after
 
     @staticmethod
@@ -267,14 +273,8 @@ class PipelineSpec:
 
     @property
     def lossy(self) -> bool:
-        """Whether a pass changes the numbers on purpose (then validation defaults to its tolerance)."""
+        """Whether a pass changes the numbers on purpose (the run then goes through graphopt.lossy)."""
         return any(pass_class(name).lossy for name, _ in self.passes)
-
-    @property
-    def default_tolerance(self) -> str:
-        """fp32, or the loosest tolerance a lossy pass asks for (int4 over int8-static over int8)."""
-        wanted = {pass_class(name).lossy_tolerance for name, _ in self.passes if pass_class(name).lossy}
-        return next((name for name in ("int4", "int8-static", "int8") if name in wanted), "fp32")
 
     def without(self, name: str) -> None:
         """Drop every run of the pass `name` (e.g. strip_debug_info for --keep-metadata)."""

@@ -139,7 +139,7 @@ def passes_markdown() -> str:
 
 
 # a marker is a line of its own (a page may quote the syntax inline)
-MARKER = re.compile(r"^<!-- graphopt:(command|global|passes|presets|tolerances)(?: ([\w-]+))? -->$", re.M)
+MARKER = re.compile(r"^<!-- graphopt:(command|global|passes|presets|tolerances|settings)(?: ([\w-]+))? -->$", re.M)
 
 
 def expand_markers(markdown: str) -> str:
@@ -154,6 +154,8 @@ def expand_markers(markdown: str) -> str:
             return command_markdown(argument)
         if kind == "global":
             return options_table(None)
+        if kind == "settings":
+            return settings_markdown(argument)
         return {"passes": passes_markdown, "presets": presets_markdown, "tolerances": tolerances_markdown}[kind]()
 
     return MARKER.sub(render, markdown)
@@ -188,4 +190,24 @@ def tolerances_markdown() -> str:
         mismatch = "any" if tol.max_mismatch >= 1 else f"{tol.max_mismatch:.1%}"
         lines.append(f"| `{tol.name}` | {tol.rtol:g} | {tol.atol:g} | {mismatch} | "
                      f"{tol.min_cosine or '-'} | {f'{tol.min_top1:.0%}' if tol.min_top1 else '-'} |")
+    return "\n".join(lines)
+
+
+def settings_classes() -> dict:
+    """The declared settings the API takes as keywords, by the name a page's marker uses."""
+    from graphopt.lossy import Budget
+    from graphopt.quantization import QuantizeSettings
+
+    return {"quantize": QuantizeSettings, "budget": Budget}
+
+
+def settings_markdown(name: str) -> str:
+    """A settings class's keywords: name, type, default, command-line flag, help (graphopt.options)."""
+    from graphopt import options
+
+    lines = ["| keyword | type | default | flag | what it does |", "|---|---|---|---|---|"]
+    for field, spec, hint in options.declared(settings_classes()[name]):
+        type_name = getattr(hint, "__name__", str(hint)).replace("typing.", "")
+        flag = f"`{options.flags(field, spec)}`" if spec.cli else "(API only)"
+        lines.append(f"| `{field.name}` | {_cell(type_name)} | `{field.default!r}` | {flag} | {_cell(spec.help)} |")
     return "\n".join(lines)

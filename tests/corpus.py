@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 
 import graphopt
+from graphopt.passes import pass_class
 from graphopt.pipeline import resolve_spec
 from tests.helpers import to_proto
 
@@ -89,7 +90,7 @@ def run_corpus(cases, **optimize_kwargs) -> CorpusResult:
     """Optimize every case; a quantizing pipeline must load and run, the others keep the outputs."""
     spec = resolve_spec(optimize_kwargs.get("preset"), optimize_kwargs.get("passes"))
     lossy = spec.lossy
-    calibrated = any(name == "quantize_static" for name, _ in spec.passes)  # its ranges: the case's own inputs
+    calibrated = any(pass_class(name).needs_calibration for name, _ in spec.passes)  # ranges: the case's inputs
     counts: collections.Counter = collections.Counter()
     failures: list[str] = []
     logging.disable(logging.WARNING)

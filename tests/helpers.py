@@ -8,6 +8,9 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 import graphopt
+from graphopt.passes.contract import Statistics
+from graphopt.runtime.activations import ChannelStats
+from graphopt.runtime.histograms import DEFAULT_BINS, Histogram
 
 
 def parse(text: str) -> onnx.ModelProto:
@@ -90,3 +93,18 @@ def optimize_and_compare(model: onnx.ModelProto, feeds=None, rtol: float = 1e-5,
 
 def op_types(model: ir.Model | onnx.ModelProto) -> list[str]:
     return [node.op_type for node in to_proto(model).graph.node]
+
+
+def statistics(*, ranges: dict | None = None, peaks: dict | None = None, means: dict | None = None,
+               mean_squares: dict | None = None, grams: dict | None = None) -> Statistics:
+    """What the lossy pipeline would hand a pass, made from known numbers: `ranges` become histograms
+    whose min and max are exactly those; `peaks`, `mean_squares` and `grams` channel statistics."""
+    histograms = {}
+    for name, (low, high) in (ranges or {}).items():
+        histograms[name] = Histogram.empty(DEFAULT_BINS)
+        histograms[name].add(np.array([low, high], np.float32))
+    names = {*(peaks or {}), *(mean_squares or {}), *(grams or {})}
+    channels = {name: ChannelStats(np.asarray((peaks or {}).get(name, np.ones(1)), np.float32),
+                                   np.asarray((mean_squares or {}).get(name, np.ones(1)), np.float32), 1,
+                                   (grams or {}).get(name)) for name in names}
+    return Statistics(channels=channels, histograms=histograms, means=dict(means or {}))

@@ -10,7 +10,8 @@ import pytest
 
 import graphopt
 from graphopt.passes import TARGETS, pass_class
-from graphopt.pipeline import PRESETS, preset_spec
+from graphopt.pipeline import LOSSY_PRESETS, PRESETS, preset_spec
+from graphopt.quantization import mode_tolerance
 from graphopt.runtime.compare import tolerance
 from tests.corpus import node_cases, run_corpus
 
@@ -98,14 +99,14 @@ def test_zoo_models_validate_at_two_shapes(zoo_case, zoo_exports, tmp_path):
         # A quantizing preset goes through graphopt.quantize with its tolerance's cosine as the budget:
         # the most sensitive layers stay float until it is met (int8 on random ids takes MiniLM's
         # layer-0 FFN down-projection below 0.99 otherwise). Speed is benchmarks' business here.
-        mode = {"quantize_weight_only": "weight-only", "quantize_static": "static"}.get(PRESETS[preset][-1], "dynamic")
+        mode = LOSSY_PRESETS[preset]
         calibration = _calibration(name, source) if mode == "static" else None
         result = graphopt.quantize(source, out, mode=mode, target=target, check_speed=False, calibration=calibration,
-                                   min_cosine=tolerance(spec.default_tolerance).min_cosine)
-        kept = f"; {len(result.kept_float)} kept float, {len(result.quantized)} quantized"
+                                   min_cosine=tolerance(mode_tolerance(mode)).min_cosine)
+        kept = f"; {len(result.untouched)} kept float, {len(result.changed)} quantized"
         if mode == "static":  # judged on the held-out eighth of its calibration set, at that set's shapes
             assert result.validation.passed, result.validation.summary()
-            assert result.quantized, "nothing was quantized"
+            assert result.changed, "nothing was quantized"
             print(f"\n{name} {preset}/{target}: {result.validation.summary()}{kept}")
             return
     else:

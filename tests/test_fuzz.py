@@ -7,11 +7,10 @@ that fails is shrunk by hypothesis and belongs in tests/test_fuzz_regressions.py
 from __future__ import annotations
 
 import onnx
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 import graphopt
-from graphopt.passes import TARGETS, pass_names
+from graphopt.passes import TARGETS, pass_class, pass_names
 from graphopt.pipeline import PRESETS, resolve_spec
 from tests.corpus import same_outputs
 from tests.fuzz_graphs import onnx_graphs
@@ -36,7 +35,7 @@ def check_graph(model: onnx.ModelProto, dynamic: bool) -> None:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         spec = resolve_spec(options.get("preset"), options.get("passes"))
-        if any(name == "quantize_static" for name, _ in spec.passes):
+        if any(pass_class(name).needs_calibration for name, _ in spec.passes):
             options = {**options, "calibration": feed_sets}  # ranges from the inputs it is run on
         optimized = graphopt.optimize(copy, **options).model
         lossy = spec.lossy

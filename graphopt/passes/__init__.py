@@ -3,6 +3,7 @@
 from graphopt.passes import cleanup, deployment, fold, fusion, noops, quantize, simplify  # noqa: F401  (registers them)
 from graphopt.passes.registry import (
     TARGETS,
+    LossyPass,
     Pass,
     PassOption,
     create_pass,
@@ -14,6 +15,7 @@ from graphopt.passes.registry import (
 
 __all__ = [
     "TARGETS",
+    "LossyPass",
     "Pass",
     "PassOption",
     "create_pass",

@@ -19,11 +19,18 @@ MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 
+INFERRED = "graphopt.shapes_inferred"  # model.meta: set when inference ran; the pass manager drops it on any change
+
+
 def infer_types(owner, model: ir.Model) -> None:
-    """Fill in missing dtypes and shapes before matching (fusions decide by them); a failure is
-    reported by `owner` and the values stay unknown, which only means fewer fusions."""
+    """Fill in missing dtypes and shapes before matching (fusions decide by them), once per state of
+    the model: passes that run one after another without changing it share one inference. A failure
+    is reported by `owner` and the values stay unknown, which only means fewer fusions."""
+    if model.meta.get(INFERRED):
+        return
     try:
         shapes.infer_shapes(model, only_if_missing=True)
+        model.meta[INFERRED] = True
     except shapes.InferenceFailed as error:
         owner.skip(f"shape inference failed, values of unknown type or shape are not fused: {error}")
 

@@ -1,7 +1,7 @@
-"""The pass contract and the registry that maps a pass's name to its class and options.
+"""The registry that maps a pass's name to its class and options.
 
-A pass is an onnx-ir in-place pass with a registered name, a one-line summary (its
-docstring), typed options (its constructor's keyword arguments) and an opset window.
+A pass (graphopt.passes.contract) is registered with a name, a one-line summary (its docstring's
+first line), typed options (its constructor's keyword arguments) and an opset window.
 """
 
 from __future__ import annotations
@@ -9,53 +9,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import logging
 import typing
-from typing import Any, ClassVar
-
-import onnx_ir as ir
+from typing import Any
 
 from graphopt.errors import InputError
+from graphopt.passes.contract import TARGETS, LossyPass, Pass
 
-logger = logging.getLogger(__name__)
+__all__ = ["TARGETS", "LossyPass", "Pass", "PassOption", "create_pass", "option_from_text", "pass_class",
+           "pass_names", "pass_options", "register", "unregister"]
 
-TARGETS = ("portable", "ort")
-
-
-class Pass(ir.passes.InPlacePass):
-    """Base of graphopt passes: a pure graph rewrite that records what it changed and skipped."""
-
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    min_opset: ClassVar[int] = 1
-    targets: ClassVar[frozenset[str]] = frozenset(TARGETS)
-    # True for a pass that emits different ops for portable and ort (it reads self.target).
-    target_aware: ClassVar[bool] = False
-    # True for a pass that changes the numbers on purpose (quantization): validated at the
-    # `lossy_tolerance` (graphopt.runtime.compare's int8 or int4) instead of fp32.
-    lossy: ClassVar[bool] = False
-    lossy_tolerance: ClassVar[str] = "int8"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.skipped: list[str] = []
-        self.changes: list[str] = []
-        # The pass manager sets the target before each run; a pass that emits different ops
-        # for portable and ort reads it.
-        self.target: str = "portable"
-
-    def skip(self, reason: str) -> None:
-        """Record a case the pass left alone, for the report."""
-        logger.debug("%s skipped: %s", self.name, reason)
-        self.skipped.append(reason)
-
-    def changed(self, description: str) -> None:
-        """Record what the pass changed (e.g. "folded 3 nodes"), for the report."""
-        logger.debug("%s changed: %s", self.name, description)
-        self.changes.append(description)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,3 +142,23 @@ def option_from_text(pass_name: str, option: PassOption, text: str) -> Any:
     type_name = getattr(expected, "__name__", expected)
     raise InputError(f"option {pass_name}.{option.name} ({type_name}) cannot be given as text; "
                      f"set it in a recipe")
+
+
+@dataclasses.dataclass
+class PassInfo:
+    name: str
+    summary: str
+    min_opset: int
+    targets: list[str]
+    options: dict[str, object]
+    target_aware: bool = False
+
+
+def list_passes() -> list[PassInfo]:
+    """Every registered pass with its summary, opset window, targets and option defaults."""
+    infos = []
+    for name in pass_names():
+        cls = pass_class(name)
+        options = {option.name: option.default for option in pass_options(cls)}
+        infos.append(PassInfo(name, cls.summary, cls.min_opset, sorted(cls.targets), options, cls.target_aware))
+    return infos

@@ -1,5 +1,7 @@
-"""Activation statistics for the quantizers: the model is run here, the passes only get numbers.
+"""Activation statistics for the lossy passes: the model is run here, the passes only get numbers.
 
+`collect` measures everything a pipeline step asks for (Wanted) in one pass over the data per
+chunk of values; channel_stats, histograms and channel_means are its single-statistic forms.
 channel_stats runs a float model on input sets with chosen intermediate values exposed as
 outputs (a chunk at a time) and keeps, per value and channel of its last axis, the largest
 magnitude (what SmoothQuant needs to move outliers into the weights) and the mean square
@@ -45,25 +47,7 @@ def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Iterable[di
     """{value name: its statistics over every input set and position, per channel of the last axis};
     `gram` adds each value's Gram matrix (channels² floats per value). `input_sets` is read once
     per chunk of values (one session per chunk), so it must be re-iterable (a list, CalibrationData)."""
-    stats: dict[str, ChannelStats] = {}
-    for _, _, chunk, arrays in _runs(model, names, input_sets, config):
-        for value, array in zip(chunk, arrays):
-            array = np.asarray(array, dtype=np.float32)
-            if array.ndim == 0 or array.size == 0:
-                continue
-            rows = array.reshape(-1, array.shape[-1])
-            peak, square = np.abs(rows).max(axis=0), np.square(rows, dtype=np.float64).sum(axis=0)
-            products = rows.T.astype(np.float64) @ rows if gram else None
-            seen = stats.get(value.name)
-            if seen is None:
-                stats[value.name] = ChannelStats(peak, square / len(rows), len(rows),
-                                                 None if products is None else products / len(rows))
-                continue
-            count = seen.count + len(rows)
-            stats[value.name] = ChannelStats(
-                np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
-                None if products is None else (seen.gram * seen.count + products) / count)
-    return stats
+    return collect(model, Wanted(channels=set(names), gram=gram), input_sets, config).channels
 
 
 def channel_means(model: ir.Model, axes: dict[str, int], input_sets: Iterable[dict[str, np.ndarray]],
@@ -71,16 +55,7 @@ def channel_means(model: ir.Model, axes: dict[str, int], input_sets: Iterable[di
     """{value name: its mean per channel of axis `axes[name]` (a Conv input's 1, a MatMul's -1),
     float64, over every input set and position}: what bias correction multiplies the weights'
     rounding error by."""
-    sums: dict[str, tuple[np.ndarray, int]] = {}
-    for _, _, chunk, arrays in _runs(model, list(axes), input_sets, config):
-        for value, array in zip(chunk, arrays):
-            array = np.asarray(array, dtype=np.float64)
-            if array.ndim == 0 or array.size == 0:
-                continue
-            rows = np.moveaxis(array, axes[value.name], -1).reshape(-1, array.shape[axes[value.name]])
-            total, count = sums.get(value.name, (0.0, 0))
-            sums[value.name] = (total + rows.sum(axis=0), count + len(rows))
-    return {name: total / count for name, (total, count) in sums.items()}
+    return collect(model, Wanted(means=dict(axes)), input_sets, config).means
 
 
 def histograms(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],
@@ -89,14 +64,78 @@ def histograms(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[
     """{value name: its histogram over every input set}, float values that held a finite value
     only; each run's arrays are added and dropped (memory: `bins` counts per value), and
     `progress(runs done, runs in all)` is called after each run."""
-    result: dict[str, Histogram] = {}
-    for done, total, chunk, arrays in _runs(model, names, input_sets, config):
+    return collect(model, Wanted(histograms=set(names), bins=bins), input_sets, config,
+                   progress=progress).histograms
+
+
+@dataclasses.dataclass
+class Wanted:
+    """What collect measures, by value name: channel statistics (with Gram matrices when `gram`),
+    histograms, and means per channel of an axis."""
+
+    channels: set[str] = dataclasses.field(default_factory=set)
+    gram: bool = False
+    histograms: set[str] = dataclasses.field(default_factory=set)
+    means: dict[str, int] = dataclasses.field(default_factory=dict)
+    bins: int = DEFAULT_BINS
+
+    def names(self) -> list[str]:
+        return sorted(self.channels | self.histograms | set(self.means))
+
+
+@dataclasses.dataclass
+class Measured:
+    channels: dict[str, ChannelStats] = dataclasses.field(default_factory=dict)
+    histograms: dict[str, Histogram] = dataclasses.field(default_factory=dict)
+    means: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.ndarray]],
+            config: SessionConfig = SessionConfig(opt_level="disable"), *,
+            progress: Callable[[int, int], None] | None = None) -> Measured:
+    """Every statistic `wanted` asks for, in one pass over the data per chunk of values: each run's
+    arrays go to every measurement that wants them (`input_sets` must be re-iterable: a list,
+    CalibrationData). `progress(runs done, runs in all)` is called after each run."""
+    measured = Measured()
+    sums: dict[str, tuple[np.ndarray, int]] = {}
+    for done, total, chunk, arrays in _runs(model, wanted.names(), input_sets, config):
         for value, array in zip(chunk, arrays):
-            if np.issubdtype(np.asarray(array).dtype, np.floating):
-                result.setdefault(value.name, Histogram.empty(bins)).add(array)
+            if value.name in wanted.channels:
+                _add_channels(measured.channels, value.name, array, wanted.gram)
+            if value.name in wanted.histograms and np.issubdtype(np.asarray(array).dtype, np.floating):
+                measured.histograms.setdefault(value.name, Histogram.empty(wanted.bins)).add(array)
+            if value.name in wanted.means:
+                _add_means(sums, value.name, array, wanted.means[value.name])
         if progress is not None:
             progress(done, total)
-    return {name: histogram for name, histogram in result.items() if histogram.high >= histogram.low}
+    measured.histograms = {name: item for name, item in measured.histograms.items() if item.high >= item.low}
+    measured.means = {name: total / count for name, (total, count) in sums.items()}
+    return measured
+
+
+def _add_channels(stats: dict[str, ChannelStats], name: str, array, gram: bool) -> None:
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 0 or array.size == 0:
+        return
+    rows = array.reshape(-1, array.shape[-1])
+    peak, square = np.abs(rows).max(axis=0), np.square(rows, dtype=np.float64).sum(axis=0)
+    products = rows.T.astype(np.float64) @ rows if gram else None
+    seen = stats.get(name)
+    if seen is None:
+        stats[name] = ChannelStats(peak, square / len(rows), len(rows), None if products is None else products / len(rows))
+        return
+    count = seen.count + len(rows)
+    stats[name] = ChannelStats(np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
+                               None if products is None else (seen.gram * seen.count + products) / count)
+
+
+def _add_means(sums: dict[str, tuple[np.ndarray, int]], name: str, array, axis: int) -> None:
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 0 or array.size == 0:
+        return
+    rows = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis])
+    total, count = sums.get(name, (0.0, 0))
+    sums[name] = (total + rows.sum(axis=0), count + len(rows))
 
 
 def _runs(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],

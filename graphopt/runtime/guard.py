@@ -1,9 +1,9 @@
-"""The quantizers' guards: a quantized model must be faster than its float self and run on its EP.
+"""What the lossy guards measure (graphopt.lossy.guards judges): latency against float, kernels.
 
-check_speed refuses a quantized model that compare_latency finds slower; compare_latency times the float and the quantized model in turns (graphopt's bench: time
-slices, each model owning the cores while timed) on the target execution provider, at the
-user's inputs or at batch 1, sequence 128. missing_kernels lists the ops ONNX Runtime has no
-kernel for on a provider (they would fall back to the CPU, with copies both ways).
+compare_latency times the float model and a result in turns (graphopt's bench: time slices,
+each model owning the cores while timed) on the target execution provider, at the user's inputs
+or at batch 1, sequence 128. missing_kernels lists the ops ONNX Runtime has no kernel for on a
+provider (they would fall back to the CPU, with copies both ways).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import onnxruntime as ort
 import onnxruntime.capi._pybind_state as ort_state
 
 from graphopt import model as model_io
-from graphopt.errors import QuantizationRefused
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.providers import EP_NAMES, SessionConfig
@@ -34,38 +33,46 @@ GUARD_RUNS = 40
 
 @dataclasses.dataclass
 class LatencyCheck:
-    """p50 latencies of the float and the quantized model, timed in turns on one EP."""
+    """p50 latencies of the float model and a result made from it, timed in turns on one EP."""
 
     float_ms: float
-    quantized_ms: float
+    result_ms: float
     ep: str
     shapes: dict[str, list[int]]
+    label: str = "quantized"  # what the result is, for the reader
 
     @property
     def speedup(self) -> float:
-        return self.float_ms / self.quantized_ms if self.quantized_ms else float("inf")
+        return self.float_ms / self.result_ms if self.result_ms else float("inf")
 
     @property
     def slower(self) -> bool:
-        return self.quantized_ms > self.float_ms
+        return self.result_ms > self.float_ms
 
     def describe(self) -> str:
         shapes = ", ".join(f"{name} {list(shape)}" for name, shape in self.shapes.items())
-        return (f"float p50 {self.float_ms:.3f} ms, quantized p50 {self.quantized_ms:.3f} ms "
-                f"({self.speedup:.2f}x) on {self.ep} at {shapes}")
+        return (f"float p50 {self.float_ms:.3f} ms, {self.label} p50 {self.result_ms:.3f} ms "
+                f"({speed_text(self.speedup)}) on {self.ep} at {shapes}")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "speedup": self.speedup}
 
 
-def compare_latency(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
-                    feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS) -> LatencyCheck:
+def speed_text(speedup: float) -> str:
+    """'1.85x faster' or '1.20x slower': one convention wherever a speed is compared."""
+    return f"{speedup:.2f}x faster" if speedup >= 1.0 else f"{1.0 / speedup:.2f}x slower"
+
+
+def compare_latency(float_model: ir.Model, result: ir.Model, config: SessionConfig,
+                    feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS,
+                    label: str = "quantized") -> LatencyCheck:
     """Time both models in turns (ONNX Runtime's graph optimizations on, as deployed)."""
-    return compare_latencies(float_model, [lambda: quantized], config, feeds, runs)[0]
+    return compare_latencies(float_model, [lambda: result], config, feeds, runs, label)[0]
 
 
 def compare_latencies(float_model: ir.Model, builders: Sequence[Callable[[], ir.Model]], config: SessionConfig,
-                      feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS) -> list[LatencyCheck]:
+                      feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS,
+                      label: str = "quantized") -> list[LatencyCheck]:
     """The float model against each model the builders make (built and saved one at a time), all
     timed in turns in one bench run: one LatencyCheck per builder."""
     if feeds is None:
@@ -74,29 +81,13 @@ def compare_latencies(float_model: ir.Model, builders: Sequence[Callable[[], ir.
         paths = [Path(folder) / "float.onnx"]
         model_io.save(float_model, paths[0])
         for index, build in enumerate(builders):
-            paths.append(Path(folder) / f"quantized_{index}.onnx")
+            paths.append(Path(folder) / f"{label}_{index}.onnx")
             model_io.save(build(), paths[-1])
-        labels = ["float"] + (["quantized"] if len(builders) == 1 else
-                              [f"quantized {index}" for index in range(len(builders))])
+        labels = ["float"] + ([label] if len(builders) == 1 else [f"{label} {index}" for index in range(len(builders))])
         result = bench_module.bench(paths, config=config, inputs=feeds, warmup=5, runs=runs, labels=labels)
     first, *others = result.models
     shapes = {name: list(array.shape) for name, array in feeds.items()}
-    return [LatencyCheck(first.p50_ms, other.p50_ms, config.resolved_ep(), shapes) for other in others]
-
-
-def refuse_slower(check: LatencyCheck, force: bool) -> LatencyCheck:
-    """QuantizationRefused (both p50s in the message) for a quantized model slower than its float
-    self, unless `force`."""
-    if check.slower and not force:
-        raise QuantizationRefused(f"the quantized model is slower than the float one: {check.describe()}; "
-                                  "nothing was written (--force writes it)")
-    return check
-
-
-def check_speed(float_model: ir.Model, quantized: ir.Model, config: SessionConfig,
-                feeds: dict[str, np.ndarray] | None, force: bool) -> LatencyCheck:
-    """compare_latency, then refuse_slower."""
-    return refuse_slower(compare_latency(float_model, quantized, config, feeds=feeds), force)
+    return [LatencyCheck(first.p50_ms, other.p50_ms, config.resolved_ep(), shapes, label) for other in others]
 
 
 @functools.cache

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from graphopt.checks import first_line
 from graphopt.errors import InputError
+from graphopt.model import model_opset
 
 EP_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -275,3 +276,25 @@ def create_session(model, config: SessionConfig = SessionConfig(), label: str | 
         raise InputError(f"ONNX Runtime could not start the {ep.upper()} execution provider "
                          f"(is a GPU present and are CUDA/cuDNN libraries loadable?)")
     return Session(inner, ep, created, label)
+
+
+OPSET_FLOOR = 7
+
+
+def opset_warnings(model: ir.Model) -> list[str]:
+    """What could not be checked for a model outside the opsets graphopt and its tools support."""
+    opset = model_opset(model)
+    if opset < OPSET_FLOOR:
+        return [f"opset {opset} is below {OPSET_FLOOR}, the oldest graphopt supports: the ONNX checker and "
+                "graphopt's invariants passed, but the passes are untested at this opset; check the result "
+                f"with --validate, or convert it with --opset {OPSET_FLOOR}"]
+    problems = []
+    if opset > onnx.defs.onnx_opset_version():
+        problems.append(f"than onnx {onnx.__version__} knows ({onnx.defs.onnx_opset_version()}), so its ops "
+                        "were not checked against their schemas")
+    if not runs_opset(opset):
+        problems.append(f"than onnxruntime {ort_version()} runs, so it could not be run, validated or "
+                        "benchmarked")
+    if not problems:
+        return []
+    return [f"opset {opset} is newer {' and newer '.join(problems)}; graphopt's structural invariants passed"]

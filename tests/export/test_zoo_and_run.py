@@ -154,7 +154,7 @@ def test_run_quantize_static_calibrates_on_the_zoo_set_and_reports_int8_accuracy
     report = json.loads((out / "report.json").read_text())
     assert abs(report["accuracy"]["static"] - report["accuracy"]["O3"]) <= 0.005  # within half a point
     quantization = report["quantization"]
-    assert len(quantization["quantized"]) == 4 and quantization["validation"]["tolerance"]["name"] == "int8-static"
+    assert len(quantization["changed"]) == 4 and quantization["validation"]["tolerance"]["name"] == "int8-static"
     assert len(quantization["validation"]["input_sets"]) == 16  # the held-out eighth of 128 training images
     assert (out / "model.static.onnx").exists()
 
@@ -189,8 +189,8 @@ def test_run_quantize_adds_the_int8_model_to_the_report_and_the_bench(tmp_path, 
     assert (out / "model.dynamic.onnx").exists()
     report = json.loads((out / "report.json").read_text())
     quantization = report["quantization"]
-    assert len(quantization["quantized"]) == 2 and quantization["validation"]["passed"]
-    assert quantization["quantized_bytes"] < quantization["float_bytes"] / 3
+    assert len(quantization["changed"]) == 2 and quantization["validation"]["passed"]
+    assert quantization["result_bytes"] < quantization["float_bytes"] / 3
     assert [entry["model"] for entry in report["bench"]["cases"][0]["models"]] == \
         ["model.onnx", "model.O1.onnx", "model.dynamic.onnx"]
     markdown = (out / "report.md").read_text()
@@ -210,4 +210,4 @@ def test_run_quantize_refused_by_the_guard_writes_the_rest_and_exits_1(tmp_path,
     assert "slower than the float one" in report["quantization_refused"]
     assert report["quantization"]["validation"]["passed"]  # reported, with its timing, but not written
     assert [entry["model"] for entry in report["bench"]["cases"][0]["models"]][-1] == "model.dynamic.onnx"
-    assert "model.O1.onnx p50 1.000 ms, model.dynamic.onnx p50 2.000 ms" in capsys.readouterr().err
+    assert "float p50 1.000 ms, quantized p50 2.000 ms (2.00x slower)" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 A weight is the constant 2-D float32 W of x·W (+ bias) — a MatMul, a following [N] bias Add, a
 Gemm read the same way — or an embedding table, the constant [V, D] float32 data of a Gather by
-rows. `exclude` keeps named nodes and op types float; every refusal is a reason in the report.
+rows. `exclude` keeps named nodes and op types float; every layer considered gets an outcome
+(graphopt.passes.contract): what it became, or why it stays float.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from graphopt.passes.match import (
     operands,
 )
 from graphopt.passes.quantize.scales import symmetric_int8
-from graphopt.passes.registry import Pass
+from graphopt.passes.contract import LossyPass
 
 
 def name_set(option: str) -> set[str]:
@@ -49,6 +50,27 @@ def attention_refusal(node: ir.Node) -> str:
     return ""
 
 
+def linear_inputs(model: ir.Model) -> tuple[str, ...]:
+    """Names of the activations that linear layers with constant weights read (whose channel
+    statistics SmoothQuant, the outlier channels and int4's scale search use)."""
+    return tuple(sorted({value.name for node in model.graph for value in node.inputs[:1]
+                         if value is not None and value.name and any(linear_weight(use) for use in value.uses())}))
+
+
+def linear_weight(use: ir.Usage) -> tuple[np.ndarray, bool] | None:
+    """(weight, transposed) when the use reads the value as x of x·W with a constant 2-D W."""
+    node, index = use.node, use.idx
+    if index != 0:
+        return None
+    if is_op(node, "MatMul") or (node.domain == MS_DOMAIN and node.op_type == "Attention"):
+        weight = constant_array(node.inputs[1])
+        return (weight, False) if weight is not None and weight.ndim == 2 else None
+    if is_op(node, "Gemm") and not node.attributes.get_int("transA", 0):
+        weight = constant_array(node.inputs[1])
+        return (weight, bool(node.attributes.get_int("transB", 0))) if weight is not None and weight.ndim == 2 else None
+    return None
+
+
 class Linear:
     """One x·W (+ bias) to quantize: the nodes it replaces and where its result goes."""
 
@@ -62,7 +84,7 @@ class Linear:
         return self.nodes[0].inputs[0]
 
 
-class WeightQuantizer(Pass):
+class WeightQuantizer(LossyPass):
     """Base of the passes that quantize weights: which layers qualify, and why the others do not."""
 
     # Why a float16/float64 layer is kept float, after "not float32".
@@ -72,6 +94,8 @@ class WeightQuantizer(Pass):
         super().__init__()
         self.exclude = name_set(exclude)
         self.min_embedding_bytes = min_embedding_bytes
+        # projections of a split Attention: their outcome is the Attention's, recorded when it splits
+        self._projections: dict[ir.Node, str] = {}
 
     def _check_exclude(self, model: ir.Model) -> None:
         self._check_names(model, self.exclude, "--exclude")
@@ -85,11 +109,15 @@ class WeightQuantizer(Pass):
             raise InputError(f"{option} names no node or op type of the model (after the float passes): "
                              f"{', '.join(unknown)}")
 
-    def _excluded(self, node: ir.Node) -> bool:
-        if node.name in self.exclude or node.op_type in self.exclude:
-            self.skip(f"{node.op_type} {node.name!r} kept float: excluded")
-            return True
-        return False
+    def _excluded(self, node: ir.Node, before: int = 0) -> bool:
+        """Whether the layer stays float: named in `exclude`, or held by the pipeline (frozen, or the
+        fallback's); its outcome says which."""
+        if node in self._projections:
+            return False  # its Attention was judged
+        held = "excluded" if node.name in self.exclude or node.op_type in self.exclude else self.held(node)
+        if held:
+            self.keep(node, held, before=before)
+        return bool(held)
 
     def _linear(self, node: ir.Node) -> Linear | None:
         if not is_op(node, "MatMul", "Gemm"):
@@ -98,24 +126,23 @@ class WeightQuantizer(Pass):
         tensor = constant_tensor(weight)
         if tensor is None or len(tensor.shape) != 2:
             return None  # activations times activations (attention scores) stay float
-        where = f"{node.op_type} {node.name!r} kept float"
         x = node.inputs[0]
         if tensor.dtype != ir.DataType.FLOAT or x.dtype != ir.DataType.FLOAT:
-            self.skip(f"{where}: not float32 ({self.float32_only})")
+            self.keep(node, f"not float32 ({self.float32_only})", before=tensor.nbytes)
             return None
-        if self._excluded(node):
+        if self._excluded(node, tensor.nbytes):
             return None
         if node.op_type == "Gemm":
             attrs = node.attributes
             if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or \
                     attrs.get_float("beta", 1.0) != 1.0:
-                self.skip(f"{where}: transA, alpha or beta other than the defaults")
+                self.keep(node, "transA, alpha or beta other than the defaults", before=tensor.nbytes)
                 return None
             bias = node.inputs[2] if len(node.inputs) > 2 else None
             columns = tensor.shape[0] if attrs.get_int("transB", 0) else tensor.shape[1]
             values = constant_array(bias) if bias is not None else None
             if bias is not None and (values is None or values.shape != (columns,)):
-                self.skip(f"{where}: its C is not a constant [N] bias")
+                self.keep(node, "its C is not a constant [N] bias", before=tensor.nbytes)
                 return None
             return Linear([node], weight, bool(attrs.get_int("transB", 0)), bias, node.outputs[0])
         bias, nodes, out = None, [node], node.outputs[0]
@@ -138,11 +165,12 @@ class WeightQuantizer(Pass):
         then quantizes x once for the three and copies nothing (MiniLM: ~2% faster)."""
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
         reason = attention_refusal(node)
+        weight_bytes = getattr(constant_tensor(inputs[1]), "nbytes", 0)
         if reason:
-            self.skip(f"Attention {node.name!r} kept float: {reason}")
+            self.keep(node, reason, before=weight_bytes)
             return []
         weight, bias = constant_array(inputs[1]), constant_array(inputs[2])
-        if self._excluded(node):
+        if self._excluded(node, weight_bytes):
             return []
         width = weight.shape[1] // 3
         name = fresh_node_name(graph, f"{node.name or 'attention'}/qkv")
@@ -182,7 +210,9 @@ class WeightQuantizer(Pass):
                                                 [node.outputs[0]], [attention.outputs[0]])
         drop_unused_initializers(graph, [inputs[1], inputs[2]])
         model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return [made for made in nodes if made.op_type == "MatMul"]
+        projections = [made for made in nodes if made.op_type == "MatMul"]
+        self._projections.update((made, node.name) for made in projections)
+        return projections
 
     @staticmethod
     def _replace(graph: ir.Graph, linear: Linear, nodes: list[ir.Node]) -> None:
@@ -198,9 +228,9 @@ class WeightQuantizer(Pass):
             return None
         if tensor.dtype != ir.DataType.FLOAT or node.attributes.get_int("axis", 0) != 0:
             if tensor.dtype.is_floating_point():
-                self.skip(f"Gather {node.name!r} kept float: not a float32 table gathered by rows")
+                self.keep(node, "not a float32 table gathered by rows", before=tensor.nbytes)
             return None
-        if self._excluded(node):
+        if self._excluded(node, tensor.nbytes):
             return None
         return tensor
 
@@ -211,11 +241,11 @@ class WeightQuantizer(Pass):
         self._int8_rows(graph, node, tensor)
         return True
 
-    @staticmethod
-    def _int8_rows(graph: ir.Graph, node: ir.Node, tensor: ir.TensorProtocol) -> None:
+    def _int8_rows(self, graph: ir.Graph, node: ir.Node, tensor: ir.TensorProtocol, reason: str = "") -> None:
         """Gather int8 rows and their scales, then multiply: Gather(q, ids) · Gather(s, ids)."""
         table = node.inputs[0]
         q, scale = symmetric_int8(tensor.numpy(), axis=0)
+        self.record(node, "int8", before=tensor.nbytes, after=q.nbytes + scale.nbytes, reason=reason)
         base = table.name or "table"
         name = fresh_node_name(graph, f"{node.name or 'gather'}/int8")
         rows = ir.Node("", "Gather", [new_initializer(graph, q, f"{base}_int8"), node.inputs[1]], name=name)

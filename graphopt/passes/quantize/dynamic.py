@@ -11,10 +11,11 @@ x·W ≈ xs · s · (xq − xz)·q is computed in integers:
   portable  DynamicQuantizeLinear(x) → MatMulInteger(xq, q, xz) → Cast → Mul(xs · s) [→ Add(bias)]
 com.microsoft Attention (ort) becomes QAttention, its packed QKV projection int8 inside the
 kernel (qattention.py), when its attention bias is a mask QAttention takes; otherwise its three
-projections are int8 MatMuls reading one quantized x, then MultiHeadAttention with the bias. With measured per-channel
-peaks of x (`channel_peaks`, set by graphopt.quantize), the channels above outlier_ratio × the
-median peak are computed in float beside the int8 product (LLM.int8(); outliers.py: carved out
-of the Gelu/Relu layer making them, or masked out of x — `mask_outliers` False skips those).
+projections are int8 MatMuls reading one quantized x, then MultiHeadAttention with the bias.
+With `outlier_ratio`, the pass requires the per-channel peaks of every linear layer's input
+(measured by the lossy pipeline), and the channels above outlier_ratio × the median peak are
+computed in float beside the int8 product (LLM.int8(); outliers.py: carved out of the Gelu/Relu
+layer making them, or masked out of x — `mask_outliers` False skips those).
 Embedding tables (Gather of a constant [V, D] table) become int8 rows with one scale per row,
 both gathered per lookup.
 """
@@ -37,11 +38,11 @@ from graphopt.passes.match import (
     only_consumer,
 )
 from graphopt.passes.quantize import qattention
-from graphopt.passes.quantize._linear import Linear, WeightQuantizer
+from graphopt.passes.contract import CHANNELS, Request
+from graphopt.passes.quantize._linear import Linear, WeightQuantizer, linear_inputs
 from graphopt.passes.quantize.outliers import carve_all, pick
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.passes.registry import register
-
 
 
 @register("quantize_dynamic", min_opset=11)
@@ -67,23 +68,23 @@ class QuantizeDynamic(WeightQuantizer):
       of the model (after the float passes) is an error.
     - `embeddings`: quantize embedding tables (Gather by rows of a constant [V, D] float32 table).
     - `min_embedding_bytes`: the smallest table quantized.
-    - `outlier_ratio`: acts only on the per-channel peaks `graphopt quantize --outlier-ratio` measures
-      and hands over: input channels above that many times the median peak are computed in float
-      beside the int8 product (see the module above); 0 turns it off, otherwise it must be above 1.
+    - `outlier_ratio`: input channels whose measured peak is above that many times the median peak
+      are computed in float beside the int8 product (see the module above); 0 (the default) turns it
+      off, otherwise it must be above 1.
     - `max_outliers`: at most this many such channels per input, the largest.
     - `mask_outliers`: False keeps only the carved outliers (`--outlier-mode carve`): x is not masked.
     - `qattention`: False always splits ort's Attention as above.
     """
 
     target_aware = True
-    lossy = True
+    tolerance = "int8"
     float32_only = "dynamic int8 quantizes float32 activations"
     # ort: a layer alone on its input runs DynamicQuantizeMatMul, which quantizes x inside the kernel
     quantizes_inside = True
     activations = "dynamic activations"  # how the report says x is quantized
 
     def __init__(self, per_channel: bool = True, exclude: str = "", embeddings: bool = True,
-                 min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 6.0, max_outliers: int = 8,
+                 min_embedding_bytes: int = 1 << 20, outlier_ratio: float = 0.0, max_outliers: int = 8,
                  mask_outliers: bool = True, qattention: bool = True) -> None:
         super().__init__(exclude, min_embedding_bytes)
         if outlier_ratio and outlier_ratio <= 1:
@@ -94,15 +95,24 @@ class QuantizeDynamic(WeightQuantizer):
         self.max_outliers = max_outliers
         self.mask_outliers = mask_outliers  # False: only carved outliers (outliers.py), no masked ones
         self.qattention = qattention  # False: every Attention split, its projections int8 MatMuls
-        # [K] largest |x| per input channel, keyed by the name of the x a MatMul reads: channels
-        # above outlier_ratio × the median stay float. Filled from calibration data, not an option.
-        self.channel_peaks: dict[str, np.ndarray] = {}
         self._quantized: dict[tuple, tuple[ir.Value, ir.Value, ir.Value | None]] = {}
+
+    def measures(self) -> bool:
+        return bool(self.outlier_ratio)
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        return [Request(CHANNELS, linear_inputs(model))] if self.measures() else []
+
+    @property
+    def channel_peaks(self) -> dict[str, np.ndarray]:
+        """[K] largest |x| per input channel, by the name of the x a MatMul reads (measured)."""
+        return self.statistics.peaks()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._check_exclude(model)
         infer_types(self, model)
         self._quantized.clear()
+        self._projections.clear()
         counts = {"linear": 0, "qattention": 0, "attention": 0, "embedding": 0, "outliers": 0, "carved": 0}
         for graph in model.graphs():
             if self.target == "ort":
@@ -111,12 +121,15 @@ class QuantizeDynamic(WeightQuantizer):
                     if node.domain != MS_DOMAIN or node.op_type != "Attention":
                         continue
                     found = self._qattention_plan(node)
+                    weight_bytes = getattr(constant_tensor(node.inputs[1]), "nbytes", 0)
                     if found is not None:
-                        if not self._excluded(node):
+                        if not self._excluded(node, weight_bytes):
                             qattention.emit(model, graph, node, found, self.per_channel, masks,
                                             lambda x, before, name: self._quantize_input(graph, x, before, name))
+                            self.record(node, "int8", before=weight_bytes, after=weight_bytes // 4)
                             counts["qattention"] += 1
                     elif self._split_attention(model, graph, node, separate=True):
+                        self.record(node, "int8", before=weight_bytes, after=weight_bytes // 4)
                         counts["attention"] += 1
             helpers, carved = self._carve(graph)
             counts["carved"] += len(carved)
@@ -188,6 +201,11 @@ class QuantizeDynamic(WeightQuantizer):
             q, scale = symmetric_int8(weight, axis=1 if self.per_channel else None)
             self._quantized[key] = (new_initializer(graph, q, f"{base}_int8"),
                                     new_initializer(graph, scale, f"{base}_scale"), rows)
+        q, scale, rows = self._quantized[key]
+        node = linear.nodes[0]
+        if node not in self._projections:  # a split Attention's projections: the Attention was recorded
+            after = sum(value.const_value.nbytes for value in (q, scale, rows) if value is not None)
+            self.record(node, "int8", before=constant_tensor(linear.weight).nbytes, after=after)
         return self._quantized[key]
 
     # -- emitting ---------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from graphopt.passes.match import (
     only_consumer,
     operands,
 )
-from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.contract import CHANNELS, Request
+from graphopt.passes.quantize._linear import linear_inputs, name_set
 from graphopt.passes.registry import Pass, register
 
 # Activations with act(0) = 0, and whether input 1 is a bias added first.
@@ -159,8 +160,8 @@ class CarveOutliers(Pass):
     """Compute the outlier channels of act(x·W) activations apart, in float, carved out of the layer (exact in float).
 
     Not in the presets: `graphopt quantize --mode static --outlier-ratio R --outlier-mode carve` runs
-    it before static int8's calibration. The per-channel peaks (`peaks`, {activation name: [K]
-    largest |x|}) are measured and set by the caller; without them the pass changes nothing. Carved:
+    it before static int8's calibration. The per-channel peaks of every linear layer's input (its
+    CHANNELS request) are measured by the lossy pipeline; without them the pass changes nothing. Carved:
     an activation of the main graph made by act(x_in·W1 [+ b1]), act Gelu, Relu, BiasGelu or
     FastGelu, read only by MatMuls by constant [K, N] float32 weights, whose results (after a
     constant bias Add) are no graph outputs.
@@ -180,13 +181,16 @@ class CarveOutliers(Pass):
         self.outlier_ratio = outlier_ratio
         self.max_outliers = max_outliers
         self.exclude = name_set(exclude)
-        # {activation name: [K] largest |x| per channel}, measured by the caller: without them the
-        # pass changes nothing.
-        self.peaks: dict[str, np.ndarray] = {}
+
+    def measures(self) -> bool:
+        return True
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        return [Request(CHANNELS, linear_inputs(model))]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
-        _, carved = carve_all(model.graph, self.peaks, self.outlier_ratio, self.max_outliers,
+        _, carved = carve_all(model.graph, self.statistics.peaks(), self.outlier_ratio, self.max_outliers,
                               lambda node: node.name in self.exclude or node.op_type in self.exclude)
         if carved:
             self.changed(f"{len(carved)} activations' outlier channels (peak above {self.outlier_ratio:g}x the "

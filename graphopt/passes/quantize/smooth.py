@@ -8,8 +8,8 @@ s_j computes the same product:  X·W = (X / s)·(diag(s)·W), with
 so activations and weights share the range. 1/s folds into a LayerNormalization's γ and β
 when the normalized value feeds nothing else; otherwise an explicit Mul(X, 1/s) goes in front
 of the linear layers (the residual stream keeps X). The per-channel peaks come from running
-the float model (graphopt.runtime.activations), set as `peaks` by the caller: without them
-the pass changes nothing. With `outlier_ratio` (dynamic int8's), the activations whose outlier
+the float model, which the pass requires (CHANNELS of every linear layer's input) and the lossy
+pipeline hands over: without them the pass changes nothing. With `outlier_ratio` (dynamic int8's), the activations whose outlier
 channels quantize_dynamic will carve out of the Gelu/Relu layer making them (outliers.carve:
 three small nodes, no full-size Mul) are left to it: the two together keep MiniLM's worst
 sentence cosine (dynamic int8) at 0.9987, where smoothing alone reaches 0.9940, the carving alone
@@ -22,7 +22,6 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.passes.match import (
-    MS_DOMAIN,
     constant_array,
     drop_unused_initializers,
     fresh_node_name,
@@ -30,23 +29,10 @@ from graphopt.passes.match import (
     is_op,
     new_initializer,
 )
-from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.contract import CHANNELS, Request
+from graphopt.passes.quantize._linear import linear_inputs, linear_weight, name_set
 from graphopt.passes.quantize.outliers import carves
 from graphopt.passes.registry import Pass, register
-
-
-def linear_weight(use: ir.Usage) -> tuple[np.ndarray, bool] | None:
-    """(weight, transposed) when the use reads the value as x of x·W with a constant 2-D W."""
-    node, index = use.node, use.idx
-    if index != 0:
-        return None
-    if is_op(node, "MatMul") or (node.domain == MS_DOMAIN and node.op_type == "Attention"):
-        weight = constant_array(node.inputs[1])
-        return (weight, False) if weight is not None and weight.ndim == 2 else None
-    if is_op(node, "Gemm") and not node.attributes.get_int("transA", 0):
-        weight = constant_array(node.inputs[1])
-        return (weight, bool(node.attributes.get_int("transB", 0))) if weight is not None and weight.ndim == 2 else None
-    return None
 
 
 @register("smooth_activations", min_opset=1)
@@ -78,12 +64,17 @@ class SmoothActivations(Pass):
         self.outlier_ratio = outlier_ratio
         self.max_outliers = max_outliers
         self.exclude = name_set(exclude)
-        self.peaks: dict[str, np.ndarray] = {}
+
+    def measures(self) -> bool:
+        return True
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        return [Request(CHANNELS, linear_inputs(model))]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = inserted = left = 0
         values = {value.name: value for node in model.graph for value in node.outputs}
-        for name, peak in self.peaks.items():
+        for name, peak in self.statistics.peaks().items():
             value = values.get(name)
             if value is None or value.is_graph_output():
                 continue

@@ -9,8 +9,8 @@ QDQ the same way.
                scale per output channel with `per_channel`, else per tensor) behind a
                DequantizeLinear; a Conv/Gemm constant bias int32 at scale x_scale · w_scale
                (zero point 0), as the integer kernels add it, less E[x]·(Ŵ − W), the mean
-               error the weights' rounding adds (bias correction, from `input_means`; a Conv or
-               Gemm without a bias gets one); activations through Q/DQ
+               error the weights' rounding adds (bias correction, from the measured mean of each
+               input channel; a Conv or Gemm without a bias gets one); activations through Q/DQ
   elementwise  Add, Mul, AveragePool, GlobalAveragePool, Concat: every float input and the output
                through Q/DQ (a constant input stored quantized at its own min/max)
   movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize: quantized only
@@ -22,10 +22,10 @@ QDQ the same way.
 
 Each float tensor a quantized node reads or writes gets one pair right after its producer (or
 at the graph input), read by every consumer; graph outputs stay float (the last layer runs as
-DQ → op, the integer product scaled back to float). Activation ranges come from calibration
-({value name: (low, high)}, `ranges`, set by graphopt.quantize from
-graphopt.passes.quantize.calibrate); a node whose tensors have no range stays float, with the
-reason in the report. Activations are uint8 with a zero point (`activation_type` "u8") or int8
+DQ → op, the integer product scaled back to float). The pass requires every float value's
+histogram on the calibration data (and, for bias correction, the Conv/Gemm inputs' channel
+means); `calibrator` makes each histogram a range (graphopt.passes.quantize.calibrate). A node
+whose tensors have no range stays float, with the reason in the report. Activations are uint8 with a zero point (`activation_type` "u8") or int8
 (`s8`, `symmetric` for zero point 0).
 """
 
@@ -46,10 +46,12 @@ from graphopt.passes.match import (
     infer_types,
     new_initializer,
 )
+from graphopt import shapes
+from graphopt.passes.contract import HISTOGRAMS, MEANS, LossyPass, Request
 from graphopt.passes.quantize._linear import name_set
-from graphopt.passes.quantize.calibrate import CALIBRATORS
+from graphopt.passes.quantize.calibrate import CALIBRATORS, calibrated_range
 from graphopt.passes.quantize.scales import dequantize, symmetric_int8
-from graphopt.passes.registry import Pass, register
+from graphopt.passes.registry import register
 
 COMPUTE = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op: index of the weight
 ELEMENTWISE = ("Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat")
@@ -67,8 +69,10 @@ class Params:
     zero_point: int
 
 
-def check_activations(activation_type: str, symmetric: bool) -> None:
+def check_activations(calibrator: str, activation_type: str, symmetric: bool) -> None:
     """The static quantizers' activation options, or an InputError saying what is wrong."""
+    if calibrator not in CALIBRATORS:
+        raise InputError(f"--calibrator {calibrator!r}: choose from {', '.join(CALIBRATORS)}")
     if activation_type not in ACTIVATION_TYPES:
         raise InputError(f"--activation-type {activation_type!r}: choose u8 or s8")
     if symmetric and activation_type == "u8":
@@ -88,8 +92,30 @@ def activation_params(low: float, high: float, activation_type: str, symmetric: 
     return Params(scale, int(np.clip(round(qmin - low / scale), qmin, qmax)))
 
 
+def float_values(model: ir.Model) -> tuple[str, ...]:
+    """Names of the model's float inputs and node outputs (each gets a histogram); missing types
+    are inferred first (a model loaded without value_info, under --preset O0)."""
+    try:
+        shapes.infer_shapes(model, only_if_missing=True)
+    except shapes.InferenceFailed:
+        pass  # values of unknown type get no range, and the nodes reading them say why they stay float
+    values = [*model.graph.inputs, *(value for node in model.graph for value in node.outputs)]
+    return tuple(value.name for value in values if value.name and value.dtype == ir.DataType.FLOAT
+                 and isinstance(value.type, ir.TensorType))  # not a sequence of float tensors
+
+
+def conv_gemm_inputs(model: ir.Model) -> tuple[str, ...]:
+    """Names of the inputs x of the Convs and Gemms with a constant weight (channel axis 1): what bias
+    correction measures the mean of."""
+    return tuple(dict.fromkeys(
+        node.inputs[0].name for node in model.graph
+        if node.op_type in ("Conv", "Gemm") and node.domain in ("", "ai.onnx") and len(node.inputs) > 1
+        and constant_tensor(node.inputs[1]) is not None and node.inputs[0] is not None and node.inputs[0].name
+        and not (node.op_type == "Gemm" and node.attributes.get_int("transA", 0))))
+
+
 @register("quantize_static", min_opset=13)
-class QuantizeStatic(Pass):
+class QuantizeStatic(LossyPass):
     """Insert int8 QuantizeLinear/DequantizeLinear pairs at calibrated ranges around the ops int8 kernels run.
 
     Run by the int8-static preset (with `--calib`) and `graphopt quantize --mode static --scheme qdq`
@@ -107,7 +133,7 @@ class QuantizeStatic(Pass):
     - `activation_type`: `u8` (a zero point; ONNX Runtime's CPU kernels fuse uint8 best) or `s8`.
     - `symmetric`: zero point 0 for activations (`s8` only).
     - `exclude`: `;`-separated node names or op types kept float.
-    - `calibrator`: how the caller turns each activation's histogram into its range: `minmax` (the
+    - `calibrator`: how each activation's histogram becomes its range: `minmax` (the
       exact min and max), `percentile` (the 99.999th and 0.001st percentiles) or `entropy` (the clip
       with the least KL divergence at 128 levels, 256 for non-negative data: TensorRT's method). On
       digits-cnn with 112 calibration images `entropy` clipped too hard (a budget kept both Convs
@@ -117,31 +143,44 @@ class QuantizeStatic(Pass):
       more than 3x.
     """
 
-    lossy = True
-    lossy_tolerance = "int8-static"
+    tolerance = "int8-static"
+    needs_calibration = "static int8 measures every activation's range on calibration data"
 
     def __init__(self, per_channel: bool = True, activation_type: str = "u8", symmetric: bool = False,
                  exclude: str = "", calibrator: str = "minmax", bias_correction: bool = True) -> None:
         super().__init__()
-        if calibrator not in CALIBRATORS:
-            raise InputError(f"--calibrator {calibrator!r}: choose from {', '.join(CALIBRATORS)}")
-        check_activations(activation_type, symmetric)
+        check_activations(calibrator, activation_type, symmetric)
         self.per_channel = per_channel
         self.activation_type = activation_type
         self.symmetric = symmetric
         self.exclude = name_set(exclude)
-        self.calibrator = calibrator  # how the caller turns each histogram into a range (calibrate.py)
+        self.calibrator = calibrator
         self.bias_correction = bias_correction
         self.corrected = self.corrected_added = 0  # biases corrected, biases added for it (last call)
-        # {Conv/Gemm input name: its mean per input channel}, measured by the caller: bias correction.
-        self.input_means: dict[str, np.ndarray] = {}
-        # {value name: (low, high)} from calibration, low <= 0 <= high: set by the caller, not an option.
-        self.ranges: dict[str, tuple[float, float]] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}  # {value name: (low, high)}, from the histograms
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        requests = [Request(HISTOGRAMS, float_values(model))]
+        if self.bias_correction:
+            requests.append(Request(MEANS, conv_gemm_inputs(model), axis=1))
+        return requests
+
+    @property
+    def input_means(self) -> dict[str, np.ndarray]:
+        """{Conv/Gemm input name: its mean per input channel} (measured): bias correction."""
+        return self.statistics.means
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         infer_types(self, model)
         graph = model.graph
+        self.ranges = {name: calibrated_range(histogram, self.calibrator)
+                       for name, histogram in self.statistics.histograms.items()}
         chosen = self._choose(graph)
+        for node in chosen:
+            if node.op_type not in MOVEMENT and node.op_type != "Relu":
+                weight = constant_tensor(node.inputs[COMPUTE[node.op_type]]) if node.op_type in COMPUTE else None
+                self.record(node, "int8", before=getattr(weight, "nbytes", 0),
+                            after=getattr(weight, "nbytes", 0) // 4)
         params = self._params(chosen)
         self.corrected = self.corrected_added = 0
         weights = sum(self._quantize_weight(graph, node, params) for node in chosen if node.op_type in COMPUTE)
@@ -170,13 +209,10 @@ class QuantizeStatic(Pass):
                 continue
             if node.op_type not in COMPUTE and node.op_type not in ELEMENTWISE and node.op_type != "Relu":
                 continue
-            if self._excluded_quietly(node):
-                self.skip(f"{node.op_type} {_label(node)} kept float: excluded")
-                continue
-            reason = self._unquantizable(node)
+            reason = "excluded" if self._excluded_quietly(node) else self.held(node) or self._unquantizable(node)
             if reason:
                 if node.op_type != "Relu":
-                    self.skip(f"{node.op_type} {_label(node)} kept float: {reason}")
+                    self.keep(node, reason, layer=node.name or node.outputs[0].name)
                 continue
             chosen.append(node)
         chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
@@ -399,7 +435,3 @@ def _channel_axis(node: ir.Node) -> int:
     if node.op_type == "Gemm":
         return 0 if node.attributes.get_int("transB", 0) else 1
     return 1  # MatMul: the columns of [K, N]
-
-
-def _label(node: ir.Node) -> str:
-    return repr(node.name) if node.name else f"making {node.outputs[0].name!r}"

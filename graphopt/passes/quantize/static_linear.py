@@ -6,7 +6,7 @@ transformer's linear layers sit between LayerNormalization, Gelu, Softmax and re
 which have no int8 kernels; pairs around them only round and copy (MiniLM: 88 pairs left
 unfused, sentence cosine 0.91). Here, as in quantize_dynamic, only x·W (+ bias) and a fused
 Attention's packed QKV projection are int8, but x is quantized at the scale and zero point
-calibrated for it (`ranges`, {value name: (low, high)}, set by graphopt.quantize) instead of over
+calibrated for it (each input's histogram, which the pass requires, made a range by `calibrator`) instead of over
 its own range at run time:
 
   ort       QuantizeLinear(x) → MatMulIntegerToFloat(xq, q, xs, s, xz, bias), one QuantizeLinear
@@ -29,9 +29,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.match import fresh_node_name, fresh_value_name, new_initializer
+from graphopt.passes.contract import HISTOGRAMS, Request
+from graphopt.passes.match import constant_tensor, fresh_node_name, fresh_value_name, new_initializer
 from graphopt.passes.quantize import qattention
-from graphopt.passes.quantize._linear import Linear
+from graphopt.passes.quantize._linear import Linear, linear_inputs
+from graphopt.passes.quantize.calibrate import calibrated_range
 from graphopt.passes.quantize.dynamic import QuantizeDynamic
 from graphopt.passes.quantize.static import ACTIVATION_TYPES, activation_params, check_activations
 from graphopt.passes.registry import register
@@ -56,6 +58,7 @@ class QuantizeStaticLinear(QuantizeDynamic):
 
     - `per_channel`: one weight scale per output column (QAttention: per column of the packed weight);
       False: one per tensor (QAttention: one per projection).
+    - `calibrator`: how each input's histogram becomes its range: `minmax`, `percentile` or `entropy`.
     - `activation_type`: `u8` (a zero point) or `s8` (no QAttention: ONNX Runtime's reads uint8).
     - `symmetric`: zero point 0 for activations (`s8` only).
     - `exclude`: `;`-separated node names or op types kept float; unknown names are an error.
@@ -63,24 +66,33 @@ class QuantizeStaticLinear(QuantizeDynamic):
     - `qattention`: False always splits ort's Attention (three projections, MultiHeadAttention).
     """
 
-    lossy_tolerance = "int8-static"
+    tolerance = "int8-static"
+    needs_calibration = "static int8 measures the range of every linear layer's input on calibration data"
     float32_only = "static int8 quantizes float32 activations"
     quantizes_inside = False  # x is quantized once, at its calibrated scale, for every layer reading it
     activations = "activations at calibrated scales"
 
-    def __init__(self, per_channel: bool = True, activation_type: str = "u8", symmetric: bool = False,
-                 exclude: str = "", embeddings: bool = True, qattention: bool = True) -> None:
+    def __init__(self, per_channel: bool = True, calibrator: str = "minmax", activation_type: str = "u8",
+                 symmetric: bool = False, exclude: str = "", embeddings: bool = True, qattention: bool = True) -> None:
         super().__init__(per_channel=per_channel, exclude=exclude, embeddings=embeddings, outlier_ratio=0.0,
                          qattention=qattention)
-        check_activations(activation_type, symmetric)
+        check_activations(calibrator, activation_type, symmetric)
+        self.calibrator = calibrator
         self.activation_type = activation_type
         self.symmetric = symmetric
-        # {value name: (low, high)} from calibration: set by the caller, not an option.
-        self.ranges: dict[str, tuple[float, float]] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}  # {value name: (low, high)}, from the histograms
         self._inputs: dict[ir.Value, qattention.Quantized] = {}
+
+    def measures(self) -> bool:
+        return True
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        return [Request(HISTOGRAMS, linear_inputs(model))]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._inputs.clear()
+        self.ranges = {name: calibrated_range(histogram, self.calibrator)
+                       for name, histogram in self.statistics.histograms.items()}
         return super().call(model)
 
     # -- which layers: those whose input has a range ------------------------------------------
@@ -88,7 +100,8 @@ class QuantizeStaticLinear(QuantizeDynamic):
     def _ranged(self, x: ir.Value, node: ir.Node) -> bool:
         bounds = self.ranges.get(x.name)
         if bounds is None or not np.isfinite(bounds).all():
-            self.skip(f"{node.op_type} {node.name!r} kept float: no finite calibrated range for {x.name!r}")
+            self.keep(node, f"no finite calibrated range for {x.name!r}",
+                      before=getattr(constant_tensor(node.inputs[1]), "nbytes", 0))
             return False
         return True
 

@@ -53,7 +53,8 @@ from graphopt.passes.match import (
     is_op,
     new_initializer,
 )
-from graphopt.passes.quantize._linear import Linear, WeightQuantizer, name_set
+from graphopt.passes.contract import CHANNELS, FALLBACK_REASON, GRAM, Request
+from graphopt.passes.quantize._linear import Linear, WeightQuantizer, linear_inputs, name_set
 from graphopt.passes.quantize.blocks import gptq_blocks, pack_unsigned, quantize_blocks
 from graphopt.passes.registry import register
 
@@ -97,8 +98,8 @@ class QuantizeWeightOnly(WeightQuantizer):
     """
 
     target_aware = True
-    lossy = True
-    lossy_tolerance = "int4"
+    tolerance = "int4"
+    cost = "bytes"  # what int4 buys is size: the fallback raises the fewest bytes, not the fewest layers
     float32_only = "weight-only int4 quantizes float32 weights"
 
     def __init__(self, bits: int = 4, block_size: int = 32, algorithm: str = "rtn", accuracy_level: int = 0,
@@ -115,16 +116,32 @@ class QuantizeWeightOnly(WeightQuantizer):
         self.algorithm = algorithm
         self.accuracy_level = accuracy_level
         self.embeddings = embeddings
-        # [K] mean squared activation per input channel, keyed by the name of the x a MatMul reads:
-        # "mse" weighs each channel's error by it. Filled from calibration data, not an option.
-        self.channel_weights: dict[str, np.ndarray] = {}
-        # [K, K] Gram matrix xᵀx / count per x name, for "gptq"; without it a layer is rounded to nearest.
-        self.hessians: dict[str, np.ndarray] = {}
         # per weight: its int4 initializers and K (ort), or the DequantizeLinear's output (portable)
         self._quantized: dict[tuple, tuple | ir.Value] = {}
-        # (q, scale, zero, K) by weight name and layout, shareable between runs of passes with the
-        # same options and statistics on clones of one model (the fallback builds many): not an option.
+        # (q, scale, zero, K) by weight name and layout: the same on every clone of one model with the
+        # same statistics, so kept across the runs the fallback makes of this pass.
         self.blocks_cache: dict[tuple, tuple] = {}
+
+    def ladder(self) -> tuple[str, ...]:
+        return ("int4", "int8")
+
+    def measures(self) -> bool:
+        return self.algorithm != "rtn"
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        return [Request(GRAM if self.algorithm == "gptq" else CHANNELS, linear_inputs(model))] \
+            if self.measures() else []
+
+    @property
+    def channel_weights(self) -> dict[str, np.ndarray]:
+        """[K] mean squared activation per input channel, by the name of the x a MatMul reads: "mse"
+        weighs each channel's error by it."""
+        return {name: item.mean_square for name, item in self.statistics.channels.items()}
+
+    @property
+    def hessians(self) -> dict[str, np.ndarray]:
+        """[K, K] Gram matrix xᵀx / count per x name, for "gptq"; without it a layer is rounded to nearest."""
+        return {name: item.gram for name, item in self.statistics.channels.items() if item.gram is not None}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._check_exclude(model)
@@ -133,12 +150,18 @@ class QuantizeWeightOnly(WeightQuantizer):
         self._quantized.clear()
         self._unmeasured: list[str] = []
         self._int8_nodes.clear()
+        self._projections.clear()
         counts = {"linear": 0, "attention": 0, "embedding": 0, "int8": 0}
         for graph in model.graphs():
             for node in list(graph) if self.target == "ort" else ():
                 if node.domain == MS_DOMAIN and node.op_type == "Attention":
+                    weight_bytes = getattr(constant_tensor(node.inputs[1]), "nbytes", 0)
                     projections = self._split_attention(model, graph, node)
                     counts["attention"] += bool(projections)
+                    if projections:
+                        bits = 8 if self._eight_bit(node) else 4
+                        self.record(node, f"int{bits}", before=weight_bytes, after=weight_bytes * bits // 32,
+                                    reason=self._why_eight(node) if bits == 8 else "")
                     if self._eight_bit(node):
                         self._int8_nodes.update(projections)
             for node in list(graph):
@@ -177,19 +200,28 @@ class QuantizeWeightOnly(WeightQuantizer):
     # -- linear layers ----------------------------------------------------------------------
 
     def _eight_bit(self, node: ir.Node) -> bool:
-        return node.name in self.int8_layers or node.op_type in self.int8_layers or node in self._int8_nodes
+        return node.name in self.int8_layers or node.op_type in self.int8_layers or node in self._int8_nodes \
+            or self.backed_off.get(node.name) == "int8"
+
+    def _why_eight(self, node: ir.Node) -> str:
+        return FALLBACK_REASON if self.backed_off.get(node.name) == "int8" else "given"
 
     def _quantize_linear(self, model: ir.Model, graph: ir.Graph, linear: Linear) -> bool:
+        node = linear.nodes[0]
+        weight_bytes = constant_tensor(linear.weight).nbytes
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        if self.target != "ort" and opset < BLOCKED_DEQUANTIZE_OPSET:
+            self.keep(node, f"blocked int4 DequantizeLinear needs opset 21, model has {opset} "
+                            "(convert with --opset 21)", before=weight_bytes)
+            return False
+        bits = self._layout(linear)[0]
         if self.target == "ort":
             self._matmul_nbits(model, graph, linear)
-            return True
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        if opset < BLOCKED_DEQUANTIZE_OPSET:
-            node = linear.nodes[0]
-            self.skip(f"{node.op_type} {node.name!r} kept float: blocked int4 DequantizeLinear needs opset 21, "
-                      f"model has {opset} (convert with --opset 21)")
-            return False
-        self._dequantize_weight(model, graph, linear)
+        else:
+            self._dequantize_weight(model, graph, linear)
+        if node not in self._projections:  # a split Attention's projections: the Attention was recorded
+            self.record(node, f"int{bits}", before=weight_bytes, after=weight_bytes * bits // 32,
+                        reason=self._why_eight(node) if bits == 8 else "")
         return True
 
     def _layout(self, linear: Linear) -> tuple[int, int]:
@@ -303,8 +335,10 @@ class QuantizeWeightOnly(WeightQuantizer):
             return False
         if self.target == "ort" and not self._eight_bit(node):
             self._gather_block_quantized(model, graph, node, tensor)
+            self.record(node, "int4", before=tensor.nbytes, after=tensor.nbytes // 8)
         else:
-            self._int8_rows(graph, node, tensor)
+            reason = self._why_eight(node) if self._eight_bit(node) else "standard ONNX gathers no int4"
+            self._int8_rows(graph, node, tensor, reason=reason)
         return True
 
     def _gather_block_quantized(self, model: ir.Model, graph: ir.Graph, node: ir.Node,

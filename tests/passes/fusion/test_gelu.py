@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from tests.helpers import op_types, optimize_and_compare, run
+from tests.helpers import op_types, optimize_and_compare
 
 HIDDEN = 6
 

@@ -20,7 +20,7 @@ from graphopt import model as model_io
 from graphopt.passes.quantize.dynamic import QuantizeDynamic
 from graphopt.passes.quantize.scales import dequantize, symmetric_int8
 from graphopt.pipeline import PassManager
-from tests.helpers import op_types, parse, run
+from tests.helpers import op_types, parse, run, statistics
 
 _RNG = np.random.default_rng(0)
 _W = _RNG.standard_normal((8, 6)).astype(np.float32) * np.array([0.01, 0.1, 1, 3, 0.5, 2], np.float32)
@@ -246,7 +246,7 @@ def test_excluded_nodes_stay_float_with_the_reason():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"bits": 3}, "--bits 3"),
-    ({"mode": "fancy"}, "unknown quantization mode 'fancy'"),
+    ({"mode": "fancy"}, "--mode 'fancy': choose from dynamic, weight-only, static"),
     ({"exclude": ["no_such_node"]}, "--exclude names no node or op type of the model \\(after the float passes\\): no_such_node"),
     ({"preset": "int8-dynamic"}, "choose the float passes"),
 ])
@@ -261,7 +261,7 @@ def test_quantize_validates_at_int8_tolerance_and_reports_the_size(tmp_path):
     result = graphopt.quantize(path, tmp_path / "q.onnx", preset="O0", target="ort", check_speed=False)
     assert result.validation.passed and result.validation.tolerance.name == "int8"
     assert result.report.passes[-1].parameter_bytes_after < result.report.passes[-1].parameter_bytes_before
-    assert result.quantized_bytes < result.float_bytes
+    assert result.result_bytes < result.float_bytes
 
 
 @pytest.mark.parametrize("target", ["ort", "portable"])
@@ -291,8 +291,8 @@ class _Quantized:
 
 def _outlier_pass(target: str, peaks: np.ndarray, **options) -> _Quantized:
     """quantize_dynamic with x's measured per-channel peaks, as graphopt.quantize hands them over."""
-    quantize = QuantizeDynamic(**options)
-    quantize.channel_peaks = {"x": peaks}
+    quantize = QuantizeDynamic(**{"outlier_ratio": 6.0, **options})
+    quantize.statistics = statistics(peaks={"x": peaks})
     model = model_io.from_proto(_matmul_model())
     return _Quantized(model, PassManager([quantize], target=target).run(model))
 
@@ -395,8 +395,8 @@ def test_outlier_channels_carved_out_of_the_gelu_that_makes_them(target):
         if tensor.name in ("w1", "b1"):
             tensor.CopyFrom(onnx.numpy_helper.from_array({"w1": w1, "b1": b1}[tensor.name], tensor.name))
     hidden = _gelu(x @ w1 + b1)
-    quantize = QuantizeDynamic()
-    quantize.channel_peaks = {"h": np.abs(hidden).reshape(-1, 12).max(axis=0)}
+    quantize = QuantizeDynamic(outlier_ratio=6.0)
+    quantize.statistics = statistics(peaks={"h": np.abs(hidden).reshape(-1, 12).max(axis=0)})
     ir_model = _typed(model)
     report = PassManager([quantize], target=target).run(ir_model)
     assert "1 activations' outlier channels" in " ".join(report.passes[0].changes)

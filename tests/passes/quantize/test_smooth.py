@@ -8,7 +8,7 @@ import onnx
 from graphopt.passes import create_pass
 from graphopt.pipeline import PassManager
 from graphopt import model as model_io
-from tests.helpers import op_types, parse, run, to_proto
+from tests.helpers import op_types, parse, run, statistics, to_proto
 
 _RNG = np.random.default_rng(3)
 _W = _RNG.standard_normal((8, 6)).astype(np.float32)
@@ -30,7 +30,7 @@ def _model(body: str) -> onnx.ModelProto:
 def _smooth(model: onnx.ModelProto, value: str, alpha: float = 0.5):
     ir_model = model_io.from_proto(model)
     smooth = create_pass("smooth_activations", {"alpha": alpha})
-    smooth.peaks = {value: _PEAK}
+    smooth.statistics = statistics(peaks={value: _PEAK})
     report = PassManager([smooth]).run(ir_model)
     return ir_model, report.passes[0]
 
@@ -79,7 +79,7 @@ def test_no_outliers_or_no_statistics_change_nothing():
                       r = Add(h, x)""")
     ir_model = model_io.from_proto(model)
     smooth = create_pass("smooth_activations")
-    smooth.peaks = {"h": np.ones(8, np.float32)}
+    smooth.statistics = statistics(peaks={"h": np.ones(8, np.float32)})
     assert not PassManager([smooth]).run(ir_model).passes[0].modified
     assert not PassManager([create_pass("smooth_activations")]).run(model_io.from_proto(model)).passes[0].modified
 
@@ -111,7 +111,7 @@ def test_with_outlier_carving_the_activations_it_carves_are_left_to_it():
         for node in ir_model.graph:
             node.outputs[0].dtype = node.outputs[0].dtype or ir_model.graph.inputs[0].dtype
         smooth = create_pass("smooth_activations", {"alpha": 0.5, "outlier_ratio": ratio})
-        smooth.peaks = peaks
+        smooth.statistics = statistics(peaks=peaks)
         reports[ratio] = PassManager([smooth]).run(ir_model).passes[0]
         (got,) = run(ir_model, feeds)
         np.testing.assert_allclose(got, run(model, feeds)[0], rtol=1e-4, atol=1e-4)  # exact in float either way

@@ -14,7 +14,7 @@ from graphopt.passes.quantize.calibrate import minmax_range
 from graphopt.passes.quantize.scales import symmetric_int8
 from graphopt.pipeline import PassManager
 from graphopt.runtime.activations import histograms
-from tests.helpers import parse, run, to_proto
+from tests.helpers import parse, run, statistics, to_proto
 
 _RNG = np.random.default_rng(7)
 
@@ -64,7 +64,7 @@ def _ranges(model: onnx.ModelProto, samples) -> dict[str, tuple[float, float]]:
 def _quantize(model: onnx.ModelProto, ranges, **options):
     ir_model = model_io.from_proto(model)
     quantize = create_pass("quantize_static", options)
-    quantize.ranges = ranges
+    quantize.statistics = statistics(ranges=ranges)
     report = PassManager([quantize]).run(ir_model)
     return ir_model, report.passes[0]
 
@@ -221,7 +221,7 @@ def test_bias_correction_takes_the_weights_mean_error_out_of_the_output(bias):
     means = np.mean([sample["x"] for sample in samples], axis=(0, 1, 3, 4)).astype(np.float64)
     plain, _ = _quantize(model, ranges, per_channel=False, bias_correction=False)
     quantize = create_pass("quantize_static", {"per_channel": False})
-    quantize.ranges, quantize.input_means = ranges, {"x": means}
+    quantize.statistics = statistics(ranges=ranges, means={"x": means})
     corrected = model_io.from_proto(model)
     report = PassManager([quantize]).run(corrected).passes[0]
     assert "1 Conv/Gemm biases corrected" in report.changes[1]

@@ -24,7 +24,8 @@ from graphopt.passes.quantize.blocks import (
 )
 from graphopt.passes.quantize.scales import dequantize, symmetric_int8
 from graphopt.passes.quantize.weight_only import QuantizeWeightOnly
-from tests.helpers import op_types, parse, run
+from graphopt.pipeline import PassManager
+from tests.helpers import op_types, parse, run, statistics
 
 _RNG = np.random.default_rng(0)
 _K, _N = 40, 6  # K is not a multiple of 16 or 32: the last block is padded
@@ -233,11 +234,15 @@ def test_mse_reaches_the_kernel():
     weight = _heavy_tailed((64, 8))
     model = _model(body="y = MatMul(x, w)", weight=weight)
     x = _x((2, 3, 64))
-    result = _quantize(model, "ort", algorithm="mse", **_EXACT)  # symmetric
-    (got,) = run(result.model, {"x": x})
+    quantize = QuantizeWeightOnly(algorithm="mse", symmetric=True, **_EXACT)  # no statistics: unweighted
+    quantized = ir.serde.deserialize_model(model)
+    report = PassManager([quantize], target="ort").run(quantized)
+    (got,) = run(quantized, {"x": x})
     np.testing.assert_allclose(got, x @ dequantize_blocks(*quantize_blocks(weight, 32, "mse"), 64), rtol=1e-4, atol=1e-5)
     assert not np.allclose(got, x @ _dequantized(weight, 32), rtol=1e-4, atol=1e-5)
-    assert "1 MatMul/Gemm int4 (block 32, symmetric, mse): MatMulNBits" in result.report.passes[0].changes
+    assert "1 MatMul/Gemm int4 (block 32, symmetric, mse): MatMulNBits" in report.passes[0].changes
+    measured = _quantize(model, "ort", algorithm="mse", **_EXACT)  # a pass list: measured on the validation inputs
+    assert measured.report.passes[-1].changes == report.passes[0].changes and measured.validation is None
 
 
 def test_channel_weights_for_the_input_steer_the_pass():
@@ -246,7 +251,7 @@ def test_channel_weights_for_the_input_steer_the_pass():
     quantize = QuantizeWeightOnly(algorithm="mse", accuracy_level=0, symmetric=True)
     quantize.target = "ort"
     importance = np.where(np.arange(64) % 32 < 4, 100.0, 0.01).astype(np.float32)
-    quantize.channel_weights["x"] = importance
+    quantize.statistics = statistics(mean_squares={"x": importance})
     quantize(model)
     scales = _initializers(model)["w_scale"].numpy()
     np.testing.assert_array_equal(scales, quantize_blocks(weight, 32, "mse", importance)[1])
@@ -260,7 +265,7 @@ def test_a_shared_weight_splits_when_its_inputs_weigh_channels_differently():
     quantize = QuantizeWeightOnly(algorithm="mse", symmetric=True)
     quantize.target = "ort"
     importance = np.where(np.arange(64) % 32 < 4, 100.0, 0.01).astype(np.float32)
-    quantize.channel_weights["x"] = importance
+    quantize.statistics = statistics(mean_squares={"x": importance})
     quantize(model)
     scales = [tensor.numpy() for name, tensor in _initializers(model).items() if name.startswith("w_scale")]
     assert len(scales) == 2
@@ -271,7 +276,7 @@ def test_a_shared_weight_splits_when_its_inputs_weigh_channels_differently():
 def test_channel_weights_of_the_wrong_length_are_an_input_error():
     quantize = QuantizeWeightOnly(algorithm="mse")
     quantize.target = "ort"
-    quantize.channel_weights["x"] = np.ones(_K + 1, np.float32)
+    quantize.statistics = statistics(mean_squares={"x": np.ones(_K + 1, np.float32)})
     with pytest.raises(InputError, match=f"channel weights for 'x' must be {_K} finite values"):
         quantize(ir.serde.deserialize_model(_model()))
 

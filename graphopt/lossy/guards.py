@@ -1,0 +1,152 @@
+"""The guards a lossy result must pass before it is written, whoever asked for it.
+
+kernels: the result must load on the execution provider, and every op the lossy passes brought
+in must have a kernel there (else it would run on the CPU with copies both ways; ops the float
+model already had are not blamed). latency: the result is timed against the float model in
+turns on the EP and refused when it is not `min_speedup` times faster; when the fallback held
+layers back, the points of its path are timed in the same run and reported as a small Pareto
+table. size: a technique that buys size (sparsity, clustering) must shrink the weights as a
+compressed file stores them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import model as model_io
+from graphopt.errors import GuardRefused, InputError
+from graphopt.lossy.fallback import Fallback, Trial
+from graphopt.runtime import guard
+from graphopt.runtime.providers import SessionConfig, create_session
+
+LOAD_CHECK_BYTES = 2**30  # results are loaded in ONNX Runtime up to this size (a session holds a copy)
+MAX_ALTERNATIVES = 6  # points of the fallback's path timed for the report
+
+
+@dataclasses.dataclass
+class Alternative:
+    """A point of the fallback's path (nothing backed off, then the most sensitive layers one by
+    one), timed against float in the latency guard's bench run."""
+
+    backed_off: dict[str, str]
+    score: float
+    within_tolerance: bool
+    latency: guard.LatencyCheck
+    chosen: bool
+    pareto: bool = False  # no other point scores at least as well and runs at least as fast
+
+    def to_dict(self) -> dict:
+        return {"backed_off": self.backed_off, "score": self.score, "within_tolerance": self.within_tolerance,
+                "p50_ms": self.latency.result_ms, "speedup": self.latency.speedup, "chosen": self.chosen,
+                "pareto": self.pareto}
+
+
+@dataclasses.dataclass
+class SizeCheck:
+    """The weights' bytes of the float model and the result, raw and as zlib compresses them."""
+
+    float_bytes: int
+    result_bytes: int
+    float_compressed: int
+    result_compressed: int
+
+    @property
+    def ratio(self) -> float:
+        return self.result_compressed / max(self.float_compressed, 1)
+
+    def describe(self) -> str:
+        return (f"weights {self.float_bytes / 2**20:.1f} → {self.result_bytes / 2**20:.1f} MiB, compressed "
+                f"{self.float_compressed / 2**20:.1f} → {self.result_compressed / 2**20:.1f} MiB ({self.ratio:.3f}x)")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "ratio": self.ratio}
+
+
+def check_kernels(float_model: ir.Model, model: ir.Model, config: SessionConfig, force: bool,
+                  label: str = "the result") -> None:
+    """Refuse a result ONNX Runtime cannot load on the EP (a kernel missing for the model's opset:
+    QuantizeLinear-28) — loaded only up to LOAD_CHECK_BYTES of parameters (a bigger one is loaded by
+    validation) — or with ops the float model lacked and the EP has no kernel for."""
+    ep = config.resolved_ep()
+    try:
+        if model_io.parameter_bytes(model) <= LOAD_CHECK_BYTES:
+            create_session(model, config, label=label)
+    except InputError as error:
+        if not force:
+            raise GuardRefused(f"{error}; nothing was written (--force writes it)") from None
+    missing = sorted(set(guard.missing_kernels(model, ep)) - set(guard.missing_kernels(float_model, ep)))
+    if missing and not force:
+        raise GuardRefused(f"{ep} has no kernel for {', '.join(missing)}: those nodes would run on the "
+                           "CPU with copies both ways; nothing was written (--force writes it)")
+
+
+def refuse_slow(check: guard.LatencyCheck, min_speedup: float, force: bool,
+                remedy: str = " (--force writes it)") -> guard.LatencyCheck:
+    """GuardRefused (both p50s in the message) for a result under `min_speedup` times float's speed
+    (1.0: any slower), unless `force`."""
+    if check.speedup < min_speedup and not force:
+        wanted = "slower than the float one" if min_speedup == 1.0 else f"under {min_speedup:.2f}x float's speed"
+        raise GuardRefused(f"the {check.label} model is {wanted}: {check.describe()}; nothing was written{remedy}")
+    return check
+
+
+def time_path(float_model: ir.Model, chosen: ir.Model, fallback: Fallback | None,
+              build: Callable[[dict[str, str]], ir.Model], config: SessionConfig, feeds, label: str
+              ) -> tuple[guard.LatencyCheck, list[Alternative]]:
+    """The chosen result timed against float; with a fallback path, every timed point of it in the
+    same bench run (the chosen one among them), marked chosen and Pareto."""
+    path = _path_to_time(fallback)
+    if len(path) < 2:
+        return guard.compare_latency(float_model, chosen, config, feeds, label=label), []
+    builders = [(lambda: chosen) if trial.backed_off == fallback.backed_off else
+                (lambda backed_off=trial.backed_off: build(backed_off)) for trial in path]
+    checks = guard.compare_latencies(float_model, builders, config, feeds, label=label)
+    alternatives = pareto([Alternative(trial.backed_off, trial.score, trial.within_tolerance, check,
+                                       trial.backed_off == fallback.backed_off) for trial, check in zip(path, checks)])
+    return next(item.latency for item in alternatives if item.chosen), alternatives
+
+
+def _path_to_time(fallback: Fallback | None) -> list[Trial]:
+    """The fallback path's points to time: all of them up to MAX_ALTERNATIVES, else evenly spaced
+    ones, the first and the chosen among them."""
+    if fallback is None or len(fallback.path) < 2:
+        return []
+    path = fallback.path
+    chosen = next((index for index, trial in enumerate(path) if trial.backed_off == fallback.backed_off), 0)
+    picked = {round(index * (len(path) - 1) / (MAX_ALTERNATIVES - 2)) for index in range(MAX_ALTERNATIVES - 1)} \
+        if len(path) > MAX_ALTERNATIVES else set(range(len(path)))
+    return [path[index] for index in sorted(picked | {0, chosen})]
+
+
+def pareto(alternatives: Sequence[Alternative]) -> list[Alternative]:
+    """Mark the points no other point beats on both score and latency."""
+    for item in alternatives:
+        item.pareto = not any(other.score >= item.score and other.latency.result_ms <= item.latency.result_ms
+                              and (other.score > item.score or other.latency.result_ms < item.latency.result_ms)
+                              for other in alternatives)
+    return list(alternatives)
+
+
+def check_size(float_model: ir.Model, model: ir.Model, max_size: float, force: bool) -> SizeCheck:
+    """The weights' bytes compared as a compressed file stores them (zlib, fast level); refused
+    unless the result's are at most `max_size` times float's."""
+    check = SizeCheck(model_io.parameter_bytes(float_model), model_io.parameter_bytes(model),
+                      _compressed_bytes(float_model), _compressed_bytes(model))
+    if check.ratio > max_size and not force:
+        raise GuardRefused(f"the result is not smaller than the float model: {check.describe()}; nothing was "
+                           "written (--force writes it)")
+    return check
+
+
+def _compressed_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += len(zlib.compress(np.ascontiguousarray(value.const_value.numpy()).tobytes(), 1))
+    return total

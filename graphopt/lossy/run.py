@@ -1,0 +1,240 @@
+"""A lossy run: float passes, then the lossy passes, judged, guarded, written.
+
+1. The float passes run on the loaded model (to a fixed point): the float model.
+2. The data-dependent exact passes before the first lossy pass (SmoothQuant, outlier carving)
+   get the statistics they declare, measured on the float model over the calibration data (or
+   the validation inputs), and rewrite it once; the nodes they add stay as they are.
+3. The lossy passes get theirs, measured on that model in one more pass over the data, and run
+   on a clone: the candidate.
+4. With a score budget, the fallback backs the most sensitive layers off along their passes'
+   ladders until it is met, judged on held-out calibration samples when there are some.
+5. Validation against the input at the budget's tolerance; the kernel guard; the latency guard
+   (passes that buy speed) or the size guard (passes that buy size); then the write.
+Every way in — graphopt quantize, optimize with a lossy preset, pass list or recipe, run, the
+API — comes here, so every one gets the same result and the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
+
+from graphopt import model as model_io
+from graphopt.errors import InputError, ValidationFailed
+from graphopt.lossy import guards
+from graphopt.lossy.budget import Budget
+from graphopt.lossy.fallback import Fallback, Layer, choose
+from graphopt.lossy.result import LossyResult
+from graphopt.lossy.statistics import hand_over
+from graphopt.passes import Pass
+from graphopt.pipeline import DEFAULT_MAX_ITERATIONS, PassManager, PassObserver, PipelineReport
+from graphopt.runtime import inputs as input_io
+from graphopt.runtime.calibration import CalibrationData
+from graphopt.runtime.providers import SessionConfig
+from graphopt.runtime.validate import Validator
+
+HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)
+FROZEN = "the float part of {pass_}, kept as it is on purpose"
+
+
+@dataclasses.dataclass
+class Source:
+    """The model as the user gave it (the reference) and the loaded model the passes change."""
+
+    reference: Any
+    model: ir.Model
+
+
+def load(model, opset: int | None = None) -> Source:
+    """A path, an onnx.ModelProto or an onnx_ir.Model (cloned: the caller's stays the reference)."""
+    if isinstance(model, onnx.ModelProto):
+        source = Source(model, model_io.from_proto(model))
+    elif isinstance(model, ir.Model):
+        model_io.check_input(model)
+        source = Source(model.clone(), model)
+    else:
+        source = Source(model, model_io.load(model))
+    if opset is not None:
+        source.model = model_io.convert_opset(source.model, opset)
+    return source
+
+
+@dataclasses.dataclass
+class Plan:
+    """What to run: the float passes, then `passes` (data-dependent exact ones, then the lossy ones)."""
+
+    float_passes: list[Pass]
+    passes: list[Pass]
+    target: str = "portable"
+    float_target: str | None = None  # the float passes' target, when it is not `target`
+    fixed_point: bool = True
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    check: bool = True
+
+    def split(self) -> tuple[list[Pass], list[Pass]]:
+        """(the passes before the first lossy one, applied once; the rest, rebuilt for each candidate)."""
+        first = next((index for index, pass_ in enumerate(self.passes) if pass_.lossy), len(self.passes))
+        return self.passes[:first], self.passes[first:]
+
+
+@dataclasses.dataclass
+class Checks:
+    """How the result is judged and where its data comes from."""
+
+    budget: Budget
+    config: SessionConfig  # validation and statistics sessions
+    bench_config: SessionConfig  # the latency guard's
+    validate: bool = True
+    check_speed: bool = True
+    force: bool = False
+    inputs: Any = None
+    shapes: dict | None = None
+    input_ranges: dict | None = None
+    calibration: str | Iterable | None = None
+
+
+def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObserver | None = None,
+        external_data: bool | None = None) -> LossyResult:
+    _check(plan, checks)
+    samples = CalibrationData(source.model, checks.calibration) if checks.calibration is not None else None
+    held_out = _held_out(plan, checks, samples)
+    float_model = source.model
+    float_report = PassManager(plan.float_passes, target=plan.float_target or plan.target,
+                               fixed_point=plan.fixed_point and bool(plan.float_passes),
+                               max_iterations=plan.max_iterations, check=plan.check, observer=observer).run(float_model)
+    NameFixPass(_NodeNames())(float_model)  # the report, --exclude and the fallback know layers by name
+    validator = _validator(source, plan, checks, samples, held_out)
+    data = samples if samples is not None else validator.input_sets if validator is not None else None
+    progress = getattr(observer, "calibration", None)
+    prepare, lossy = plan.split()
+    prepared = _prepare(float_model, prepare, lossy, data, checks.config, plan, progress)
+    hand_over(lossy, float_model, data, checks.config, progress)
+
+    def build(backed_off: dict[str, str]) -> tuple[ir.Model, PipelineReport]:
+        candidate = float_model.clone()
+        for pass_ in lossy:
+            pass_.backed_off = dict(backed_off)
+        return candidate, PassManager(lossy, target=plan.target, check=plan.check).run(candidate)
+
+    candidate, report = build({})
+    fallback = None
+    if checks.budget.target is not None:
+        fallback = _fall_back(float_model, report, lossy, checks.budget, validator, build)
+        if fallback.backed_off:
+            candidate, report = build(fallback.backed_off)
+    validation = validator.validate(candidate, locate=False) if checks.validate else None
+    if validation is not None and not validation.passed and not checks.force:
+        raise ValidationFailed(f"the {_verb(lossy)} model does not match the input: {validation.summary()}; "
+                               "nothing was written", validation)
+    result = LossyResult(candidate, _merged(float_report, prepared, report), [], validation, [],
+                         [outcome for entry in report.passes for outcome in entry.outcomes],
+                         model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate),
+                         _verb(lossy), fallback)
+    _guard(result, float_model, lossy, checks, build)
+    if output is not None:
+        result.written = model_io.save(candidate, output, external_data=external_data)
+    return result
+
+
+def _check(plan: Plan, checks: Checks) -> None:
+    checks.budget.check()
+    if checks.budget.target is not None and not checks.validate:
+        raise InputError("--min-cosine and --max-drop are measured by validation: drop --no-validate")
+    needing = next((pass_ for pass_ in plan.passes if pass_.needs_calibration), None)
+    if needing is not None and checks.calibration is None:
+        raise InputError(f"{needing.needs_calibration}: give --calib DATA")
+    if checks.calibration is not None and not any(pass_.measures() for pass_ in plan.passes):
+        raise InputError("--calib feeds the statistics a pass measures (static int8's ranges, --algorithm mse/gptq, "
+                         "--outlier-ratio, --smooth); this run measures none (nothing would use the data)")
+
+
+def _held_out(plan: Plan, checks: Checks, samples: CalibrationData | None):
+    """A budget, and passes whose statistics fit the data (static int8's ranges) whatever the budget,
+    are judged on held-out calibration samples the statistics never see: synthesized inputs
+    (random pixels, random ids) saturate ranges measured on real samples."""
+    judged_on_data = checks.budget.target is not None or any(pass_.needs_calibration for pass_ in plan.passes)
+    if samples is None or len(samples) < 2 or not judged_on_data or checks.inputs is not None:
+        return None
+    return samples.split_off(min(HELD_OUT, max(1, len(samples) // 8)))
+
+
+def _validator(source: Source, plan: Plan, checks: Checks, samples, held_out) -> Validator | None:
+    measuring = any(pass_.measures() for pass_ in plan.passes)
+    if not checks.validate and not (measuring and samples is None):
+        return None
+    reference = source.reference
+    return Validator(reference, feeds=checks.inputs, shapes=checks.shapes, ranges=checks.input_ranges,
+                     tol=checks.budget.resolve(plan.passes), config=checks.config,
+                     reference_ir=reference if isinstance(reference, ir.Model) else None, feed_sets=held_out)
+
+
+def _prepare(model: ir.Model, prepare: list[Pass], lossy: list[Pass], data, config: SessionConfig, plan: Plan,
+             progress) -> PipelineReport | None:
+    """Run the data-dependent exact passes once, in place, on statistics measured before the first;
+    the nodes each adds are frozen for the lossy passes (smoothing's Muls, whose input int8 would
+    lose what smoothing saves; the carved channels' float MatMuls)."""
+    if not prepare:
+        return None
+    hand_over(prepare, model, data, config, progress)
+    reports, frozen = [], {}
+    for pass_ in prepare:
+        before = {node.name for node in model.graph}
+        reports.append(PassManager([pass_], target=plan.target, check=plan.check).run(model))
+        frozen.update((node.name, FROZEN.format(pass_=pass_.name)) for node in model.graph if node.name not in before)
+    for pass_ in lossy:
+        pass_.frozen = dict(frozen)
+    return _merged(*reports)
+
+
+def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass], budget: Budget,
+               validator: Validator, build: Callable) -> Fallback:
+    """Back off the changed layers along their passes' ladders, in the float model's order, judged
+    by the budget; by bytes when a pass buys size per byte (its `cost`)."""
+    passes = {pass_.name: pass_ for pass_ in lossy}
+    changed = {outcome.layer: (passes[entry.name], outcome) for entry in report.passes
+               for outcome in entry.outcomes if outcome.changed}
+    order = {node.name: index for index, node in enumerate(float_model.graph)}
+    layers = [Layer(name, owner.ladder()[1:], float(outcome.bytes_before or 1))
+              for name, (owner, outcome) in sorted(changed.items(), key=lambda item: order.get(item[0], len(order)))]
+    costs = any(pass_.cost == "bytes" for pass_ in lossy)
+    return choose(layers, lambda backed_off: budget.judge(validator.check(build(backed_off)[0])), budget.target,
+                  costs=costs)
+
+
+def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks: Checks, build: Callable) -> None:
+    guards.check_kernels(float_model, result.model, checks.config, checks.force, label=f"the {result.verb} model")
+    objectives = {pass_.objective for pass_ in lossy if pass_.lossy}
+    if "latency" in objectives and checks.check_speed:
+        feeds = None if checks.inputs is None else input_io.user_feeds(float_model, checks.inputs)
+        latency, result.alternatives = guards.time_path(float_model, result.model, result.fallback,
+                                                        lambda backed_off: build(backed_off)[0],
+                                                        checks.bench_config, feeds, result.verb)
+        result.latency = guards.refuse_slow(latency, checks.budget.min_speedup, checks.force)
+    if "size" in objectives or checks.budget.max_size < 1.0:
+        result.size = guards.check_size(float_model, result.model, checks.budget.max_size, checks.force)
+
+
+def _verb(lossy: list[Pass]) -> str:
+    return next((pass_.verb for pass_ in lossy if pass_.lossy), "changed")
+
+
+def _merged(*reports: PipelineReport | None) -> PipelineReport:
+    present = [report for report in reports if report is not None]
+    first, last = present[0], present[-1]
+    return dataclasses.replace(first, passes=[entry for report in present for entry in report.passes],
+                               seconds=sum(report.seconds for report in present), nodes_after=last.nodes_after)
+
+
+class _NodeNames:
+    """Unnamed nodes are named after their op type (NameFixPass makes the names unique)."""
+
+    def generate_node_name(self, node: ir.Node) -> str:
+        return node.name or node.op_type
+
+    def generate_value_name(self, value: ir.Value) -> str:
+        return value.name or "value"

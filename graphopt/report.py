@@ -1,0 +1,64 @@
+"""`graphopt run`'s report.md: the export, the passes, validation, quantization, latency, accuracy.
+
+Drawn with the same tables the command line prints (graphopt.render).
+"""
+
+from __future__ import annotations
+
+from graphopt import render
+
+
+def run_markdown(result, preset: str) -> str:
+    export = result.export
+    lines = [f"# graphopt run: {result.name}", "",
+             f"Exported with the {export.exporter} exporter at opset {export.opset}; parity with torch: max abs "
+             f"error {export.max_abs_error:.3g} over {len(export.parity)} input shape set(s).",
+             *(f"- note: {note}" for note in export.notes), ""]
+    if result.optimize is not None:
+        report = result.optimize.report
+        lines += [f"## Passes ({preset}, target {report.target}, {report.iterations} iteration(s), "
+                  f"{report.seconds * 1000:.0f} ms)", "", render.markdown(render.passes_table(report)), "",
+                  *(f"- {line}" for line in render.skip_lines(report)),
+                  *(f"- warning: {warning}" for warning in result.optimize.warnings), ""]
+    lines += ["## Validation", ""]
+    if result.validation is None:
+        lines += ["not run", ""]
+    else:
+        lines += [f"**{result.validation.summary()}**", "", render.markdown(render.validation_table(result.validation))]
+        if result.validation.divergence is not None:
+            lines += ["", result.validation.divergence.describe()]
+        lines.append("")
+    lines += _quantization(result)
+    lines += _latency(result)
+    if result.accuracy:
+        lines += ["## Accuracy on the held-out test set", "",
+                  *(f"- {label}: {value:.2%}" for label, value in result.accuracy.items()), ""]
+    return "\n".join(lines)
+
+
+def _quantization(result) -> list[str]:
+    if result.quantized is None and not result.quantize_refusal:
+        return []
+    lines = ["## Quantization", ""]
+    if result.quantized is not None:
+        quantized = result.quantized
+        lines += [f"- {line}" for line in render.lossy_lines(quantized)]
+        lines.append(f"- validation against the export: **{quantized.validation.summary()}**")
+        cosines = [output.cosine for run in quantized.validation.input_sets for output in run.outputs]
+        lines.append(f"- worst output cosine {min(cosines):.4f}")
+    if result.quantize_refusal:
+        lines.append(f"**not written: {result.quantize_refusal}**")
+    return lines + [""]
+
+
+def _latency(result) -> list[str]:
+    if result.bench is None:
+        return []
+    models = result.bench.models
+    p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)
+    ratios = ", ".join(f"{model.model} {ratio:.2f}x" for model, ratio in zip(models[1:], result.bench.ratios()[1:]))
+    return [f"## Latency ({' vs '.join(model.model for model in models)})", "",
+            f"p50 {p50s} at {result.bench.cases[0].shapes_text()}: median time per run against the exported "
+            f"model's: {ratios} (below 1.00x is faster). All ran in this process in turns, each alone on the "
+            "machine while timed, with the session settings below.", "",
+            result.bench.to_markdown(), "![latency](latency.png)", ""]
