@@ -1,6 +1,7 @@
 """graphopt's passes, one module per family; importing this package registers them all."""
 
-from graphopt.passes import cleanup, deployment, fold, fusion, noops, quantize, simplify  # noqa: F401  (registers them)
+from graphopt.passes import compress, cleanup, deployment, fold, fusion, noops, quantize, simplify  # noqa: F401
+# (importing them registers them)
 from graphopt.passes.registry import (
     TARGETS,
     LossyPass,
