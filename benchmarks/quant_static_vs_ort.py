@@ -1,7 +1,11 @@
 """graphopt's static int8 against onnxruntime.quantization.quantize_static, same exports, one run.
 
-Variants of each export (dynamo exporter):
+Variants of each export (dynamo exporter, or the one a `name@exporter` spec names):
   float            the export as is
+  float-O3         graphopt optimize --preset O3 --target ort: the best float model a user could have (every
+                   speed-up is given against it as well as against the export)
+  nncf-static      NNCF's nncf.quantize on the ONNX model (its ONNX Runtime backend, default PERFORMANCE
+                   preset: int8 weights per channel, symmetric activations) on the same samples
   ort-static       ORT's best settings for its CPU kernels: onnxsim (ORT's quant_pre_process crashes on
                    dynamo exports, see the issue), then quant_pre_process (symbolic shape inference),
                    then quantize_static: QDQ, uint8 activations, int8 weights per channel, MinMax
@@ -27,7 +31,8 @@ Fidelity against float: digits-cnn top-1 accuracy on its 450 test images (points
 lowest cosine of mean-pooled sentence embeddings over benchmarks/data/sentences.txt; the others the
 lowest output cosine over 8 random inputs of another seed. Latency: p50 at batch 1 (images 224x224,
 MiniLM seq 128), every variant of a model timed in one graphopt bench run (time slices: each session
-owns the machine while timed; ORT_ENABLE_ALL). Speedups are float p50 / variant p50.
+owns the machine while timed; ORT_ENABLE_ALL). Speedups are float p50 / variant p50, against the export and
+against float-O3.
 --bert-memory: graphopt's entropy calibration of BERT-base over 1,000 sentences (pydoc sentences and
 pairs of them; --scheme qdq, which calibrates every float value, not only the linear layers' inputs),
 alone in a fresh process importing graphopt only: its peak RSS and time (ORT's calibrators keep every activation
@@ -62,8 +67,8 @@ from benchmarks.fusion_vs_peers import exported  # noqa: E402
 from benchmarks.quant_vs_ort import _cosine, _outputs, _sentence_feeds, _session, merge  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_MODELS = "resnet18,resnet50,mobilenetv2,convnext-tiny,vit-base,digits-cnn,minilm"
-VARIANTS = ("float", "ort-static", "graphopt-static", "graphopt-static-0.99")
+DEFAULT_MODELS = "resnet18,resnet18@torchscript,resnet50,mobilenetv2,convnext-tiny,vit-base,digits-cnn,minilm"
+VARIANTS = ("float", "float-O3", "ort-static", "nncf-static", "graphopt-static", "graphopt-static-0.99")
 ATTENTION_VARIANTS = ("graphopt-static-qdq",)  # models with attention: what --scheme auto did not choose
 TEXT_VARIANTS = ("graphopt-static-smooth-carve", "graphopt-dynamic", "graphopt-dynamic-smooth-carve")
 ATTENTION_MODELS = ("minilm", "vit-base")
@@ -72,6 +77,7 @@ QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
                  "MatMulIntegerToFloat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
                  "DynamicQuantizeMatMul"}
 BERT_SAMPLES = 1000
+BENCH_RUNS = 200  # per variant: identical models timed 60 times apart differed by up to 10% on 2 cores
 
 
 # -- the quantizers, each in a fresh process ----------------------------------------------------
@@ -84,6 +90,8 @@ def worker(variant: str, source: Path, out: Path, calib: Path, calibrator: str) 
     note = ""
     if variant == "ort-static":
         note = _ort_static(source, out, calib)
+    elif variant == "nncf-static":
+        _nncf_static(source, out, calib)
     elif variant.startswith("graphopt-dynamic"):
         tamed = TAMED if variant.endswith("smooth-carve") else {}
         graphopt.quantize(source, out, target="ort", calibration=calib if tamed else None, check_speed=False,
@@ -126,6 +134,16 @@ def _ort_static(source: Path, out: Path, calib: Path) -> str:
     return note
 
 
+def _nncf_static(source: Path, out: Path, calib: Path) -> None:
+    """NNCF's post-training quantization of the ONNX model (its ONNX Runtime backend), its defaults
+    (the PERFORMANCE preset: symmetric int8, per-channel weights) on the same calibration samples."""
+    import nncf
+
+    samples = [dict(np.load(path)) for path in sorted(calib.glob("*.npz"))]
+    quantized = nncf.quantize(onnx.load(source), nncf.Dataset(samples), subset_size=len(samples))
+    onnx.save(quantized, out)
+
+
 def _run_worker(variant: str, source: Path, out: Path, calib: Path, calibrator: str = "minmax") -> dict:
     completed = subprocess.run([sys.executable, __file__, "--worker", variant, str(source), str(out), str(calib),
                                 calibrator], capture_output=True, text=True)
@@ -165,9 +183,10 @@ def _digits_accuracy(path: Path, source: Path) -> float:
         return float(np.mean(np.argmax(logits, axis=-1) == data["labels"]))
 
 
-def _model_path(name: str) -> Path:
-    """The cached dynamo export (digits-cnn's datasets beside it)."""
-    path = exported(f"{name}@dynamo")
+def _model_path(spec: str) -> Path:
+    """The cached export of `name[@exporter]`, dynamo by default (digits-cnn's datasets beside it)."""
+    name, _, exporter = spec.partition("@")
+    path = exported(f"{name}@{exporter or 'dynamo'}")
     if name == "digits-cnn" and not path.with_name("digits-cnn.dynamo.test.npz").exists():
         path.unlink()
         path = exported(f"{name}@dynamo")
@@ -176,15 +195,18 @@ def _model_path(name: str) -> Path:
 
 # -- one model -----------------------------------------------------------------------------------
 
-def bench_model(name: str, workdir: Path) -> dict:
-    path = _model_path(name)
-    calib = _calibration_folder(name, path, workdir / f"{name}.calib")
-    rows: dict[str, dict] = {"float": {}}
-    paths: dict[str, Path] = {"float": path}
-    variants = VARIANTS[1:] + (ATTENTION_VARIANTS if name in ATTENTION_MODELS else ()) + \
+def bench_model(spec: str, workdir: Path) -> dict:
+    name = spec.partition("@")[0]
+    path = _model_path(spec)
+    calib = _calibration_folder(name, path, workdir / f"{spec}.calib")
+    best_float = workdir / f"{spec}.float-O3.onnx"
+    graphopt.optimize(path, best_float, preset="O3", target="ort")
+    rows: dict[str, dict] = {"float": {}, "float-O3": {}}
+    paths: dict[str, Path] = {"float": path, "float-O3": best_float}
+    variants = VARIANTS[2:] + (ATTENTION_VARIANTS if name in ATTENTION_MODELS else ()) + \
         (TEXT_VARIANTS if name == "minilm" else ())
     for variant in variants:
-        out = workdir / f"{name}.{variant}.onnx"
+        out = workdir / f"{spec}.{variant}.onnx"
         try:
             rows[variant] = _run_worker(variant, path, out, calib)
             paths[variant] = out
@@ -209,17 +231,18 @@ def bench_model(name: str, workdir: Path) -> dict:
     shapes = {value.name: ((1, 128) if text else tuple(dim if isinstance(dim, int) else 1 for dim in value.shape))
               for value in _session(path).get_inputs()}
     labels = list(paths)
-    result = graphopt.bench([str(paths[label]) for label in labels], shapes=shapes, labels=labels, runs=60)
+    result = graphopt.bench([str(paths[label]) for label in labels], shapes=shapes, labels=labels, runs=BENCH_RUNS)
     for label, numbers in zip(labels, result.models):
         rows[label]["p50_ms"] = numbers.p50_ms
     for row in rows.values():
         if "p50_ms" in row:
             row["speedup"] = rows["float"]["p50_ms"] / row["p50_ms"]
+            row["speedup_O3"] = rows["float-O3"]["p50_ms"] / row["p50_ms"]
             row["size_vs_float"] = row["bytes"] / rows["float"]["bytes"]
     fidelity = ("test top-1 accuracy, 450 images" if name == "digits-cnn" else
                 f"min cosine, mean-pooled embeddings of {len(feeds)} real sentences" if text else
                 f"min output cosine over {len(feeds)} random inputs")
-    return {"model": name, "date": datetime.date.today().isoformat(), "fidelity": fidelity,
+    return {"model": spec, "date": datetime.date.today().isoformat(), "fidelity": fidelity,
             "calibration_samples": len(list(calib.glob("*.npz"))), "shapes": {k: list(v) for k, v in shapes.items()},
             "variants": rows}
 
@@ -279,18 +302,19 @@ def _markdown(results: list[dict]) -> str:
                      f"samples; run {result['date']})\n")
         lines.append("| variant | int8 kernels / unfused Q,DQ | size vs float | " +
                      ("top-1 accuracy" if digits else "min cosine") +
-                     " | p50 ms | speedup | quantize s | RSS growth GiB | note |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+                     " | p50 ms | speedup | vs O3 | quantize s | RSS growth GiB | note |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for variant, row in result["variants"].items():
             if "failed" in row:
-                lines.append(f"| {variant} | {row['failed']} |" + " |" * 7)
+                lines.append(f"| {variant} | {row['failed']} |" + " |" * 8)
                 continue
             fidelity = f"{row['accuracy']:.2%}" if digits else f"{row['min_cosine']:.4f}"
             fused = f"{row['fused']['int8 kernels']} / {row['fused']['unfused Q/DQ']}"
             quantize = f"{row['seconds']:.1f}" if "seconds" in row else ""
             memory = f"{row['rss_growth'] / 2**30:.2f}" if "rss_growth" in row else ""
+            versus_o3 = f"{row['speedup_O3']:.2f}x" if "speedup_O3" in row else "-"
             lines.append(f"| {variant} | {fused} | {row['size_vs_float']:.3f}x | {fidelity} | {row['p50_ms']:.2f} | "
-                         f"**{row['speedup']:.2f}x** | {quantize} | {memory} | {row.get('note', '')} |")
+                         f"**{row['speedup']:.2f}x** | {versus_o3} | {quantize} | {memory} | {row.get('note', '')} |")
         lines.append("")
     return "\n".join(lines)
 
