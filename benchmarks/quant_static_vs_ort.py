@@ -160,6 +160,8 @@ def _calibration_folder(name: str, source: Path, folder: Path) -> Path:
     from graphopt.export import calibration_set, zoo_entry
 
     samples = calibration_set(zoo_entry(name).build(), source)
+    if isinstance(samples, Path) and samples.is_dir():  # the text models' sentences, one .npz each
+        return samples
     if isinstance(samples, Path):  # a shipped .npz, samples along axis 0 at batch 1
         with np.load(samples) as arrays:
             samples = [{key: arrays[key][index:index + 1] for key in arrays.files}
@@ -335,19 +337,20 @@ def main() -> None:
     saved = RESULTS / "quant_static_vs_ort.json"
     results = json.loads(saved.read_text()) if saved.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = []
         for name in [name for name in args.models.split(",") if name]:
             print(f"benchmarking {name}", file=sys.stderr)
-            fresh.append(bench_model(name, Path(tmp)))
+            _save(results, bench_model(name, Path(tmp)))  # each model's entry as soon as it is measured
         if args.bert_memory:
             print("bert-base entropy calibration memory", file=sys.stderr)
-            fresh.append(bert_memory(Path(tmp)))
-    for entry in fresh:
-        merge(results, entry)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "quant_static_vs_ort.md").write_text(_markdown(results))
+            _save(results, bert_memory(Path(tmp)))
     print(_markdown(results))
+
+
+def _save(results: list[dict], entry: dict) -> None:
+    merge(results, entry)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quant_static_vs_ort.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "quant_static_vs_ort.md").write_text(_markdown(results))
 
 
 if __name__ == "__main__":
