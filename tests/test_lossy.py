@@ -13,16 +13,8 @@ import graphopt
 from graphopt.cli import main
 from graphopt.pipeline import PRESETS
 from graphopt.runtime import guard
+from tests.export.test_zoo_and_run import MLP_FACTORY
 
-MLP_FACTORY = '''
-import torch
-
-def build():
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 10))
-    return {"module": module, "example_inputs": (torch.randn(4, 64),), "input_names": ["features"],
-            "dynamic_axes": {"features": {0: "batch"}}}
-'''
 
 
 @pytest.fixture
@@ -52,6 +44,17 @@ def _verdict(report_file: Path) -> dict:
             "shapes": [run["shapes"] for run in validation["input_sets"]]}
 
 
+def _every_way(tmp_path: Path, mode: str, ways: dict[str, list[str]]) -> tuple[dict, dict]:
+    """The file and verdict of `run --quantize MODE` (in tmp_path/run), then of each command line."""
+    written = {"run": (tmp_path / "run" / f"model.{mode}.onnx").read_bytes()}
+    verdicts = {"run": _verdict(tmp_path / "run" / "report.json")}
+    for way, argv in ways.items():
+        out, report = tmp_path / f"{way}.onnx", tmp_path / f"{way}.json"
+        assert main([item.format(out=out, report=report) for item in argv]) == 0, way
+        written[way], verdicts[way] = out.read_bytes(), _verdict(report)
+    return written, verdicts
+
+
 def test_dynamic_int8_is_the_same_file_and_verdict_every_way_in(tmp_path, faster):
     factory = tmp_path / "mlp.py"
     factory.write_text(MLP_FACTORY)
@@ -67,12 +70,7 @@ def test_dynamic_int8_is_the_same_file_and_verdict_every_way_in(tmp_path, faster
                                                                                    "quantize_dynamic")),
                    "--validate", *budget, "--report", "{report}"],
     }
-    written = {"run": (tmp_path / "run" / "model.dynamic.onnx").read_bytes()}
-    verdicts = {"run": _verdict(tmp_path / "run" / "report.json")}
-    for way, argv in ways.items():
-        out, report = tmp_path / f"{way}.onnx", tmp_path / f"{way}.json"
-        assert main([item.format(out=out, report=report) for item in argv]) == 0, way
-        written[way], verdicts[way] = out.read_bytes(), _verdict(report)
+    written, verdicts = _every_way(tmp_path, "dynamic", ways)
     api = graphopt.quantize(source, tmp_path / "api.onnx", min_cosine=0.99)
     written["api"] = (tmp_path / "api.onnx").read_bytes()
     verdicts["api"] = {"passed": api.validation.passed, "tolerance": api.validation.tolerance.to_dict(),
@@ -95,12 +93,7 @@ def test_static_int8_is_the_same_file_and_verdict_every_way_in(tmp_path, faster)
                                                                                    "quantize_static")),
                    "--validate", *common],
     }
-    written = {"run": (tmp_path / "run" / "model.static.onnx").read_bytes()}
-    verdicts = {"run": _verdict(tmp_path / "run" / "report.json")}
-    for way, argv in ways.items():
-        out, report = tmp_path / f"{way}.onnx", tmp_path / f"{way}.json"
-        assert main([item.format(out=out, report=report) for item in argv]) == 0, way
-        written[way], verdicts[way] = out.read_bytes(), _verdict(report)
+    written, verdicts = _every_way(tmp_path, "static", ways)
     api = graphopt.quantize(source, tmp_path / "api.onnx", mode="static", calibration=calib, min_cosine=0.99)
     written["api"] = (tmp_path / "api.onnx").read_bytes()
     assert all(data == written["run"] for data in written.values())
