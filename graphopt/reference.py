@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import click
 
-from graphopt.passes import pass_class, pass_names, pass_options
+from graphopt.passes import create_pass, pass_class, pass_names, pass_options
 from graphopt.pipeline import PRESET_SUMMARIES, PRESETS
 
 
@@ -121,12 +121,24 @@ def pass_markdown(name: str) -> str:
              f"opset ≥ {cls.min_opset} · targets {targets}{per_target} · "
              + (f"presets {', '.join(f'`{preset}`' for preset in presets)}" if presets else "in no preset")
              + f" · `{cls.__module__}.{cls.__name__}`", ""]
+    if cls.lossy:
+        lines += [_lossy_line(name), ""]
     if body:
         lines += [body, ""]
     rows = list(_option_rows(name))
     if rows:
         lines += ["| option | type | default |", "|---|---|---|", *rows, ""]
     return "\n".join(lines)
+
+
+def _lossy_line(name: str) -> str:
+    """What a lossy pass declares to the lossy pipeline, with its default options."""
+    pass_ = create_pass(name)
+    tolerance = getattr(pass_.tolerance, "name", pass_.tolerance)
+    ladder = " → ".join(f"`{form}`" for form in pass_.ladder())
+    return (f"Lossy: judged at `{tolerance}` without a budget; under one, the fallback steps the most sensitive "
+            f"layers along {ladder} until it holds, moving the fewest {pass_.cost}; the {pass_.objective} guard "
+            f"judges the result; a layer the pass leaves alone stays `{pass_.untouched}`.")
 
 
 def passes_markdown() -> str:

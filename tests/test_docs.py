@@ -108,6 +108,7 @@ def test_examples_run_as_written(page, demo_out, tmp_path):
             [sys.executable, "-c", block.code]
         done = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=900)
         assert done.returncode in block.exit_codes, f"{block} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        assert "Traceback" not in done.stderr, f"{block} crashed:\n{done.stderr}"
 
 
 def test_a_skipped_block_says_why():
