@@ -15,7 +15,7 @@ from graphopt.api import (
     quantize,
     validate,
 )
-from graphopt.errors import ExportFailed, GraphoptError, GuardRefused, InputError, PassError, ValidationFailed
+from graphopt.errors import ExportFailed, GraphoptError, GuardRefused, InputError, NothingChanged, PassError, ValidationFailed
 from graphopt.lossy import Budget, LossyResult
 from graphopt.model import ModelInfo, convert_opset, inspect, load, save
 from graphopt.passes import LossyPass, Pass, create_pass, register
@@ -33,6 +33,7 @@ __all__ = [
     "ExportFailed",
     "GraphoptError",
     "GuardRefused",
+    "NothingChanged",
     "InputError",
     "LossyPass",
     "LossyResult",

@@ -68,6 +68,7 @@ def optimize(
     tolerance: str | Tolerance | None = None,
     min_cosine: float | None = None,
     max_drop: float | None = None,
+    fallback: bool = True,
     min_speedup: float = 1.0,
     max_size: float = 1.0,
     runtime: RuntimeOptions | None = None,
@@ -109,7 +110,7 @@ def optimize(
                                  fixed_point=spec.fixed_point, check=check) if mode else \
             lossy.Plan(built[:split], built[split:], target=target, fixed_point=spec.fixed_point,
                        max_iterations=spec.max_iterations, check=check)
-        checks = _checks(Budget(tolerance, min_cosine, max_drop, min_speedup, max_size), runtime, validate=validate,
+        checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime, validate=validate,
                          check_speed=validate and check_speed, force=force, inputs=inputs, shapes=shapes,
                          input_ranges=input_ranges, calibration=calibration)
         return _finished(lossy.run(source, output, plan, checks, observer=observer, external_data=external_data))
@@ -158,6 +159,7 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
         # The reference: the file or proto as given (ORT loads it as is), described by a clone
         # of the loaded model taken before the passes run (cheap: tensors are shared).
         snapshot = model.clone()
+        snapshot.meta.update(model.meta)
         validator = Validator(snapshot if isinstance(source.reference, ir.Model) else source.reference,
                               feeds=validation.inputs, shapes=validation.shapes, ranges=validation.input_ranges,
                               tol=validation.tolerance, config=(validation.runtime or RuntimeOptions()).for_validation(),
@@ -172,7 +174,7 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
         raise ValidationFailed(f"the optimized model does not match the input: {result.summary()}; "
                                "nothing was written", result)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
-    return OptimizeResult(model, report, written, result, opset_warnings(model))
+    return OptimizeResult(model, report, written, result, model_io.notes(model) + opset_warnings(model))
 
 
 QUANTIZE_MODES = quantization.MODES
@@ -195,6 +197,7 @@ def quantize(
     tolerance: str | Tolerance | None = None,
     min_cosine: float | None = None,
     max_drop: float | None = None,
+    fallback: bool = True,
     min_speedup: float = 1.0,
     max_size: float = 1.0,
     runtime: RuntimeOptions | None = None,
@@ -219,7 +222,7 @@ def quantize(
     """
     source = lossy.load(model, opset)
     plan = quantization.plan(source, quantization.settings(**options), target=target, preset=preset)
-    checks = _checks(Budget(tolerance, min_cosine, max_drop, min_speedup, max_size), runtime, validate=validate,
+    checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime, validate=validate,
                      check_speed=check_speed, force=force, inputs=inputs, shapes=shapes, input_ranges=input_ranges,
                      calibration=calibration)
     return _finished(lossy.run(source, output, plan, checks, observer=observer, external_data=external_data))
@@ -231,7 +234,7 @@ def _checks(budget: Budget, runtime: RuntimeOptions | None, **how) -> lossy.Chec
 
 
 def _finished(result: LossyResult) -> LossyResult:
-    result.warnings = opset_warnings(result.model)
+    result.warnings = [*result.warnings, *opset_warnings(result.model)]
     return result
 
 

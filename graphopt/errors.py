@@ -47,3 +47,8 @@ class GuardRefused(GraphoptError):
     provider lacks."""
 
     exit_code = 1
+
+
+class NothingChanged(GuardRefused):
+    """A lossy run changed no layer (none it handles, or every one held back): a result that is the
+    float model is not handed back as quantized, pruned …"""

@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,8 @@ from graphopt.memory import gc_paused
 from graphopt.outputs import write_error
 
 SOURCE_KEY = "graphopt.source"
+LEGACY_DIMS_KEY = "graphopt.legacy_dims"
+ZERO_DIMS_KEY = "graphopt.zero_dims"
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 _STRUCTURE_MARGIN_BYTES = 64 << 20
 
@@ -57,7 +60,35 @@ def _load(path: Path) -> ir.Model:
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     _check_external_data(path, model)
     model.meta[SOURCE_KEY] = str(path.resolve())
+    dynamic_legacy_dims(model)
     return model
+
+
+def dynamic_legacy_dims(model: ir.Model) -> None:
+    """Read the dimensions old exporters wrote as -1 or 0 for "dynamic" as the unknown dimensions they
+    mean, on every value of every graph, and keep a note naming the inputs that had them."""
+    inputs = []
+    for graph in model.graphs():
+        values = [*graph.inputs, *graph.outputs, *(out for node in graph for out in node.outputs)]
+        for value in values:
+            if value.shape is None or value.const_value is not None:
+                continue
+            dims = value.shape.dims
+            if any(isinstance(dim, int) and dim <= 0 for dim in dims):
+                if graph is model.graph and value in graph.inputs:
+                    inputs.append(f"{value.name} {list(dims)}")
+                    if 0 in dims:  # ONNX Runtime reads 0 as a fixed 0: run this model, not the file
+                        model.meta[ZERO_DIMS_KEY] = True
+                value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(dim, int) and dim <= 0 else dim
+                                        for dim in dims])
+    if inputs:
+        model.meta[LEGACY_DIMS_KEY] = (f"dimensions written -1 or 0 were read as dynamic (the old exporters' "
+                                       f"convention): {'; '.join(inputs)}")
+
+
+def notes(model: ir.Model) -> list[str]:
+    """What graphopt read differently from how the file wrote it, for the user to know once."""
+    return [model.meta[LEGACY_DIMS_KEY]] if LEGACY_DIMS_KEY in model.meta else []
 
 
 def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
@@ -108,7 +139,9 @@ def check_input(model: ir.Model) -> None:
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
     """An in-memory ModelProto as an IR model, checked like a loaded file."""
     _check_proto(Path("<model>"), proto)
-    return ir.serde.deserialize_model(proto)
+    model = ir.serde.deserialize_model(proto)
+    dynamic_legacy_dims(model)
+    return model
 
 
 def parameter_bytes(model: ir.Model) -> int:
@@ -188,14 +221,20 @@ def convert_opset(model: ir.Model, version: int) -> ir.Model:
     try:
         converted = onnx.version_converter.convert_version(proto, version)
     except Exception as error:
-        raise InputError(f"cannot convert from opset {current} to {version}: "
-                         f"{checks.first_line(str(error))}") from None
+        raise InputError(f"cannot convert from opset {current} to {version}: {_converter_message(error)}") from None
     result = ir.serde.deserialize_model(converted)
     base_dirs = {os.path.dirname(t) for t in _external_sources(model)}
     if base_dirs:
         ir.external_data.set_base_dir(result.graph, base_dirs.pop())
     result.meta.update(model.meta)
     return result
+
+
+def _converter_message(error: Exception) -> str:
+    """ONNX's version converter's reason, without its C++ source location and assertion text."""
+    text = checks.first_line(str(error)) or type(error).__name__
+    text = text.rpartition(" failed: ")[2] if "Assertion" in text else text
+    return re.sub(r"^(Warning|Error): ", "", text.strip())
 
 
 @dataclasses.dataclass

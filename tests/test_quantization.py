@@ -120,16 +120,18 @@ def test_a_budget_is_judged_on_held_out_calibration_samples():
 
 def test_the_outlier_channel_is_measured_and_kept_float(tmp_path):
     model, feeds = _two_layers(), _outlier_inputs()
-    plain = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=0)
+    plain = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=0,
+                              fallback=False)
     assert plain.validation.input_sets[0].outputs[0].cosine < 0.9  # everything int8: far off
-    split = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6)
+    split = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6,
+                              fallback=False)
     assert split.validation.input_sets[0].outputs[0].cosine > 0.999 and split.changed == ["first", "second"]
     assert any("outlier input channels" in change for change in split.report.passes[-1].changes)
     with pytest.raises(InputError, match="--outlier-ratio 6.0: int8 only"):
         graphopt.quantize(model, mode="weight-only", outlier_ratio=6.0)
     # carve acts only on activations a Gelu/Relu of a linear layer makes: x is a graph input
     carved = graphopt.quantize(model, preset="O0", inputs=feeds, check_speed=False, force=True, outlier_ratio=6,
-                               outlier_mode="carve")
+                               outlier_mode="carve", fallback=False)
     assert carved.validation.input_sets[0].outputs[0].cosine < 0.9
     assert not any("outlier" in change for change in carved.report.passes[-1].changes)
     with pytest.raises(InputError, match="--outlier-mode carve: it chooses where --outlier-ratio acts"):
@@ -229,7 +231,7 @@ def test_gptq_on_calibration_data_beats_gptq_on_synthesized_inputs(tmp_path):
 def test_calibration_data_nothing_would_use_is_an_error(tmp_path):
     model, feeds, _ = _wide()
     with pytest.raises(InputError, match="--calib feeds the statistics a pass measures"):
-        graphopt.quantize(model, mode="weight-only", calibration=[feeds])
+        graphopt.quantize(model, mode="weight-only", calibration=[feeds], fallback=False)
     with pytest.raises(InputError, match="no array for input 'x'"):
         graphopt.quantize(model, mode="weight-only", algorithm="gptq", calibration=[{"y": feeds["x"]}])
 
@@ -246,7 +248,7 @@ def test_the_cli_reads_a_calibration_folder(tmp_path):
     (got,) = run(onnx.load(tmp_path / "q.onnx"), feeds)
     assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 0.1
     assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "r.onnx"), "--calib",
-                 str(tmp_path / "calib"), "-q"]) == 2
+                 str(tmp_path / "calib"), "--all-or-nothing", "-q"]) == 2
     assert not (tmp_path / "r.onnx").exists()
 
 
@@ -425,7 +427,7 @@ def test_smoothquant_before_static_int8_saves_the_channels_an_outlier_crowds_out
     cosines = {}
     for smooth in (None, 0.5):
         result = graphopt.quantize(model, preset="O0", mode="static", calibration=calibration, smooth=smooth,
-                                   check_speed=False, force=True)
+                                   check_speed=False, force=True, fallback=False)
         assert op_types(result.model).count("QuantizeLinear") == 2
         cosines[smooth] = min(float(np.dot(want.ravel(), got.ravel()) / np.linalg.norm(want) / np.linalg.norm(got))
                               for feeds in evaluation for want, got in [(run(model, feeds)[0],
@@ -598,7 +600,7 @@ def test_validation_on_cuda_turns_tf32_off_unless_asked():
 @pytest.mark.parametrize("target", ["portable", "ort"])
 def test_every_op_the_quantizer_emits_has_a_cpu_kernel(target):
     result = graphopt.quantize(_two_layers(), preset="O0", target=target, inputs=_outlier_inputs(),
-                               check_speed=False, force=True, outlier_ratio=6)
+                               check_speed=False, force=True, outlier_ratio=6, fallback=False)
     assert missing_kernels(result.model, "cpu") == []
     float_weights = [value.const_value.shape for value in result.model.graph.initializers.values()
                      if value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2]

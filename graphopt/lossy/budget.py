@@ -52,6 +52,9 @@ class Budget:
                                       check=between(-1.0, 1.0))
     max_drop: float | None = option(None, "Budget: top-1 agreement lost at most (0.01 = 1 point), for classifiers' "
                                     "logits; layers are held back until it is met.", check=between(0.0, 1.0))
+    fallback: bool = option(True, "Without --min-cosine/--max-drop, a result that fails its tolerance has its most "
+                            "sensitive layers held back until it passes (said in the report); --all-or-nothing "
+                            "refuses it instead.", flag="--fallback/--all-or-nothing")
     min_speedup: float = option(1.0, "The latency guard: refuse a result under this many times the float model's "
                                 "speed (1.0: any slower one).", check=between(0.0, 1e9, open_low=True))
     max_size: float = option(1.0, "The size guard: refuse a result whose weights, compressed, are above this "

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
 from graphopt import model as model_io
-from graphopt.errors import InputError, ValidationFailed
+from graphopt.errors import InputError, NothingChanged, ValidationFailed
 from graphopt.lossy import guards
 from graphopt.lossy.budget import Budget
 from graphopt.lossy.fallback import Fallback, Layer, choose
@@ -48,6 +48,8 @@ class Source:
 
     reference: Any
     model: ir.Model
+    opset: int | None = None  # the opset the user asked for, if any
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def load(model, opset: int | None = None) -> Source:
@@ -57,11 +59,39 @@ def load(model, opset: int | None = None) -> Source:
     elif isinstance(model, ir.Model):
         model_io.check_input(model)
         source = Source(model.clone(), model)
+        model_io.dynamic_legacy_dims(source.model)
     else:
         source = Source(model, model_io.load(model))
     if opset is not None:
         source.model = model_io.convert_opset(source.model, opset)
+        source.opset = opset
     return source
+
+
+def _convert_for(source: Source, plan: Plan) -> str:
+    """Convert a model below the opset its lossy passes need to the oldest that serves them, saying
+    so. Where the user chose the opset, refuse; where the conversion fails or would change the
+    model's inputs, go on at the model's opset: what stops the passes is returned, to be said if
+    they change nothing."""
+    needs = [(pass_.needs_opset(plan.target), pass_.name) for pass_ in plan.passes if pass_.lossy]
+    if not needs or not ({"", "ai.onnx"} & set(source.model.opset_imports)):
+        return ""  # no ONNX op to quantize in a model of other domains only
+    required, name = max(needs)
+    current = model_io.model_opset(source.model)
+    if current >= required:
+        return ""
+    why = f"{name} needs opset {required} or newer{' on --target ' + plan.target if name == 'quantize_weight_only' else ''}"
+    if source.opset is not None:
+        raise InputError(f"--opset {source.opset}: {why}")
+    try:
+        converted = model_io.convert_opset(source.model, required)
+    except InputError as error:
+        return f"{why}, the model has {current}, and {error}"
+    if _interface(converted) != _interface(source.model):  # Scan-8's batch axis is gone in Scan-9 …
+        return f"{why}, the model has {current}, and converting it would change its inputs or outputs"
+    source.model = converted
+    source.notes.append(f"converted the model from opset {current} to {required}: {why} (--opset N chooses)")
+    return ""
 
 
 @dataclasses.dataclass
@@ -101,6 +131,7 @@ class Checks:
 def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObserver | None = None,
         external_data: bool | None = None) -> LossyResult:
     _check(plan, checks)
+    blocked = _convert_for(source, plan)
     samples = CalibrationData(source.model, checks.calibration) if checks.calibration is not None else None
     held_out = _held_out(plan, checks, samples)
     float_model = source.model
@@ -122,23 +153,49 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
         return candidate, PassManager(lossy, target=plan.target, check=plan.check).run(candidate)
 
     candidate, report = build({})
-    fallback = None
-    if checks.budget.target is not None:
-        fallback = _fall_back(float_model, report, lossy, checks.budget, validator, build)
+    fallback, target = None, checks.budget.target
+    if target is None and checks.budget.fallback and checks.validate and not validator.check(candidate).passed:
+        target = validator.tolerance.min_cosine  # the tolerance is the budget: back off until it passes
+    if target is not None:
+        fallback = _fall_back(float_model, report, lossy, checks.budget, target, validator, build)
         if fallback.backed_off:
             candidate, report = build(fallback.backed_off)
+    outcomes = [outcome for entry in report.passes for outcome in entry.outcomes]
+    if any(pass_.lossy for pass_ in lossy) and not any(outcome.changed for outcome in outcomes) and not checks.force:
+        said = f"nothing was {_verb(lossy)}: {blocked}" if blocked else _nothing_changed(lossy, outcomes)
+        raise NothingChanged(f"{said}; nothing was written (--force writes it)")
     validation = validator.validate(candidate, locate=False) if checks.validate else None
     if validation is not None and not validation.passed and not checks.force:
         raise ValidationFailed(f"the {_verb(lossy)} model does not match the input: {validation.summary()}; "
                                "nothing was written", validation)
-    result = LossyResult(candidate, _merged(float_report, prepared, report), [], validation, [],
-                         [outcome for entry in report.passes for outcome in entry.outcomes],
+    result = LossyResult(candidate, _merged(float_report, prepared, report), [], validation,
+                         [*model_io.notes(float_model), *source.notes], outcomes,
                          model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate),
                          _verb(lossy), fallback)
-    _guard(result, float_model, lossy, checks, build)
+    _guard(result, float_model, lossy, checks, build, held_out[0] if held_out else None)
     if output is not None:
         result.written = model_io.save(candidate, output, external_data=external_data)
     return result
+
+
+def _interface(model: ir.Model) -> list[tuple]:
+    return [(value.name, value.dtype, None if value.shape is None else value.shape.rank())
+            for value in (*model.graph.inputs, *model.graph.outputs)]
+
+
+def _nothing_changed(lossy: list[Pass], outcomes: list) -> str:
+    """Why a run changed no layer: the commonest reasons, with a layer each."""
+    verb = _verb(lossy)
+    if not outcomes:
+        return f"nothing was {verb}: {', '.join(pass_.name for pass_ in lossy)} found no layer it handles"
+    reasons: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        reasons.setdefault(outcome.reason or "no reason given", []).append(f"{outcome.op_type} {outcome.layer!r}")
+    common = sorted(reasons.items(), key=lambda item: -len(item[1]))
+    said = "; ".join(f"{len(layers)} ({layers[0]}{', …' if len(layers) > 1 else ''}): {reason}"
+                     for reason, layers in common[:3])
+    more = f"; {len(common) - 3} more reasons in the report" if len(common) > 3 else ""
+    return f"{verb} 0 of {len(outcomes)} layers: {said}{more}"
 
 
 def _check(plan: Plan, checks: Checks) -> None:
@@ -148,7 +205,8 @@ def _check(plan: Plan, checks: Checks) -> None:
     needing = next((pass_ for pass_ in plan.passes if pass_.needs_calibration), None)
     if needing is not None and checks.calibration is None:
         raise InputError(f"{needing.needs_calibration}: give --calib DATA")
-    if checks.calibration is not None and not any(pass_.measures() for pass_ in plan.passes):
+    judged = checks.validate and (checks.budget.target is not None or checks.budget.fallback)
+    if checks.calibration is not None and not judged and not any(pass_.measures() for pass_ in plan.passes):
         raise InputError("--calib feeds the statistics a pass measures (static int8's ranges, --algorithm mse/gptq, "
                          "--outlier-ratio, --smooth); this run measures none (nothing would use the data)")
 
@@ -157,7 +215,8 @@ def _held_out(plan: Plan, checks: Checks, samples: CalibrationData | None):
     """A budget, and passes whose statistics fit the data (static int8's ranges) whatever the budget,
     are judged on held-out calibration samples the statistics never see: synthesized inputs
     (random pixels, random ids) saturate ranges measured on real samples."""
-    judged_on_data = checks.budget.target is not None or any(pass_.needs_calibration for pass_ in plan.passes)
+    judged_on_data = checks.budget.target is not None or (checks.budget.fallback and checks.validate) or \
+        any(pass_.needs_calibration for pass_ in plan.passes)
     if samples is None or len(samples) < 2 or not judged_on_data or checks.inputs is not None:
         return None
     return samples.split_off(min(HELD_OUT, max(1, len(samples) // 8)))
@@ -191,7 +250,7 @@ def _prepare(model: ir.Model, prepare: list[Pass], lossy: list[Pass], data, conf
     return _merged(*reports)
 
 
-def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass], budget: Budget,
+def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass], budget: Budget, target: float,
                validator: Validator, build: Callable) -> Fallback:
     """Back off the changed layers along their passes' ladders, in the float model's order, judged
     by the budget; by bytes when a pass buys size per byte (its `cost`)."""
@@ -202,15 +261,17 @@ def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass],
     layers = [Layer(name, owner.ladder()[1:], float(outcome.bytes_before or 1))
               for name, (owner, outcome) in sorted(changed.items(), key=lambda item: order.get(item[0], len(order)))]
     costs = any(pass_.cost == "bytes" for pass_ in lossy)
-    return choose(layers, lambda backed_off: budget.judge(validator.check(build(backed_off)[0])), budget.target,
-                  costs=costs)
+    return choose(layers, lambda backed_off: budget.judge(validator.check(build(backed_off)[0])), target, costs=costs)
 
 
-def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks: Checks, build: Callable) -> None:
+def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks: Checks, build: Callable,
+           sample: dict | None) -> None:
+    """The kernel guard, then the latency guard (timed on the user's inputs, else on a held-out sample of
+    the calibration data: real shapes, else synthesized ones) or the size guard."""
     guards.check_kernels(float_model, result.model, checks.config, checks.force, label=f"the {result.verb} model")
     objectives = {pass_.objective for pass_ in lossy if pass_.lossy}
     if "latency" in objectives and checks.check_speed:
-        feeds = None if checks.inputs is None else input_io.user_feeds(float_model, checks.inputs)
+        feeds = sample if checks.inputs is None else input_io.user_feeds(float_model, checks.inputs)
         latency, result.alternatives = guards.time_path(float_model, result.model, result.fallback,
                                                         lambda backed_off: build(backed_off)[0],
                                                         checks.bench_config, feeds, result.verb)

@@ -142,6 +142,11 @@ class LossyPass(Pass):
     def ladder(self) -> tuple[str, ...]:
         return ("int8", "float")
 
+    def needs_opset(self, target: str) -> int:
+        """The opset the pass needs to do its work for `target`; the lossy pipeline converts a model
+        below it (saying so) rather than let the pass leave every layer alone."""
+        return self.min_opset
+
     def record(self, node: ir.Node, form: str, *, before: int = 0, after: int = 0, reason: str = "",
                layer: str | None = None, detail: str = "") -> None:
         """The layer `node` (or the one named `layer` it came from) became `form` (`reason`: why,

@@ -27,7 +27,7 @@ from graphopt.runtime import bench as bench_module
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.providers import EP_NAMES, SessionConfig
 
-GUARD_DIMS = {"batch": 1, "sequence": 128, "other": 64}
+GUARD_DIMS = {"batch": 1, "sequence": 128, "other": 64, "spatial": 224}
 GUARD_RUNS = 40
 
 

@@ -19,8 +19,8 @@ import onnx_ir as ir
 
 from graphopt.errors import InputError
 
-DEFAULT_DIMS = {"batch": 2, "sequence": 16, "other": 8}
-SECOND_DIMS = {"batch": 1, "sequence": 7, "other": 5}
+DEFAULT_DIMS = {"batch": 2, "sequence": 16, "other": 8, "spatial": 64}
+SECOND_DIMS = {"batch": 1, "sequence": 7, "other": 5, "spatial": 96}
 _SEQUENCE_WORDS = ("seq", "len", "token", "time", "step", "past", "total")
 _BATCH_WORDS = ("batch", "n", "b", "bs")
 _MAX_SYNTHESIZED_BYTES = 4 << 30
@@ -43,7 +43,8 @@ def signature(model: ir.Model) -> list[InputInfo]:
             raise InputError(f"input {value.name!r} has no element type")
         dims = None
         if value.shape is not None:
-            dims = tuple(dim if isinstance(dim, int) else dim.value for dim in value.shape.dims)
+            # -1 and 0 are how old exporters wrote "dynamic"
+            dims = tuple((dim if dim > 0 else None) if isinstance(dim, int) else dim.value for dim in value.shape.dims)
         infos.append(InputInfo(value.name, np.dtype(value.dtype.numpy()), dims))
     return infos
 
@@ -106,12 +107,16 @@ def parse_ranges(specs: list[str] | tuple[str, ...]) -> dict[str, tuple[float, f
     return ranges
 
 
-def _dim_role(symbol: str | None, position: int) -> str:
+def _dim_role(symbol: str | None, position: int, dims: tuple = ()) -> str:
+    """batch, sequence, spatial (an image's height or width: [N, C, H, W] with 1, 3 or 4 channels
+    fixed; a few pixels would not survive a CNN's downsampling) or other."""
     text = (symbol or "").lower()
     if any(word in text for word in _SEQUENCE_WORDS):
         return "sequence"
-    if text in _BATCH_WORDS or "batch" in text or (not text and position == 0):
+    if text in _BATCH_WORDS or "batch" in text or position == 0:
         return "batch"
+    if len(dims) == 4 and position >= 2 and dims[1] in (1, 3, 4):
+        return "spatial"
     return "other"
 
 
@@ -161,9 +166,9 @@ def resolve_dims(inputs: list[InputInfo], shapes: dict[str, tuple[int, ...]],
             if isinstance(dim, int):
                 concrete.append(dim)
             elif dim:
-                concrete.append(bound.setdefault(dim, (defaults[_dim_role(dim, position)], ""))[0])
+                concrete.append(bound.setdefault(dim, (defaults[_dim_role(dim, position, info.dims)], ""))[0])
             else:
-                concrete.append(defaults[_dim_role(None, position)])
+                concrete.append(defaults[_dim_role(None, position, info.dims)])
         resolved[info.name] = tuple(concrete)
     return resolved
 

@@ -155,7 +155,8 @@ class Validator:
         self.tolerance = tol if isinstance(tol, Tolerance) else tolerance(tol)
         self.config = config
         self.input_sets = list(feed_sets) if feed_sets else self._input_sets(feeds, shapes or {}, ranges or {}, seed)
-        self._reference_session = create_session(reference, config,
+        runnable = self.reference_ir if self.reference_ir.meta.get(model_io.ZERO_DIMS_KEY) else reference
+        self._reference_session = create_session(runnable, config,
                                                  label=model_label(reference, "the reference model"))
         try:
             self._expected = [self._reference_session.run(feeds_) for feeds_ in self.input_sets]

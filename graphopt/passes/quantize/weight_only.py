@@ -197,6 +197,9 @@ class QuantizeWeightOnly(WeightQuantizer):
         elif counts["embedding"]:
             self.changed(f"{counts['embedding']} embedding tables int8 (per-row scales; standard ONNX gathers no int4)")
 
+    def needs_opset(self, target: str) -> int:
+        return self.min_opset if target == "ort" else BLOCKED_DEQUANTIZE_OPSET  # ort: MatMulNBits at any opset
+
     # -- linear layers ----------------------------------------------------------------------
 
     def _eight_bit(self, node: ir.Node) -> bool:

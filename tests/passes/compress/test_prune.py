@@ -88,7 +88,7 @@ def test_a_conv_kernel_is_pruned_and_small_or_excluded_layers_stay_dense():
 def test_the_budget_backs_layers_off_to_half_the_sparsity_then_dense_and_the_size_guard_judges():
     x = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
     plain = graphopt.optimize(_mlp(), passes=["prune_magnitude:sparsity=0.8"], inputs={"x": x}, validate=True,
-                              force=True)
+                              force=True, fallback=False)
     assert plain.size.result_compressed < 0.6 * plain.size.float_compressed and plain.latency is None
     budget = plain.validation.input_sets[0].outputs[0].cosine + 0.05  # more than 80% zeros allows
     held = graphopt.optimize(_mlp(), passes=["prune_magnitude:sparsity=0.8"], inputs={"x": x}, validate=True,

@@ -15,7 +15,7 @@ import onnx_ir
 import pytest
 
 import graphopt
-from graphopt.errors import InputError
+from graphopt.errors import GuardRefused, InputError
 from graphopt import model as model_io
 from graphopt.passes.quantize.dynamic import QuantizeDynamic
 from graphopt.passes.quantize.scales import dequantize, symmetric_int8
@@ -239,7 +239,9 @@ def test_a_mask_that_broadcasts_over_the_batch_keeps_multiheadattention():
 
 def test_excluded_nodes_stay_float_with_the_reason():
     model = _matmul_model("m = MatMul(x, w)\n y = Add(m, b)")
-    result = graphopt.optimize(model, passes=[("quantize_dynamic", {"exclude": "MatMul"})])
+    with pytest.raises(GuardRefused, match="quantized 0 of 1 layers: 1 \\(MatMul 'MatMul'\\): excluded"):
+        graphopt.optimize(model, passes=[("quantize_dynamic", {"exclude": "MatMul"})])
+    result = graphopt.optimize(model, passes=[("quantize_dynamic", {"exclude": "MatMul"})], force=True)
     assert op_types(result.model) == ["MatMul", "Add"]
     assert "kept float: excluded" in result.report.passes[0].skipped[0]
 

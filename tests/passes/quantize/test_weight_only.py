@@ -14,7 +14,7 @@ import onnx_ir as ir
 import pytest
 
 import graphopt
-from graphopt.errors import InputError
+from graphopt.errors import GuardRefused, InputError
 from graphopt.passes.quantize.blocks import (
     block_error,
     dequantize_blocks,
@@ -377,11 +377,16 @@ def test_portable_dequantizes_int4_blocks_before_the_matmul(block_size):
     np.testing.assert_allclose(got, x @ _dequantized(_W, block_size) + _B, rtol=1e-4, atol=1e-5)
 
 
-def test_portable_below_opset_21_keeps_the_weights_float_and_says_why():
+def test_portable_below_opset_21_converts_to_21_and_says_so_or_refuses_the_opset_asked_for():
     result = _quantize(_model(opset=18), "portable")
-    assert op_types(result.model) == ["MatMul", "Add"]
-    (reason,) = result.report.passes[0].skipped
-    assert "kept float" in reason and "--opset 21" in reason
+    assert result.model.opset_imports[""] == 21 and "DequantizeLinear" in op_types(result.model)
+    assert any("converted the model from opset 18 to 21" in warning for warning in result.warnings)
+    with pytest.raises(InputError, match="--opset 18: quantize_weight_only needs opset 21 or newer on --target portable"):
+        graphopt.optimize(_model(opset=18), passes=["quantize_weight_only"], opset=18)
+    x = _x()
+    (got,) = run(result.model, {"x": x})
+    (want,) = run(_quantize(_model(opset=21), "portable").model, {"x": x})  # what it gives a model at 21
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("target", ["ort", "portable"])
@@ -455,14 +460,20 @@ def test_portable_embeddings_are_int8_rows_as_the_dynamic_pass_makes_them():
 
 def test_small_tables_and_embeddings_false_stay_float():
     for options in ({}, {"embeddings": False, "min_embedding_bytes": 0}):
-        result = _quantize(_embedding_model(), "ort", **options)
+        with pytest.raises(GuardRefused, match="nothing was quantized|quantized 0 of 1 layers"):
+            _quantize(_embedding_model(), "ort", **options)
+        result = graphopt.optimize(_embedding_model(), passes=[("quantize_weight_only", options)], target="ort",
+                                   force=True)
         assert op_types(result.model) == ["Gather"]
 
 
 # -- options ----------------------------------------------------------------------------------
 
 def test_excluded_nodes_stay_float_with_the_reason():
-    result = _quantize(_model(), "ort", exclude="MatMul")
+    with pytest.raises(GuardRefused, match="quantized 0 of 1 layers: 1 \\(MatMul 'MatMul'\\): excluded"):
+        _quantize(_model(), "ort", exclude="MatMul")
+    result = graphopt.optimize(_model(), passes=[("quantize_weight_only", {"exclude": "MatMul"})], target="ort",
+                               force=True)
     assert op_types(result.model) == ["MatMul", "Add"]
     assert "kept float: excluded" in result.report.passes[0].skipped[0]
 

@@ -1,0 +1,95 @@
+"""Models as other exporters write them, and a newcomer's first commands: each defect found on the
+foreign-model corpus (tests/foreign_models.py) or in the first commands has a small model of the same
+shape here, its outputs checked in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.cli import main
+from tests.helpers import assert_same, run
+
+
+def _legacy_cnn(batch_dim: int = -1) -> onnx.ModelProto:
+    """A PaddlePaddle-style CNN at opset 11: input [-1, 3, -1, -1] (old exporters' "dynamic"), a Conv,
+    BatchNormalization, Relu, a global pool and a classifier, the output [-1, 4]."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "b": rng.normal(0, 0.1, 8).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, 8).astype(np.float32), "shift": rng.normal(0, 0.1, 8).astype(np.float32),
+        "mean": rng.normal(0, 0.1, 8).astype(np.float32), "var": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "fc": rng.normal(0, 0.3, (8, 4)).astype(np.float32), "fc_b": rng.normal(0, 0.1, 4).astype(np.float32),
+        "flat": np.array([-1, 8], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["conv", "scale", "shift", "mean", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Reshape", ["pool", "flat"], ["flat_out"]),
+        helper.make_node("MatMul", ["flat_out", "fc"], ["logits"]),
+        helper.make_node("Add", ["logits", "fc_b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "legacy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, -1, -1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 4])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+        value_info=[helper.make_tensor_value_info("relu", TensorProto.FLOAT, [batch_dim, 8, -1, -1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+
+
+@pytest.mark.parametrize("batch_dim", [-1, 0])
+def test_legacy_dynamic_dims_are_dynamic_everywhere(tmp_path, batch_dim, capsys):
+    source = tmp_path / "legacy.onnx"
+    onnx.save(_legacy_cnn(batch_dim), source)
+    images = np.random.default_rng(1).normal(size=(2, 3, 12, 20)).astype(np.float32)
+    np.savez(tmp_path / "batch2.npz", x=images)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).normal(size=(16, 3, 12, 20)).astype(np.float32))
+
+    if batch_dim == -1:  # ONNX Runtime itself reads a 0 as a fixed 0: such a file runs only as graphopt reads it
+        assert main(["validate", str(source), str(source), "--shape", "x=1x3x48x192"]) == 0
+    out = tmp_path / "o3.onnx"
+    assert main(["optimize", str(source), str(out), "--preset", "O3", "--validate",
+                 "--inputs", str(tmp_path / "batch2.npz")]) == 0
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).count("read as dynamic") == 1
+    reference = run(_legacy_cnn(-1), {"x": images})
+    assert_same(reference, run(onnx.load(out), {"x": images}))
+    dims = [dim.dim_param or dim.dim_value for dim in onnx.load(out).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(dim in ("", 0) or isinstance(dim, str) for dim in dims[::2])
+
+    fixed = tmp_path / "fixed.onnx"
+    assert main(["optimize", str(source), str(fixed), "--fix-shape", "x=2x3x12x20", "--validate", "-q"]) == 0
+    assert [dim.dim_value for dim in onnx.load(fixed).graph.input[0].type.tensor_type.shape.dim] == [2, 3, 12, 20]
+    assert_same(reference, run(onnx.load(fixed), {"x": images}))
+
+
+
+def test_quantizing_below_the_opset_a_mode_needs_converts_and_says_so_and_nothing_quantized_is_a_failure(
+        tmp_path, capsys):
+    source = tmp_path / "legacy.onnx"
+    onnx.save(_legacy_cnn(), source)  # opset 11: per-channel QuantizeLinear needs 13
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).normal(size=(16, 3, 12, 20)).astype(np.float32))
+    quantized = tmp_path / "static.onnx"
+    assert main(["quantize", str(source), str(quantized), "--mode", "static", "--calib", str(tmp_path / "calib.npz"),
+                 "--no-check-speed", "-q"]) == 0
+    assert "converted the model from opset 11 to 13: quantize_static needs opset 13" in capsys.readouterr().err
+    written = onnx.load(quantized)
+    assert written.opset_import[0].version == 13 and [n.op_type for n in written.graph.node].count("QuantizeLinear") >= 2
+    images = np.random.default_rng(3).normal(size=(2, 3, 12, 20)).astype(np.float32)
+    (want,), (got,) = run(onnx.load(source), {"x": images}), run(written, {"x": images})
+    assert np.dot(want.ravel(), got.ravel()) / np.linalg.norm(want) / np.linalg.norm(got) > 0.99
+
+    assert main(["quantize", str(source), str(tmp_path / "none.onnx"), "--mode", "static", "--calib",
+                 str(tmp_path / "calib.npz"), "--exclude", "Conv", "--exclude", "Gemm", "--exclude", "GlobalAveragePool", "-q"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("graphopt: error: quantized 0 of 3 layers: 3 (Conv 'node_Conv_0', …): excluded") and "excluded" in error and "\n" not in error
+    assert not (tmp_path / "none.onnx").exists()
+    assert main(["quantize", str(source), str(tmp_path / "none.onnx"), "--mode", "static", "--opset", "12",
+                 "--calib", str(tmp_path / "calib.npz"), "-q"]) == 2
+    assert "--opset 12: quantize_static needs opset 13 or newer" in capsys.readouterr().err
