@@ -28,6 +28,7 @@ from graphopt.runtime import bench as bench_module
 from graphopt.runtime import compare
 from graphopt.runtime.bench import BenchResult, ProgressCallback
 from graphopt.runtime.compare import Tolerance
+from graphopt.runtime.inputs import signature as input_signature
 from graphopt.runtime.options import RuntimeOptions
 from graphopt.runtime.providers import opset_warnings
 from graphopt.runtime.validate import ValidationResult, Validator
@@ -261,11 +262,25 @@ def validate(
 ) -> ValidationResult:
     """Run both models on the same inputs (several shapes when axes are dynamic), compare every
     output, and on failure name the first node whose output diverges."""
-    if isinstance(candidate, (str, os.PathLike)):
-        model_io.load(candidate)  # a missing or unreadable file is bad input, not a failed validation
+    # a missing or unreadable file, or a model that takes other inputs, is bad input, not a failed validation
+    candidate_ir = model_io.load(candidate) if isinstance(candidate, (str, os.PathLike)) else \
+        model_io.from_proto(candidate) if isinstance(candidate, onnx.ModelProto) else candidate
     validator = Validator(reference, feeds=inputs, shapes=shapes, ranges=input_ranges,
                           tol=tolerance, config=(runtime or RuntimeOptions()).for_validation())
+    _same_inputs(validator.reference_ir, candidate_ir)
     return validator.validate(candidate, locate=locate)
+
+
+def _same_inputs(reference: ir.Model, candidate: ir.Model) -> None:
+    def described(model: ir.Model) -> dict[str, str]:
+        return {info.name: f"{info.dtype} rank {'?' if info.dims is None else len(info.dims)}"
+                for info in input_signature(model)}
+
+    want, got = described(reference), described(candidate)
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name) and "?" not in (want.get(name, "") + got.get(name, "")):
+            raise InputError(f"the models take different inputs: {name!r} is {want.get(name, 'absent')} in the "
+                             f"reference, {got.get(name, 'absent')} in the candidate")
 
 
 def bench(

@@ -212,9 +212,8 @@ def run(*, zoo: str | None = None, module: str | None = None, out: str | os.Path
     stage = stage or (lambda description: None)
     stage("building the model")
     spec = export.zoo_entry(zoo).build() if zoo else export.load_factory(module)
-    unknown = sorted(set({**(settings.shapes or {}), **(settings.bench_shapes or {})}) - set(spec.input_names or ()))
-    if spec.input_names and unknown:
-        raise InputError(f"--shape names unknown input {unknown[0]!r} (inputs: {', '.join(spec.input_names)})")
+    _check_shapes(spec, settings)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".graphopt-run-", dir=folder))
     try:
@@ -225,6 +224,21 @@ def run(*, zoo: str | None = None, module: str | None = None, out: str | os.Path
         return _result(state, folder, _move_into(staging, folder))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a failed run leaves no empty folder behind
+
+
+def _check_shapes(spec, settings: RunSettings) -> None:
+    """--shape and --bench-shape name inputs the model has, at its ranks (before the export)."""
+    names = list(spec.input_names or ())
+    ranks = {name: len(getattr(example, "shape", ())) for name, example in zip(names, spec.example_inputs)}
+    for flag, shapes in (("--shape", settings.shapes), ("--bench-shape", settings.bench_shapes)):
+        for name, shape in (shapes or {}).items():
+            if names and name not in ranks:
+                raise InputError(f"{flag} names unknown input {name!r} (inputs: {', '.join(names)})")
+            if name in ranks and len(shape) != ranks[name]:
+                raise InputError(f"{flag} {name}={'x'.join(map(str, shape))}: rank {len(shape)}, but the model's "
+                                 f"{name} has rank {ranks[name]}")
 
 
 def _check(zoo: str | None, module: str | None, settings: RunSettings) -> None:

@@ -14,13 +14,16 @@ from pathlib import Path
 from graphopt.errors import InputError
 
 
-def check_output_file(path: str | os.PathLike | None, flag: str = "output") -> None:
-    """Refuse a file output that cannot be written: a folder, under a file, unwritable."""
+def check_output_file(path: str | os.PathLike | None, flag: str = "output", *, new_folders: bool = True) -> None:
+    """Refuse a file output that cannot be written: a folder, under a file, unwritable; without
+    `new_folders` (the command line: a typo in a path must not create folders) in no folder."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{flag} {path}: is a folder, expected a file path")
+    if not new_folders and not path.parent.exists():
+        raise InputError(f"{flag} {path}: no such folder {path.parent}")
     _check_writable_folder(path.parent, flag, path)
 
 

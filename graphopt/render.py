@@ -68,7 +68,7 @@ def validation_table(result: ValidationResult) -> Table:
         shapes = ", ".join(f"{name} {shape}" for name, shape in run.shapes.items())
         for output in run.outputs:
             rows.append([shapes, output.name, str(output.shape), _fmt(output.max_abs_error),
-                         _fmt(output.max_rel_error), f"{output.cosine:.6f}", f"{output.mismatch_fraction:.2%}",
+                         "n/a" if output.max_rel_error is None else _fmt(output.max_rel_error), f"{output.cosine:.6f}", f"{output.mismatch_fraction:.2%}",
                          _fmt(output.top1_agreement, ".1%"), _fmt(output.top5_agreement, ".1%"),
                          "ok" if output.passed else f"FAIL {output.reason}"])
     return Table(f"validation ({result.tolerance.name})",

@@ -93,3 +93,40 @@ def test_quantizing_below_the_opset_a_mode_needs_converts_and_says_so_and_nothin
     assert main(["quantize", str(source), str(tmp_path / "none.onnx"), "--mode", "static", "--opset", "12",
                  "--calib", str(tmp_path / "calib.npz"), "-q"]) == 2
     assert "--opset 12: quantize_static needs opset 13 or newer" in capsys.readouterr().err
+
+
+def test_first_command_mistakes_are_one_line_exit_2_and_leave_nothing(tmp_path, capsys):
+    source = tmp_path / "legacy.onnx"
+    onnx.save(_legacy_cnn(), source)
+    other = tmp_path / "other.onnx"
+    other_model = _legacy_cnn()
+    other_model.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    onnx.save(other_model, other)
+    cases = [
+        (["validate", str(source), str(source), "--shape", "x=0x3x8x8"], "a dimension of 0 is an empty tensor"),
+        (["bench", str(source), "--sweep", "x=0x3x8x8", "--runs", "1"], "a dimension of 0 is an empty tensor"),
+        (["validate", str(source), str(other)], "the models take different inputs: 'x' is float32 rank 4 in the "
+                                                "reference, float64 rank 4 in the candidate"),
+        (["validate", str(source), str(source), "--inputs", str(source)], "not an .npz file of arrays"),
+        (["optimize", str(source), str(tmp_path / "typo" / "dir" / "x.onnx")], "no such folder"),
+        (["optimize", str(source), "-o", str(tmp_path / "x.onnx"), "--opset", "99"],
+         "cannot convert from opset 11 to 99: invalid version"),
+        (["run", "--zoo", "mlp", "--out", str(tmp_path / "run"), "--bench-shape", "x=1x2x3x4"],
+         "--bench-shape x=1x2x3x4: rank 4, but the model's x has rank 2"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("graphopt: error: ") and message in error, (args, error)
+        assert "/project/" not in error and "allow_pickle" not in error
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "run").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["legacy.onnx", "other.onnx"]
+
+
+def test_relative_error_is_measured_where_the_reference_is_not_about_zero():
+    from graphopt.runtime.compare import compare, tolerance
+
+    reference = np.array([1e-300, 2.0, 4.0])
+    result = compare("map", reference, np.array([3e-6, 2.2, 4.0]), tolerance("int8"))
+    assert result.max_rel_error == pytest.approx(0.1)  # 0.2 / 2.0; the 1e-300 element is below atol
+    assert compare("map", np.full(3, 1e-300), np.full(3, 1e-6), tolerance("fp32")).max_rel_error is None

@@ -75,7 +75,7 @@ def bench(models: tuple[Path, ...], warmup: int, runs: int | None, seconds: floa
     """Latency of one or more models on the same inputs, each timed alone in turns."""
     for path, flag in ((json_file, "--json"), (markdown, "--markdown"), (plot, "--plot"),
                        (save_baseline, "--save-baseline")):
-        check_output_file(path, flag)
+        check_output_file(path, flag, new_folders=False)
     if plot is not None:
         bench_report.pyplot()
     if max_regression is not None and baseline_file is None:

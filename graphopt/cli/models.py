@@ -46,7 +46,7 @@ def export_command(zoo, module_spec, exporter, opset, output: Path, no_fallback:
     export = _export_module()
     if (zoo is None) == (module_spec is None):
         raise GraphoptError("give exactly one of --zoo NAME and --module path/to/file.py:factory")
-    check_output_file(output, "-o")
+    check_output_file(output, "-o", new_folders=False)
     spec = export.zoo_entry(zoo).build() if zoo else export.load_factory(module_spec)
     result = export.export_spec(spec, output, exporter=exporter, opset=opset, fallback=not no_fallback,
                                 parity=not no_parity)

@@ -120,8 +120,8 @@ def _output_path(command: str, model: Path, output_arg: Path | None, output: Pat
         raise click.UsageError(f"no output given: graphopt {command} MODEL OUTPUT, or -o OUTPUT")
     output = output or output_arg
     check_output_differs(model, output)
-    check_output_file(output, "output")
-    check_output_file(report, "--report")
+    check_output_file(output, "output", new_folders=False)
+    check_output_file(report, "--report", new_folders=False)
     return output
 
 

@@ -22,6 +22,10 @@ from graphopt.passes.registry import Pass, register
 
 _TILE = 64
 
+_LOG = logging.getLogger(__name__)
+# the node stays as it is; ONNX Runtime will run it (and say so if it fails there)
+_EVALUATION_FAILED = "evaluating it on its constant inputs failed (it is kept, to run at run time)"
+
 
 def _contiguous(array):
     """A folded result in C order. A folded Transpose is a strided view whose copy happens later
@@ -92,7 +96,8 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
                 message = record.getMessage()
                 if message.startswith("Evaluation failed") and folder._current is not None:
                     node = folder._current
-                    folder._owner.skip(f"{node.op_type} {node.name!r} not folded: {message}")
+                    folder._owner.skip(f"{node.op_type} {node.name!r} not folded: {_EVALUATION_FAILED}")
+                    _LOG.debug("%s: %s", node.name, message)
 
         handler = _ToSkips(logging.WARNING)
         saved = folding_logger.level, folding_logger.propagate
@@ -142,8 +147,8 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
         try:
             replacement = super().process_node(node, is_function)
         except Exception as error:  # the evaluator's failure must not end the pipeline
-            cause = error.__cause__ or error
-            self._owner.skip(f"{node.op_type} {node.name!r} not folded: {type(cause).__name__}: {cause}")
+            self._owner.skip(f"{node.op_type} {node.name!r} not folded: {_EVALUATION_FAILED}")
+            _LOG.debug("%s: %r", node.name, error.__cause__ or error)
             return None
         if replacement is not None and not self._fits_opset(node, replacement):
             return None

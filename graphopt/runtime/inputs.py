@@ -62,6 +62,8 @@ def parse_shapes(specs: list[str] | tuple[str, ...], flag: str = "--shape") -> d
             raise InputError(f"{flag} {spec!r} must look like name=1x128") from None
         if any(dim < 0 for dim in shapes[name]):
             raise InputError(f"{flag} {spec!r} has a negative dimension")
+        if 0 in shapes[name]:
+            raise InputError(f"{flag} {spec!r}: a dimension of 0 is an empty tensor, with nothing to run or compare")
     return shapes
 
 
@@ -80,6 +82,8 @@ def parse_sweep(specs: list[str] | tuple[str, ...]) -> list[dict[str, tuple[int,
             raise InputError(f"--sweep {spec!r} must look like input_ids=1x32,1x128 or seq=32,128") from None
         if any(dim < 0 for value in values for dim in value):
             raise InputError(f"--sweep {spec!r} has a negative dimension")
+        if any(dim == 0 for value in values for dim in value):
+            raise InputError(f"--sweep {spec!r}: a dimension of 0 is an empty tensor, with nothing to run or compare")
         if name in axes:
             raise InputError(f"--sweep names {name!r} twice")
         axes[name] = list(dict.fromkeys(values))
@@ -307,8 +311,8 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except Exception as error:
-        raise InputError(f"{path}: not a readable .npz file ({error})") from None
+    except Exception:
+        raise InputError(f"{path}: not an .npz file of arrays (numpy.savez writes one)") from None
     with archive:
         return {name: archive[name] for name in archive.files}
 

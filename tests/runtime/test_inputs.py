@@ -76,7 +76,7 @@ def test_npz_loads_and_checks(model, tmp_path):
         with pytest.raises(InputError, match=message):
             load_npz(path, model)
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(InputError, match="not a readable .npz"):
+    with pytest.raises(InputError, match="not an .npz file of arrays"):
         load_npz(tmp_path / "junk.npz", model)
     with pytest.raises(InputError, match="no such file"):
         load_npz(tmp_path / "absent.npz", model)
