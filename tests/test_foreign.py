@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.cli import main
+from graphopt.model import load as graphopt_load
 from tests.helpers import assert_same, run
 
 
@@ -130,3 +131,73 @@ def test_relative_error_is_measured_where_the_reference_is_not_about_zero():
     result = compare("map", reference, np.array([3e-6, 2.2, 4.0]), tolerance("int8"))
     assert result.max_rel_error == pytest.approx(0.1)  # 0.2 / 2.0; the 1e-300 element is below atol
     assert compare("map", np.full(3, 1e-300), np.full(3, 1e-6), tolerance("fp32")).max_rel_error is None
+
+
+def _streaming_model() -> onnx.ModelProto:
+    """Like a voice-activity detector: audio [batch, samples], an RNN state [2, batch, 16] carried from
+    call to call, and a scalar sample rate that scales the features."""
+    rng = np.random.default_rng(4)
+    weights = {"w": rng.normal(0, 0.2, (64, 16)).astype(np.float32), "u": rng.normal(0, 0.2, (16, 1)).astype(np.float32),
+               "khz": np.array(1 / 16000, np.float32), "zero": np.array([0], np.int64)}
+    nodes = [
+        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sr_f", "khz"], ["scale"]),
+        helper.make_node("MatMul", ["input", "w"], ["features"]),
+        helper.make_node("Mul", ["features", "scale"], ["scaled"]),
+        helper.make_node("Gather", ["state", "zero"], ["first"], axis=0),
+        helper.make_node("Squeeze", ["first", "zero"], ["previous"]),
+        helper.make_node("Add", ["scaled", "previous"], ["hidden"]),
+        helper.make_node("Tanh", ["hidden"], ["h"]),
+        helper.make_node("MatMul", ["h", "u"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["output"]),
+        helper.make_node("Unsqueeze", ["h", "zero"], ["h1"]),
+        helper.make_node("Concat", ["h1", "h1"], ["stateN"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "streaming",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 16]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 16])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_calibration_npz_with_a_scalar_input_and_a_state_batched_on_axis_1(tmp_path):
+    source = tmp_path / "vad.onnx"
+    onnx.save(_streaming_model(), source)
+    rng = np.random.default_rng(5)
+    audio = rng.normal(0, 0.3, (24, 64)).astype(np.float32)
+    state = rng.normal(0, 0.5, (2, 24, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=audio, state=state, sr=np.array(16000, np.int64))
+    from graphopt.runtime.calibration import CalibrationData
+
+    samples = list(CalibrationData(graphopt_load(source), tmp_path / "calib.npz"))
+    assert len(samples) == 24 and samples[3]["state"].shape == (2, 1, 16) and samples[3]["sr"].shape == ()
+    np.testing.assert_array_equal(samples[3]["state"][:, 0], state[:, 3])
+    out = tmp_path / "vad.int8.onnx"
+    assert main(["quantize", str(source), str(out), "--mode", "static", "--calib", str(tmp_path / "calib.npz"),
+                 "--no-check-speed", "-q"]) == 0
+    feeds = {"input": audio[:4], "state": state[:, :4], "sr": np.array(16000, np.int64)}
+    want, got = run(onnx.load(source), feeds), run(onnx.load(out), feeds)
+    for a, b in zip(want, got):
+        assert np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+    np.savez(tmp_path / "bad.npz", input=audio, state=state[:, :20], sr=np.array(16000, np.int64))
+    assert main(["quantize", str(source), str(out), "--mode", "static", "--calib", str(tmp_path / "bad.npz")]) == 2
+
+
+def test_a_detection_head_is_judged_by_cosine_not_by_top_1_over_its_anchors():
+    from graphopt.runtime.compare import compare, tolerance
+
+    rng = np.random.default_rng(6)
+    boxes = rng.uniform(0, 320, (1, 4, 2100))
+    scores = rng.uniform(0, 0.02, (1, 18, 2100))  # mostly background: argmax over anchors is noise
+    head = np.concatenate([boxes, scores], axis=1).astype(np.float32)  # YOLOv8's output0 [1, 22, 2100]
+    int8_like = head + rng.normal(0, 0.004, head.shape).astype(np.float32)
+    result = compare("output0", head, int8_like, tolerance("int8-static"))
+    assert result.top1_agreement is None and result.cosine > 0.9999 and result.passed
+    logits = rng.normal(size=(4, 10)).astype(np.float32)  # a classifier's [batch, classes] still is
+    assert compare("output", logits, logits, tolerance("int8")).top1_agreement == 1.0
+    lm = rng.normal(size=(1, 7, 50)).astype(np.float32)
+    assert compare("logits", lm, lm, tolerance("int8")).top1_agreement == 1.0

@@ -59,7 +59,8 @@ def _output_options(command):
 @click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the statistics of a lossy pass (the int8-static preset needs it): an .npz "
-                   "(samples along axis 0) or a folder of .npz; a budget is then judged on a held-out eighth of it.")
+                   "(samples along each input's batch axis) or a folder of .npz; a budget is then judged on a "
+                   "held-out eighth of it.")
 @flags.tolerance(cosine=False, default=None,
                  default_help="fp32, or the loosest a lossy pass declares (int8, int8-static, int4)")
 @flags.declared(Budget)
@@ -81,8 +82,8 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, report: 
 @flags.declared(QuantizeSettings)
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the measured statistics (static needs it; mse, gptq, --outlier-ratio, "
-                   "--smooth use it): an .npz with the samples along axis 0, or a folder of .npz (one input set "
-                   "each). A budget is judged on a held-out eighth of it. Default: the validation inputs.")
+                   "--smooth use it): an .npz with the samples along each input's batch axis, or a folder of .npz "
+                   "(one input set each). A budget is judged on a held-out eighth of it. Default: the validation inputs.")
 @flags.declared(Budget)
 @click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
 @click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS), help=flags.TARGET_HELP)

@@ -187,7 +187,10 @@ def _nothing_changed(lossy: list[Pass], outcomes: list) -> str:
     """Why a run changed no layer: the commonest reasons, with a layer each."""
     verb = _verb(lossy)
     if not outcomes:
-        return f"nothing was {verb}: {', '.join(pass_.name for pass_ in lossy)} found no layer it handles"
+        acting = [pass_ for pass_ in lossy if pass_.lossy]
+        handles = "; ".join(f"{pass_.name}: {pass_.handles}" for pass_ in acting if pass_.handles)
+        return (f"nothing was {verb}: {', '.join(pass_.name for pass_ in acting)} found no layer it handles"
+                + (f" ({handles})" if handles else ""))
     reasons: dict[str, list[str]] = {}
     for outcome in outcomes:
         reasons.setdefault(outcome.reason or "no reason given", []).append(f"{outcome.op_type} {outcome.layer!r}")

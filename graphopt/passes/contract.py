@@ -124,7 +124,7 @@ class LossyPass(Pass):
     `untouched` (the form of a layer the pass leaves alone), `cost` ("layers": every layer held
     back costs the same, so the fewest go first; "bytes": by its weight's bytes, so the fewest bytes
     go first), `objective` ("latency" or "size": which guard judges what it buys), `verb` (how the
-    summary says what it did). The fallback hands `backed_off` ({layer: a form of the ladder})
+    summary says what it did), `handles` (the layers it acts on, said when a model has none). The fallback hands `backed_off` ({layer: a form of the ladder})
     before a run.
     """
 
@@ -134,6 +134,7 @@ class LossyPass(Pass):
     cost: ClassVar[str] = "layers"
     objective: ClassVar[str] = "latency"
     verb: ClassVar[str] = "quantized"
+    handles: ClassVar[str] = ""  # the layers it acts on, for the user whose model has none
 
     def __init__(self) -> None:
         super().__init__()

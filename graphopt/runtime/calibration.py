@@ -2,8 +2,10 @@
 
 Three forms, all checked against the model's inputs (names, dtypes, ranks, fixed dims, embedding
 indices) before any sample runs, so a bad set fails in a second, not after an hour:
-  an .npz       one array per input name, the samples along axis 0: an array of the input's rank
-                gives sample i as array[i:i+1] (batch 1), one rank more gives array[i];
+  an .npz       one array per input name: one rank more than the input gives sample i as array[i];
+                at the input's rank, samples lie along its batch axis (its first unfixed dimension:
+                axis 0 of images, axis 1 of an RNN state [2, batch, 128]), each a batch of one; a
+                scalar input's array (a sample rate) is the same for every sample;
   a folder      of .npz files, each one input set at its own shapes (sentences of their own lengths);
   an iterable   (API) of {name: array} input sets; a one-shot iterator is read into a list, since
                 the statistics pass over the data once per chunk of exposed values.
@@ -48,7 +50,7 @@ class CalibrationData:
                 self._count = len(self._folder)
             else:
                 self._arrays = _stacked(model, path)
-                self._count = len(next(iter(self._arrays.values()))) if self._arrays else 0
+                self._count = _count(model, self._arrays)
         else:
             self._sets = [input_io.check_feeds(model, {name: np.asarray(array) for name, array in item.items()},
                                                f"calibration set {index}")
@@ -76,9 +78,14 @@ class CalibrationData:
             for file in self._folder[:self._count]:
                 yield input_io.load_npz(file, self._model)
         else:
-            ranks = _ranks(self._model)
             for index in range(self._count):
-                yield {name: _sample(array, index, ranks[name]) for name, array in self._arrays.items()}
+                yield _sample_set(self._model, self._arrays, index)
+
+
+def _count(model: ir.Model, stacked: dict[str, np.ndarray]) -> int:
+    counts = [array.shape[_sample_axis(info, array)] for info in input_io.signature(model)
+              for array in [stacked[info.name]] if info.dims is None or len(info.dims) > 0]
+    return counts[0] if counts else (1 if stacked else 0)
 
 
 def _ranks(model: ir.Model) -> dict[str, int]:
@@ -96,7 +103,8 @@ def _items(source) -> list:
 
 
 def _stacked(model: ir.Model, path: Path) -> dict[str, np.ndarray]:
-    """The .npz's arrays, samples along axis 0; every sample checked as the input set it will be."""
+    """The .npz's arrays, samples along their sample axis; every sample checked as the input set it
+    will be. An array for a scalar input (a sample rate) is the same for every sample."""
     arrays = input_io.read_npz(path)
     infos = input_io.signature(model)
     ranks = _ranks(model)
@@ -105,19 +113,41 @@ def _stacked(model: ir.Model, path: Path) -> dict[str, np.ndarray]:
         array = arrays.get(info.name)
         if array is None:
             raise InputError(f"{path}: no array for input {info.name!r} (has: {', '.join(sorted(arrays)) or 'nothing'})")
-        if array.ndim == 0:
-            raise InputError(f"{path}: {info.name!r} is a scalar; calibration arrays hold samples along axis 0")
-        counts.add(len(array))
+        if array.ndim == 0 and ranks[info.name] != 0:
+            raise InputError(f"{path}: {info.name!r} is a scalar, the model's input has rank {ranks[info.name]}; "
+                             "calibration arrays hold samples along their batch axis")
+        if ranks[info.name] != 0:
+            counts.add(array.shape[_sample_axis(info, array)])
     if len(counts) > 1:
-        raise InputError(f"{path}: the inputs hold different numbers of samples along axis 0 ({sorted(counts)})")
+        raise InputError(f"{path}: the inputs hold different numbers of samples ({sorted(counts)}) along their "
+                         "batch axes")
     stacked = {info.name: arrays[info.name] for info in infos}
-    for index in range(len(next(iter(stacked.values()))) if stacked else 0):
-        input_io.check_feeds(model, {name: _sample(array, index, ranks[name]) for name, array in stacked.items()},
-                             f"{path} sample {index}")
+    count = counts.pop() if counts else 1
+    for index in range(count):
+        input_io.check_feeds(model, _sample_set(model, stacked, index), f"{path} sample {index}")
     return stacked
 
 
-def _sample(array: np.ndarray, index: int, rank: int) -> np.ndarray:
-    """Sample `index` of an array holding samples along axis 0: array[i] when the array has one
-    axis more than the input, else array[i:i+1] (a batch of one)."""
-    return array[index] if array.ndim == rank + 1 else array[index:index + 1]
+def _sample_axis(info: input_io.InputInfo, array: np.ndarray) -> int:
+    """Where the samples lie: axis 0 of an array with one axis more than the input (samples stacked);
+    else the input's batch axis — its first unfixed dimension ([2, batch, 128]: an RNN state), 0 when
+    every dimension is fixed or the rank is unknown."""
+    if info.dims is None or array.ndim == len(info.dims) + 1:
+        return 0
+    return next((axis for axis, dim in enumerate(info.dims) if not isinstance(dim, int)), 0)
+
+
+def _sample_set(model: ir.Model, stacked: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    """Sample `index`: a stacked array's [i]; an array at the input's rank gives a batch of one along
+    its batch axis; a scalar input's array is the same for every sample."""
+    infos = {info.name: info for info in input_io.signature(model)}
+    sample = {}
+    for name, array in stacked.items():
+        info = infos[name]
+        if info.dims is not None and len(info.dims) == 0:
+            sample[name] = array
+        elif info.dims is not None and array.ndim == len(info.dims) + 1:
+            sample[name] = array[index]
+        else:
+            sample[name] = np.take(array, [index], axis=_sample_axis(info, array))
+    return sample

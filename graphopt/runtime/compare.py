@@ -92,9 +92,12 @@ class OutputComparison:
 
 
 def _looks_like_logits(name: str, array: np.ndarray) -> bool:
+    """Class scores, where top-k agreement means something: [batch, classes], or [batch, positions,
+    classes] named so (a language model's logits). A detection head's [1, 4 + classes, anchors] is
+    not: top-1 over 2,100 anchors is noise (cosine judges it)."""
     if array.dtype.kind != "f" or array.ndim < 2 or array.shape[-1] < 2:
         return False
-    return any(word in name.lower() for word in ("logit", "score", "prob", "output")) or array.ndim == 2
+    return array.ndim == 2 or (array.ndim == 3 and any(word in name.lower() for word in ("logit", "prob", "class")))
 
 
 def _topk_agreement(expected: np.ndarray, actual: np.ndarray, k: int) -> float | None:

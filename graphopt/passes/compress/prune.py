@@ -43,6 +43,7 @@ class PruneMagnitude(LossyPass):
     """
 
     tolerance = SPARSE
+    handles = "MatMul/Gemm/Conv weights of at least min_weights elements"
     untouched = "dense"
     cost = "bytes"
     objective = "size"

@@ -78,6 +78,7 @@ class QuantizeDynamic(WeightQuantizer):
 
     target_aware = True
     tolerance = "int8"
+    handles = "MatMul/Gemm/Attention weights and embedding tables; a CNN's Convs take --mode static"
     float32_only = "dynamic int8 quantizes float32 activations"
     # ort: a layer alone on its input runs DynamicQuantizeMatMul, which quantizes x inside the kernel
     quantizes_inside = True

@@ -144,6 +144,7 @@ class QuantizeStatic(LossyPass):
     """
 
     tolerance = "int8-static"
+    handles = "Conv, MatMul, Gemm, pooling and the ops between them"
     needs_calibration = "static int8 measures every activation's range on calibration data"
 
     def __init__(self, per_channel: bool = True, activation_type: str = "u8", symmetric: bool = False,

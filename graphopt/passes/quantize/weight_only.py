@@ -99,6 +99,7 @@ class QuantizeWeightOnly(WeightQuantizer):
 
     target_aware = True
     tolerance = "int4"
+    handles = "MatMul/Gemm weights and embedding tables; a CNN's Convs take --mode static"
     cost = "bytes"  # what int4 buys is size: the fallback raises the fewest bytes, not the fewest layers
     float32_only = "weight-only int4 quantizes float32 weights"
 
