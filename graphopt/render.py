@@ -62,18 +62,52 @@ def skip_lines(report: PipelineReport) -> list[str]:
     return lines
 
 
-def validation_table(result: ValidationResult) -> Table:
+PER_SET_LIMIT = 3  # input sets shown one by one; above it, the worst case per output (--verbose: all)
+
+
+def validation_table(result: ValidationResult, per_set: bool = False) -> Table:
+    """A row per input set and output; with more than PER_SET_LIMIT sets (and not `per_set`), a row
+    per output holding its worst case over the sets."""
     rows = []
-    for run in result.input_sets:
-        shapes = ", ".join(f"{name} {shape}" for name, shape in run.shapes.items())
-        for output in run.outputs:
-            rows.append([shapes, output.name, str(output.shape), _fmt(output.max_abs_error),
-                         "n/a" if output.max_rel_error is None else _fmt(output.max_rel_error), f"{output.cosine:.6f}", f"{output.mismatch_fraction:.2%}",
-                         _fmt(output.top1_agreement, ".1%"), _fmt(output.top5_agreement, ".1%"),
-                         "ok" if output.passed else f"FAIL {output.reason}"])
+    if per_set or len(result.input_sets) <= PER_SET_LIMIT:
+        for run in result.input_sets:
+            shapes = ", ".join(f"{name} {shape}" for name, shape in run.shapes.items())
+            rows += [[shapes, *_comparison_cells(output)] for output in run.outputs]
+    else:
+        by_output: dict[str, list] = {}
+        for run in result.input_sets:
+            for output in run.outputs:
+                by_output.setdefault(output.name, []).append(output)
+        for outputs in by_output.values():
+            rows.append([f"worst of {len(outputs)} sets", *_comparison_cells(_worst(outputs))])
     return Table(f"validation ({result.tolerance.name})",
                  ["inputs", "output", "shape", "max abs", "max rel", "cosine", "mismatch", "top-1", "top-5", "verdict"],
                  rows, ("max abs", "max rel", "cosine", "mismatch", "top-1", "top-5"))
+
+
+def _comparison_cells(output) -> list[str]:
+    return [output.name, str(output.shape), _fmt(output.max_abs_error),
+            "n/a" if output.max_rel_error is None else _fmt(output.max_rel_error), f"{output.cosine:.6f}",
+            f"{output.mismatch_fraction:.2%}", _fmt(output.top1_agreement, ".1%"), _fmt(output.top5_agreement, ".1%"),
+            "ok" if output.passed else f"FAIL {output.reason}"]
+
+
+def _worst(outputs: list):
+    """One comparison holding each measure's worst value over `outputs` (one output, several sets)."""
+    def lowest(values):
+        present = [value for value in values if value is not None]
+        return min(present) if present else None
+
+    failing = next((output for output in outputs if not output.passed), outputs[0])
+    return dataclasses.replace(
+        failing, max_abs_error=max(output.max_abs_error for output in outputs),
+        max_rel_error=max((output.max_rel_error for output in outputs if output.max_rel_error is not None),
+                          default=None),
+        cosine=min(output.cosine for output in outputs),
+        mismatch_fraction=max(output.mismatch_fraction for output in outputs),
+        top1_agreement=lowest(output.top1_agreement for output in outputs),
+        top5_agreement=lowest(output.top5_agreement for output in outputs),
+        shape=failing.shape if len({str(output.shape) for output in outputs}) == 1 else "varies")
 
 
 def validation_lines(result: ValidationResult) -> list[str]:
@@ -89,7 +123,12 @@ def lossy_lines(result: LossyResult) -> list[str]:
     lines = [f"{result.verb} {len(result.changed)} node(s); parameters {result.float_bytes / 2**20:.1f} MiB → "
              f"{result.result_bytes / 2**20:.1f} MiB ({ratio:.3f}x)"]
     untouched = {outcome.layer: outcome.form for outcome in result.outcomes if not outcome.changed}
-    lines += [f"kept {untouched[name]}: {name} ({reason})" for name, reason in result.untouched]
+    kept: dict[tuple[str, str], list[str]] = {}
+    for name, reason in result.untouched:
+        kept.setdefault((untouched[name], reason), []).append(name)
+    for (form, reason), names in kept.items():  # a line per reason, not per layer
+        shown = ", ".join(names[:NOTE_LIMIT]) + (f" … ({len(names)} in all)" if len(names) > NOTE_LIMIT else "")
+        lines.append(f"kept {form}: {shown} ({reason})")
     planned = {outcome.layer: outcome.planned for outcome in result.outcomes}
     lines += [f"{form}, not {planned[name]}: {name} ({reason})" for name, form, reason in result.other_forms]
     fallback = result.fallback

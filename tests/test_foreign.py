@@ -201,3 +201,22 @@ def test_a_detection_head_is_judged_by_cosine_not_by_top_1_over_its_anchors():
     assert compare("output", logits, logits, tolerance("int8")).top1_agreement == 1.0
     lm = rng.normal(size=(1, 7, 50)).astype(np.float32)
     assert compare("logits", lm, lm, tolerance("int8")).top1_agreement == 1.0
+
+
+def test_static_quantize_prints_the_worst_case_per_output_and_quiet_prints_one_line(tmp_path, capsys):
+    source = tmp_path / "vad.onnx"
+    onnx.save(_streaming_model(), source)
+    rng = np.random.default_rng(7)
+    np.savez(tmp_path / "calib.npz", input=rng.normal(0, 0.3, (48, 64)).astype(np.float32),
+             state=rng.normal(0, 0.5, (2, 48, 16)).astype(np.float32), sr=np.array(16000, np.int64))
+    args = ["quantize", str(source), str(tmp_path / "q.onnx"), "--mode", "static", "--calib",
+            str(tmp_path / "calib.npz"), "--no-check-speed"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "worst of 6 sets" in printed and printed.count("│ worst of") == 2  # output and stateN, a row each
+    assert len(printed.splitlines()) < 60
+    assert main([*args, "--verbose"]) == 0
+    assert capsys.readouterr().out.count("input [1, 64]") == 12
+    assert main(["validate", str(source), str(tmp_path / "q.onnx"), "--tolerance", "int8-static", "-q"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("PASS (int8-static)")

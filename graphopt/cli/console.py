@@ -42,8 +42,8 @@ def lines(texts: list[str], *, to_err: bool = False) -> None:
         (err if to_err else out).print(text, soft_wrap=True)
 
 
-def validation(result: ValidationResult) -> None:
-    table(render.validation_table(result))
+def validation(result: ValidationResult, *, verbose: bool = False) -> None:
+    table(render.validation_table(result, per_set=verbose))
     lines(render.validation_lines(result))
 
 

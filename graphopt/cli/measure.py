@@ -33,16 +33,21 @@ def _fmt(value, spec: str = ".3g") -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @flags.inputs
 @flags.runtime
+@click.option("-v", "--verbose", is_flag=True, help="A table row per input set (default: the worst case per output "
+                                                      "when there are more than three).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the one-line verdict.")
 def validate(reference: Path, candidate: Path, tolerance: Tolerance, no_locate: bool, as_json: bool,
-             inputs_file, shape, input_range, runtime: RuntimeOptions) -> None:
+             inputs_file, shape, input_range, runtime: RuntimeOptions, verbose: bool, quiet: bool) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output (exit 1 if they differ)."""
     result = api.validate(reference, candidate, inputs=inputs_file, shapes=parse_shapes(shape),
                           input_ranges=parse_ranges(input_range), tolerance=tolerance,
                           runtime=runtime, locate=not no_locate)
     if as_json:
         console.out.print_json(json.dumps(result.to_dict()))
+    elif quiet:
+        console.lines(render.validation_lines(result))
     else:
-        console.validation(result)
+        console.validation(result, verbose=verbose)
     if not result.passed:
         raise click.exceptions.Exit(1)
 

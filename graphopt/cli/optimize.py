@@ -20,6 +20,8 @@ from graphopt.quantization import QuantizeSettings, mode_tolerance
 from graphopt.runtime.inputs import parse_ranges, parse_shapes
 from graphopt.units import human_bytes
 
+VERBOSE_HELP = "A validation row per input set (default: the worst case per output when there are more than three)."
+
 
 def _output_options(command):
     return flags.apply(command, [
@@ -67,14 +69,15 @@ def _output_options(command):
 @flags.inputs
 @flags.runtime
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 def optimize(model: Path, output_arg: Path | None, output: Path | None, report: Path | None, quiet: bool,
-             calib: Path | None, shape, input_range, inputs_file, fix_shape, **kwargs) -> None:
+             verbose: bool, calib: Path | None, shape, input_range, inputs_file, fix_shape, **kwargs) -> None:
     """Run a preset, a pass list or a recipe over MODEL and write the result atomically."""
     output = _output_path("optimize", model, output_arg, output, report)
     result = _with_progress(quiet, lambda observer: api.optimize(
         model, output, inputs=inputs_file, shapes=parse_shapes(shape), input_ranges=parse_ranges(input_range),
         fix_shapes=parse_shapes(fix_shape, "--fix-shape"), calibration=calib, observer=observer, **kwargs))
-    _finish(result, output, report, quiet)
+    _finish(result, output, report, quiet, verbose)
 
 
 @app.command()
@@ -101,15 +104,16 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, report: 
 @flags.inputs
 @flags.runtime
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 def quantize(model: Path, output_arg: Path | None, output: Path | None, report: Path | None, quiet: bool,
-             calib: Path | None, shape, input_range, inputs_file, **kwargs) -> None:
+             verbose: bool, calib: Path | None, shape, input_range, inputs_file, **kwargs) -> None:
     """Quantize MODEL after the preset's float passes, validate it at the mode's tolerance (or a budget),
     check it runs on the EP and is faster than float, and write it atomically."""
     output = _output_path("quantize", model, output_arg, output, report)
     result = _with_progress(quiet, lambda observer: api.quantize(
         model, output, inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape),
         input_ranges=parse_ranges(input_range), observer=observer, **kwargs))
-    _finish(result, output, report, quiet)
+    _finish(result, output, report, quiet, verbose)
 
 
 def _output_path(command: str, model: Path, output_arg: Path | None, output: Path | None,
@@ -156,7 +160,8 @@ def _with_progress(quiet: bool, call):
             raise
 
 
-def _finish(result: api.OptimizeResult | LossyResult, output: Path, report: Path | None, quiet: bool) -> None:
+def _finish(result: api.OptimizeResult | LossyResult, output: Path, report: Path | None, quiet: bool,
+            verbose: bool = False) -> None:
     """The report file, the tables, the validation verdict and the one-line summary."""
     if report is not None:
         data = {**result.report.to_dict(), "warnings": result.warnings}
@@ -170,7 +175,7 @@ def _finish(result: api.OptimizeResult | LossyResult, output: Path, report: Path
         console.table(render.passes_table(result.report))
         console.lines([f"  {line}" for line in render.skip_lines(result.report)])
         if result.validation is not None:
-            console.validation(result.validation)
+            console.validation(result.validation, verbose=verbose)
         if isinstance(result, LossyResult):
             console.lines(render.lossy_lines(result))
     if result.validation is not None and not result.validation.passed:
