@@ -12,7 +12,7 @@ import onnx_ir as ir
 from graphopt import lossy, quantization
 from graphopt import model as model_io
 from graphopt.errors import InputError, ValidationFailed
-from graphopt.lossy import Budget, LossyResult
+from graphopt.lossy import Budget, LossyResult, guards
 from graphopt.outputs import check_output_differs, check_output_file  # noqa: F401  (the CLI's)
 from graphopt.passes import Pass
 from graphopt.passes.registry import PassInfo, list_passes  # noqa: F401  (the API's)
@@ -28,7 +28,10 @@ from graphopt.runtime import bench as bench_module
 from graphopt.runtime import compare
 from graphopt.runtime.bench import BenchResult, ProgressCallback
 from graphopt.runtime.compare import Tolerance
+from graphopt.runtime import guard as latency_guard
+from graphopt.runtime.guard import LatencyCheck
 from graphopt.runtime.inputs import signature as input_signature
+from graphopt.runtime.inputs import user_feeds as input_feeds
 from graphopt.runtime.options import RuntimeOptions
 from graphopt.runtime.providers import opset_warnings
 from graphopt.runtime.validate import ValidationResult, Validator
@@ -44,6 +47,7 @@ class OptimizeResult:
     written: list[os.PathLike]
     validation: ValidationResult | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    latency: LatencyCheck | None = None  # with check_speed: the input against the result, on the EP
 
 
 def optimize(
@@ -61,7 +65,7 @@ def optimize(
     external_data: bool | None = None,
     validate: bool = False,
     validate_each: bool = False,
-    check_speed: bool = True,
+    check_speed: bool | None = None,
     force: bool = False,
     inputs: str | os.PathLike | dict | None = None,
     shapes: Shapes | None = None,
@@ -86,7 +90,9 @@ def optimize(
     (nothing written) when outputs differ beyond `tolerance` (default fp32), unless `force`;
     `validate_each` checks after every pass that changed the model and names the first one that
     broke it. `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs
-    at those shapes); `keep_metadata` keeps the debug info O2/O3 strip.
+    at those shapes); `keep_metadata` keeps the debug info O2/O3 strip. `check_speed=True` times the
+    input against the float result on the EP and refuses (GuardRefused) a result under `min_speedup`
+    times its speed (any slower one by default), unless `force`; for a lossy run it is on with `validate`.
 
     A pass list or recipe is split at its first lossy pass (or pass that needs measurements): what
     comes before runs as float passes, the rest through the lossy pipeline (graphopt.lossy), as
@@ -112,14 +118,15 @@ def optimize(
             lossy.Plan(built[:split], built[split:], target=target, fixed_point=spec.fixed_point,
                        max_iterations=spec.max_iterations, check=check)
         checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime, validate=validate,
-                         check_speed=validate and check_speed, force=force, inputs=inputs, shapes=shapes,
+                         check_speed=validate and check_speed is not False, force=force, inputs=inputs, shapes=shapes,
                          input_ranges=input_ranges, calibration=calibration)
         return _finished(lossy.run(source, output, plan, checks, observer=observer, external_data=external_data))
     manager = PassManager(built, target=target, fixed_point=spec.fixed_point,
                           max_iterations=spec.max_iterations, check=check, observer=observer)
     tol = compare.tolerance(tolerance or "fp32", min_cosine=min_cosine) if min_cosine is not None else tolerance
     return _optimize_float(model, output, manager, opset, validate, validate_each, force,
-                           Validation(inputs, shapes, input_ranges, tol or "fp32", runtime), external_data)
+                           Validation(inputs, shapes, input_ranges, tol or "fp32", runtime), external_data,
+                           bool(check_speed), min_speedup)
 
 
 def _spec(preset, passes, recipe, fixed_point, max_iterations, keep_metadata, fix_shapes, shapes) -> PipelineSpec:
@@ -152,10 +159,12 @@ class Validation:
 
 
 def _optimize_float(model, output, manager: PassManager, opset: int | None, validate: bool, validate_each: bool,
-                    force: bool, validation: Validation, external_data: bool | None) -> OptimizeResult:
+                    force: bool, validation: Validation, external_data: bool | None, check_speed: bool = False,
+                    min_speedup: float = 1.0) -> OptimizeResult:
     source = lossy.load(model)
     model = source.model
     validator = None
+    snapshot = model.clone() if check_speed else None  # the input, timed against the result
     if validate or validate_each:
         # The reference: the file or proto as given (ORT loads it as is), described by a clone
         # of the loaded model taken before the passes run (cheap: tensors are shared).
@@ -174,8 +183,15 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
     if result is not None and not result.passed and not force:
         raise ValidationFailed(f"the optimized model does not match the input: {result.summary()}; "
                                "nothing was written", result)
+    latency = None
+    if check_speed:  # a float preset must not make the model slower (If branches, Casts … have)
+        config = (validation.runtime or RuntimeOptions()).for_bench()
+        feeds = None if validation.inputs is None else input_feeds(snapshot, validation.inputs)
+        check = dataclasses.replace(latency_guard.compare_latency(snapshot, model, config, feeds, label="optimized"),
+                                    baseline="input")
+        latency = guards.refuse_slow(check, min_speedup, force)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
-    return OptimizeResult(model, report, written, result, model_io.notes(model) + opset_warnings(model))
+    return OptimizeResult(model, report, written, result, model_io.notes(model) + opset_warnings(model), latency)
 
 
 QUANTIZE_MODES = quantization.MODES

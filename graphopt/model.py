@@ -65,8 +65,9 @@ def _load(path: Path) -> ir.Model:
 
 
 def dynamic_legacy_dims(model: ir.Model) -> None:
-    """Read the dimensions old exporters wrote as -1 or 0 for "dynamic" as the unknown dimensions they
-    mean, on every value of every graph, and keep a note naming the inputs that had them."""
+    """Read the dimensions old exporters wrote as -1 or 0 for "dynamic", and paddle2onnx's "?", as the
+    unknown dimensions they mean, on every value of every graph, and keep a note naming the inputs
+    that had -1 or 0."""
     inputs = []
     for graph in model.graphs():
         values = [*graph.inputs, *graph.outputs, *(out for node in graph for out in node.outputs)]
@@ -74,16 +75,20 @@ def dynamic_legacy_dims(model: ir.Model) -> None:
             if value.shape is None or value.const_value is not None:
                 continue
             dims = value.shape.dims
-            if any(isinstance(dim, int) and dim <= 0 for dim in dims):
-                if graph is model.graph and value in graph.inputs:
-                    inputs.append(f"{value.name} {list(dims)}")
-                    if 0 in dims:  # ONNX Runtime reads 0 as a fixed 0: run this model, not the file
-                        model.meta[ZERO_DIMS_KEY] = True
-                value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(dim, int) and dim <= 0 else dim
-                                        for dim in dims])
+            legacy = any(isinstance(dim, int) and dim <= 0 for dim in dims)
+            if legacy and graph is model.graph and value in graph.inputs:
+                inputs.append(f"{value.name} {[getattr(dim, 'value', dim) for dim in dims]}")
+                if 0 in dims:  # ONNX Runtime reads 0 as a fixed 0: run this model, not the file
+                    model.meta[ZERO_DIMS_KEY] = True
+            if legacy or any(getattr(dim, "value", None) == "?" for dim in dims):  # "?" names no dimension
+                value.shape = ir.Shape([ir.SymbolicDim(None) if _unknown(dim) else dim for dim in dims])
     if inputs:
         model.meta[LEGACY_DIMS_KEY] = (f"dimensions written -1 or 0 were read as dynamic (the old exporters' "
                                        f"convention): {'; '.join(inputs)}")
+
+
+def _unknown(dim) -> bool:
+    return dim <= 0 if isinstance(dim, int) else dim.value == "?"
 
 
 def notes(model: ir.Model) -> list[str]:

@@ -17,7 +17,7 @@ from tests.helpers import assert_same, run
 
 
 def _legacy_cnn(batch_dim: int = -1) -> onnx.ModelProto:
-    """A PaddlePaddle-style CNN at opset 11: input [-1, 3, -1, -1] (old exporters' "dynamic"), a Conv,
+    """A PaddlePaddle-style CNN at opset 11: input [-1, 3, ?, ?] (old exporters' "dynamic"), a Conv,
     BatchNormalization, Relu, a global pool and a classifier, the output [-1, 4]."""
     rng = np.random.default_rng(0)
     weights = {
@@ -37,7 +37,7 @@ def _legacy_cnn(batch_dim: int = -1) -> onnx.ModelProto:
         helper.make_node("Add", ["logits", "fc_b"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "legacy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, -1, -1])],
+        nodes, "legacy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, "?", "?"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 4])],
         [numpy_helper.from_array(array, name) for name, array in weights.items()],
         value_info=[helper.make_tensor_value_info("relu", TensorProto.FLOAT, [batch_dim, 8, -1, -1])])
@@ -220,3 +220,25 @@ def test_static_quantize_prints_the_worst_case_per_output_and_quiet_prints_one_l
     assert main(["validate", str(source), str(tmp_path / "q.onnx"), "--tolerance", "int8-static", "-q"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("PASS (int8-static)")
+
+
+def test_optimize_check_speed_refuses_a_float_result_slower_than_its_input(tmp_path, monkeypatch, capsys):
+    from graphopt.runtime import guard
+
+    timed = []
+
+    def slower(reference, result, config, feeds=None, runs=0, label="quantized"):
+        timed.append(label)
+        return guard.LatencyCheck(1.0, 2.0, config.resolved_ep(), {"x": [1, 3, 64, 64]}, label)
+
+    monkeypatch.setattr(guard, "compare_latency", slower)
+    source, out = tmp_path / "legacy.onnx", tmp_path / "o3.onnx"
+    onnx.save(_legacy_cnn(), source)
+    assert main(["optimize", str(source), str(out), "--preset", "O3"]) == 0 and timed == []  # off by default
+    out.unlink()
+    assert main(["optimize", str(source), str(out), "--preset", "O3", "--check-speed"]) == 1
+    assert "the optimized model is slower than the input one: input p50 1.000 ms, optimized p50 2.000 ms (2.00x " \
+           "slower)" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["optimize", str(source), str(out), "--preset", "O3", "--check-speed", "--force"]) == 1
+    assert out.exists() and timed == ["optimized", "optimized"]

@@ -55,9 +55,10 @@ def _output_options(command):
               help="Compare with the input in ONNX Runtime; refuse to write a model that differs.")
 @click.option("--validate-each", is_flag=True,
               help="Compare after every pass that changed the model; name the first that broke it.")
-@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
-              help="With --validate and a lossy pass (a quantizing preset): time the float model against the "
-                   "result on the EP; a slower one is not written.")
+@click.option("--check-speed/--no-check-speed", default=None,
+              help="Time the input against the result on the EP and refuse a slower one (exit 1; --force writes "
+                   "it). Default: on for a lossy pass with --validate (the float passes' output against it), off "
+                   "for float passes.")
 @click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the statistics of a lossy pass (the int8-static preset needs it): an .npz "
@@ -178,12 +179,14 @@ def _finish(result: api.OptimizeResult | LossyResult, output: Path, report: Path
             console.validation(result.validation, verbose=verbose)
         if isinstance(result, LossyResult):
             console.lines(render.lossy_lines(result))
+        elif result.latency is not None:
+            console.lines([f"latency: {result.latency.describe()}"])
     if result.validation is not None and not result.validation.passed:
         console.err.print("graphopt: validation failed; the model was written because of --force")
         raise click.exceptions.Exit(1)
-    if isinstance(result, LossyResult) and result.latency is not None and result.latency.slower:
-        console.err.print(f"graphopt: the {result.verb} model is slower than the float one "
-                          f"({result.latency.describe()}); it was written because of --force", soft_wrap=True)
+    if result.latency is not None and result.latency.slower:
+        console.err.print(f"graphopt: the {result.latency.label} model is slower than the {result.latency.baseline} "
+                          f"one ({result.latency.describe()}); it was written because of --force", soft_wrap=True)
         raise click.exceptions.Exit(1)
     size = sum(path.stat().st_size for path in result.written)
     after = model_io.parameter_bytes(result.model)

@@ -90,7 +90,8 @@ def refuse_slow(check: guard.LatencyCheck, min_speedup: float, force: bool,
     """GuardRefused (both p50s in the message) for a result under `min_speedup` times float's speed
     (1.0: any slower), unless `force`."""
     if check.speedup < min_speedup and not force:
-        wanted = "slower than the float one" if min_speedup == 1.0 else f"under {min_speedup:.2f}x float's speed"
+        wanted = f"slower than the {check.baseline} one" if min_speedup == 1.0 else \
+            f"under {min_speedup:.2f}x the {check.baseline}'s speed"
         raise GuardRefused(f"the {check.label} model is {wanted}: {check.describe()}; nothing was written{remedy}")
     return check
 

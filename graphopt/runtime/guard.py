@@ -40,6 +40,7 @@ class LatencyCheck:
     ep: str
     shapes: dict[str, list[int]]
     label: str = "quantized"  # what the result is, for the reader
+    baseline: str = "float"  # what it is timed against ("input" for float passes)
 
     @property
     def speedup(self) -> float:
@@ -51,7 +52,7 @@ class LatencyCheck:
 
     def describe(self) -> str:
         shapes = ", ".join(f"{name} {list(shape)}" for name, shape in self.shapes.items())
-        return (f"float p50 {self.float_ms:.3f} ms, {self.label} p50 {self.result_ms:.3f} ms "
+        return (f"{self.baseline} p50 {self.float_ms:.3f} ms, {self.label} p50 {self.result_ms:.3f} ms "
                 f"({speed_text(self.speedup)}) on {self.ep} at {shapes}")
 
     def to_dict(self) -> dict:

@@ -43,8 +43,9 @@ def signature(model: ir.Model) -> list[InputInfo]:
             raise InputError(f"input {value.name!r} has no element type")
         dims = None
         if value.shape is not None:
-            # -1 and 0 are how old exporters wrote "dynamic"
-            dims = tuple((dim if dim > 0 else None) if isinstance(dim, int) else dim.value for dim in value.shape.dims)
+            # -1 and 0 are how old exporters wrote "dynamic"; "?" names no dimension (paddle2onnx's [-1, 3, ?, ?])
+            dims = tuple((dim if dim > 0 else None) if isinstance(dim, int) else
+                         (None if dim.value in ("?", "") else dim.value) for dim in value.shape.dims)
         infos.append(InputInfo(value.name, np.dtype(value.dtype.numpy()), dims))
     return infos
 
