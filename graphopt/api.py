@@ -117,9 +117,9 @@ def optimize(
                                  fixed_point=spec.fixed_point, check=check) if mode else \
             lossy.Plan(built[:split], built[split:], target=target, fixed_point=spec.fixed_point,
                        max_iterations=spec.max_iterations, check=check)
-        checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime, validate=validate,
-                         check_speed=validate and check_speed is not False, force=force, inputs=inputs, shapes=shapes,
-                         input_ranges=input_ranges, calibration=calibration)
+        checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime,
+                         validate=validate, check_speed=validate and check_speed is not False, force=force,
+                         inputs=inputs, shapes=shapes, input_ranges=input_ranges, calibration=calibration)
         return _finished(lossy.run(source, output, plan, checks, observer=observer, external_data=external_data))
     manager = PassManager(built, target=target, fixed_point=spec.fixed_point,
                           max_iterations=spec.max_iterations, check=check, observer=observer)

@@ -87,7 +87,8 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, report: 
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the measured statistics (static needs it; mse, gptq, --outlier-ratio, "
                    "--smooth use it): an .npz with the samples along each input's batch axis, or a folder of .npz "
-                   "(one input set each). A budget is judged on a held-out eighth of it. Default: the validation inputs.")
+                   "(one input set each). A budget is judged on a held-out eighth of it. Default: the validation "
+                   "inputs.")
 @flags.declared(Budget)
 @click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
 @click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS), help=flags.TARGET_HELP)

@@ -39,6 +39,9 @@ from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import Validator
 
 HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)
+# Without a budget, a result failing its tolerance is backed off layer by layer for models up to this
+# many changed layers: a trial per layer takes minutes beyond it (PP-OCRv4's detector: 5 minutes).
+DEFAULT_FALLBACK_LAYERS = 48
 FROZEN = "the float part of {pass_}, kept as it is on purpose"
 
 
@@ -80,7 +83,8 @@ def _convert_for(source: Source, plan: Plan) -> str:
     current = model_io.model_opset(source.model)
     if current >= required:
         return ""
-    why = f"{name} needs opset {required} or newer{' on --target ' + plan.target if name == 'quantize_weight_only' else ''}"
+    where = f" on --target {plan.target}" if name == "quantize_weight_only" else ""
+    why = f"{name} needs opset {required} or newer{where}"
     if source.opset is not None:
         raise InputError(f"--opset {source.opset}: {why}")
     try:
@@ -153,9 +157,14 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
         return candidate, PassManager(lossy, target=plan.target, check=plan.check).run(candidate)
 
     candidate, report = build({})
-    fallback, target = None, checks.budget.target
+    fallback, target, untried = None, checks.budget.target, ""
     if target is None and checks.budget.fallback and checks.validate and not validator.check(candidate).passed:
-        target = validator.tolerance.min_cosine  # the tolerance is the budget: back off until it passes
+        layers = sum(outcome.changed for entry in report.passes for outcome in entry.outcomes)
+        if layers <= DEFAULT_FALLBACK_LAYERS:
+            target = validator.tolerance.min_cosine  # the tolerance is the budget: back off until it passes
+        else:
+            untried = (f" (the fallback, on by default for up to {DEFAULT_FALLBACK_LAYERS} layers, would try "
+                       f"these {layers} one by one: --min-cosine runs it)")
     if target is not None:
         fallback = _fall_back(float_model, report, lossy, checks.budget, target, validator, build)
         if fallback.backed_off:
@@ -166,8 +175,8 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
         raise NothingChanged(f"{said}; nothing was written (--force writes it)")
     validation = validator.validate(candidate, locate=False) if checks.validate else None
     if validation is not None and not validation.passed and not checks.force:
-        raise ValidationFailed(f"the {_verb(lossy)} model does not match the input: {validation.summary()}; "
-                               "nothing was written", validation)
+        raise ValidationFailed(f"the {_verb(lossy)} model does not match the input: {validation.summary()}"
+                               f"{untried}; nothing was written", validation)
     result = LossyResult(candidate, _merged(float_report, prepared, report), [], validation,
                          [*model_io.notes(float_model), *source.notes], outcomes,
                          model_io.parameter_bytes(float_model), model_io.parameter_bytes(candidate),

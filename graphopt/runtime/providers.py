@@ -250,8 +250,10 @@ def describe_feeds(feeds: dict[str, Any]) -> str:
 
 
 def ort_message(error: Exception) -> str:
-    """The first line of an ONNX Runtime error without its status-code prefix."""
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", first_line(str(error)) or type(error).__name__)
+    """The first line of an ONNX Runtime error without its status-code prefix and the C++ source
+    location and function signature it quotes."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", first_line(str(error)) or type(error).__name__)
+    return re.sub(r"/onnxruntime_src/\S+:\d+ \S.*?\)\s(?=[A-Z\[])", "", text)
 
 
 def model_label(model, fallback: str = "the model") -> str:

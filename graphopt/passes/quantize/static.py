@@ -340,14 +340,17 @@ class QuantizeStatic(LossyPass):
         x = params.get(node.inputs[0])
         channels = weight.shape[_channel_axis(node)]
         correction = self._correction(node, weight, q, scale, axis) if x is not None else None
+        if correction is not None and not np.all(np.isfinite(correction)):
+            correction = None  # statistics that overflowed correct nothing
         if correction is not None and (bias is None or (biases is not None and biases.shape == (channels,))):
             biases = (np.zeros(channels, np.float32) if biases is None else biases) - correction.astype(np.float32)
             if bias is None:
                 node.resize_inputs(3)
                 self.corrected_added += 1
             self.corrected += 1
-        if biases is not None and x is not None and biases.shape == (channels,):
-            bias_scale = (x.scale * np.broadcast_to(scale, biases.shape)).astype(np.float32)
+        bias_scale = (x.scale * np.broadcast_to(scale, biases.shape)).astype(np.float32) \
+            if biases is not None and x is not None and biases.shape == (channels,) else None
+        if bias_scale is not None and np.all(np.isfinite(biases)) and np.all(np.isfinite(bias_scale)):
             q_bias = np.clip(np.rint(biases / np.where(bias_scale > 0, bias_scale, 1.0)), -BIAS_QMAX, BIAS_QMAX)
             node.replace_input_with(2, self._dequantized(graph, q_bias.astype(np.int32), bias_scale,
                                                          np.zeros(biases.shape, np.int32), 0,
