@@ -31,6 +31,7 @@ from graphopt.runtime.compare import Tolerance
 from graphopt.runtime import guard as latency_guard
 from graphopt.runtime.guard import LatencyCheck
 from graphopt.runtime.inputs import signature as input_signature
+from graphopt.runtime.inputs import synthesize
 from graphopt.runtime.inputs import user_feeds as input_feeds
 from graphopt.runtime.options import RuntimeOptions
 from graphopt.runtime.providers import opset_warnings
@@ -186,7 +187,8 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
     latency = None
     if check_speed:  # a float preset must not make the model slower (If branches, Casts … have)
         config = (validation.runtime or RuntimeOptions()).for_bench()
-        feeds = None if validation.inputs is None else input_feeds(snapshot, validation.inputs)
+        feeds = input_feeds(snapshot, validation.inputs) if validation.inputs is not None else \
+            synthesize(snapshot, validation.shapes, validation.input_ranges, defaults=latency_guard.GUARD_DIMS)
         check = dataclasses.replace(latency_guard.compare_latency(snapshot, model, config, feeds, label="optimized"),
                                     baseline="input")
         latency = guards.refuse_slow(check, min_speedup, force)

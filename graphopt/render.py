@@ -120,8 +120,8 @@ def validation_lines(result: ValidationResult) -> list[str]:
 def lossy_lines(result: LossyResult) -> list[str]:
     """What the lossy passes did, what stayed as it was and why, the budget, the guards."""
     ratio = result.result_bytes / max(result.float_bytes, 1)
-    lines = [f"{result.verb} {len(result.changed)} node(s); parameters {result.float_bytes / 2**20:.1f} MiB → "
-             f"{result.result_bytes / 2**20:.1f} MiB ({ratio:.3f}x)"]
+    lines = [f"{result.verb} {len(result.changed)} of {len(result.outcomes)} layer(s); parameters "
+             f"{human_bytes(result.float_bytes)} → {human_bytes(result.result_bytes)} ({ratio:.3f}x)"]
     untouched = {outcome.layer: outcome.form for outcome in result.outcomes if not outcome.changed}
     kept: dict[tuple[str, str], list[str]] = {}
     for name, reason in result.untouched:

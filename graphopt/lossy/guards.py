@@ -23,6 +23,7 @@ from graphopt.errors import GuardRefused, InputError
 from graphopt.lossy.fallback import Fallback, Trial
 from graphopt.runtime import guard
 from graphopt.runtime.providers import SessionConfig, create_session
+from graphopt.units import human_bytes
 
 LOAD_CHECK_BYTES = 2**30  # results are loaded in ONNX Runtime up to this size (a session holds a copy)
 MAX_ALTERNATIVES = 6  # points of the fallback's path timed for the report
@@ -60,8 +61,8 @@ class SizeCheck:
         return self.result_compressed / max(self.float_compressed, 1)
 
     def describe(self) -> str:
-        return (f"weights {self.float_bytes / 2**20:.1f} → {self.result_bytes / 2**20:.1f} MiB, compressed "
-                f"{self.float_compressed / 2**20:.1f} → {self.result_compressed / 2**20:.1f} MiB ({self.ratio:.3f}x)")
+        return (f"weights {human_bytes(self.float_bytes)} → {human_bytes(self.result_bytes)}, compressed "
+                f"{human_bytes(self.float_compressed)} → {human_bytes(self.result_compressed)} ({self.ratio:.3f}x)")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "ratio": self.ratio}

@@ -35,6 +35,7 @@ from graphopt.passes import Pass
 from graphopt.pipeline import DEFAULT_MAX_ITERATIONS, PassManager, PassObserver, PipelineReport
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.calibration import CalibrationData
+from graphopt.runtime.guard import GUARD_DIMS
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import Validator
 
@@ -171,7 +172,7 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
             candidate, report = build(fallback.backed_off)
     outcomes = [outcome for entry in report.passes for outcome in entry.outcomes]
     if any(pass_.lossy for pass_ in lossy) and not any(outcome.changed for outcome in outcomes) and not checks.force:
-        said = f"nothing was {_verb(lossy)}: {blocked}" if blocked else _nothing_changed(lossy, outcomes)
+        said = f"nothing was {_verb(lossy)}: {blocked}" if blocked else _nothing_changed(lossy, outcomes, float_model)
         raise NothingChanged(f"{said}; nothing was written (--force writes it)")
     validation = validator.validate(candidate, locate=False) if checks.validate else None
     if validation is not None and not validation.passed and not checks.force:
@@ -192,14 +193,16 @@ def _interface(model: ir.Model) -> list[tuple]:
             for value in (*model.graph.inputs, *model.graph.outputs)]
 
 
-def _nothing_changed(lossy: list[Pass], outcomes: list) -> str:
+def _nothing_changed(lossy: list[Pass], outcomes: list, model: ir.Model) -> str:
     """Why a run changed no layer: the commonest reasons, with a layer each."""
     verb = _verb(lossy)
     if not outcomes:
         acting = [pass_ for pass_ in lossy if pass_.lossy]
         handles = "; ".join(f"{pass_.name}: {pass_.handles}" for pass_ in acting if pass_.handles)
+        bodies = sum(1 for node in model.graph.all_nodes() if node.op_type in ("If", "Loop", "Scan"))
+        inside = f"; layers inside the bodies of its {bodies} If/Loop/Scan nodes are left as they are" if bodies else ""
         return (f"nothing was {verb}: {', '.join(pass_.name for pass_ in acting)} found no layer it handles"
-                + (f" ({handles})" if handles else ""))
+                + (f" ({handles})" if handles else "") + inside)
     reasons: dict[str, list[str]] = {}
     for outcome in outcomes:
         reasons.setdefault(outcome.reason or "no reason given", []).append(f"{outcome.op_type} {outcome.layer!r}")
@@ -283,7 +286,9 @@ def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks
     guards.check_kernels(float_model, result.model, checks.config, checks.force, label=f"the {result.verb} model")
     objectives = {pass_.objective for pass_ in lossy if pass_.lossy}
     if "latency" in objectives and checks.check_speed:
-        feeds = sample if checks.inputs is None else input_io.user_feeds(float_model, checks.inputs)
+        feeds = input_io.user_feeds(float_model, checks.inputs) if checks.inputs is not None else sample
+        if feeds is None and checks.shapes:  # the user's shapes, else the guard's own (guard.GUARD_DIMS)
+            feeds = input_io.synthesize(float_model, checks.shapes, checks.input_ranges, defaults=GUARD_DIMS)
         latency, result.alternatives = guards.time_path(float_model, result.model, result.fallback,
                                                         lambda backed_off: build(backed_off)[0],
                                                         checks.bench_config, feeds, result.verb)

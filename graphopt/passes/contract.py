@@ -152,7 +152,10 @@ class LossyPass(Pass):
                layer: str | None = None, detail: str = "") -> None:
         """The layer `node` (or the one named `layer` it came from) became `form` (`reason`: why,
         when that is not the pass's own form)."""
-        self.outcomes.append(LayerOutcome(layer or node.name, node.op_type, form, True, self.ladder()[0], reason,
+        name = layer or node.name
+        if not reason and form != self.ladder()[0] and self.backed_off.get(name) == form:
+            reason = FALLBACK_REASON  # the fallback chose this form
+        self.outcomes.append(LayerOutcome(name, node.op_type, form, True, self.ladder()[0], reason,
                                           before, after, detail))
 
     def keep(self, node: ir.Node, reason: str, *, before: int = 0, layer: str | None = None) -> None:

@@ -351,7 +351,9 @@ class QuantizeStatic(LossyPass):
         bias_scale = (x.scale * np.broadcast_to(scale, biases.shape)).astype(np.float32) \
             if biases is not None and x is not None and biases.shape == (channels,) else None
         if bias_scale is not None and np.all(np.isfinite(biases)) and np.all(np.isfinite(bias_scale)):
-            q_bias = np.clip(np.rint(biases / np.where(bias_scale > 0, bias_scale, 1.0)), -BIAS_QMAX, BIAS_QMAX)
+            # in float64: float32 rounds BIAS_QMAX (2**31 - 1) up to 2**31, which int32 cannot hold
+            q_bias = np.clip(np.rint(biases.astype(np.float64) / np.where(bias_scale > 0, bias_scale, 1.0)),
+                             -BIAS_QMAX, BIAS_QMAX)
             node.replace_input_with(2, self._dequantized(graph, q_bias.astype(np.int32), bias_scale,
                                                          np.zeros(biases.shape, np.int32), 0,
                                                          bias.name if bias is not None else f"{base}_bias"))

@@ -1,0 +1,58 @@
+"""The foreign-model corpus (tests/foreign_models.py) through the float presets and the quantize modes.
+
+Float presets on both targets must validate on realistic inputs. A quantize mode either writes a
+model that passed its validation, or refuses with one line saying why (nothing to quantize, the
+tolerance not met, a guard): never a crash, never a usage error on the corpus's own data. Speed is
+not judged here (the benchmark does that in a quiet process): the latency guard is off.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import graphopt
+from graphopt.errors import GuardRefused, ValidationFailed
+from tests.foreign_models import CORPUS, write_calibration
+
+pytestmark = pytest.mark.slow
+
+MODES = ("dynamic", "static", "weight-only")
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("foreign")
+    made = {}
+
+    def data(model):
+        if model.name not in made:
+            made[model.name] = write_calibration(model, folder / model.name, count=16)
+        return made[model.name]
+
+    return data
+
+
+@pytest.mark.parametrize("model", CORPUS, ids=lambda model: model.name)
+def test_float_presets_validate_on_realistic_inputs(model, calibration):
+    sample = sorted(calibration(model).glob("*.npz"))[0]
+    for preset in ("O1", "O3"):
+        for target in ("portable", "ort"):
+            result = graphopt.optimize(model.path(), preset=preset, target=target, validate=True, inputs=sample)
+            assert result.validation.passed, (preset, target, result.validation.summary())
+
+
+@pytest.mark.parametrize("model", CORPUS, ids=lambda model: model.name)
+def test_quantize_modes_write_a_validated_model_or_say_why_not(model, calibration):
+    outcomes = {}
+    for mode in MODES:
+        try:
+            result = graphopt.quantize(model.path(), mode=mode, target="ort", calibration=calibration(model),
+                                       check_speed=False)
+        except (GuardRefused, ValidationFailed) as refused:  # NothingChanged is a GuardRefused
+            message = str(refused)
+            assert "\n" not in message and "nothing was written" in message, message
+            outcomes[mode] = message
+            continue
+        assert result.validation.passed and result.changed, (mode, result.validation.summary())
+        outcomes[mode] = f"{len(result.changed)} layers"
+    print(f"\n{model.name}: {outcomes}")
