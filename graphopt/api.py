@@ -31,8 +31,6 @@ from graphopt.runtime.compare import Tolerance
 from graphopt.runtime import guard as latency_guard
 from graphopt.runtime.guard import LatencyCheck
 from graphopt.runtime.inputs import signature as input_signature
-from graphopt.runtime.inputs import synthesize
-from graphopt.runtime.inputs import user_feeds as input_feeds
 from graphopt.runtime.options import RuntimeOptions
 from graphopt.runtime.providers import opset_warnings
 from graphopt.runtime.validate import ValidationResult, Validator
@@ -165,12 +163,12 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
     source = lossy.load(model)
     model = source.model
     validator = None
-    snapshot = model.clone() if check_speed else None  # the input, timed against the result
-    if validate or validate_each:
-        # The reference: the file or proto as given (ORT loads it as is), described by a clone
-        # of the loaded model taken before the passes run (cheap: tensors are shared).
-        snapshot = model.clone()
+    # The input before the passes run (cheap: tensors are shared): what the result is timed against,
+    # and what describes the reference (the file or proto as given, which ORT loads as is).
+    snapshot = model.clone() if check_speed or validate or validate_each else None
+    if snapshot is not None:
         snapshot.meta.update(model.meta)
+    if validate or validate_each:
         validator = Validator(snapshot if isinstance(source.reference, ir.Model) else source.reference,
                               feeds=validation.inputs, shapes=validation.shapes, ranges=validation.input_ranges,
                               tol=validation.tolerance, config=(validation.runtime or RuntimeOptions()).for_validation(),
@@ -187,8 +185,7 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
     latency = None
     if check_speed:  # a float preset must not make the model slower (If branches, Casts … have)
         config = (validation.runtime or RuntimeOptions()).for_bench()
-        feeds = input_feeds(snapshot, validation.inputs) if validation.inputs is not None else \
-            synthesize(snapshot, validation.shapes, validation.input_ranges, defaults=latency_guard.GUARD_DIMS)
+        feeds = latency_guard.guard_feeds(snapshot, validation.inputs, validation.shapes, validation.input_ranges)
         check = dataclasses.replace(latency_guard.compare_latency(snapshot, model, config, feeds, label="optimized"),
                                     baseline="input")
         latency = guards.refuse_slow(check, min_speedup, force)
@@ -290,15 +287,19 @@ def validate(
 
 
 def _same_inputs(reference: ir.Model, candidate: ir.Model) -> None:
-    def described(model: ir.Model) -> dict[str, str]:
-        return {info.name: f"{info.dtype} rank {'?' if info.dims is None else len(info.dims)}"
-                for info in input_signature(model)}
+    """Both models take the same input names, dtypes and ranks (an unknown rank matches any)."""
+    want = {info.name: info for info in input_signature(reference)}
+    got = {info.name: info for info in input_signature(candidate)}
 
-    want, got = described(reference), described(candidate)
-    for name in sorted(set(want) | set(got)):
-        if want.get(name) != got.get(name) and "?" not in (want.get(name, "") + got.get(name, "")):
-            raise InputError(f"the models take different inputs: {name!r} is {want.get(name, 'absent')} in the "
-                             f"reference, {got.get(name, 'absent')} in the candidate")
+    def text(info) -> str:
+        return "absent" if info is None else f"{info.dtype} rank {'?' if info.dims is None else len(info.dims)}"
+
+    for name in sorted(want.keys() | got.keys()):
+        a, b = want.get(name), got.get(name)
+        if a is None or b is None or a.dtype != b.dtype or (
+                a.dims is not None and b.dims is not None and len(a.dims) != len(b.dims)):
+            raise InputError(f"the models take different inputs: {name!r} is {text(a)} in the reference, "
+                             f"{text(b)} in the candidate")
 
 
 def bench(

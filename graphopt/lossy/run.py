@@ -33,9 +33,8 @@ from graphopt.lossy.result import LossyResult
 from graphopt.lossy.statistics import hand_over
 from graphopt.passes import Pass
 from graphopt.pipeline import DEFAULT_MAX_ITERATIONS, PassManager, PassObserver, PipelineReport
-from graphopt.runtime import inputs as input_io
 from graphopt.runtime.calibration import CalibrationData
-from graphopt.runtime.guard import GUARD_DIMS
+from graphopt.runtime.guard import guard_feeds
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import Validator
 
@@ -286,9 +285,8 @@ def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks
     guards.check_kernels(float_model, result.model, checks.config, checks.force, label=f"the {result.verb} model")
     objectives = {pass_.objective for pass_ in lossy if pass_.lossy}
     if "latency" in objectives and checks.check_speed:
-        feeds = input_io.user_feeds(float_model, checks.inputs) if checks.inputs is not None else sample
-        if feeds is None and checks.shapes:  # the user's shapes, else the guard's own (guard.GUARD_DIMS)
-            feeds = input_io.synthesize(float_model, checks.shapes, checks.input_ranges, defaults=GUARD_DIMS)
+        feeds = sample if sample is not None and checks.inputs is None else \
+            guard_feeds(float_model, checks.inputs, checks.shapes, checks.input_ranges)
         latency, result.alternatives = guards.time_path(float_model, result.model, result.fallback,
                                                         lambda backed_off: build(backed_off)[0],
                                                         checks.bench_config, feeds, result.verb)

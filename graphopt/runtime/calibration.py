@@ -49,8 +49,7 @@ class CalibrationData:
                     input_io.load_npz(file, model)
                 self._count = len(self._folder)
             else:
-                self._arrays = _stacked(model, path)
-                self._count = _count(model, self._arrays)
+                self._arrays, self._count = _stacked(model, path)
         else:
             self._sets = [input_io.check_feeds(model, {name: np.asarray(array) for name, array in item.items()},
                                                f"calibration set {index}")
@@ -78,18 +77,9 @@ class CalibrationData:
             for file in self._folder[:self._count]:
                 yield input_io.load_npz(file, self._model)
         else:
+            infos = input_io.signature(self._model)
             for index in range(self._count):
-                yield _sample_set(self._model, self._arrays, index)
-
-
-def _count(model: ir.Model, stacked: dict[str, np.ndarray]) -> int:
-    counts = [array.shape[_sample_axis(info, array)] for info in input_io.signature(model)
-              for array in [stacked[info.name]] if info.dims is None or len(info.dims) > 0]
-    return counts[0] if counts else (1 if stacked else 0)
-
-
-def _ranks(model: ir.Model) -> dict[str, int]:
-    return {info.name: len(info.dims) if info.dims is not None else -1 for info in input_io.signature(model)}
+                yield _sample_set(infos, self._arrays, index)
 
 
 def _items(source) -> list:
@@ -102,12 +92,12 @@ def _items(source) -> list:
                          f"sets, got {type(source).__name__}") from None
 
 
-def _stacked(model: ir.Model, path: Path) -> dict[str, np.ndarray]:
-    """The .npz's arrays, samples along their sample axis; every sample checked as the input set it
-    will be. An array for a scalar input (a sample rate) is the same for every sample."""
+def _stacked(model: ir.Model, path: Path) -> tuple[dict[str, np.ndarray], int]:
+    """The .npz's arrays and how many samples they hold along their sample axes; every sample checked
+    as the input set it will be. An array for a scalar input (a sample rate) serves every sample."""
     arrays = input_io.read_npz(path)
     infos = input_io.signature(model)
-    ranks = _ranks(model)
+    ranks = {info.name: len(info.dims) if info.dims is not None else -1 for info in infos}
     counts = set()
     for info in infos:
         array = arrays.get(info.name)
@@ -124,8 +114,8 @@ def _stacked(model: ir.Model, path: Path) -> dict[str, np.ndarray]:
     stacked = {info.name: arrays[info.name] for info in infos}
     count = counts.pop() if counts else 1
     for index in range(count):
-        input_io.check_feeds(model, _sample_set(model, stacked, index), f"{path} sample {index}")
-    return stacked
+        input_io.check_feeds(model, _sample_set(infos, stacked, index), f"{path} sample {index}")
+    return stacked, count
 
 
 def _sample_axis(info: input_io.InputInfo, array: np.ndarray) -> int:
@@ -137,13 +127,13 @@ def _sample_axis(info: input_io.InputInfo, array: np.ndarray) -> int:
     return next((axis for axis, dim in enumerate(info.dims) if not isinstance(dim, int)), 0)
 
 
-def _sample_set(model: ir.Model, stacked: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+def _sample_set(infos: list[input_io.InputInfo], stacked: dict[str, np.ndarray],
+                index: int) -> dict[str, np.ndarray]:
     """Sample `index`: a stacked array's [i]; an array at the input's rank gives a batch of one along
     its batch axis; a scalar input's array is the same for every sample."""
-    infos = {info.name: info for info in input_io.signature(model)}
     sample = {}
-    for name, array in stacked.items():
-        info = infos[name]
+    for info in infos:
+        name, array = info.name, stacked[info.name]
         if info.dims is not None and len(info.dims) == 0:
             sample[name] = array
         elif info.dims is not None and array.ndim == len(info.dims) + 1:

@@ -64,6 +64,14 @@ def speed_text(speedup: float) -> str:
     return f"{speedup:.2f}x faster" if speedup >= 1.0 else f"{1.0 / speedup:.2f}x slower"
 
 
+def guard_feeds(model: ir.Model, inputs=None, shapes=None, ranges=None) -> dict[str, np.ndarray]:
+    """What the guard times: the user's inputs (an .npz path or {name: array}), else inputs
+    synthesized at the user's shapes and, where none is given, the guard's (GUARD_DIMS)."""
+    if inputs is not None:
+        return input_io.user_feeds(model, inputs)
+    return input_io.synthesize(model, shapes, ranges, defaults=GUARD_DIMS)
+
+
 def compare_latency(float_model: ir.Model, result: ir.Model, config: SessionConfig,
                     feeds: dict[str, np.ndarray] | None = None, runs: int = GUARD_RUNS,
                     label: str = "quantized") -> LatencyCheck:
