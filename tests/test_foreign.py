@@ -4,7 +4,6 @@ shape here, its outputs checked in ONNX Runtime."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import pytest
