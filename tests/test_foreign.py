@@ -211,10 +211,10 @@ def test_static_quantize_prints_the_worst_case_per_output_and_quiet_prints_one_l
             str(tmp_path / "calib.npz"), "--no-check-speed"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "worst of 6 sets" in printed and printed.count("│ worst of") == 2  # output and stateN, a row each
+    assert "worst of 8 sets" in printed and printed.count("│ worst of") == 2  # output and stateN, a row each
     assert len(printed.splitlines()) < 60
     assert main([*args, "--verbose"]) == 0
-    assert capsys.readouterr().out.count("input [1, 64]") == 12
+    assert capsys.readouterr().out.count("input [1, 64]") == 16  # 8 sets, 2 outputs each
     assert main(["validate", str(source), str(tmp_path / "q.onnx"), "--tolerance", "int8-static", "-q"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("PASS (int8-static)")

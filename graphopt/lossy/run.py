@@ -17,6 +17,7 @@ API — comes here, so every one gets the same result and the same checks.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,10 +39,12 @@ from graphopt.runtime.guard import guard_feeds
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import Validator
 
-HELD_OUT = 32  # calibration samples judging a budget, at most (an eighth of them, at least one)
+HELD_OUT = 32  # calibration samples judging a budget, at most: an eighth of them, but 8 (or a quarter) at least
+HELD_OUT_MIN = 8  # 4 held-out files passed a classifier whose int8 form changed others' outputs (cosine 0.03)
 # Without a budget, a result failing its tolerance is backed off layer by layer for models up to this
 # many changed layers: a trial per layer takes minutes beyond it (PP-OCRv4's detector: 5 minutes).
 DEFAULT_FALLBACK_LAYERS = 48
+DEFAULT_FALLBACK_SECONDS = 180  # or more layers, where trying each takes about this long in all
 FROZEN = "the float part of {pass_}, kept as it is on purpose"
 
 
@@ -156,15 +159,18 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
             pass_.backed_off = dict(backed_off)
         return candidate, PassManager(lossy, target=plan.target, check=plan.check).run(candidate)
 
+    start = time.perf_counter()
     candidate, report = build({})
     fallback, target, untried = None, checks.budget.target, ""
     if target is None and checks.budget.fallback and checks.validate and not validator.check(candidate).passed:
         layers = sum(outcome.changed for entry in report.passes for outcome in entry.outcomes)
-        if layers <= DEFAULT_FALLBACK_LAYERS:
+        expected = 2 * layers * (time.perf_counter() - start)  # a trial per layer, then about as many on the path
+        if layers <= DEFAULT_FALLBACK_LAYERS or expected <= DEFAULT_FALLBACK_SECONDS:
             target = validator.tolerance.min_cosine  # the tolerance is the budget: back off until it passes
         else:
-            untried = (f" (the fallback, on by default for up to {DEFAULT_FALLBACK_LAYERS} layers, would try "
-                       f"these {layers} one by one: --min-cosine runs it)")
+            untried = (f" (the fallback, on by default up to {DEFAULT_FALLBACK_LAYERS} layers or about "
+                       f"{DEFAULT_FALLBACK_SECONDS // 60} min, would try these {layers} one by one, about "
+                       f"{expected / 60:.0f} min: --min-cosine runs it)")
     if target is not None:
         fallback = _fall_back(float_model, report, lossy, checks.budget, target, validator, build)
         if fallback.backed_off:
@@ -233,7 +239,7 @@ def _held_out(plan: Plan, checks: Checks, samples: CalibrationData | None):
         any(pass_.needs_calibration for pass_ in plan.passes)
     if samples is None or len(samples) < 2 or not judged_on_data or checks.inputs is not None:
         return None
-    return samples.split_off(min(HELD_OUT, max(1, len(samples) // 8)))
+    return samples.split_off(min(HELD_OUT, max(1, len(samples) // 8, min(HELD_OUT_MIN, len(samples) // 4))))
 
 
 def _validator(source: Source, plan: Plan, checks: Checks, samples, held_out) -> Validator | None:

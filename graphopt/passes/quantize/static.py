@@ -12,10 +12,12 @@ QDQ the same way.
                error the weights' rounding adds (bias correction, from the measured mean of each
                input channel; a Conv or Gemm without a bias gets one); activations through Q/DQ
   elementwise  Add, Mul, AveragePool, GlobalAveragePool, Concat: every float input and the output
-               through Q/DQ (a constant input stored quantized at its own min/max)
-  movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize: quantized only
-               between quantized tensors, the output at its input's scale and zero point (so the
-               pair around it drops and the data stays int8)
+               through Q/DQ (a constant input stored quantized at its own min/max), only where an int8
+               kernel reads the output (directly or through data movement): arithmetic a float op
+               finishes (a written-out GELU or LayerNorm, a Swish gate's inputs) stays float
+  movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize, Split, Slice:
+               quantized only between quantized tensors, every output at its input's scale and zero
+               point (so the pair around it drops and the data stays int8)
   activation   a Relu reading only a compute op's, Add's or Mul's output: that output gets no pair,
                the Relu's output does, with zero point at the bottom of the int8 range (ONNX Runtime
                then folds the Relu into the Q, leaving Conv → Q, Add → Q)
@@ -55,7 +57,7 @@ from graphopt.passes.registry import register
 
 COMPUTE = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op: index of the weight
 ELEMENTWISE = ("Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat")
-MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize")
+MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize", "Split", "Slice")
 RELU_FOLDS = (*COMPUTE, "Add", "Mul")  # ops whose int8 kernel the Relu after them folds into
 ACTIVATION_TYPES = {"u8": (ir.DataType.UINT8, 0, 255), "s8": (ir.DataType.INT8, -128, 127)}
 BIAS_QMAX = 2**31 - 1
@@ -216,20 +218,38 @@ class QuantizeStatic(LossyPass):
                     self.keep(node, reason, layer=node.name or node.outputs[0].name)
                 continue
             chosen.append(node)
-        chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
+        chosen = self._int8_paths(chosen)
         moving = True
         quantized = set(_tensors(chosen))
         while moving:  # data movement between quantized tensors, chains included
             moving = False
             for node in graph:
                 if node.op_type in MOVEMENT and node not in chosen and not self._excluded_quietly(node) and \
-                        not node.outputs[0].is_graph_output() and node.inputs[0] in quantized and \
-                        any(use.node in chosen for use in node.outputs[0].uses()):
+                        not any(out.is_graph_output() for out in node.outputs) and node.inputs[0] in quantized and \
+                        any(use.node in chosen for out in node.outputs for use in out.uses()):
                     chosen.append(node)
-                    quantized.add(node.outputs[0])
+                    quantized.update(node.outputs)
                     moving = True
         order = {node: index for index, node in enumerate(graph)}
         return sorted(chosen, key=order.__getitem__)
+
+    def _int8_paths(self, chosen: list[ir.Node]) -> list[ir.Node]:
+        """The chosen nodes less the elementwise ones whose output no int8 kernel reads (through data
+        movement): there int8 only adds rounding. Arithmetic that a float op finishes (a GELU's
+        x·x·x before its Tanh, a LayerNorm's E[x²] − E[x]² written out, a Swish gate's inputs) stays
+        float; a residual Add read by the next block's Conv, or a Concat of feature maps, keeps int8.
+        Written-out GELUs and LayerNorms (tf2onnx's) lost a classifier's output (cosine 0.03) in int8."""
+        chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
+        while True:
+            kept = set(chosen)
+            idle = [node for node in chosen if node.op_type in ELEMENTWISE and not _feeds_int8(node.outputs[0], kept)]
+            if not idle:
+                return chosen
+            for node in idle:
+                self.keep(node, "no int8 kernel reads its output (int8 would only add rounding)",
+                          layer=node.name or node.outputs[0].name)
+            chosen = [node for node in chosen if node not in idle]
+            chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
 
     def _excluded_quietly(self, node: ir.Node) -> bool:
         return node.name in self.exclude or node.op_type in self.exclude
@@ -275,12 +295,13 @@ class QuantizeStatic(LossyPass):
                     params[value] = self._activation(float(min(array.min(), 0)), float(max(array.max(), 0)))
                 elif value.name in self.ranges and not _feeds_relu(value, chosen_set):
                     params[value] = self._activation(*self.ranges[value.name])
+            if node.op_type in MOVEMENT:  # every output (a Split's) at its input's scale
+                params.update((out, params[node.inputs[0]]) for out in node.outputs)
+                continue
             out = node.outputs[0]
             if out.is_graph_output() or _feeds_relu(out, chosen_set):
                 continue
-            if node.op_type in MOVEMENT:
-                params[out] = params[node.inputs[0]]
-            elif node.op_type == "Relu":
+            if node.op_type == "Relu":
                 params[out] = self._activation(0.0, self.ranges[out.name][1])
             else:
                 params[out] = self._activation(*self.ranges[out.name])
@@ -401,7 +422,8 @@ def _tensors(nodes: list[ir.Node]) -> list[ir.Value]:
     for node in nodes:
         for value in _data_inputs(node):
             seen.setdefault(value)
-        seen.setdefault(node.outputs[0])
+        for out in node.outputs if node.op_type in MOVEMENT else node.outputs[:1]:
+            seen.setdefault(out)
     return list(seen)
 
 
@@ -415,6 +437,17 @@ def _data_inputs(node: ir.Node) -> list[ir.Value]:
     if node.op_type in ("Add", "Mul", "Concat"):
         return [value for value in node.inputs if value is not None]
     return node.inputs[:1] if node.inputs and node.inputs[0] is not None else []
+
+
+def _feeds_int8(value: ir.Value, chosen: set[ir.Node]) -> bool:
+    """A chosen node reads `value`, directly or through data movement."""
+    for use in value.uses():
+        node = use.node
+        if node in chosen or (node.op_type in MOVEMENT and use.idx == 0 and
+                              not any(out.is_graph_output() for out in node.outputs) and
+                              any(_feeds_int8(out, chosen) for out in node.outputs)):
+            return True
+    return False
 
 
 def _after_compute(relu: ir.Node, chosen: list[ir.Node]) -> bool:
