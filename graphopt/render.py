@@ -10,9 +10,8 @@ import dataclasses
 
 from graphopt.lossy import LossyResult
 from graphopt.pipeline import PipelineReport
-from graphopt.runtime.guard import speed_text
 from graphopt.runtime.validate import ValidationResult
-from graphopt.units import human_bytes
+from graphopt.units import human_bytes, speed_text
 
 NOTE_LIMIT = 8  # skip reasons listed under a pass table; the report JSON holds them all
 

@@ -6,6 +6,7 @@ Drawn with the same tables the command line prints (graphopt.render).
 from __future__ import annotations
 
 from graphopt import render
+from graphopt.units import time_ratio_text
 
 
 def run_markdown(result, preset: str) -> str:
@@ -56,9 +57,10 @@ def _latency(result) -> list[str]:
         return []
     models = result.bench.models
     p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)
-    ratios = ", ".join(f"{model.model} {ratio:.2f}x" for model, ratio in zip(models[1:], result.bench.ratios()[1:]))
+    ratios = ", ".join(f"{model.model} {time_ratio_text(ratio)}"
+                       for model, ratio in zip(models[1:], result.bench.ratios()[1:]))
     return [f"## Latency ({' vs '.join(model.model for model in models)})", "",
-            f"p50 {p50s} at {result.bench.cases[0].shapes_text()}: median time per run against the exported "
-            f"model's: {ratios} (below 1.00x is faster). All ran in this process in turns, each alone on the "
+            f"p50 {p50s} at {result.bench.cases[0].shapes_text()}: against the exported model, {ratios} "
+            "(p50 against p50). All ran in this process in turns, each alone on the "
             "machine while timed, with the session settings below.", "",
             result.bench.to_markdown(), "![latency](latency.png)", ""]

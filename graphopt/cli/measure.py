@@ -119,8 +119,8 @@ def _print_bench(result: BenchResult) -> None:
     if len(result.cases) > 1:
         _print_table(f"p50 ms by {bench_report.sweep_axis_name(result)}", *bench_report.sweep_table(result))
     console.lines(bench_report.settings_lines(result.metadata))
-    console.out.print(f"peak resident memory {human_bytes(result.peak_rss_bytes)}; p50 vs first = the model's median "
-              "latency over the first model's (below 1.00x is faster)")
+    console.out.print(f"peak resident memory {human_bytes(result.peak_rss_bytes)}; p50 vs first = the model's "
+              "median latency against the first model's")
 
 
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

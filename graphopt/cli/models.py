@@ -23,7 +23,7 @@ from graphopt.runtime import bench_report
 from graphopt.runtime.compare import Tolerance
 from graphopt.runtime.inputs import parse_shapes
 from graphopt.runtime.options import RuntimeOptions
-from graphopt.units import human_bytes
+from graphopt.units import human_bytes, time_ratio_text
 
 
 def _export_module():
@@ -132,8 +132,9 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
     if result.bench is not None:
         models = result.bench.models
         p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)
-        ratios = ", ".join(f"{ratio:.2f}x" for ratio in result.bench.ratios()[1:])
-        console.out.print(f"latency p50 {p50s} ({ratios} the export's median time per run; below 1.00x is faster) "
+        ratios = ", ".join(f"{model.model} {time_ratio_text(ratio)}"
+                           for model, ratio in zip(models[1:], result.bench.ratios()[1:]))
+        console.out.print(f"latency p50 {p50s} (against the export: {ratios}) "
                   f"at {result.bench.cases[0].shapes_text()}", soft_wrap=True)
         for line in bench_report.settings_lines(result.bench.metadata)[:3]:
             console.out.print(f"  {line}", soft_wrap=True)

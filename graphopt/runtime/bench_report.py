@@ -16,7 +16,7 @@ import numpy as np
 from graphopt import model as model_io
 from graphopt.errors import InputError
 from graphopt.runtime.bench import BenchResult, ShapeCase
-from graphopt.units import human_bytes
+from graphopt.units import human_bytes, time_ratio_text
 
 _LOG_SCALE_RANGE = 20.0
 
@@ -50,8 +50,8 @@ def case_table(case: ShapeCase) -> tuple[list[str], list[list[str]]]:
               "samples/s (wall)" if concurrent else "samples/s (p50)", "p50 vs first"]
     rows = [[entry.model, human_bytes(entry.file_bytes), f"{entry.session_seconds * 1000:.0f}",
              f"{entry.p50_ms:.3f}", f"{entry.p90_ms:.3f}", f"{entry.p99_ms:.3f}", f"{entry.mean_ms:.3f}",
-             f"{entry.std_ms:.3f}", str(len(entry.latencies_ms)), f"{entry.throughput:.1f}", f"{ratio:.2f}x"]
-            for entry, ratio in zip(case.models, case.ratios())]
+             f"{entry.std_ms:.3f}", str(len(entry.latencies_ms)), f"{entry.throughput:.1f}", "-" if index == 0 else time_ratio_text(ratio)]
+            for index, (entry, ratio) in enumerate(zip(case.models, case.ratios()))]
     return header, rows
 
 
@@ -151,7 +151,8 @@ def _distribution_figure(plt, result: BenchResult):
         title += f"\n({hidden} run(s) outside {bottom:.3g}-{top:.3g} ms not shown)"
     axis.set_title(title, fontsize=9)
     for index, (entry, ratio) in enumerate(zip(result.models, result.ratios()), start=1):
-        axis.annotate(f"p50 {entry.p50_ms:.3g} ms\n{ratio:.2f}x", (index, entry.p50_ms),
+        versus = "" if index == 1 else f"\n{time_ratio_text(ratio)}"
+        axis.annotate(f"p50 {entry.p50_ms:.3g} ms{versus}", (index, entry.p50_ms),
                       textcoords="offset points", xytext=(28, 0), fontsize=8)
     return figure
 

@@ -26,6 +26,7 @@ from graphopt import model as model_io
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime import inputs as input_io
 from graphopt.runtime.providers import EP_NAMES, SessionConfig
+from graphopt.units import speed_text
 
 GUARD_DIMS = {"batch": 1, "sequence": 128, "other": 64, "spatial": 224}
 GUARD_RUNS = 40
@@ -57,11 +58,6 @@ class LatencyCheck:
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "speedup": self.speedup}
-
-
-def speed_text(speedup: float) -> str:
-    """'1.85x faster' or '1.20x slower': one convention wherever a speed is compared."""
-    return f"{speedup:.2f}x faster" if speedup >= 1.0 else f"{1.0 / speedup:.2f}x slower"
 
 
 def guard_feeds(model: ir.Model, inputs=None, shapes=None, ranges=None) -> dict[str, np.ndarray]:

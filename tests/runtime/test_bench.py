@@ -62,7 +62,8 @@ def test_bench_produces_every_field(two_models, tmp_path):
                                           "session.inter_op.allow_spinning": "0",
                                           "session.dynamic_block_base": "2"}
     markdown = result.to_markdown()
-    assert "| p50 ms |" in markdown and "1.00x" in markdown and "spinning off" in markdown
+    assert "| p50 ms |" in markdown and ("x faster |" in markdown or "x slower |" in markdown)
+    assert "spinning off" in markdown
     assert "Inputs: input_ids [4, 8], attention_mask [4, 8]" in markdown
     png = tmp_path / "latency.png"
     plot(result, png)
