@@ -91,7 +91,8 @@ def optimize(
     broke it. `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs
     at those shapes); `keep_metadata` keeps the debug info O2/O3 strip. `check_speed=True` times the
     input against the float result on the EP and refuses (GuardRefused) a result under `min_speedup`
-    times its speed (any slower one by default), unless `force`; for a lossy run it is on with `validate`.
+    times its speed, unless `force`; by default one slower by more than 3% in two timings (a shared
+    machine's noise moves lone timings more); for a lossy run it is on with `validate`.
 
     A pass list or recipe is split at its first lossy pass (or pass that needs measurements): what
     comes before runs as float passes, the rest through the lossy pipeline (graphopt.lossy), as
@@ -186,9 +187,11 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
     if check_speed:  # a float preset must not make the model slower (If branches, Casts … have)
         config = (validation.runtime or RuntimeOptions()).for_bench()
         feeds = latency_guard.guard_feeds(snapshot, validation.inputs, validation.shapes, validation.input_ranges)
-        check = dataclasses.replace(latency_guard.compare_latency(snapshot, model, config, feeds, label="optimized"),
-                                    baseline="input")
-        latency = guards.refuse_slow(check, min_speedup, force)
+        def measure(runs: int) -> latency_guard.LatencyCheck:
+            return dataclasses.replace(latency_guard.compare_latency(snapshot, model, config, feeds, runs=runs,
+                                                                     label="optimized"), baseline="input")
+
+        latency = guards.refuse_slower_float(measure, min_speedup, force)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
     return OptimizeResult(model, report, written, result, model_io.notes(model) + opset_warnings(model), latency)
 
@@ -225,7 +228,7 @@ def quantize(
 
     `options` are graphopt.quantization.QuantizeSettings' (`mode`, `algorithm`, `smooth` …; the
     table on the Python API page): dynamic int8 by default. The result is validated against the
-    input at the mode's tolerance (`tolerance` overrides it) on `inputs`, or on a held-out eighth of
+    input at the mode's tolerance (`tolerance` overrides it) on `inputs`, or on held-out samples of
     `calibration` (an .npz, a folder of .npz or an iterable of input sets) when a budget or static
     int8 needs real data; with `min_cosine` (worst output cosine) or `max_drop` (top-1 agreement
     lost) the most sensitive layers go back to float (weight-only: to 8 bits) until the budget is

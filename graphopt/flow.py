@@ -2,7 +2,8 @@
 
 Files in the output folder: model.onnx (the export, plus model.<dataset>.npz for zoo models
 that ship data and model.calibration/ for the text models' calibration sentences),
-model.<preset>.onnx (only when validation passes), with `quantize` also model.<mode>.onnx
+model.<preset>.onnx (only when validation passes and, with check_speed, the benchmark does not
+find it slower than the export: timed again before it is refused), with `quantize` also model.<mode>.onnx
 (graphopt.quantize's result, only when it validates and the benchmark finds it faster than the
 float model: the latency guard judges on the run's own timing; static int8 calibrates on
 graphopt.export.calibration_set), report.md, report.json and latency.png. Everything is staged
@@ -35,7 +36,7 @@ from graphopt.runtime import bench_report
 from graphopt.runtime.bench import BenchResult
 from graphopt.runtime.compare import Tolerance
 from graphopt.runtime.compare import tolerance as make_tolerance
-from graphopt.runtime.guard import LatencyCheck
+from graphopt.runtime.guard import LatencyCheck, compare_latency, guard_feeds
 from graphopt.runtime.providers import create_session
 
 
@@ -54,6 +55,7 @@ class RunSettings:
     warmup: int = 10
     runtime: api.RuntimeOptions = dataclasses.field(default_factory=api.RuntimeOptions)
     quantize: str | None = None
+    check_speed: bool = True  # the preset's model must not be slower than the export (judged on the benchmark)
 
 
 @dataclasses.dataclass
@@ -70,6 +72,7 @@ class RunState:
     validation: Any = None
     quantized: LossyResult | None = None
     refusal: str = ""
+    speed_refusal: str = ""  # the preset's model, slower than the export
     timed: list[tuple[str, Path]] = dataclasses.field(default_factory=list)
     bench: BenchResult | None = None
     accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -91,10 +94,12 @@ class RunResult:
     files: list[Path]
     quantized: LossyResult | None = None
     quantize_refusal: str = ""
+    speed_refusal: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.validation is not None and self.validation.passed and not self.quantize_refusal
+        return self.validation is not None and self.validation.passed and not self.quantize_refusal and \
+            not self.speed_refusal
 
 
 def export_stage(state: RunState) -> None:
@@ -148,6 +153,34 @@ def bench_stage(state: RunState) -> None:
     bench_report.plot(state.bench, state.staging / "latency.png")
 
 
+def float_speed_stage(state: RunState) -> None:
+    """The preset's latency guard, judged on the benchmark (the export against the preset's model);
+    a model found slower is timed again, as `graphopt optimize --check-speed` does, before it is
+    refused and left unwritten (reported, with its benchmark row)."""
+    settings = state.settings
+    if not settings.check_speed or state.optimize is None or state.bench is None:
+        return
+    by_name = {model.model: model for model in state.bench.models}
+    path = state.staging / f"model.{settings.preset}.onnx"
+    exported, optimized = by_name[state.exported_path.name], by_name[path.name]
+    first = LatencyCheck(exported.p50_ms, optimized.p50_ms, state.bench.ep, state.bench.cases[0].input_shapes,
+                         label="optimized", baseline="export")
+    config = settings.runtime.for_bench()
+
+    def measure(runs: int) -> LatencyCheck:
+        reference, result = model_io.load(state.exported_path), model_io.load(path)
+        feeds = guard_feeds(reference, shapes=settings.bench_shapes or settings.shapes)
+        return dataclasses.replace(compare_latency(reference, result, config, feeds, runs=runs, label="optimized"),
+                                   baseline="export")
+
+    try:
+        state.optimize.latency = guards.refuse_slower_float(measure, 1.0, force=False, first=first,
+                                                            remedy=" (--no-check-speed writes it)")
+    except GuardRefused as refused:
+        state.speed_refusal = str(refused)
+        path.unlink()  # reported, not written
+
+
 def speed_stage(state: RunState) -> None:
     """The quantized model's latency guard, judged on the benchmark: the preset's float model against it."""
     if state.quantized is None or state.bench is None:
@@ -190,6 +223,7 @@ STAGES: tuple[tuple[str, Callable[[RunState], None]], ...] = (
     ("quantizing and validating", quantize_stage),
     ("benchmarking", bench_stage),
     ("scoring the test set", accuracy_stage),
+    ("judging the optimized model's speed", float_speed_stage),
     ("judging the quantized model's speed", speed_stage),
     ("writing the report", report_stage),
 )
@@ -276,7 +310,7 @@ def _result(state: RunState, folder: Path, files: list[Path]) -> RunResult:
         if done is not None and files:
             done.written = [folder / path.name for path in done.written if (folder / path.name) in files]
     return RunResult(state.name, folder, state.export, state.optimize, state.validation, state.bench,
-                     state.accuracy, files, state.quantized, state.refusal)
+                     state.accuracy, files, state.quantized, state.refusal, state.speed_refusal)
 
 
 def _accuracy(model_path: Path, dataset: Path, runtime: api.RuntimeOptions) -> float | None:
@@ -304,4 +338,5 @@ def _report_dict(result: RunResult) -> dict[str, Any]:
         "quantization": None if quantized is None else
         {**quantized.to_dict(), "validation": quantized.validation.to_dict() if quantized.validation else None},
         "quantization_refused": result.quantize_refusal or None,
+        "optimized_refused": result.speed_refusal or None,
     }

@@ -63,4 +63,5 @@ def _latency(result) -> list[str]:
             f"p50 {p50s} at {result.bench.cases[0].shapes_text()}: against the exported model, {ratios} "
             "(p50 against p50). All ran in this process in turns, each alone on the "
             "machine while timed, with the session settings below.", "",
+            *([f"**the optimized model was not written: {result.speed_refusal}**", ""] if result.speed_refusal else []),
             result.bench.to_markdown(), "![latency](latency.png)", ""]

@@ -513,7 +513,7 @@ def test_the_guard_refuses_a_slower_model_and_writes_nothing(tmp_path, monkeypat
         graphopt.quantize(_tiny(), out, preset="O0")
     assert not out.exists()
     forced = graphopt.quantize(_tiny(), out, preset="O0", force=True)
-    assert forced.latency.slower and out.exists()
+    assert forced.latency.slower and forced.latency.forced and out.exists()
 
 
 def test_the_cli_guard_exits_1_with_both_numbers(tmp_path, capsys, monkeypatch):

@@ -95,9 +95,14 @@ def zoo_command() -> None:
               help="Also quantize (after the preset's passes), validate at the mode's tolerance, check the speed, "
                    "bench it; static calibrates on the zoo model's calibration set (text: real sentences; "
                    "random-weight models: 16 seeded random inputs).")
+@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
+              help="Refuse to write the preset's model when the benchmark finds it slower than the export by more "
+                   "than 3% and a second timing agrees (exit 1).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
 @flags.runtime
 def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: Tolerance,
-                runs: int, warmup: int, shape, bench_shape, quantize: str | None, runtime: RuntimeOptions) -> None:
+                runs: int, warmup: int, shape, bench_shape, quantize: str | None, check_speed: bool, quiet: bool,
+                runtime: RuntimeOptions) -> None:
     """Export, optimize, validate and benchmark in one go (quantize too); write report.md/json and latency.png."""
     _export_module()
     from graphopt import flow
@@ -115,8 +120,19 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
             progress.refresh()
 
         settings = flow.RunSettings(preset, target, tolerance, exporter, opset, parse_shapes(shape),
-                                    parse_shapes(bench_shape), runs, warmup, runtime, quantize)
+                                    parse_shapes(bench_shape), runs, warmup, runtime, quantize, check_speed)
         result = flow.run(zoo=zoo, module=module_spec, out=out_dir, settings=settings, progress=report, stage=stage)
+    if not quiet:
+        _print_run(result)
+    for what, refusal in (("optimized", result.speed_refusal), ("quantized", result.quantize_refusal)):
+        if refusal:
+            console.err.print(f"graphopt: the {what} model was not written: {refusal}", soft_wrap=True)
+    console.out.print(_run_line(result), soft_wrap=True)
+    if not result.passed:
+        raise click.exceptions.Exit(1)
+
+
+def _print_run(result) -> None:
     export = result.export
     console.out.print(Text.assemble((result.name, "bold"), f": exported with {export.exporter} (opset {export.opset}), "
                             f"parity max abs error {export.max_abs_error:.3g}"))
@@ -127,22 +143,25 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
         console.validation(result.validation)
     if result.quantized is not None:
         console.lines(render.lossy_lines(result.quantized))
-    if result.quantize_refusal:
-        console.err.print(f"graphopt: the quantized model was not written: {result.quantize_refusal}", soft_wrap=True)
     if result.bench is not None:
         models = result.bench.models
         p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)
-        ratios = ", ".join(f"{model.model} {time_ratio_text(ratio)}"
-                           for model, ratio in zip(models[1:], result.bench.ratios()[1:]))
-        console.out.print(f"latency p50 {p50s} (against the export: {ratios}) "
-                  f"at {result.bench.cases[0].shapes_text()}", soft_wrap=True)
+        console.out.print(f"latency p50 {p50s} at {result.bench.cases[0].shapes_text()}", soft_wrap=True)
         for line in bench_report.settings_lines(result.bench.metadata)[:3]:
             console.out.print(f"  {line}", soft_wrap=True)
     for label, value in result.accuracy.items():
         console.out.print(f"test accuracy ({label}): {value:.2%}")
-    console.out.print(f"wrote {', '.join(str(path) for path in result.files)}")
-    if not result.passed:
-        raise click.exceptions.Exit(1)
+
+
+def _run_line(result) -> str:
+    """The one line `run -q` keeps: the verdict, each model's speed against the export, the files."""
+    verdict = "PASS" if result.passed else "FAIL"
+    parts = [f"{result.name}: {verdict}"]
+    if result.bench is not None:
+        models = result.bench.models
+        parts.append("against the export: " + ", ".join(
+            f"{model.model} {time_ratio_text(ratio)}" for model, ratio in zip(models[1:], result.bench.ratios()[1:])))
+    return "; ".join(parts) + f"; wrote {len(result.files)} file(s) to {result.folder}"
 
 
 @app.command("passes")

@@ -57,13 +57,13 @@ def _output_options(command):
               help="Compare after every pass that changed the model; name the first that broke it.")
 @click.option("--check-speed/--no-check-speed", default=None,
               help="Time the input against the result on the EP and refuse a slower one (exit 1; --force writes "
-                   "it). Default: on for a lossy pass with --validate (the float passes' output against it), off "
-                   "for float passes.")
+                   "it); float passes' results are refused when slower by more than 3% in two timings. Default: on "
+                   "for a lossy pass with --validate (the float passes' output against it), off for float passes.")
 @click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the statistics of a lossy pass (the int8-static preset needs it): an .npz "
                    "(samples along each input's batch axis) or a folder of .npz; a budget is then judged on a "
-                   "held-out eighth of it.")
+                   "held-out part of it (a quarter up to 8 samples, an eighth beyond).")
 @flags.tolerance(cosine=False, default=None,
                  default_help="fp32, or the loosest a lossy pass declares (int8, int8-static, int4)")
 @flags.declared(Budget)
@@ -87,8 +87,8 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, report: 
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the measured statistics (static needs it; mse, gptq, --outlier-ratio, "
                    "--smooth use it): an .npz with the samples along each input's batch axis, or a folder of .npz "
-                   "(one input set each). A budget is judged on a held-out eighth of it. Default: the validation "
-                   "inputs.")
+                   "(one input set each). A budget is judged on a held-out part of it (a quarter up to 8 samples, "
+                   "an eighth beyond). Default: the validation inputs.")
 @flags.declared(Budget)
 @click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
 @click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS), help=flags.TARGET_HELP)
@@ -185,9 +185,9 @@ def _finish(result: api.OptimizeResult | LossyResult, output: Path, report: Path
     if result.validation is not None and not result.validation.passed:
         console.err.print("graphopt: validation failed; the model was written because of --force")
         raise click.exceptions.Exit(1)
-    if result.latency is not None and result.latency.slower:
-        console.err.print(f"graphopt: the {result.latency.label} model is slower than the {result.latency.baseline} "
-                          f"one ({result.latency.describe()}); it was written because of --force", soft_wrap=True)
+    if result.latency is not None and result.latency.forced:
+        console.err.print(f"graphopt: the {result.latency.label} model did not pass the latency guard "
+                          f"({result.latency.describe()}); it was written because of --force", soft_wrap=True)
         raise click.exceptions.Exit(1)
     size = sum(path.stat().st_size for path in result.written)
     after = model_io.parameter_bytes(result.model)

@@ -42,6 +42,7 @@ class LatencyCheck:
     shapes: dict[str, list[int]]
     label: str = "quantized"  # what the result is, for the reader
     baseline: str = "float"  # what it is timed against ("input" for float passes)
+    forced: bool = False  # the guard refused it and --force wrote it anyway
 
     @property
     def speedup(self) -> float:

@@ -211,3 +211,35 @@ def test_run_quantize_refused_by_the_guard_writes_the_rest_and_exits_1(tmp_path,
     assert report["quantization"]["validation"]["passed"]  # reported, with its timing, but not written
     assert [entry["model"] for entry in report["bench"]["cases"][0]["models"]][-1] == "model.dynamic.onnx"
     assert "float p50 1.000 ms, quantized p50 2.000 ms (2.00x slower)" in capsys.readouterr().err
+
+
+def test_run_refuses_a_preset_model_slower_than_the_export_and_q_prints_one_line(tmp_path, monkeypatch, capsys):
+    """The benchmark finds model.O1.onnx slower, a second timing agrees: it is not written, the run
+    fails (exit 1) and says so; --no-check-speed writes it. `-q` keeps the one-line result."""
+    from graphopt import flow
+    from graphopt.runtime.bench import ModelBench
+    from graphopt.runtime.guard import LatencyCheck
+
+    clock = {"model.onnx": 1.0, "model.O1.onnx": 2.0}
+    monkeypatch.setattr(ModelBench, "p50_ms", property(lambda entry: clock[entry.model]))
+    retimed = []
+
+    def compare_latency(reference, result, config, feeds=None, runs=0, label="quantized"):
+        retimed.append(runs)
+        return LatencyCheck(1.0, 1.5, "cpu", {name: list(array.shape) for name, array in feeds.items()}, label)
+
+    monkeypatch.setattr(flow, "compare_latency", compare_latency)
+    out = tmp_path / "mlp"
+    assert main(["run", "--zoo", "mlp", "--out", str(out), "--runs", "3", "--warmup", "1", "-q"]) == 1
+    captured = capsys.readouterr()
+    assert "the optimized model was not written: the optimized model is slower than the export one" in captured.err
+    assert "1.50x slower" in captured.err and retimed == [120]
+    (line,) = captured.out.strip().splitlines()
+    assert line.startswith("mlp: FAIL; against the export: model.O1.onnx 2.00x slower; wrote ")
+    assert not (out / "model.O1.onnx").exists() and (out / "model.onnx").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert "slower than the export" in report["optimized_refused"]
+    assert "**the optimized model was not written" in (out / "report.md").read_text()
+    assert main(["run", "--zoo", "mlp", "--out", str(tmp_path / "forced"), "--runs", "3", "--warmup", "1",
+                 "--no-check-speed", "-q"]) == 0
+    assert (tmp_path / "forced" / "model.O1.onnx").exists() and retimed == [120]
