@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quant_vs_ort.py
 	$(PY) benchmarks/quant_static_vs_ort.py --bert-memory
 	$(PY) benchmarks/large_model_memory.py
+	$(PY) benchmarks/foreign_models.py
 	$(PY) benchmarks/plot_results.py
 
 clean:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -91,7 +92,7 @@ def optimize(
     broke it. `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs
     at those shapes); `keep_metadata` keeps the debug info O2/O3 strip. `check_speed=True` times the
     input against the float result on the EP and refuses (GuardRefused) a result under `min_speedup`
-    times its speed, unless `force`; by default one slower by more than 3% in two timings (a shared
+    times its speed, unless `force`; by default one slower by more than 3% in the median of 5 more timings (a shared
     machine's noise moves lone timings more); for a lossy run it is on with `validate`.
 
     A pass list or recipe is split at its first lossy pass (or pass that needs measurements): what
@@ -289,7 +290,8 @@ def validate(
     return validator.validate(candidate, locate=locate)
 
 
-def _same_inputs(reference: ir.Model, candidate: ir.Model) -> None:
+def _same_inputs(reference: ir.Model, candidate: ir.Model, names: tuple[str, str] = ("the reference", "the candidate")
+                 ) -> None:
     """Both models take the same input names, dtypes and ranks (an unknown rank matches any)."""
     want = {info.name: info for info in input_signature(reference)}
     got = {info.name: info for info in input_signature(candidate)}
@@ -301,8 +303,8 @@ def _same_inputs(reference: ir.Model, candidate: ir.Model) -> None:
         a, b = want.get(name), got.get(name)
         if a is None or b is None or a.dtype != b.dtype or (
                 a.dims is not None and b.dims is not None and len(a.dims) != len(b.dims)):
-            raise InputError(f"the models take different inputs: {name!r} is {text(a)} in the reference, "
-                             f"{text(b)} in the candidate")
+            raise InputError(f"the models take different inputs: {name!r} is {text(a)} in {names[0]}, "
+                             f"{text(b)} in {names[1]}")
 
 
 def bench(
@@ -323,7 +325,13 @@ def bench(
     """Latency of one or more models on the same inputs, each timed while it owns the machine
     (models take turns in time slices). `runs` (default 100) or `seconds`, not both; `sweep`
     is a list of shape sets (see graphopt.runtime.inputs.parse_sweep); `concurrency` keeps that
-    many requests in flight on each session."""
+    many requests in flight on each session. Models that take different inputs (names, dtypes,
+    ranks) are an InputError naming the first difference."""
+    first, *others = [Path(model) for model in models] if models else [None]
+    if others:
+        reference = model_io.load(first)
+        for other in others:
+            _same_inputs(reference, model_io.load(other), (str(first), str(other)))
     return bench_module.bench(models, config=(runtime or RuntimeOptions()).for_bench(), inputs=inputs,
                               shapes=shapes, ranges=input_ranges, sweep=sweep, warmup=warmup, runs=runs,
                               seconds=seconds, concurrency=concurrency, progress=progress, labels=labels)

@@ -97,7 +97,7 @@ def zoo_command() -> None:
                    "random-weight models: 16 seeded random inputs).")
 @click.option("--check-speed/--no-check-speed", default=True, show_default=True,
               help="Refuse to write the preset's model when the benchmark finds it slower than the export by more "
-                   "than 3% and a second timing agrees (exit 1).")
+                   "than 3% and the median of 5 more timings agrees (exit 1).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
 @flags.runtime
 def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: Tolerance,

@@ -57,8 +57,9 @@ def _output_options(command):
               help="Compare after every pass that changed the model; name the first that broke it.")
 @click.option("--check-speed/--no-check-speed", default=None,
               help="Time the input against the result on the EP and refuse a slower one (exit 1; --force writes "
-                   "it); float passes' results are refused when slower by more than 3% in two timings. Default: on "
-                   "for a lossy pass with --validate (the float passes' output against it), off for float passes.")
+                   "it); float passes' results are refused when slower by more than 3% in the median of 5 more "
+                   "timings. Default: on for a lossy pass with --validate (the float passes' output against it), "
+                   "off for float passes.")
 @click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data for the statistics of a lossy pass (the int8-static preset needs it): an .npz "

@@ -14,7 +14,8 @@ QDQ the same way.
   elementwise  Add, Mul, AveragePool, GlobalAveragePool, Concat: every float input and the output
                through Q/DQ (a constant input stored quantized at its own min/max), only where an int8
                kernel reads the output (directly or through data movement): arithmetic a float op
-               finishes (a written-out GELU or LayerNorm, a Swish gate's inputs) stays float
+               finishes (a written-out GELU's x·x·x before its Tanh, a LayerNorm's E[x²] − E[x]²)
+               stays float
   movement     Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, Resize, Split, Slice:
                quantized only between quantized tensors, every output at its input's scale and zero
                point (so the pair around it drops and the data stays int8)
@@ -236,8 +237,8 @@ class QuantizeStatic(LossyPass):
     def _int8_paths(self, chosen: list[ir.Node]) -> list[ir.Node]:
         """The chosen nodes less the elementwise ones whose output no int8 kernel reads (through data
         movement): there int8 only adds rounding. Arithmetic that a float op finishes (a GELU's
-        x·x·x before its Tanh, a LayerNorm's E[x²] − E[x]² written out, a Swish gate's inputs) stays
-        float; a residual Add read by the next block's Conv, or a Concat of feature maps, keeps int8.
+        x·x·x before its Tanh, a LayerNorm's E[x²] − E[x]² written out) stays float; a residual Add
+        read by the next block's Conv, or a Concat of feature maps, keeps int8.
         Written-out GELUs and LayerNorms (tf2onnx's) lost a classifier's output (cosine 0.03) in int8."""
         chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
         while True:
