@@ -226,8 +226,9 @@ class QuantizeStatic(LossyPass):
             moving = False
             for node in graph:
                 if node.op_type in MOVEMENT and node not in chosen and not self._excluded_quietly(node) and \
-                        not any(out.is_graph_output() for out in node.outputs) and node.inputs[0] in quantized and \
-                        any(use.node in chosen for out in node.outputs for use in out.uses()):
+                        not any(out.is_graph_output() for out in node.outputs) and \
+                        (node.inputs[0] in quantized and any(use.node in chosen for out in node.outputs
+                                                             for use in out.uses()) or self._feeds_only_int8(node, chosen)):
                     chosen.append(node)
                     quantized.update(node.outputs)
                     moving = True
@@ -251,6 +252,15 @@ class QuantizeStatic(LossyPass):
                           layer=node.name or node.outputs[0].name)
             chosen = [node for node in chosen if node not in idle]
             chosen = [node for node in chosen if node.op_type != "Relu" or _after_compute(node, chosen)]
+
+    def _feeds_only_int8(self, node: ir.Node, chosen: list[ir.Node]) -> bool:
+        """Data movement from a float tensor with a range whose every reader is an int8 kernel: the
+        data is quantized once before it (YOLOX's Focus: four Slices of the image into a Concat read
+        by a Conv, one QuantizeLinear on the image instead of four on the slices)."""
+        source = node.inputs[0]
+        return source is not None and source.name in self.ranges and constant_tensor(source) is None and \
+            source.dtype == ir.DataType.FLOAT and all(use.node in chosen and use.node.op_type not in MOVEMENT
+                                                      for out in node.outputs for use in out.uses())
 
     def _excluded_quietly(self, node: ir.Node) -> bool:
         return node.name in self.exclude or node.op_type in self.exclude

@@ -279,3 +279,28 @@ def test_bias_correction_takes_the_weights_mean_error_out_of_the_output(bias):
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+
+def test_slices_of_a_float_input_read_only_by_int8_kernels_are_quantized_once_before_them():
+    """YOLOX's Focus: four Slices of the image concatenated into a Conv. The image is quantized once
+    and sliced as int8 (it was four QuantizeLinear, one per slice)."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((8, 12, 3, 3)).astype(np.float32) * 0.2
+    slices = "\n".join(f"s{i} = Slice(x, start{i}, end, axes, steps)" for i in range(4))
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 17]>
+        g (float[1, 3, 16, 16] x) => (float[1, 8, 8, 8] y) <float[8, 12, 3, 3] w = {{{_floats(weight)}}},
+          int64[2] start0 = {{0, 0}}, int64[2] start1 = {{1, 0}}, int64[2] start2 = {{0, 1}}, int64[2] start3 = {{1, 1}},
+          int64[2] end = {{16, 16}}, int64[2] axes = {{2, 3}}, int64[2] steps = {{2, 2}}> {{
+            {slices}
+            c = Concat <axis = 1> (s0, s1, s2, s3)
+            y = Conv <pads = [1, 1, 1, 1]> (c, w) }}""")
+    samples = [{"x": rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    quantized, report = _quantize(model, _ranges(model, samples))
+    assert "4 Slice" in report.changes[0] and "1 Concat" in report.changes[0] and "1 Conv" in report.changes[0]
+    quantize_inputs = [node.inputs[0].name for node in quantized.graph if node.op_type == "QuantizeLinear"]
+    assert quantize_inputs.count("x") == 1
+    for feeds in samples[:3]:
+        (want,), (got,) = run(model, feeds), run(quantized, feeds)
+        assert _cosine(want, got) > 0.999
+    fused = _fused_ops(quantized)
+    assert fused.count("QuantizeLinear") == 1 and "QLinearConcat" in fused, fused
