@@ -192,7 +192,7 @@ def _optimize_float(model, output, manager: PassManager, opset: int | None, vali
             return dataclasses.replace(latency_guard.compare_latency(snapshot, model, config, feeds, runs=runs,
                                                                      label="optimized"), baseline="input")
 
-        latency = guards.refuse_slower_float(measure, min_speedup, force)
+        latency = guards.refuse_slower(measure, min_speedup, force)
     written = model_io.save(model, output, external_data=external_data) if output is not None else []
     return OptimizeResult(model, report, written, result, model_io.notes(model) + opset_warnings(model), latency)
 

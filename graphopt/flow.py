@@ -36,7 +36,8 @@ from graphopt.runtime import bench_report
 from graphopt.runtime.bench import BenchResult
 from graphopt.runtime.compare import Tolerance
 from graphopt.runtime.compare import tolerance as make_tolerance
-from graphopt.runtime.guard import LatencyCheck, compare_latency, guard_feeds
+from graphopt.runtime import guard
+from graphopt.runtime.guard import LatencyCheck
 from graphopt.runtime.providers import create_session
 
 
@@ -153,47 +154,43 @@ def bench_stage(state: RunState) -> None:
     bench_report.plot(state.bench, state.staging / "latency.png")
 
 
-def float_speed_stage(state: RunState) -> None:
-    """The preset's latency guard, judged on the benchmark (the export against the preset's model);
-    a model found slower is timed again, as `graphopt optimize --check-speed` does, before it is
-    refused and left unwritten (reported, with its benchmark row)."""
-    settings = state.settings
-    if not settings.check_speed or state.optimize is None or state.bench is None:
-        return
+def speed_stage(state: RunState) -> None:
+    """The latency guard, judged on the benchmark: the quantized model against the preset's float
+    model, then (with check_speed) the preset's model against the export. One found slower is timed
+    again (graphopt.lossy.guards.refuse_slower) before it is refused: reported, with its benchmark
+    row, and not written."""
+    settings, preset = state.settings, state.staging / f"model.{state.settings.preset}.onnx"
+    if state.quantized is not None and state.bench is not None:
+        quantized = state.staging / f"model.{settings.quantize}.onnx"
+        state.refusal, state.quantized.latency = _judge_speed(state, preset, quantized, "quantized", "float", "")
+        if state.refusal:
+            quantized.unlink()
+    if settings.check_speed and state.optimize is not None and state.bench is not None:
+        state.speed_refusal, state.optimize.latency = _judge_speed(state, state.exported_path, preset, "optimized",
+                                                                   "export", " (--no-check-speed writes it)")
+        if state.speed_refusal:
+            preset.unlink()
+
+
+def _judge_speed(state: RunState, reference: Path, result: Path, label: str, baseline: str,
+                 remedy: str) -> tuple[str, LatencyCheck | None]:
+    """(refusal or "", the check) for `result` against `reference`, first on the run's benchmark."""
     by_name = {model.model: model for model in state.bench.models}
-    path = state.staging / f"model.{settings.preset}.onnx"
-    exported, optimized = by_name[state.exported_path.name], by_name[path.name]
-    first = LatencyCheck(exported.p50_ms, optimized.p50_ms, state.bench.ep, state.bench.cases[0].input_shapes,
-                         label="optimized", baseline="export")
-    config = settings.runtime.for_bench()
+    first = LatencyCheck(by_name[reference.name].p50_ms, by_name[result.name].p50_ms, state.bench.ep,
+                         state.bench.cases[0].input_shapes, label=label, baseline=baseline)
+    settings = state.settings
 
     def measure(runs: int) -> LatencyCheck:
-        reference, result = model_io.load(state.exported_path), model_io.load(path)
-        feeds = guard_feeds(reference, shapes=settings.bench_shapes or settings.shapes)
-        return dataclasses.replace(compare_latency(reference, result, config, feeds, runs=runs, label="optimized"),
-                                   baseline="export")
+        reference_model, result_model = model_io.load(reference), model_io.load(result)
+        feeds = guard.guard_feeds(reference_model, shapes=settings.bench_shapes or settings.shapes)
+        check = guard.compare_latency(reference_model, result_model, settings.runtime.for_bench(), feeds, runs=runs,
+                                label=label)
+        return dataclasses.replace(check, baseline=baseline)
 
     try:
-        state.optimize.latency = guards.refuse_slower_float(measure, 1.0, force=False, first=first,
-                                                            remedy=" (--no-check-speed writes it)")
+        return "", guards.refuse_slower(measure, 1.0, force=False, first=first, remedy=remedy)
     except GuardRefused as refused:
-        state.speed_refusal = str(refused)
-        path.unlink()  # reported, not written
-
-
-def speed_stage(state: RunState) -> None:
-    """The quantized model's latency guard, judged on the benchmark: the preset's float model against it."""
-    if state.quantized is None or state.bench is None:
-        return
-    settings = state.settings
-    by_name = {model.model: model for model in state.bench.models}
-    float_ms, result_ms = (by_name[f"model.{label}.onnx"].p50_ms for label in (settings.preset, settings.quantize))
-    check = LatencyCheck(float_ms, result_ms, state.bench.ep, state.bench.cases[0].input_shapes)
-    try:
-        state.quantized.latency = guards.refuse_slow(check, 1.0, force=False, remedy="")
-    except GuardRefused as refused:
-        state.refusal = str(refused)
-        (state.staging / f"model.{settings.quantize}.onnx").unlink()  # reported, not written
+        return str(refused), None
 
 
 def accuracy_stage(state: RunState) -> None:
@@ -223,8 +220,7 @@ STAGES: tuple[tuple[str, Callable[[RunState], None]], ...] = (
     ("quantizing and validating", quantize_stage),
     ("benchmarking", bench_stage),
     ("scoring the test set", accuracy_stage),
-    ("judging the optimized model's speed", float_speed_stage),
-    ("judging the quantized model's speed", speed_stage),
+    ("judging the models' speed", speed_stage),
     ("writing the report", report_stage),
 )
 

@@ -35,6 +35,7 @@ from graphopt.lossy.statistics import hand_over
 from graphopt.passes import Pass
 from graphopt.pipeline import DEFAULT_MAX_ITERATIONS, PassManager, PassObserver, PipelineReport
 from graphopt.runtime.calibration import CalibrationData
+from graphopt.runtime import guard
 from graphopt.runtime.guard import guard_feeds
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import Validator
@@ -296,7 +297,11 @@ def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks
         latency, result.alternatives = guards.time_path(float_model, result.model, result.fallback,
                                                         lambda backed_off: build(backed_off)[0],
                                                         checks.bench_config, feeds, result.verb)
-        result.latency = guards.refuse_slow(latency, checks.budget.min_speedup, checks.force)
+        def measure(runs: int):
+            return guard.compare_latency(float_model, result.model, checks.bench_config, feeds, runs=runs,
+                                         label=result.verb)
+
+        result.latency = guards.refuse_slower(measure, checks.budget.min_speedup, checks.force, first=latency)
     if "size" in objectives or checks.budget.max_size < 1.0:
         result.size = guards.check_size(float_model, result.model, checks.budget.max_size, checks.force)
 

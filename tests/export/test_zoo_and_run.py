@@ -171,12 +171,21 @@ def build():
 
 
 def _bench_clock(monkeypatch, float_ms: float, quantized_ms: float) -> None:
-    """The benchmark's p50s replaced (a 64-wide MLP's int8 gain is within machine noise): run judges
-    the quantized model's speed on its own benchmark, against the preset's float model."""
+    """The benchmark's p50s replaced (a 64-wide MLP's int8 gain is within machine noise), and the
+    guard's clock for the timings it takes again: run judges the quantized model's speed on its own
+    benchmark, against the preset's float model (the export at 3 ms)."""
+    from graphopt.runtime import guard
     from graphopt.runtime.bench import ModelBench
 
     clock = {"model.O1.onnx": float_ms, "model.dynamic.onnx": quantized_ms}
     monkeypatch.setattr(ModelBench, "p50_ms", property(lambda entry: clock.get(entry.model, 3.0)))
+
+    def compare_latency(reference, result, config, feeds=None, runs=0, label="quantized"):
+        before, after = (float_ms, quantized_ms) if label == "quantized" else (3.0, float_ms)
+        return guard.LatencyCheck(before, after, "cpu", {name: list(array.shape) for name, array in feeds.items()},
+                                  label)
+
+    monkeypatch.setattr(guard, "compare_latency", compare_latency)
 
 
 def test_run_quantize_adds_the_int8_model_to_the_report_and_the_bench(tmp_path, monkeypatch, capsys):
@@ -216,7 +225,7 @@ def test_run_quantize_refused_by_the_guard_writes_the_rest_and_exits_1(tmp_path,
 def test_run_refuses_a_preset_model_slower_than_the_export_and_q_prints_one_line(tmp_path, monkeypatch, capsys):
     """The benchmark finds model.O1.onnx slower, a second timing agrees: it is not written, the run
     fails (exit 1) and says so; --no-check-speed writes it. `-q` keeps the one-line result."""
-    from graphopt import flow
+    from graphopt.runtime import guard
     from graphopt.runtime.bench import ModelBench
     from graphopt.runtime.guard import LatencyCheck
 
@@ -228,7 +237,7 @@ def test_run_refuses_a_preset_model_slower_than_the_export_and_q_prints_one_line
         retimed.append(runs)
         return LatencyCheck(1.0, 1.5, "cpu", {name: list(array.shape) for name, array in feeds.items()}, label)
 
-    monkeypatch.setattr(flow, "compare_latency", compare_latency)
+    monkeypatch.setattr(guard, "compare_latency", compare_latency)
     out = tmp_path / "mlp"
     assert main(["run", "--zoo", "mlp", "--out", str(out), "--runs", "3", "--warmup", "1", "-q"]) == 1
     captured = capsys.readouterr()
