@@ -92,8 +92,8 @@ def optimize(
     broke it. `fix_shapes` ({input: shape}) makes those inputs static first (validation then runs
     at those shapes); `keep_metadata` keeps the debug info O2/O3 strip. `check_speed=True` times the
     input against the float result on the EP and refuses (GuardRefused) a result under `min_speedup`
-    times its speed, unless `force`; by default one slower by more than 3% in the median of 5 more timings (a shared
-    machine's noise moves lone timings more); for a lossy run it is on with `validate`.
+    times its speed, unless `force` (by default: slower by more than 3% and 5 µs, then in the median
+    of 5 more timings too — graphopt.lossy.guards.refuse_slower); for a lossy run it is on with `validate`.
 
     A pass list or recipe is split at its first lossy pass (or pass that needs measurements): what
     comes before runs as float passes, the rest through the lossy pipeline (graphopt.lossy), as
