@@ -2,6 +2,7 @@
 
 affine: a constant per-channel Mul/Add after Conv/Gemm/MatMul folded into its weights and bias.
 batchnorm: inference BatchNormalization folded into the Conv/ConvTranspose/Gemm before it.
+hardswish: hardswish/hardsigmoid written as Add/Clip/Mul/Div become HardSwish/HardSigmoid.
 gelu: the erf and tanh GELU formulas exporters write out become one Gelu (ONNX opset 20 for
 the portable target, com.microsoft Gelu/FastGelu/BiasGelu for ort).
 layernorm: the decomposed mean/variance formula becomes LayerNormalization (opset 17).
@@ -12,4 +13,14 @@ conv: constant Pads into Conv/pooling, Conv [+ residual] + activation into com.m
 linear: 2-D MatMul + bias into Gemm; flatten → Gemm → unflatten into MatMul + bias on N-D input.
 """
 
-from graphopt.passes.fusion import affine, attention, batchnorm, conv, gelu, layernorm, linear, skip_layernorm  # noqa: F401  (registers them)
+from graphopt.passes.fusion import (  # noqa: F401  (registers them)
+    affine,
+    attention,
+    batchnorm,
+    conv,
+    gelu,
+    hardswish,
+    layernorm,
+    linear,
+    skip_layernorm,
+)
