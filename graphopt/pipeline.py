@@ -46,8 +46,7 @@ _CLEANUP = (
 )
 
 _FUSIONS = ("unflatten_gemm", "fuse_layernorm", "fuse_gelu", "fuse_attention", "fold_affine_into_linear",
-            "pack_parallel_matmuls", "fuse_pad", "fuse_hardswish", "fuse_conv_activation", "fuse_matmul_add",
-            "residual_sum")
+            "pack_parallel_matmuls", "fuse_pad", "fuse_conv_activation", "fuse_matmul_add", "residual_sum")
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": (),
@@ -61,7 +60,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
-    "O2": "O1 plus fusions for the target (LayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, written-out hardswish, activation into Conv, MatMul+Add to Gemm, residual Add as Sum) and deployment hygiene",
+    "O2": "O1 plus fusions for the target (LayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm, residual Add as Sum) and deployment hygiene",
     "O3": "the best float model graphopt makes for the target: today the same list as O2, since every fusion "
           "graphopt has is exact (validated at fp32 on both torch exporters); it is the name to use for 'the best "
           "float model', where fusions that need more proof will go",

@@ -10,7 +10,10 @@ both operand orders, with 0 and 6 as the Clip's bounds and 3 and 6 as the consta
   opset < 14   Mul(x, HardSigmoid<1/6, 0.5>(x))      (HardSwish does not exist there: two)
 
 HardSigmoid<1/6, 1/2>(x) = max(0, min(1, x/6 + 1/2)) is the same function as clip(x + 3, 0, 6) / 6;
-the results differ only in float rounding.
+the results differ only in float rounding — which is why the pass is not in O2/O3 yet: through
+PicoDet's 94 blocks that rounding put a few output elements outside the fp32 tolerance (rtol 1e-4,
+atol 1e-5), although the model ran 1.6x faster (62.2 → 38.7 ms). Run it by name:
+`--passes "fold_constants,fuse_hardswish"` (validate at a looser tolerance, e.g. `--tolerance fp16`).
 """
 
 from __future__ import annotations
