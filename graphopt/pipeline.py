@@ -48,22 +48,27 @@ _CLEANUP = (
 _FUSIONS = ("unflatten_gemm", "fuse_layernorm", "fuse_gelu", "fuse_attention", "fold_affine_into_linear",
             "pack_parallel_matmuls", "fuse_pad", "fuse_conv_activation", "fuse_matmul_add", "residual_sum")
 
+# O3 adds fusions that round differently from the graph they replace (within fp32's own noise, see
+# graphopt.runtime.compare), before fuse_conv_activation: a HardSigmoid they make joins its Conv
+_AT = _FUSIONS.index("fuse_conv_activation")
+_O3 = (*_CLEANUP, *_FUSIONS[:_AT], "fuse_hardswish", *_FUSIONS[_AT:], "strip_debug_info")
+
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": (),
     "O1": _CLEANUP,
     "O2": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
-    "O3": (*_CLEANUP, *_FUSIONS, "strip_debug_info"),
-    "int8-dynamic": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_dynamic"),
-    "int4-weight-only": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_weight_only"),
-    "int8-static": (*_CLEANUP, *_FUSIONS, "strip_debug_info", "quantize_static"),
+    "O3": _O3,
+    "int8-dynamic": (*_O3, "quantize_dynamic"),
+    "int4-weight-only": (*_O3, "quantize_weight_only"),
+    "int8-static": (*_O3, "quantize_static"),
 }
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
     "O2": "O1 plus fusions for the target (LayerNorm, GELU, attention, constant Mul/Add into weights, Pad into Conv/pooling, activation into Conv, MatMul+Add to Gemm, residual Add as Sum) and deployment hygiene",
-    "O3": "the best float model graphopt makes for the target: today the same list as O2, since every fusion "
-          "graphopt has is exact (validated at fp32 on both torch exporters); it is the name to use for 'the best "
-          "float model', where fusions that need more proof will go",
+    "O3": "the best float model graphopt makes for the target: O2 plus fusions that compute the same function but "
+          "round differently (hardswish/hardsigmoid written as Add/Clip/Mul/Div become HardSwish/HardSigmoid), "
+          "validated at fp32 within the model's own fp32 noise",
     "int8-dynamic": "O3, then int8 weights for MatMul/Gemm/attention projections and embedding tables, activations quantized at run time",
     "int4-weight-only": "O3, then int4 weight blocks (32 along K) for MatMul/Gemm (ort: MatMulNBits; portable: blocked DequantizeLinear, opset 21) and embedding tables",
     "int8-static": "O3, then int8 activations at ranges calibrated on --calib: QDQ pairs around "

@@ -1,4 +1,4 @@
-"""Small models for the runtime tests: a text classifier with an embedding, and an MLP."""
+"""Small models for the runtime tests: a text classifier with an embedding, an MLP, a deep CNN."""
 
 from __future__ import annotations
 
@@ -55,3 +55,26 @@ def perturbed(model: onnx.ModelProto, initializer: str, delta: float = 1.0) -> o
             array.flat[0] += delta
             tensor.CopyFrom(numpy_helper.from_array(array, initializer))
     return copy
+
+
+def hardswish_stack(blocks: int = 16, channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """x[1, C, 32, 32] -> `blocks` x (3x3 Conv, hardswish written as Add/Clip/Mul/Div), paddle2onnx's
+    MobileNetV3 block: its outputs grow to ~750, where fp32's own rounding noise exceeds atol."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(np.array(value, np.float32), name)
+             for name, value in (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
+    nodes, x = [], "x"
+    for i in range(blocks):
+        weight = rng.standard_normal((channels, channels, 3, 3)) * 1.8 / np.sqrt(channels * 9)
+        inits += [numpy_helper.from_array(weight.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", [f"c{i}", "three"], [f"a{i}"]),
+                  helper.make_node("Clip", [f"a{i}", "zero", "six"], [f"r{i}"]),
+                  helper.make_node("Mul", [f"c{i}", f"r{i}"], [f"m{i}"]),
+                  helper.make_node("Div", [f"m{i}", "six"], [f"h{i}"])]
+        x = f"h{i}"
+    graph = helper.make_graph(nodes, "hardswish_stack",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 32, 32])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, 32, 32])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)

@@ -25,6 +25,21 @@ def test_fp32_fails_on_one_bad_element_that_fp16_allows():
     assert compare("y", a, b, tolerance("fp16")).passed
 
 
+def test_the_references_own_fp32_noise_widens_fp32_up_to_four_times_it():
+    a = np.full(1000, 0.02, np.float32)
+    a[0] = 8.0  # the output's largest value bounds the allowance: rtol of it
+    b = a.copy()
+    b[1] += 3e-5  # beyond atol 1e-5 + rtol 1e-4 of 0.02
+    plain = compare("boxes", a, b, tolerance("fp32"))
+    assert not plain.passed and plain.outside == 1 and plain.noise is None
+    assert plain.reason == "1 of 1,000 elements outside rtol=0.0001 atol=1e-05"  # not "0.10%", not "0.00%"
+    assert compare("boxes", a, b, tolerance("fp32"), noise=1e-5).passed  # 3e-5 <= 4 x 1e-5
+    tight = compare("boxes", a, b, tolerance("fp32"), noise=5e-6)
+    assert not tight.passed and tight.noise == 5e-6 and "or 4x the reference's own fp32 noise (5e-06)" in tight.reason
+    b[1] = 0.02 + 2e-3  # noise of 1.0 would allow it, but not beyond rtol x 8.0 = 8e-4
+    assert not compare("boxes", a, b, tolerance("fp32"), noise=1.0).passed
+
+
 def test_nan_in_both_is_equal_nan_in_one_is_not():
     a = np.array([1.0, np.nan], np.float32)
     assert compare("y", a, a.copy(), tolerance("fp32")).passed

@@ -10,10 +10,12 @@ both operand orders, with 0 and 6 as the Clip's bounds and 3 and 6 as the consta
   opset < 14   Mul(x, HardSigmoid<1/6, 0.5>(x))      (HardSwish does not exist there: two)
 
 HardSigmoid<1/6, 1/2>(x) = max(0, min(1, x/6 + 1/2)) is the same function as clip(x + 3, 0, 6) / 6;
-the results differ only in float rounding — which is why the pass is not in O2/O3 yet: through
-PicoDet's 94 blocks that rounding put a few output elements outside the fp32 tolerance (rtol 1e-4,
-atol 1e-5), although the model ran 1.6x faster (62.2 → 38.7 ms). Run it by name:
-`--passes "fold_constants,fuse_hardswish"` (validate at a looser tolerance, e.g. `--tolerance fp16`).
+the results differ in float rounding, which through PicoDet's 94 blocks moved a few output elements
+past the fp32 tolerance's atol (1.5e-5 on values of ~0.02, 2.6x the change ONNX Runtime's own graph
+optimizations make there). So the pass is in O3, the preset for fusions that round differently, not
+in O2; fp32 validation judges such elements against the model's own fp32 noise
+(graphopt.runtime.compare). Timed alone: PicoDet 62.2 → 38.7 ms, PP-OCR's classifier 0.89 → 0.51 ms
+(onnxsim: unchanged).
 """
 
 from __future__ import annotations
