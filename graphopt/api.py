@@ -31,7 +31,7 @@ from graphopt.runtime.bench import BenchResult, ProgressCallback
 from graphopt.runtime.compare import Tolerance
 from graphopt.runtime import guard as latency_guard
 from graphopt.runtime.guard import LatencyCheck
-from graphopt.runtime.inputs import signature as input_signature
+from graphopt.runtime import inputs as input_io
 from graphopt.runtime.options import RuntimeOptions
 from graphopt.runtime.providers import opset_warnings
 from graphopt.runtime.validate import ValidationResult, Validator
@@ -286,25 +286,8 @@ def validate(
         model_io.from_proto(candidate) if isinstance(candidate, onnx.ModelProto) else candidate
     validator = Validator(reference, feeds=inputs, shapes=shapes, ranges=input_ranges,
                           tol=tolerance, config=(runtime or RuntimeOptions()).for_validation())
-    _same_inputs(validator.reference_ir, candidate_ir)
+    input_io.same_inputs(validator.reference_ir, candidate_ir)
     return validator.validate(candidate, locate=locate)
-
-
-def _same_inputs(reference: ir.Model, candidate: ir.Model, names: tuple[str, str] = ("the reference", "the candidate")
-                 ) -> None:
-    """Both models take the same input names, dtypes and ranks (an unknown rank matches any)."""
-    want = {info.name: info for info in input_signature(reference)}
-    got = {info.name: info for info in input_signature(candidate)}
-
-    def text(info) -> str:
-        return "absent" if info is None else f"{info.dtype} rank {'?' if info.dims is None else len(info.dims)}"
-
-    for name in sorted(want.keys() | got.keys()):
-        a, b = want.get(name), got.get(name)
-        if a is None or b is None or a.dtype != b.dtype or (
-                a.dims is not None and b.dims is not None and len(a.dims) != len(b.dims)):
-            raise InputError(f"the models take different inputs: {name!r} is {text(a)} in {names[0]}, "
-                             f"{text(b)} in {names[1]}")
 
 
 def bench(
@@ -327,11 +310,6 @@ def bench(
     is a list of shape sets (see graphopt.runtime.inputs.parse_sweep); `concurrency` keeps that
     many requests in flight on each session. Models that take different inputs (names, dtypes,
     ranks) are an InputError naming the first difference."""
-    first, *others = [Path(model) for model in models] if models else [None]
-    if others:
-        reference = model_io.load(first)
-        for other in others:
-            _same_inputs(reference, model_io.load(other), (str(first), str(other)))
     return bench_module.bench(models, config=(runtime or RuntimeOptions()).for_bench(), inputs=inputs,
                               shapes=shapes, ranges=input_ranges, sweep=sweep, warmup=warmup, runs=runs,
                               seconds=seconds, concurrency=concurrency, progress=progress, labels=labels)

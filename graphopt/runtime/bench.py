@@ -300,19 +300,14 @@ def bench(models: Sequence[str | os.PathLike], *, config: SessionConfig = Sessio
     first = model_io.load(models[0])
     points = list(sweep) if sweep else [{}]
     case_feeds = [_feeds(first, inputs, shapes or {}, ranges or {}, point, seed) for point in points]
-    signature = set(case_feeds[0])
     sessions, entries = [], []
     for index, path in enumerate(models):
         loaded = first if index == 0 else model_io.load(path)
+        input_io.same_inputs(first, loaded, (str(models[0]), str(path)))
         size = model_io.file_bytes(loaded)
         del loaded
-        session = create_session(path, config, label=labels[index] if labels else None)
-        model_inputs = {value.name for value in session.inner.get_inputs()}
-        if model_inputs != signature:
-            raise InputError(f"{path}: inputs {sorted(model_inputs)} differ from the first model's "
-                             f"{sorted(signature)}; benchmarked models must share a signature")
-        sessions.append(session)
-        entries.append((labels[index] if labels else str(path), size, session.created_seconds,
+        sessions.append(create_session(path, config, label=labels[index] if labels else None))
+        entries.append((labels[index] if labels else str(path), size, sessions[-1].created_seconds,
                         current_rss_bytes()))
     del first
     total = None if runs is None else runs * len(models) * len(points)

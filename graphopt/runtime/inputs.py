@@ -50,6 +50,23 @@ def signature(model: ir.Model) -> list[InputInfo]:
     return infos
 
 
+
+def same_inputs(reference: ir.Model, candidate: ir.Model, names: tuple[str, str] = ("the reference", "the candidate")
+                 ) -> None:
+    """Both models take the same input names, dtypes and ranks (an unknown rank matches any)."""
+    want = {info.name: info for info in signature(reference)}
+    got = {info.name: info for info in signature(candidate)}
+
+    def text(info) -> str:
+        return "absent" if info is None else f"{info.dtype} rank {'?' if info.dims is None else len(info.dims)}"
+
+    for name in sorted(want.keys() | got.keys()):
+        a, b = want.get(name), got.get(name)
+        if a is None or b is None or a.dtype != b.dtype or (
+                a.dims is not None and b.dims is not None and len(a.dims) != len(b.dims)):
+            raise InputError(f"the models take different inputs: {name!r} is {text(a)} in {names[0]}, "
+                             f"{text(b)} in {names[1]}")
+
 def parse_shapes(specs: list[str] | tuple[str, ...], flag: str = "--shape") -> dict[str, tuple[int, ...]]:
     """`name=1x128` strings into {name: (1, 128)}; `name=` (empty) is a scalar."""
     shapes = {}
