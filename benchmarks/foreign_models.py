@@ -67,12 +67,14 @@ def build(variant: str, source: Path, out: Path, calib: Path, sample: Path) -> d
 
     os.chdir(out.parent)  # quant_pre_process leaves its temporary files in the working directory
     start = time.perf_counter()
-    convs = any(node.op_type == "Conv" for node in onnx.load(source, load_external_data=False).graph.node)
+    nodes = onnx.load(source, load_external_data=False).graph.node
+    convs = any(node.op_type == "Conv" for node in nodes)
     note = ""
     try:
         if variant.startswith("O3-"):
-            graphopt.optimize(source, out, preset="O3", target=variant[3:], validate=True, inputs=sample,
-                              check_speed=True)
+            result = graphopt.optimize(source, out, preset="O3", target=variant[3:], validate=True, inputs=sample,
+                                       check_speed=True)
+            note = f"{len(nodes)} → {sum(1 for _ in result.model.graph)} nodes"  # the same graph times as noise
         elif variant == "onnxsim":
             import onnxsim
 
@@ -257,7 +259,8 @@ def summary(results: list[dict]) -> list[str]:
 
     o3 = [best(entry, ("O3-ort", "O3-portable")) for entry in results]
     peers = [best(entry, ("onnxsim", "onnxslim")) for entry in results]
-    slower = [entry["model"] for entry in results
+    slower = [entry["model"] + (f" ({entry['variants']['O3-ort']['note']})" if entry["variants"]["O3-ort"].get("note")
+                                else "") for entry in results
               if any(entry["variants"][v].get("speedup", 1.0) < 0.97 for v in ("O3-ort", "O3-portable"))]
     return [f"Median over {len(results)} models: graphopt O3 (faster target) {statistics.median(o3):.2f}x faster "
             f"than the input; the faster of onnxsim and onnxslim {statistics.median(peers):.2f}x. "

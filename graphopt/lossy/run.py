@@ -229,7 +229,8 @@ def _check(plan: Plan, checks: Checks) -> None:
     judged = checks.validate and (checks.budget.target is not None or checks.budget.fallback)
     if checks.calibration is not None and not judged and not any(pass_.measures() for pass_ in plan.passes):
         raise InputError("--calib feeds the statistics a pass measures (static int8's ranges, --algorithm mse/gptq, "
-                         "--outlier-ratio, --smooth); this run measures none (nothing would use the data)")
+                         "--outlier-ratio, --smooth, low_rank's whitening); this run measures none (nothing would "
+                         "use the data)")
 
 
 def _held_out(plan: Plan, checks: Checks, samples: CalibrationData | None):
