@@ -123,7 +123,8 @@ class LossyPass(Pass):
     (a layer's forms from the pass's own to the mildest; the fallback moves a layer down it),
     `untouched` (the form of a layer the pass leaves alone), `cost` ("layers": every layer held
     back costs the same, so the fewest go first; "bytes": by its weight's bytes, so the fewest bytes
-    go first), `objective` ("latency" or "size": which guard judges what it buys), `verb` (how the
+    go first), `objective` ("latency", "size", or "size+latency": which guards judge it — what it buys, and what
+    it must not cost), `verb` (how the
     summary says what it did), `handles` (the layers it acts on, said when a model has none). The fallback hands `backed_off` ({layer: a form of the ladder})
     before a run.
     """
@@ -134,6 +135,9 @@ class LossyPass(Pass):
     cost: ClassVar[str] = "layers"
     objective: ClassVar[str] = "latency"
     verb: ClassVar[str] = "quantized"
+    # True for a pass whose result ONNX Runtime completes at load (a weight decoder on constants,
+    # folded by its basic optimizations): the pipeline validates at that level, not as written
+    folds_at_load: ClassVar[bool] = False
     handles: ClassVar[str] = ""  # the layers it acts on, for the user whose model has none
 
     def __init__(self) -> None:
