@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import onnx
 import onnx_ir as ir

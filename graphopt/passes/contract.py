@@ -123,10 +123,10 @@ class LossyPass(Pass):
     (a layer's forms from the pass's own to the mildest; the fallback moves a layer down it),
     `untouched` (the form of a layer the pass leaves alone), `cost` ("layers": every layer held
     back costs the same, so the fewest go first; "bytes": by its weight's bytes, so the fewest bytes
-    go first), `objective` ("latency", "size", or "size+latency": which guards judge it — what it buys, and what
-    it must not cost), `verb` (how the
-    summary says what it did), `handles` (the layers it acts on, said when a model has none). The fallback hands `backed_off` ({layer: a form of the ladder})
-    before a run.
+    go first), `objective` ("latency", "size", or "size+latency": which guards judge it — what it
+    buys, and what it must not cost), `verb` (how the summary says what it did), `handles` (the
+    layers it acts on, said when a model has none), `folds_at_load`. The fallback hands
+    `backed_off` ({layer: a form of the ladder}) before a run.
     """
 
     lossy: ClassVar[bool] = True

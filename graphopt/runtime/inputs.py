@@ -50,7 +50,6 @@ def signature(model: ir.Model) -> list[InputInfo]:
     return infos
 
 
-
 def same_inputs(reference: ir.Model, candidate: ir.Model, names: tuple[str, str] = ("the reference", "the candidate")
                  ) -> None:
     """Both models take the same input names, dtypes and ranks (an unknown rank matches any)."""
@@ -66,6 +65,7 @@ def same_inputs(reference: ir.Model, candidate: ir.Model, names: tuple[str, str]
                 a.dims is not None and b.dims is not None and len(a.dims) != len(b.dims)):
             raise InputError(f"the models take different inputs: {name!r} is {text(a)} in {names[0]}, "
                              f"{text(b)} in {names[1]}")
+
 
 def parse_shapes(specs: list[str] | tuple[str, ...], flag: str = "--shape") -> dict[str, tuple[int, ...]]:
     """`name=1x128` strings into {name: (1, 128)}; `name=` (empty) is a scalar."""
