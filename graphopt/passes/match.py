@@ -8,6 +8,7 @@ initializers and drop what a rewrite left unused.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -178,6 +179,12 @@ def fresh_value_name(graph: ir.Graph, base: str) -> str:
     taken = {value.name for value in graph.inputs} | set(graph.initializers)
     taken |= {value.name for node in graph for value in node.outputs}
     return _fresh(base, taken)
+
+
+def fingerprint(array: np.ndarray) -> bytes:
+    """A digest of an array's bytes: the key under which a lossy pass keeps work on a weight (an SVD,
+    a k-means) across the fallback's trials, which rebuild the model but not its weights."""
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).digest()
 
 
 def new_initializer(graph: ir.Graph, array: np.ndarray, base: str) -> ir.Value:

@@ -19,7 +19,6 @@ on every run takes 0.9 s, folded it runs in 20 ms. A layer's k-means runs once p
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 import onnx_ir as ir
@@ -28,8 +27,8 @@ from graphopt.errors import InputError
 from graphopt.passes.compress.prune import SPARSE
 from graphopt.passes.contract import FALLBACK_REASON, LossyPass
 from graphopt.model import model_opset
-from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fresh_node_name, \
-    fresh_value_name, is_op, new_initializer
+from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
+    fresh_node_name, fresh_value_name, is_op, new_initializer
 from graphopt.passes.quantize._linear import name_set
 from graphopt.passes.registry import register
 
@@ -108,13 +107,13 @@ class ClusterWeights(LossyPass):
         channels = np.moveaxis(values, axis, 0)  # [out channels, ...]
         group = self.group if 0 < self.group < channels.shape[0] else channels.shape[0]
         per_group = group * (channels.size // channels.shape[0])
-        key = (node.name, hashlib.blake2b(values.tobytes(), digest_size=16).digest(), bits)
+        key = (node.name, fingerprint(values), bits)
         if key not in self._clusterings:
             self._clusterings[key] = tuple(zip(*(kmeans(channels[start:start + group].ravel(), 1 << bits)
                                                  for start in range(0, channels.shape[0], group))))
         tables, indices, approximation = [], [], []
         for table, index in zip(*self._clusterings[key]):
-            padded = np.zeros(max(1 << bits, 1), np.float32)  # every codebook 2^bits long: offsets are g·2^bits
+            padded = np.zeros(1 << bits, np.float32)  # every codebook 2^bits long: offsets are g·2^bits
             padded[:table.size] = table
             tables.append(padded)
             indices.append(np.pad(index, (0, per_group - index.size)))  # the last group may be short
@@ -163,10 +162,11 @@ class ClusterWeights(LossyPass):
         if groups > 1:  # group g's indices point into its own codebook, at g·2^bits
             index_value = op("Add", [shaped(index_value, [groups, index.size // groups]),
                                      const((np.arange(groups, dtype=np.int32) << bits).reshape(groups, 1), "offset")])
-        flat = shaped(op("Gather", [const(table, "table"), index_value]), [-1])
-        flat = op("Slice", [flat, const(np.array([0], np.int64), "start"),
-                            const(np.array([int(np.prod(shape))], np.int64), "stop")])
-        weight = shaped(flat, list(shape))
+        weight = op("Gather", [const(table, "table"), index_value])
+        if index.size != int(np.prod(shape)):  # the last group's padding goes
+            weight = op("Slice", [shaped(weight, [-1]), const(np.array([0], np.int64), "start"),
+                                  const(np.array([int(np.prod(shape))], np.int64), "stop")])
+        weight = shaped(weight, list(shape))
         if axis != 0:  # back from [out channels, ...] to the layer's own layout
             order = list(range(1, len(shape)))
             order.insert(axis, 0)

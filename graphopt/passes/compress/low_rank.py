@@ -23,7 +23,6 @@ fallback's trials only cut it at another rank.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 import onnx_ir as ir
@@ -31,8 +30,8 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.passes.compress.prune import SPARSE
 from graphopt.passes.contract import FALLBACK_REASON, GRAM, LossyPass, Request
-from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fresh_node_name, \
-    is_op, new_initializer
+from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
+    fresh_node_name, is_op, new_initializer
 from graphopt.passes.quantize._linear import linear_inputs, name_set
 from graphopt.passes.registry import register
 
@@ -127,7 +126,7 @@ class LowRank(LossyPass):
     def _factor(self, graph: ir.Graph, node: ir.Node, weight: np.ndarray) -> None:
         rows, columns = weight.shape
         even = rows * columns // (rows + columns)  # rank at which the factors cost what W does
-        key = (node.name, hashlib.blake2b(weight.tobytes(), digest_size=16).digest())
+        key = (node.name, fingerprint(weight))
         if key not in self._decompositions:
             self._decompositions[key] = self._decompose(node, weight)
         inverse, left, sigma, right = self._decompositions[key]
