@@ -36,6 +36,12 @@ def _merged(requests: Sequence[Request]) -> Wanted:
         if request.kind in (CHANNELS, GRAM):
             wanted.channels.update(request.values)
             wanted.gram = wanted.gram or request.kind == GRAM
+            for name in request.values:
+                if wanted.axes.get(name, request.axis) != request.axis:
+                    raise ValueError(f"{name!r}: channel statistics asked for over axes {wanted.axes[name]} and "
+                                     f"{request.axis}")
+                if request.axis != -1:
+                    wanted.axes[name] = request.axis
         elif request.kind == HISTOGRAMS:
             wanted.histograms.update(request.values)
         elif request.kind == MEANS:

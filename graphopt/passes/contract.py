@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 TARGETS = ("portable", "ort")
 
 # Statistics a pass may request, each per named value, measured on the model as the passes
-# before it left it: CHANNELS, per channel of the last axis its peak |x| and mean x² (GRAM adds
-# the channels' Gram matrix xᵀx / count); HISTOGRAMS, its whole distribution; MEANS, its mean per
-# channel of `axis`.
+# before it left it: CHANNELS, per channel of the last axis (or of `axis`) its peak |x|, mean and
+# mean x² (GRAM adds the channels' Gram matrix xᵀx / count); HISTOGRAMS, its whole distribution;
+# MEANS, its mean per channel of `axis`.
 CHANNELS, GRAM, HISTOGRAMS, MEANS = "channels", "gram", "histograms", "means"
 
 
@@ -33,7 +33,7 @@ CHANNELS, GRAM, HISTOGRAMS, MEANS = "channels", "gram", "histograms", "means"
 class Request:
     kind: str
     values: tuple[str, ...]
-    axis: int = -1  # MEANS: the channel axis
+    axis: int = -1  # the channel axis (a Conv input's is 1, or -3 counted from the last)
 
 
 @dataclasses.dataclass

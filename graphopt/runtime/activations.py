@@ -39,6 +39,7 @@ class ChannelStats:
     mean_square: np.ndarray  # mean x² per channel
     count: int               # positions seen
     gram: np.ndarray | None = None  # mean xᵀx, [channels, channels] float64, when asked for
+    mean: np.ndarray | None = None  # mean x per channel, float64
 
 
 def channel_stats(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[str, np.ndarray]],
@@ -75,6 +76,7 @@ class Wanted:
 
     channels: set[str] = dataclasses.field(default_factory=set)
     gram: bool = False
+    axes: dict[str, int] = dataclasses.field(default_factory=dict)  # a channel axis other than the last (a Conv input's 1)
     histograms: set[str] = dataclasses.field(default_factory=set)
     means: dict[str, int] = dataclasses.field(default_factory=dict)
     bins: int = DEFAULT_BINS
@@ -101,7 +103,7 @@ def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.n
     for done, total, chunk, arrays in _runs(model, wanted.names(), input_sets, config):
         for value, array in zip(chunk, arrays):
             if value.name in wanted.channels:
-                _add_channels(measured.channels, value.name, array, wanted.gram)
+                _add_channels(measured.channels, value.name, array, wanted.gram, wanted.axes.get(value.name, -1))
             if value.name in wanted.histograms and np.issubdtype(np.asarray(array).dtype, np.floating):
                 measured.histograms.setdefault(value.name, Histogram.empty(wanted.bins)).add(array)
             if value.name in wanted.means:
@@ -113,20 +115,23 @@ def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.n
     return measured
 
 
-def _add_channels(stats: dict[str, ChannelStats], name: str, array, gram: bool) -> None:
+def _add_channels(stats: dict[str, ChannelStats], name: str, array, gram: bool, axis: int = -1) -> None:
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 0 or array.size == 0:
         return
-    rows = array.reshape(-1, array.shape[-1])
+    rows = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis])
     peak, square = np.abs(rows).max(axis=0), np.square(rows, dtype=np.float64).sum(axis=0)
+    total = rows.sum(axis=0, dtype=np.float64)
     products = rows.T.astype(np.float64) @ rows if gram else None
     seen = stats.get(name)
     if seen is None:
-        stats[name] = ChannelStats(peak, square / len(rows), len(rows), None if products is None else products / len(rows))
+        stats[name] = ChannelStats(peak, square / len(rows), len(rows), None if products is None else products / len(rows),
+                                   total / len(rows))
         return
     count = seen.count + len(rows)
     stats[name] = ChannelStats(np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
-                               None if products is None else (seen.gram * seen.count + products) / count)
+                               None if products is None else (seen.gram * seen.count + products) / count,
+                               (seen.mean * seen.count + total) / count)
 
 
 def _add_means(sums: dict[str, tuple[np.ndarray, int]], name: str, array, axis: int) -> None:
