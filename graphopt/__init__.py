@@ -10,6 +10,7 @@ from graphopt.api import (
     PassInfo,
     RuntimeOptions,
     bench,
+    compress,
     list_passes,
     optimize,
     quantize,
@@ -19,6 +20,7 @@ from graphopt.errors import ExportFailed, GraphoptError, GuardRefused, InputErro
 from graphopt.lossy import Budget, LossyResult
 from graphopt.model import ModelInfo, convert_opset, inspect, load, save
 from graphopt.passes import LossyPass, Pass, create_pass, register
+from graphopt.compression import CompressSettings
 from graphopt.quantization import QuantizeSettings
 from graphopt.pipeline import PRESETS, PassManager, PassReport, PipelineReport
 from graphopt.runtime.bench import BenchResult
@@ -30,6 +32,7 @@ __all__ = [
     "PRESETS",
     "BenchResult",
     "Budget",
+    "CompressSettings",
     "ExportFailed",
     "GraphoptError",
     "GuardRefused",
@@ -50,6 +53,7 @@ __all__ = [
     "ValidationFailed",
     "ValidationResult",
     "bench",
+    "compress",
     "convert_opset",
     "create_pass",
     "inspect",

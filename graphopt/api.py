@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import onnx
 import onnx_ir as ir
 
-from graphopt import lossy, quantization
+from graphopt import compression, lossy, quantization
 from graphopt import model as model_io
 from graphopt.errors import InputError, ValidationFailed
 from graphopt.lossy import Budget, LossyResult, guards
@@ -241,6 +241,44 @@ def quantize(
     """
     source = lossy.load(model, opset)
     plan = quantization.plan(source, quantization.settings(**options), target=target, preset=preset)
+    checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime, validate=validate,
+                     check_speed=check_speed, force=force, inputs=inputs, shapes=shapes, input_ranges=input_ranges,
+                     calibration=calibration)
+    return _finished(lossy.run(source, output, plan, checks, observer=observer, external_data=external_data))
+
+
+def compress(
+    model: ir.Model | onnx.ModelProto | str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    preset: str = "O3",
+    target: str = "portable",
+    opset: int | None = None,
+    validate: bool = True,
+    check_speed: bool = True,
+    force: bool = False,
+    inputs: str | os.PathLike | dict | None = None,
+    calibration: str | os.PathLike | Iterable[dict] | None = None,
+    shapes: Shapes | None = None,
+    input_ranges: Ranges | None = None,
+    tolerance: str | Tolerance | None = None,
+    min_cosine: float | None = None,
+    max_drop: float | None = None,
+    fallback: bool = True,
+    min_speedup: float = 1.0,
+    max_size: float = 1.0,
+    runtime: RuntimeOptions | None = None,
+    observer: PassObserver | None = None,
+    external_data: bool | None = None,
+    **options,
+) -> LossyResult:
+    """Compress a model after the `preset`'s float passes: structured pruning, low-rank
+    factorization, weight sharing, magnitude pruning and quantization, in that order, as
+    `options` (graphopt.compression.CompressSettings': `prune_channels`, `rank_ratio`,
+    `cluster_bits`, `quantize` …) ask. Judged, backed off, guarded and written as `quantize` is:
+    statistics and a budget are measured on `calibration` when given, else on the validation inputs."""
+    source = lossy.load(model, opset)
+    plan = compression.plan(source, compression.settings(**options), target=target, preset=preset)
     checks = _checks(Budget(tolerance, min_cosine, max_drop, fallback, min_speedup, max_size), runtime, validate=validate,
                      check_speed=check_speed, force=force, inputs=inputs, shapes=shapes, input_ranges=input_ranges,
                      calibration=calibration)

@@ -1,4 +1,4 @@
-"""`graphopt optimize` and `graphopt quantize`: passes over a model, then the report and the write."""
+"""`graphopt optimize`, `quantize` and `compress`: passes over a model, then the report and the write."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from graphopt import model as model_io
 from graphopt.cli import console, flags
 from graphopt.cli.app import app
 from graphopt.errors import ValidationFailed
+from graphopt.compression import CompressSettings
 from graphopt.lossy import Budget, LossyResult
 from graphopt.outputs import check_output_differs, check_output_file
 from graphopt.passes import TARGETS
@@ -114,6 +115,42 @@ def quantize(model: Path, output_arg: Path | None, output: Path | None, report: 
     check it runs on the EP and is faster than float, and write it atomically."""
     output = _output_path("quantize", model, output_arg, output, report)
     result = _with_progress(quiet, lambda observer: api.quantize(
+        model, output, inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape),
+        input_ranges=parse_ranges(input_range), observer=observer, **kwargs))
+    _finish(result, output, report, quiet, verbose)
+
+
+@app.command()
+@_output_options
+@flags.declared(CompressSettings)
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration data for the measured statistics (pruning's importance and refit, low-rank's "
+                   "whitening, static int8's ranges): an .npz with the samples along each input's batch axis, or a "
+                   "folder of .npz. A budget is judged on a held-out part of it. Default: the validation inputs.")
+@flags.declared(Budget)
+@click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
+@click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS), help=flags.TARGET_HELP)
+@click.option("--opset", type=int, help="Convert to this opset first.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Compare with the input in ONNX Runtime; nothing is written if it fails.")
+@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
+              help="Time float against compressed on the EP; a slower result is not written.")
+@click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in a side file (default: only when the model needs it).")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the report (passes, outcomes, checks) as JSON.")
+@flags.tolerance(default=None, cosine=False, default_help="the loosest the stages declare (pruned, low-rank: "
+                                                            "cosine and top-1 agreement)")
+@flags.inputs
+@flags.runtime
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+def compress(model: Path, output_arg: Path | None, output: Path | None, report: Path | None, quiet: bool,
+             verbose: bool, calib: Path | None, shape, input_range, inputs_file, **kwargs) -> None:
+    """Compress MODEL after the preset's float passes: prune channels, factor, share weights, zero,
+    quantize (in that order, as asked), validate under one budget, guard and write atomically."""
+    output = _output_path("compress", model, output_arg, output, report)
+    result = _with_progress(quiet, lambda observer: api.compress(
         model, output, inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape),
         input_ranges=parse_ranges(input_range), observer=observer, **kwargs))
     _finish(result, output, report, quiet, verbose)

@@ -4,8 +4,8 @@
 2. The data-dependent exact passes before the first lossy pass (SmoothQuant, outlier carving)
    get the statistics they declare, measured on the float model over the calibration data (or
    the validation inputs), and rewrite it once; the nodes they add stay as they are.
-3. The lossy passes get theirs, measured on that model in one more pass over the data, and run
-   on a clone: the candidate.
+3. The lossy passes get theirs, each measured on the model as the lossy passes before it leave
+   it (one more pass over the data per pass that measures), and run on a clone: the candidate.
 4. With a score budget, the fallback backs the most sensitive layers off along their passes'
    ladders until it is met, judged on held-out calibration samples when there are some.
 5. Validation against the input at the budget's tolerance; the kernel guard; the latency guard
@@ -152,7 +152,7 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
     progress = getattr(observer, "calibration", None)
     prepare, lossy = plan.split()
     prepared = _prepare(float_model, prepare, lossy, data, checks.config, plan, progress)
-    hand_over(lossy, float_model, data, checks.config, progress)
+    _hand_over_staged(lossy, float_model, data, checks.config, plan, progress)
 
     def build(backed_off: dict[str, str]) -> tuple[ir.Model, PipelineReport]:
         candidate = float_model.clone()
@@ -273,6 +273,19 @@ def _prepare(model: ir.Model, prepare: list[Pass], lossy: list[Pass], data, conf
     for pass_ in lossy:
         pass_.frozen = dict(frozen)
     return _merged(*reports)
+
+
+def _hand_over_staged(lossy: list[Pass], model: ir.Model, data, config: SessionConfig, plan: Plan, progress) -> None:
+    """Each lossy pass's statistics, measured on the model as the lossy passes before it leave it
+    (all layers in their own forms): pruned channels' readers, a factorized layer's inputs, a
+    compressed model's activation ranges. A form the fallback changes later keeps these numbers
+    (a pass checks that a statistic still fits the value it reads)."""
+    staged = model
+    for index, pass_ in enumerate(lossy):
+        hand_over([pass_], staged, data, config, progress)
+        if any(later.measures() for later in lossy[index + 1:]):
+            staged = model.clone() if staged is model else staged
+            PassManager([pass_], target=plan.target, check=plan.check).run(staged)
 
 
 def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass], budget: Budget, target: float,

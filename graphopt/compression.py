@@ -1,0 +1,108 @@
+"""Compression as a client of the lossy pipeline: `graphopt compress`'s settings and the passes they mean.
+
+The stages run in one order, each on what the one before left (its statistics measured there):
+structured pruning of channels (prune_channels), low-rank factorization (low_rank), weight
+sharing (cluster_weights), magnitude pruning (prune_magnitude), quantization last (the
+quantizer of graphopt.quantization's mode). One budget judges them together: the fallback backs
+each layer off along its own pass's ladder until it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from graphopt import lossy
+from graphopt.errors import InputError
+from graphopt.options import between, option, settings_from
+from graphopt.passes import Pass, create_pass
+from graphopt.passes.compress.prune_channels import IMPORTANCE
+from graphopt.pipeline import PRESETS
+from graphopt.quantization import MODES, QuantizeSettings
+
+_FRACTION = between(0.0, 1.0, open_low=True, open_high=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressSettings:
+    """What to compress and how: `graphopt compress`'s options and `graphopt.compress`'s keywords."""
+
+    prune_channels: float | None = option(None, "Remove this fraction of each layer family's output channels "
+                                          "(structured pruning: Conv, Gemm, MatMul; residual streams together).",
+                                          metavar="RATIO", check=_FRACTION)
+    importance: str = option("activation", "--prune-channels: rank channels by what their readers lose without "
+                             "them (activation, measured on --calib) or by their filters' norms (l1, l2).",
+                             choices=IMPORTANCE)
+    reconstruct: bool = option(True, "--prune-channels: refit the next layers by least squares on the measured "
+                               "statistics (no training).", flag="--reconstruct/--no-reconstruct")
+    round_to: int = option(8, "--prune-channels: keep a multiple of this many channels (CPU kernels work in "
+                           "blocks of 8 or 16).")
+    low_rank: float | None = option(None, "Factor linear layers by truncated SVD, keeping this share of the "
+                                    "singular values' energy (0-1).", metavar="ENERGY", check=_FRACTION)
+    rank_ratio: float | None = option(None, "Factor linear layers by truncated SVD, keeping this fraction of "
+                                      "their parameters.", metavar="RATIO", check=_FRACTION)
+    whiten: bool = option(True, "--low-rank/--rank-ratio: whiten by the input's Gram matrix (activation-aware SVD).",
+                          flag="--whiten/--no-whiten")
+    cluster_bits: int | None = option(None, "Share weights: k-means into 2^B values per tensor, stored as B-bit "
+                                      "indices decoded at load (the file shrinks; run-time memory stays float's).",
+                                      metavar="B", choices=(2, 3, 4, 5, 6, 7, 8))
+    sparsity: float | None = option(None, "Zero this fraction of the smallest weights (shrinks the compressed "
+                                    "file only: ONNX Runtime's CPU kernels compute dense).", metavar="RATIO",
+                                    check=_FRACTION)
+    quantize: str | None = option(None, "Quantize last: dynamic, static (with --calib) or weight-only.",
+                                  choices=MODES)
+    exclude: tuple[str, ...] = option((), "A node name or op type no stage changes (repeatable).",
+                                      metavar="NODE_OR_OP")
+
+    def check(self) -> None:
+        if not any((self.prune_channels, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
+                    self.quantize)):
+            raise InputError("nothing to do: give --prune-channels, --low-rank/--rank-ratio, --cluster-bits, "
+                             "--sparsity or --quantize")
+        if self.low_rank and self.rank_ratio:
+            raise InputError("--low-rank and --rank-ratio both set a layer's rank: give one")
+        if self.cluster_bits and self.quantize:
+            raise InputError(f"--cluster-bits and --quantize {self.quantize} both store the weights in fewer bits: "
+                             "choose one (the quantizer cannot read a codebook's decoded weights)")
+        if self.cluster_bits and self.sparsity:
+            raise InputError("--cluster-bits after --sparsity would move the zeroed weights onto its centroids: "
+                             "choose one")
+
+    def quantizer(self, model) -> QuantizeSettings | None:
+        """The quantization stage's settings, its static scheme decided on the model."""
+        return None if not self.quantize else QuantizeSettings(mode=self.quantize, exclude=self.exclude).with_scheme(model)
+
+    def passes(self, model) -> list[Pass]:
+        exclude = ";".join(self.exclude)
+        steps: list[tuple[str, dict]] = []
+        if self.prune_channels:
+            steps.append(("prune_channels", {"ratio": self.prune_channels, "importance": self.importance,
+                                             "reconstruct": self.reconstruct, "round_to": self.round_to,
+                                             "exclude": exclude}))
+        if self.low_rank or self.rank_ratio:
+            steps.append(("low_rank", {"energy": self.low_rank or 0.0, "rank_ratio": self.rank_ratio or 0.0,
+                                       "whiten": self.whiten, "exclude": exclude}))
+        if self.cluster_bits:
+            steps.append(("cluster_weights", {"bits": self.cluster_bits, "exclude": exclude}))
+        if self.sparsity:
+            steps.append(("prune_magnitude", {"sparsity": self.sparsity, "exclude": exclude}))
+        passes = [create_pass(name, options) for name, options in steps]
+        quantizer = self.quantizer(model)
+        return passes + (quantizer.passes() if quantizer is not None else [])
+
+
+def settings(**options) -> CompressSettings:
+    """CompressSettings from keyword options (graphopt.compress's), every one checked."""
+    result = settings_from(CompressSettings, options)
+    result.check()
+    return result
+
+
+def plan(source: lossy.Source, settings_: CompressSettings, *, target: str, preset: str = "O3") -> lossy.Plan:
+    """`preset`'s float passes, then the stages (for static int8 in Q/DQ pairs, the float passes
+    run for the portable target, as graphopt.quantization's do)."""
+    if preset not in PRESETS or preset.startswith("int"):
+        raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
+    quantizer = settings_.quantizer(source.model)
+    qdq = quantizer is not None and quantizer.mode == "static" and quantizer.scheme == "qdq"
+    return lossy.Plan([create_pass(name) for name in PRESETS[preset]], settings_.passes(source.model), target=target,
+                      float_target="portable" if qdq else None)
