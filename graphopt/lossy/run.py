@@ -157,7 +157,7 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
     def build(backed_off: dict[str, str]) -> tuple[ir.Model, PipelineReport]:
         candidate = float_model.clone()
         for pass_ in lossy:
-            pass_.backed_off = dict(backed_off)
+            pass_.backed_off = _own(backed_off, pass_, lossy)
         return candidate, PassManager(lossy, target=plan.target, check=plan.check).run(candidate)
 
     start = time.perf_counter()
@@ -293,13 +293,28 @@ def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass],
     """Back off the changed layers along their passes' ladders, in the float model's order, judged
     by the budget; by bytes when a pass buys size per byte (its `cost`)."""
     passes = {pass_.name: pass_ for pass_ in lossy}
-    changed = {outcome.layer: (passes[entry.name], outcome) for entry in report.passes
+    changed = {_key(entry.name, outcome.layer, lossy): (passes[entry.name], outcome) for entry in report.passes
                for outcome in entry.outcomes if outcome.changed}
     order = {node.name: index for index, node in enumerate(float_model.graph)}
     layers = [Layer(name, owner.ladder()[1:], float(outcome.bytes_before or 1))
-              for name, (owner, outcome) in sorted(changed.items(), key=lambda item: order.get(item[0], len(order)))]
+              for name, (owner, outcome) in sorted(changed.items(),
+                                                    key=lambda item: order.get(item[1][1].layer, len(order)))]
     costs = any(pass_.cost == "bytes" for pass_ in lossy)
     return choose(layers, lambda backed_off: budget.judge(validator.check(build(backed_off)[0])), target, costs=costs)
+
+
+def _key(pass_name: str, layer: str, lossy: list[Pass]) -> str:
+    """A layer's name in the fallback's choices: `pass:layer` where several lossy passes may each
+    back the same layer off (a pruned layer, then quantized), else the layer's own name."""
+    return f"{pass_name}:{layer}" if sum(pass_.lossy for pass_ in lossy) > 1 else layer
+
+
+def _own(backed_off: dict[str, str], pass_: Pass, lossy: list[Pass]) -> dict[str, str]:
+    """The fallback's choices for one pass's layers."""
+    if sum(other.lossy for other in lossy) <= 1:
+        return dict(backed_off)
+    prefix = f"{pass_.name}:"
+    return {key[len(prefix):]: form for key, form in backed_off.items() if key.startswith(prefix)}
 
 
 def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks: Checks, build: Callable,

@@ -29,7 +29,7 @@ from graphopt.passes.contract import FALLBACK_REASON, LossyPass
 from graphopt.model import model_opset
 from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
     fresh_node_name, fresh_value_name, is_op, new_initializer
-from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
 
 CLUSTERED = dataclasses.replace(SPARSE, name="clustered")
@@ -78,6 +78,7 @@ class ClusterWeights(LossyPass):
         return (_form(self.bits), *((_form(wider),) if wider > self.bits else ()), self.untouched)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        check_names(model, self.exclude)
         done: set[ir.Value] = set()
         for node in list(model.graph):
             index = 0 if is_op(node, "Gather") else 1

@@ -32,7 +32,7 @@ from graphopt.passes.compress.prune import SPARSE
 from graphopt.passes.contract import FALLBACK_REASON, GRAM, LossyPass, Request
 from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
     fresh_node_name, is_op, new_initializer
-from graphopt.passes.quantize._linear import linear_inputs, name_set
+from graphopt.passes.quantize._linear import check_names, linear_inputs, name_set
 from graphopt.passes.registry import register
 
 # A factorized layer is judged like pruning and int4 weights: by cosine and top-1 agreement.
@@ -92,6 +92,7 @@ class LowRank(LossyPass):
         return [Request(GRAM, linear_inputs(model))] if self.whiten else []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        check_names(model, self.exclude)
         for node in list(model.graph):
             weight = self._weight(node)
             if weight is not None:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from graphopt.errors import InputError
 from graphopt.passes.contract import FALLBACK_REASON, LossyPass
 from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, is_op, new_initializer
-from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
 from graphopt.runtime.compare import Tolerance
 
@@ -61,6 +61,7 @@ class PruneMagnitude(LossyPass):
         return (_form(self.sparsity), _form(self.sparsity / 2), self.untouched)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        check_names(model, self.exclude)
         layers = [(node, node.inputs[1]) for node in model.graph if self._prunable(node)]
         threshold = _quantile([constant_array(weight) for _, weight in layers], self.sparsity) \
             if self.scope == "global" and layers else None

@@ -34,7 +34,7 @@ from graphopt.passes.compress.prune import SPARSE
 from graphopt.passes.contract import FALLBACK_REASON, GRAM, LossyPass, Request
 from graphopt.passes.match import constant_array, drop_unused_initializers, fresh_node_name, infer_types, \
     new_initializer
-from graphopt.passes.quantize._linear import name_set
+from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
 
 IMPORTANCE = ("activation", "l1", "l2")
@@ -108,6 +108,7 @@ class PruneChannels(LossyPass):
         return [Request(GRAM, tuple(sorted(names)), axis) for axis, names in sorted(by_axis.items())]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        check_names(model, self.exclude)
         graph = self._analyse(model)
         scores = self._scores(graph)
         removed = np.zeros(len(graph.parent), dtype=bool)

@@ -34,6 +34,16 @@ def name_set(option: str) -> set[str]:
     return {item.strip() for item in option.split(";") if item.strip()}
 
 
+def check_names(model: ir.Model, names: set[str], option: str = "--exclude") -> None:
+    """Refuse names that match no node or op type of the model (a typo would silently change nothing)."""
+    known = {node.name for graph in model.graphs() for node in graph} | \
+            {node.op_type for graph in model.graphs() for node in graph}
+    unknown = sorted(names - known)
+    if unknown:
+        raise InputError(f"{option} names no node or op type of the model (after the float passes): "
+                         f"{', '.join(unknown)}")
+
+
 def attention_refusal(node: ir.Node) -> str:
     """Why a com.microsoft Attention cannot be rewritten into int8 projections and an attention kernel
     reading their result (MultiHeadAttention, QAttention), or "" when it can: constant [D, 3D]
@@ -102,12 +112,7 @@ class WeightQuantizer(LossyPass):
 
     @staticmethod
     def _check_names(model: ir.Model, names: set[str], option: str) -> None:
-        known = {node.name for graph in model.graphs() for node in graph} | \
-                {node.op_type for graph in model.graphs() for node in graph}
-        unknown = sorted(names - known)
-        if unknown:
-            raise InputError(f"{option} names no node or op type of the model (after the float passes): "
-                             f"{', '.join(unknown)}")
+        check_names(model, names, option)
 
     def _excluded(self, node: ir.Node, before: int = 0) -> bool:
         """Whether the layer stays float: named in `exclude`, or held by the pipeline (frozen, or the
