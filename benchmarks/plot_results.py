@@ -1,10 +1,16 @@
-"""Plots of the quantization benchmarks' saved results, for the docs: speed-up against fidelity.
+"""Plots of the quantization and compression benchmarks' saved results, for the docs: speed-up (and,
+for compression, file size) against fidelity.
 
 Reads results/quant_vs_ort.json and results/quant_static_vs_ort.json (what quant_vs_ort.py and
 quant_static_vs_ort.py wrote; nothing is re-measured) and writes results/quant_vs_ort.png and
 results/quant_static_vs_ort.png: per model, every variant's speed-up over the float export
 against its distance from float (1 − min cosine, log scale), graphopt's variants and ONNX Runtime's apart, each panel titled with the
 fidelity measure and the date of the run that measured it.
+
+results/compression_vs_peers.json (compression_vs_peers.py) becomes results/compression_vs_peers.png:
+per model, each row's speed-up over O3 float (top) and file size against O3 float (bottom) against
+its distance from O3 float (1 − its fidelity: min cosine, or test top-1 for digits-cnn), graphopt's
+rows as circles, the peers' as squares; a peer that refused or broke the graph is named in the title.
 
     python benchmarks/plot_results.py
 """
@@ -69,9 +75,52 @@ def plot(source: str, speedup_key: str, fidelity_key: str, fidelity_label: str) 
     return path
 
 
+def plot_compression() -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = json.loads((RESULTS / "compression_vs_peers.json").read_text())
+    figure, axes = plt.subplots(2, len(entries), figsize=(3.6 * len(entries), 6.4), squeeze=False)
+    for column, entry in enumerate(entries):
+        rows = entry["rows"]
+        baseline = rows["O3 float"]["fidelity"]
+        failed = [label.split(" ")[0] for label, row in rows.items() if "failed" in row]
+        for row_index, (key, label) in enumerate((("vs_o3", "speed-up over O3 float (p50)"),
+                                                 ("size_ratio", "file size (x O3 float)"))):
+            axis = axes[row_index][column]
+            for name, row in rows.items():
+                if "failed" in row or name == "O3 float":
+                    continue
+                ours = not name.startswith(("torch-pruning", "qonnx"))
+                distance = max(baseline - row["fidelity"], MIN_DISTANCE)
+                axis.scatter(distance, row[key], marker="o" if ours else "s",
+                             color="tab:blue" if ours else "tab:red", zorder=3)
+                axis.annotate(name.replace("--", "").replace("prune-channels", "prune"), (distance, row[key]),
+                              fontsize=5, xytext=(3, 2), textcoords="offset points")
+            axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            axis.set_xscale("log")
+            axis.invert_xaxis()
+            axis.set_ylabel(label, fontsize=7)
+            axis.set_xlabel(f"O3's {entry['fidelity'].split(',')[0]} − the row's (log; right is more faithful)",
+                            fontsize=6)
+            axis.tick_params(labelsize=6)
+            axis.grid(alpha=0.3)
+        title = f"{entry['model']} ({entry['date']})"
+        axes[0][column].set_title(title + (f"\nrefused or broken: {', '.join(failed)}" if failed else ""), fontsize=7)
+    figure.suptitle("benchmarks/compression_vs_peers.py: graphopt compress (circles) and peers (squares)", fontsize=9)
+    figure.tight_layout()
+    path = RESULTS / "compression_vs_peers.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main() -> None:
     print(plot("quant_vs_ort", "speedup_128", "min_cosine", "min cosine (seq 128)"))
     print(plot("quant_static_vs_ort", "speedup", "min_cosine", "min cosine"))
+    print(plot_compression())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Compression as a client of the lossy pipeline: `graphopt compress`'s settings and the passes they mean.
 
 The stages run in one order, each on what the one before left (its statistics measured there):
-structured pruning of channels (prune_channels), low-rank factorization (low_rank), weight
+structured pruning of channels (prune_channels) and attention heads (prune_heads), low-rank factorization (low_rank), weight
 sharing (cluster_weights), magnitude pruning (prune_magnitude), quantization last (the
 quantizer of graphopt.quantization's mode). One budget judges them together: the fallback backs
 each layer off along its own pass's ladder until it holds.
@@ -29,10 +29,12 @@ class CompressSettings:
     prune_channels: float | None = option(None, "Remove this fraction of each layer family's output channels "
                                           "(structured pruning: Conv, Gemm, MatMul; residual streams together).",
                                           metavar="RATIO", check=_FRACTION)
-    importance: str = option("activation", "--prune-channels: rank channels by what their readers lose without "
+    prune_heads: float | None = option(None, "Remove this fraction of each fused Attention's heads (--target ort), "
+                                       "with the output projection's rows.", metavar="RATIO", check=_FRACTION)
+    importance: str = option("activation", "--prune-channels/--prune-heads: rank channels by what their readers lose without "
                              "them (activation, measured on --calib) or by their filters' norms (l1, l2).",
                              choices=IMPORTANCE)
-    reconstruct: bool = option(True, "--prune-channels: refit the next layers by least squares on the measured "
+    reconstruct: bool = option(True, "--prune-channels/--prune-heads: refit the next layers by least squares on the measured "
                                "statistics (no training).", flag="--reconstruct/--no-reconstruct")
     round_to: int = option(8, "--prune-channels: keep a multiple of this many channels (CPU kernels work in "
                            "blocks of 8 or 16).")
@@ -54,10 +56,10 @@ class CompressSettings:
                                       metavar="NODE_OR_OP")
 
     def check(self) -> None:
-        if not any((self.prune_channels, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
+        if not any((self.prune_channels, self.prune_heads, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
                     self.quantize)):
-            raise InputError("nothing to do: give --prune-channels, --low-rank/--rank-ratio, --cluster-bits, "
-                             "--sparsity or --quantize")
+            raise InputError("nothing to do: give --prune-channels, --prune-heads, --low-rank/--rank-ratio, "
+                             "--cluster-bits, --sparsity or --quantize")
         if self.low_rank and self.rank_ratio:
             raise InputError("--low-rank and --rank-ratio both set a layer's rank: give one")
         if self.cluster_bits and self.quantize:
@@ -78,6 +80,9 @@ class CompressSettings:
             steps.append(("prune_channels", {"ratio": self.prune_channels, "importance": self.importance,
                                              "reconstruct": self.reconstruct, "round_to": self.round_to,
                                              "exclude": exclude}))
+        if self.prune_heads:
+            steps.append(("prune_heads", {"ratio": self.prune_heads, "importance": self.importance,
+                                          "reconstruct": self.reconstruct, "exclude": exclude}))
         if self.low_rank or self.rank_ratio:
             steps.append(("low_rank", {"energy": self.low_rank or 0.0, "rank_ratio": self.rank_ratio or 0.0,
                                        "whiten": self.whiten, "exclude": exclude}))

@@ -207,10 +207,11 @@ def tolerances_markdown() -> str:
 
 def settings_classes() -> dict:
     """The declared settings the API takes as keywords, by the name a page's marker uses."""
+    from graphopt.compression import CompressSettings
     from graphopt.lossy import Budget
     from graphopt.quantization import QuantizeSettings
 
-    return {"quantize": QuantizeSettings, "budget": Budget}
+    return {"quantize": QuantizeSettings, "compress": CompressSettings, "budget": Budget}
 
 
 def settings_markdown(name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 import graphopt
+from graphopt.errors import NothingChanged
 from graphopt.passes import TARGETS, pass_class
 from graphopt.pipeline import LOSSY_PRESETS, PRESETS, preset_spec
 from graphopt.quantization import mode_tolerance
@@ -77,10 +78,26 @@ def _zoo_parameters(full: bool):
             if not ("quantize_weight_only" in PRESETS[preset] and (name.split("@")[0], target) in INT4_TOP1_MISSES)]
 
 
+# graphopt compress's techniques over the zoo: (name, options, targets). The heads of --target ort's fused
+# attention; the others on both targets' graphs.
+COMPRESSIONS = [("prune_channels", {"prune_channels": 0.3}, TARGETS), ("prune_heads", {"prune_heads": 0.25}, ("ort",)),
+                ("low_rank", {"rank_ratio": 0.5}, TARGETS), ("cluster_weights", {"cluster_bits": 6}, ("ort",))]
+FULL_COMPRESSED = ["minilm", "resnet18", "mobilenetv2", "minilm@torchscript"]
+
+
+def _compress_parameters(full: bool):
+    names = FAST_ZOO + (FULL_COMPRESSED if full else [])
+    return [(name, technique, target) for name in names for technique, _, targets in COMPRESSIONS
+            for target in targets]
+
+
 def pytest_generate_tests(metafunc):
     if "zoo_case" in metafunc.fixturenames:
         full = metafunc.config.getoption("--full")
         metafunc.parametrize("zoo_case", _zoo_parameters(full), ids=lambda case: "-".join(case))
+    if "compress_case" in metafunc.fixturenames:
+        full = metafunc.config.getoption("--full")
+        metafunc.parametrize("compress_case", _compress_parameters(full), ids=lambda case: "-".join(case))
 
 
 def _calibration(case: str, source):
@@ -116,3 +133,24 @@ def test_zoo_models_validate_at_two_shapes(zoo_case, zoo_exports, tmp_path):
     assert len(result.validation.input_sets) == 2  # every zoo model has a dynamic axis
     print(f"\n{name} {preset}/{target}: {result.report.nodes_before} -> {result.report.nodes_after} nodes; "
           f"{result.validation.summary()}{kept}")
+
+
+def test_zoo_models_compress_within_their_tolerance_or_say_why_not(compress_case, zoo_exports, tmp_path):
+    """Each technique at its declared tolerance (cosine and top-1 agreement against ONNX Runtime's
+    outputs of the input), the fallback backing layers off until it holds: a written model passed,
+    and a refusal is one line saying why (an LSTM has no channels to prune, a CNN no heads)."""
+    name, technique, target = compress_case
+    options = next(options for each, options, _ in COMPRESSIONS if each == technique)
+    source = zoo_exports(name)
+    try:
+        result = graphopt.compress(source, tmp_path / f"{name}.{technique}.onnx", target=target, check_speed=False,
+                                   **options)
+    except NothingChanged as refused:
+        message = str(refused)
+        assert "\n" not in message and "nothing was written" in message, message
+        print(f"\n{name} {technique}/{target}: {message}")
+        return
+    assert result.validation.passed and result.changed, result.validation.summary()
+    assert len(result.validation.input_sets) == 2
+    print(f"\n{name} {technique}/{target}: {result.validation.summary()}; {len(result.changed)} changed, "
+          f"{len(result.untouched)} kept")

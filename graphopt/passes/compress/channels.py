@@ -8,7 +8,8 @@ channel axis carries (a Layout), and records what removing ids would have to rew
 the next layer's input rows, biases and BatchNormalization/affine constants, a depthwise
 convolution's weights and group count, Reshape/Resize constants, Split sizes. Concat lays its
 inputs' ids end to end, Flatten and Reshape repeat them over the axes merged with the channels,
-Transpose moves the axis. Where two traced values meet elementwise (a residual Add, FusedConv's
+Transpose moves the axis; ONNX Runtime's fused Attention makes one id per V channel, a head's
+joined. Where two traced values meet elementwise (a residual Add, FusedConv's
 sum input) their ids are joined: channel i of one is channel i of the other, removed with it or
 not at all (union-find).
 
@@ -34,10 +35,11 @@ FIXED = -1  # a channel no layer makes prunable (a model input's, an excluded la
 _PER_CHANNEL = frozenset({
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu", "Celu",
     "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal",
-    "ThresholdedRelu", "Floor", "Ceil", "Round", "Sin", "Cos", "Sign", "Cast", "MaxPool", "AveragePool",
+    "ThresholdedRelu", "Floor", "Ceil", "Round", "Sin", "Cos", "Sign", "Cast", "IsNaN", "IsInf", "Not",
+    "MaxPool", "AveragePool",
     "GlobalAveragePool", "GlobalMaxPool", "LpPool"})
 # Elementwise ops whose operands broadcast against each other.
-_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "PRelu"})
+_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "PRelu", "Where"})
 # ONNX Runtime's per-channel ops with a bias vector as input 1 (BiasGelu) or none (Gelu, QuickGelu).
 _MS_PER_CHANNEL = frozenset({"BiasGelu", "FastGelu", "Gelu", "QuickGelu"})
 # Per-channel parameters of a normalization, by input index (all over axis 1).
@@ -56,7 +58,8 @@ class Layout:
 class Site:
     """Something removing channels rewrites: a constant input of `node` sliced along `axis`
     ("slice"), an entry of a shape constant ("shape", `axis` the entry), Split's sizes ("split",
-    `parts` one id array per output), a depthwise convolution's group count ("group")."""
+    `parts` one id array per output), a depthwise convolution's group count ("group"), an
+    Attention's head count ("heads", `axis` the channels per head)."""
 
     kind: str
     node: ir.Node
@@ -145,6 +148,9 @@ class ChannelGraph:
     def _visit(self, node: ir.Node) -> None:
         traced = [(index, self.layouts[value]) for index, value in enumerate(node.inputs)
                   if value is not None and value in self.layouts]
+        if node.domain == MS_DOMAIN and node.op_type == "Attention":
+            self._attention(node, traced)
+            return
         layer = _layer(node)
         if layer is not None:
             self._layer(node, *layer, traced)
@@ -189,6 +195,42 @@ class ChannelGraph:
         if node.op_type == "FusedConv" and len(node.inputs) > 3 and node.inputs[3] is not None:
             self._meet(node, node.inputs[3], layout)  # Z, added to the convolution's output
 
+    def _attention(self, node: ir.Node, traced) -> None:
+        """ONNX Runtime's fused Attention makes channels: its output's, one per V column, each head's
+        joined (a head is removed whole: its Q, K and V columns, the bias, num_heads, and the output
+        projection's rows that read it)."""
+        for _, layout in traced:  # its input is a normalization's output; a traced one is not followed
+            self._pin(layout.ids, f"Attention {node.name!r} reads them")
+        inputs = [*node.inputs, *[None] * 6]
+        weight, bias = constant_tensor(inputs[1]), constant_tensor(inputs[2])
+        heads = node.attributes.get_int("num_heads", 0)
+        if weight is None or bias is None or len(weight.shape) != 2 or heads < 1 or weight.shape[1] % (3 * heads):
+            return  # not a layer this analysis knows: its output is not traced
+        count = weight.shape[1] // 3
+        size = count // heads
+        mask = inputs[5].shape if inputs[5] is not None else None
+        why = "its Q, K and V sizes differ (qkv_hidden_sizes)" if "qkv_hidden_sizes" in node.attributes else \
+            "it keeps a past state" if inputs[4] is not None or any(
+                value.uses() or value.is_graph_output() for value in node.outputs[1:]) else \
+            "its attention bias has a per-head axis" if inputs[5] is not None and (
+                mask is None or len(mask) != 4 or mask[1] != 1) else ""
+        if node.name in self.fixed:
+            self._set(node.outputs[0], Layout(-1, np.full(count, FIXED, dtype=np.int64)))
+            return
+        first = len(self.parent)
+        self.parent.extend(range(first, first + count))
+        self.owner.extend([len(self.producers)] * count)
+        self.producers.append(Producer(node, first, count, 1, 1))
+        ids = np.arange(first, first + count, dtype=np.int64)
+        for head in range(heads):
+            block = ids[head * size:(head + 1) * size]
+            self._join(np.full(size - 1, block[0]), block[1:], "")
+        if why:
+            self._pin(ids, f"Attention {node.name!r}: {why}")
+        self.sites += [Site("slice", node, 1, 1, np.tile(ids, 3)), Site("slice", node, 2, 0, np.tile(ids, 3)),
+                       Site("heads", node, -1, size, ids)]
+        self._set(node.outputs[0], Layout(-1, ids))
+
     def _constant(self, node: ir.Node, index: int, layout: Layout) -> bool:
         """Slice a constant operand along the channel axis where it has one; False (pinned) where
         it is not a constant or does not broadcast."""
@@ -218,8 +260,8 @@ class ChannelGraph:
         shape = value.shape
         if shape is not None and (len(shape) < -layout.axis or shape[layout.axis] == 1):
             return
-        self._pin(layout.ids, f"{node.op_type} {node.name!r} combines them with {value.name!r}, which is not "
-                              f"traced to a layer")
+        self._pin(layout.ids, f"{node.op_type} {node.name!r} combines them with {value.name!r}, which no layer "
+                              f"here makes (a residual stream from a normalization or a graph input)")
 
 
 # rules: what each op does to the channels it reads ------------------------------------------------

@@ -1,6 +1,7 @@
 """cluster_weights: weight sharing — each weight becomes one of 2^b values of a small codebook (k-means).
 
-A constant float weight of MatMul, Gemm, Conv or Gather (an embedding table) is clustered by
+A constant float weight of MatMul, Gemm, Conv, ONNX Runtime's fused Attention or Gather (an
+embedding table) is clustered by
 k-means on its values (k-means++ seeding, then Lloyd's iterations; in one dimension a value's
 nearest centroid is found by bisecting the midpoints between sorted centroids) into 2^bits
 centroids — one codebook for the tensor, or one per `group` output channels. The file stores the
@@ -25,11 +26,11 @@ import onnx_ir as ir
 
 from graphopt.errors import InputError
 from graphopt.passes.compress.prune import SPARSE
-from graphopt.passes.contract import FALLBACK_REASON, LossyPass
+from graphopt.passes.contract import CHANNELS, FALLBACK_REASON, LossyPass, Request
 from graphopt.model import model_opset
-from graphopt.passes.match import constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
+from graphopt.passes.match import MS_DOMAIN, constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
     fresh_node_name, fresh_value_name, is_op, new_initializer
-from graphopt.passes.quantize._linear import check_names, name_set
+from graphopt.passes.quantize._linear import check_names, linear_inputs, name_set
 from graphopt.passes.registry import register
 
 CLUSTERED = dataclasses.replace(SPARSE, name="clustered")
@@ -50,19 +51,24 @@ class ClusterWeights(LossyPass):
 
     - `bits`: index width, 2 to 8 (2^bits centroids per codebook).
     - `group`: output channels that share a codebook (0: one codebook for the whole tensor).
+    - `weighted`: weigh each MatMul/Gemm weight's error by its input channel's mean square on the
+      calibration data (or the validation inputs), as the layer's output feels it; `false`: every
+      weight alike.
     - `exclude`: `;`-separated node names or op types left as they are.
     - `min_weights`: the smallest weight clustered.
     """
 
     tolerance = CLUSTERED
-    handles = "MatMul/Gemm/Conv weights and Gather tables of at least min_weights float32 elements"
+    handles = ("MatMul/Gemm/Conv/Attention weights and Gather tables of at least min_weights float32 "
+               "elements")
     cost = "bytes"
     objective = "size+latency"  # smaller, and as fast as float once ONNX Runtime has folded the decoder
     verb = "clustered"
 
     folds_at_load = True  # validated after ONNX Runtime's basic optimizations, which fold the decoder
 
-    def __init__(self, bits: int = 4, group: int = 0, exclude: str = "", min_weights: int = 4096) -> None:
+    def __init__(self, bits: int = 4, group: int = 0, weighted: bool = True, exclude: str = "",
+                 min_weights: int = 4096) -> None:
         super().__init__()
         # (node name, W's digest, bits) -> codebooks and indices: the fallback's trials rebuild the model,
         # not the k-means
@@ -72,6 +78,13 @@ class ClusterWeights(LossyPass):
         if group < 0:
             raise InputError(f"cluster_weights: group must be 0 (one codebook per tensor) or more, got {group}")
         self.bits, self.group, self.exclude, self.min_weights = bits, group, name_set(exclude), min_weights
+        self.weighted = weighted
+
+    def measures(self) -> bool:
+        return self.weighted
+
+    def requires(self, model: ir.Model) -> list[Request]:
+        return [Request(CHANNELS, linear_inputs(model))] if self.weighted else []
 
     def ladder(self) -> tuple[str, ...]:
         wider = min(8, self.bits + 2)
@@ -82,7 +95,8 @@ class ClusterWeights(LossyPass):
         done: set[ir.Value] = set()
         for node in list(model.graph):
             index = 0 if is_op(node, "Gather") else 1
-            if not is_op(node, "MatMul", "Gemm", "Conv", "Gather") or len(node.inputs) <= index:
+            if not (is_op(node, "MatMul", "Gemm", "Conv", "Gather") or _fused_attention(node)) or \
+                    len(node.inputs) <= index:
                 continue
             weight = node.inputs[index]
             tensor = constant_tensor(weight)
@@ -108,10 +122,14 @@ class ClusterWeights(LossyPass):
         channels = np.moveaxis(values, axis, 0)  # [out channels, ...]
         group = self.group if 0 < self.group < channels.shape[0] else channels.shape[0]
         per_group = group * (channels.size // channels.shape[0])
+        importance = self._importance(node, channels.shape)
         key = (node.name, fingerprint(values), bits)
         if key not in self._clusterings:
-            self._clusterings[key] = tuple(zip(*(kmeans(channels[start:start + group].ravel(), 1 << bits)
-                                                 for start in range(0, channels.shape[0], group))))
+            self._clusterings[key] = tuple(zip(*(
+                kmeans(channels[start:start + group].ravel(), 1 << bits,
+                       weights=None if importance is None else np.broadcast_to(
+                           importance, channels[start:start + group].shape).ravel())
+                for start in range(0, channels.shape[0], group))))
         tables, indices, approximation = [], [], []
         for table, index in zip(*self._clusterings[key]):
             padded = np.zeros(1 << bits, np.float32)  # every codebook 2^bits long: offsets are g·2^bits
@@ -129,7 +147,17 @@ class ClusterWeights(LossyPass):
             max(float(np.sqrt(np.mean(values.astype(np.float64) ** 2))), 1e-30)
         self.record(node, _form(bits), before=values.nbytes, after=after,
                     reason=FALLBACK_REASON if node.name in self.backed_off else "",
-                    detail=f"{len(tables)} codebook(s) of {1 << bits}, relative RMS error {error:.3f}")
+                    detail=f"{len(tables)} codebook(s) of {1 << bits}, relative RMS error {error:.3f}"
+                           + (", weighted by its inputs' mean squares" if importance is not None else ""))
+
+    def _importance(self, node: ir.Node, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Each input channel's mean square (the last axis of [out channels, in channels]) for a
+        MatMul/Gemm whose input was measured, else None."""
+        linear = is_op(node, "MatMul", "Gemm") or _fused_attention(node)
+        stats = self.statistics.channels.get(node.inputs[0].name) if self.weighted and linear else None
+        if stats is None or len(shape) != 2 or stats.mean_square.shape != (shape[1],):
+            return None
+        return np.asarray(stats.mean_square, np.float64)
 
     def _decoder(self, graph: ir.Graph, node: ir.Node, index: np.ndarray, table: np.ndarray, bits: int,
                  groups: int, shape: tuple[int, ...], axis: int, opset: int) -> ir.Value:
@@ -176,39 +204,48 @@ class ClusterWeights(LossyPass):
         return weight
 
 
+def _fused_attention(node: ir.Node) -> bool:
+    return node.domain == MS_DOMAIN and node.op_type == "Attention"
+
+
 def _channel_axis(node: ir.Node) -> int:
-    """The weight's output-channel axis: N of MatMul's K×N (and of Gemm's, or its first with transB),
-    Conv's first, an embedding table's rows."""
-    if is_op(node, "MatMul"):
+    """The weight's output-channel axis: N of MatMul's K×N (and of Gemm's, or its first with transB;
+    of a fused Attention's packed K×3N), Conv's first, an embedding table's rows."""
+    if is_op(node, "MatMul") or _fused_attention(node):
         return 1
     if is_op(node, "Gemm"):
         return 0 if node.attributes.get_int("transB", 0) else 1
     return 0
 
 
-def kmeans(values: np.ndarray, clusters: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(values: np.ndarray, clusters: int, seed: int = 0,
+           weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """1-D k-means: (sorted centroids [≤ clusters] float32, each value's index). k-means++ seeding on a
-    sample, Lloyd's iterations on it, then every value to its nearest centroid."""
+    sample, Lloyd's iterations on it, then every value to its nearest centroid. `weights` (one per
+    value, ≥ 0) weigh each value's squared error: a centroid is its values' weighted mean."""
     values = values.astype(np.float64).ravel()
+    weights = np.ones_like(values) if weights is None else np.broadcast_to(weights, values.shape).astype(np.float64).ravel()
     rng = np.random.default_rng(seed)
-    sample = values if values.size <= SAMPLE else rng.choice(values, SAMPLE, replace=False)
+    chosen_sample = slice(None) if values.size <= SAMPLE else rng.choice(values.size, SAMPLE, replace=False)
+    sample, weight = values[chosen_sample], weights[chosen_sample]
+    weight = weight if weight.sum() > 0 else np.ones_like(weight)
     distinct = np.unique(sample)
     if distinct.size <= clusters:
         centroids = distinct
     else:
-        centroids = [sample[rng.integers(sample.size)]]
-        nearest = (sample - centroids[0]) ** 2
-        for _ in range(clusters - 1):  # k-means++: each next seed drawn by its squared distance to the chosen
+        centroids = [sample[rng.choice(sample.size, p=weight / weight.sum())]]
+        nearest = weight * (sample - centroids[0]) ** 2
+        for _ in range(clusters - 1):  # k-means++: each next seed drawn by its weighted squared distance
             total = nearest.sum()
             chosen = sample[rng.choice(sample.size, p=nearest / total)] if total > 0 else sample[rng.integers(sample.size)]
             centroids.append(chosen)
-            nearest = np.minimum(nearest, (sample - chosen) ** 2)
+            nearest = np.minimum(nearest, weight * (sample - chosen) ** 2)
         centroids = np.unique(np.array(centroids))
         for _ in range(ITERATIONS):
             assigned = _assign(sample, centroids)
-            sums = np.bincount(assigned, weights=sample, minlength=centroids.size)
-            counts = np.bincount(assigned, minlength=centroids.size)
-            moved = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
+            sums = np.bincount(assigned, weights=weight * sample, minlength=centroids.size)
+            counts = np.bincount(assigned, weights=weight, minlength=centroids.size)
+            moved = np.sort(np.where(counts > 0, sums / np.where(counts > 0, counts, 1), centroids))
             if np.allclose(moved, centroids, rtol=0, atol=1e-12):
                 break
             centroids = moved

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -50,6 +51,7 @@ class _Family:
     producers: tuple[int, ...]
     groups: list[list[int]]
     pins: list[str]
+    heads: bool = False  # its groups are attention heads (several channels of one layer each)
 
 
 @register("prune_channels")
@@ -72,6 +74,8 @@ class PruneChannels(LossyPass):
 
     tolerance = STRUCTURED
     handles = "Conv/ConvTranspose (one group), Gemm and MatMul layers with constant float weights"
+    heads: ClassVar[bool] = False
+    unit: ClassVar[str] = "channels"
     untouched = "dense"
     cost = "layers"
     objective = "latency"
@@ -81,12 +85,12 @@ class PruneChannels(LossyPass):
                  round_to: int = 8, exclude: str = "") -> None:
         super().__init__()
         if not 0.0 < ratio < 1.0:
-            raise InputError(f"prune_channels: ratio must be between 0 and 1 (the share of channels removed), "
+            raise InputError(f"{self.name}: ratio must be between 0 and 1 (the share of {self.unit} removed), "
                              f"got {ratio}")
         if importance not in IMPORTANCE:
-            raise InputError(f"prune_channels: importance {importance!r}: choose from {', '.join(IMPORTANCE)}")
+            raise InputError(f"{self.name}: importance {importance!r}: choose from {', '.join(IMPORTANCE)}")
         if round_to < 1:
-            raise InputError(f"prune_channels: round_to must be 1 or more, got {round_to}")
+            raise InputError(f"{self.name}: round_to must be 1 or more, got {round_to}")
         self.ratio, self.importance, self.reconstruct = ratio, importance, reconstruct
         self.round_to, self.exclude = round_to, name_set(exclude)
 
@@ -114,6 +118,8 @@ class PruneChannels(LossyPass):
         removed = np.zeros(len(graph.parent), dtype=bool)
         chosen = []
         for family in _families(graph):
+            if family.heads != self.heads:
+                continue  # the other pass's: prune_heads prunes heads, prune_channels channels
             head = graph.producers[family.producers[0]].node
             drop = self._choose(family, head, scores)
             if drop is not None:
@@ -127,10 +133,10 @@ class PruneChannels(LossyPass):
             layers = len(family.producers)
             self.record(head, self.backed_off.get(head.name, self.ladder()[0]), before=bytes_before,
                         after=_weight_bytes(graph, family),
-                        detail=f"{count} of {len(family.groups)} channels removed"
+                        detail=f"{count} of {len(family.groups)} {self.unit} removed"
                                + (f" from each of {layers} layers joined by adds, depthwise convolutions or Concat"
                                   if layers > 1 else ""))
-        self.changed(f"{int(removed.sum())} channels removed from {len(chosen)} layer families"
+        self.changed(f"{sum(count for _, _, count in chosen)} {self.unit} removed from {len(chosen)} layer families"
                      + (f", {len(refit)} readers refit by least squares" if refit else ""))
         return ir.passes.PassResult(model, modified=True)
 
@@ -166,9 +172,9 @@ class PruneChannels(LossyPass):
         count = min(total - kept, len(free))
         if count <= 0:
             pinned = next((pin for pin in family.pins if pin), "")
-            self.keep(head, f"removing {_ratio_of(form):.0%} of its {total} channels removes none (a multiple of "
-                            f"round_to={self.round_to} stays)" if not pinned else
-                      f"{total - len(free)} of its {total} channels stay: {pinned}")
+            self.keep(head, f"removing {_ratio_of(form):.0%} of its {total} {self.unit} removes none (a multiple "
+                            f"of round_to={self.round_to} stays)" if not pinned else
+                      f"{total - len(free)} of its {total} {self.unit} stay: {pinned}")
             return None
         return sorted(free, key=lambda group: float(scores[group].sum()))[:count]
 
@@ -179,6 +185,7 @@ class PruneChannels(LossyPass):
             array = np.moveaxis(constant_array(producer.node.inputs[producer.weight]), producer.axis, 0)
             rows = array.reshape(array.shape[0], -1).astype(np.float64)
             norms = np.abs(rows).sum(1) if self.importance == "l1" else np.sqrt(np.square(rows).sum(1))
+            norms = norms.reshape(-1, producer.count).sum(0)  # an Attention's Q, K and V columns of a channel
             weights[producer.first:producer.first + producer.count] = norms / max(float(norms.mean()), 1e-30)
         if self.importance != "activation":
             return weights
@@ -206,6 +213,7 @@ def _families(graph: ChannelGraph) -> list[_Family]:
     for root, members in groups.items():
         key = tuple(sorted({graph.owner[index] for index in members}))
         family = families.setdefault(key, _Family(key, [], []))
+        family.heads = family.heads or len(members) > len(key)
         family.groups.append(members)
         family.pins.append(graph.pins.get(root, ""))
     return sorted(families.values(), key=lambda family: family.producers)
@@ -232,7 +240,7 @@ class _Rewrite:
         """Rewrite the graph; the names of the readers refit by least squares."""
         for site in self.channels.sites:
             kept = self.keep(site.ids)
-            if len(kept) == len(site.ids) and site.kind != "split":
+            if len(kept) == len(site.ids):
                 continue
             if site.kind == "slice":
                 self.pending[(site.node, site.index)] = np.take(self.array(site.node, site.index), kept, site.axis)
@@ -242,6 +250,8 @@ class _Rewrite:
                 self.pending[(site.node, site.index)] = shape
             elif site.kind == "group":
                 site.node.attributes["group"] = ir.AttrInt64("group", len(kept))
+            elif site.kind == "heads":
+                site.node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept) // site.axis)
             else:
                 self._split(site)
         refit = set()
@@ -350,9 +360,39 @@ def _opset(graph: ir.Graph, node: ir.Node) -> int:
     return graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 1))
 
 
-def _form(ratio: float) -> str:
-    return f"{ratio * 100:g}% of channels removed"
+def _form(ratio: float, what: str = "channels") -> str:
+    return f"{ratio * 100:g}% of {what} removed"
 
 
 def _ratio_of(form: str) -> float:
     return float(form.split("%")[0]) / 100
+
+
+@register("prune_heads")
+class PruneHeads(PruneChannels):
+    """Remove whole attention heads of ONNX Runtime's fused Attention and the output projection's rows (structured pruning).
+
+    Not in the presets; the heads of `--target ort`'s fused Attention (an unfused attention's
+    heads are split by Reshapes the analysis pins). A head is scored, removed and refit as
+    prune_channels does a channel: its Q, K and V columns, its bias, num_heads, and the rows of
+    the projection reading it go together.
+
+    Options:
+
+    - `ratio`: the fraction of each Attention's heads removed (0 < ratio < 1).
+    - `importance`: `activation` (what the output projection loses), `l1` or `l2` (the heads' weights).
+    - `reconstruct`: refit the output projection (`false`: only slice it).
+    - `round_to`: the kept heads are a multiple of this.
+    - `exclude`: `;`-separated node names or op types whose heads stay.
+    """
+
+    handles = "com.microsoft Attention nodes with constant packed Q/K/V weights"
+    heads = True
+    unit = "heads"
+
+    def __init__(self, ratio: float = 0.25, importance: str = "activation", reconstruct: bool = True,
+                 round_to: int = 1, exclude: str = "") -> None:
+        super().__init__(ratio, importance, reconstruct, round_to, exclude)
+
+    def ladder(self) -> tuple[str, ...]:
+        return (_form(self.ratio, "heads"), _form(self.ratio / 2, "heads"), self.untouched)

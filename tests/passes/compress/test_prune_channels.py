@@ -158,7 +158,8 @@ def test_channels_the_analysis_cannot_follow_stay_with_the_reason():
     _, report = _prune(model, ratio=0.5)
     assert {o.layer: o.reason for o in report.outcomes} == {
         "p1": "Reshape 'reshape' splits them over several axes (attention heads: prune_heads)",
-        "p2": "Add 'add' combines them with 'skip', which is not traced to a layer",
+        "p2": "Add 'add' combines them with 'skip', which no layer here makes (a residual stream from a "
+              "normalization or a graph input)",
         "p3": "LayerNormalization 'norm' computes over the channels"}
 
 
@@ -233,3 +234,33 @@ def test_the_lossy_pipeline_measures_the_statistics_and_the_budget_backs_familie
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(InputError, match=message):
         create_pass("prune_channels", options)
+
+
+def _attention(dead_head: int = 2) -> onnx.ModelProto:
+    """ONNX Runtime's fused Attention (4 heads of 4) and an output projection; one head's V columns and bias zero."""
+    weight, bias = _weights((16, 48)), _weights((48,))
+    columns = slice(32 + 4 * dead_head, 32 + 4 * dead_head + 4)  # its V columns
+    weight[:, columns], bias[columns] = 0.0, 0.0
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[N, 6, 16] x) => (float[N, 6, 16] y) <float[16, 48] w = {{{_floats(weight)}}},
+            float[48] b = {{{_floats(bias)}}}, float[16, 16] wo = {{{_floats(_weights((16, 16)))}}}> {{
+            a = com.microsoft.Attention <num_heads = 4> (x, w, b)
+            y = MatMul(a, wo) }}""")
+    model.graph.node[0].name, model.graph.node[1].name = "attention", "out"
+    return model
+
+
+def test_a_dead_attention_head_is_removed_whole_and_the_output_stays():
+    x, model = _RNG.standard_normal((2, 6, 16)).astype(np.float32), _attention()
+    result = graphopt.optimize(model, passes=["prune_heads:ratio=0.25:reconstruct=false"], target="ort",
+                               inputs={"x": x}, validate=True, check_speed=False)
+    assert result.validation.passed  # fp32: the dead head carried nothing
+    attention = next(node for node in result.model.graph if node.op_type == "Attention")
+    assert attention.attributes["num_heads"].value == 3
+    assert tuple(attention.inputs[1].const_value.shape) == (16, 36) and tuple(attention.inputs[2].const_value.shape) == (36,)
+    assert [(o.layer, o.form, o.detail) for o in result.outcomes] == [("attention", "25% of heads removed",
+                                                                       "1 of 4 heads removed")]
+    np.testing.assert_allclose(run(result.model, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    # prune_channels leaves heads to prune_heads
+    with pytest.raises(graphopt.errors.NothingChanged):
+        graphopt.optimize(_attention(), passes=["prune_channels:ratio=0.5"], target="ort", check_speed=False)
