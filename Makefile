@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quant_static_vs_ort.py --bert-memory
 	$(PY) benchmarks/large_model_memory.py
 	$(PY) benchmarks/foreign_models.py
+	$(PY) benchmarks/compression_vs_peers.py
 	$(PY) benchmarks/plot_results.py
 
 clean:

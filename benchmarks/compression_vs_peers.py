@@ -7,8 +7,9 @@ documentation), validation and the guards off so that the row is the setting ask
 the fallback would back it off to. Fidelity is measured here, against O3 float of the same export:
 CNNs the lowest output cosine over 8 held-out images (another seed); digits-cnn top-1 on its test
 set; MiniLM the lowest cosine of the mean-pooled embeddings of the 256 evaluation sentences
-(benchmarks/data/sentences.txt). MACs: the multiply-adds of Conv/ConvTranspose/MatMul/Gemm at the
-timed shape (a decoded codebook or an int8 kernel counts as its float layer). Latency: p50 at batch
+(benchmarks/data/sentences.txt). MACs: the multiply-adds of Conv, MatMul, Gemm and attention (a fused
+Attention's projection, QKᵀ and PV) at the timed shape; an int8 or int4 kernel counts as its float
+layer. Latency: p50 at batch
 1 (MiniLM 1x128), each file alone in a fresh process (benchmarks/foreign_models.py's timer), the
 fastest of --rounds rounds; "vs O3" is O3 float's p50 over the row's (above 1.00x is faster).
 
@@ -32,6 +33,7 @@ import datetime
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -85,7 +87,7 @@ def macs(path: Path, feeds: dict[str, np.ndarray]) -> int:
     import onnxruntime as ort
 
     proto = onnx.load(path)
-    counted = [node for node in proto.graph.node if node.op_type in _CONVS + _MATMULS]
+    counted = [node for node in proto.graph.node if node.op_type in _CONVS + _MATMULS + _ATTENTION]
     constants = {tensor.name: list(tensor.dims) for tensor in proto.graph.initializer}
     wanted = {name for node in counted for name in (node.input[0], node.input[1], node.output[0])
               if name and name not in constants}
@@ -105,11 +107,17 @@ def macs(path: Path, feeds: dict[str, np.ndarray]) -> int:
             total += math.prod(out) * math.prod(weight[1:])
         elif node.op_type in _MATMULS:
             total += math.prod(out) * (first[0] if node.op_type == "Gemm" and _attr(node, "transA") else first[-1])
+        elif node.op_type == "Attention" and weight:  # the Q/K/V projection, then QKᵀ and PV
+            rows, width = math.prod(first[:-1]), weight[1] // 3
+            total += rows * weight[0] * weight[1] + 2 * rows * first[-2] * width
+        elif node.op_type == "MultiHeadAttention":  # QKᵀ and PV on projected [B, S, N] inputs
+            total += 2 * math.prod(first) * (dims[node.input[1]][-2] if node.input[1] in dims else first[-2])
     return total
 
 
 _CONVS = ("Conv", "FusedConv", "ConvInteger")
 _MATMULS = ("MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "FusedMatMul")
+_ATTENTION = ("Attention", "MultiHeadAttention")
 
 
 def _attr(node, name: str) -> int:
@@ -212,7 +220,8 @@ def _qonnx(source: Path, ratio: float, out: Path, timed: dict) -> str:
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         session.run(None, dict(zip([value.name for value in session.get_inputs()], timed.values())))
     except Exception as error:  # noqa: BLE001
-        return f"broken: {str(error).splitlines()[0][:160]}"
+        message = re.sub(r"Load model from \S+ failed:", "", str(error).splitlines()[0])
+        return f"broken: {message.replace('[ONNXRuntimeError] : 1 : FAIL : ', '')[:160]}"
     return ""
 
 

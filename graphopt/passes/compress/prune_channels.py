@@ -33,8 +33,8 @@ from graphopt.errors import InputError
 from graphopt.passes.compress.channels import FIXED, ChannelGraph, Consumer
 from graphopt.passes.compress.prune import SPARSE
 from graphopt.passes.contract import FALLBACK_REASON, GRAM, LossyPass, Request
-from graphopt.passes.match import constant_array, drop_unused_initializers, fresh_node_name, infer_types, \
-    new_initializer
+from graphopt.passes.match import constant_array, drop_unused_initializers, fresh_node_name, fresh_value_name, \
+    infer_types, new_initializer
 from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
 
@@ -338,12 +338,18 @@ class _Rewrite:
                 return
         shifted = ir.Node("", "Add", [output, new_initializer(self.graph, shift, f"{node.name}_pruned_shift")],
                           name=fresh_node_name(self.graph, f"{node.name}/pruned_shift"))
-        shifted.outputs[0].shape, shifted.outputs[0].dtype = output.shape, output.dtype
+        result = shifted.outputs[0]
+        result.shape, result.dtype = output.shape, output.dtype
         self.graph.insert_after(node, shifted)
         for use in uses:
-            use.node.replace_input_with(use.idx, shifted.outputs[0])
-        if output.is_graph_output():
-            ir.convenience.replace_all_uses_with(output, shifted.outputs[0])
+            use.node.replace_input_with(use.idx, result)
+        if output.is_graph_output():  # the graph's output keeps its name, now the shifted value's
+            name = output.name
+            output.name = fresh_value_name(self.graph, f"{name}_unshifted")
+            result.name = name
+            for index, value in enumerate(list(self.graph.outputs)):
+                if value is output:
+                    self.graph.outputs[index] = result
 
 
 def _weight_bytes(graph: ChannelGraph, family: _Family) -> int:

@@ -264,3 +264,21 @@ def test_a_dead_attention_head_is_removed_whole_and_the_output_stays():
     # prune_channels leaves heads to prune_heads
     with pytest.raises(graphopt.errors.NothingChanged):
         graphopt.optimize(_attention(), passes=["prune_channels:ratio=0.5"], target="ort", check_speed=False)
+
+
+def test_a_reader_without_a_bias_gets_its_shift_in_an_add_and_the_graph_output_keeps_its_name():
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 16] x) => (float[N, 8] y) <float[16, 32] w1 = {{{_floats(_UP)}}},
+            float[32, 8] w2 = {{{_floats(_DOWN)}}}> {{
+            h = MatMul(x, w1)
+            r = Relu(h)
+            y = MatMul(r, w2) }}""")
+    calibration = [{"x": _RNG.standard_normal((512, 16)).astype(np.float32)} for _ in range(4)]
+    result = graphopt.optimize(model, passes=["prune_channels:ratio=0.5:round_to=1"], calibration=calibration,
+                               validate=True, force=True, fallback=False, check_speed=False)
+    assert [value.name for value in result.model.graph.outputs] == ["y"]
+    assert [node.op_type for node in result.model.graph] == ["MatMul", "Relu", "MatMul", "Add"]
+    x = _RNG.standard_normal((64, 16)).astype(np.float32)
+    sliced, _ = _prune(model, ratio=0.5, importance="activation")
+    want = run(model, {"x": x})[0]
+    assert np.linalg.norm(run(result.model, {"x": x})[0] - want) < np.linalg.norm(run(sliced, {"x": x})[0] - want)
