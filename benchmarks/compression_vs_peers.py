@@ -14,7 +14,8 @@ layer. Latency: p50 at batch
 fastest of --rounds rounds; "vs O3" is O3 float's p50 over the row's (above 1.00x is faster).
 
 Peers: torch-pruning (MagnitudePruner, L1, the same ratio per layer, round_to 8) on the zoo's torch
-module of ResNet-18, exported by graphopt's exporter and run through O3 like the others (beside it,
+modules of ResNet-18 (every conv, the classifier kept) and MiniLM (the FFN neurons: every other
+Linear kept), exported by graphopt's exporter and run through O3 like the others (beside it,
 graphopt with the same criterion: --importance l1 --no-reconstruct); qonnx's PruneChannels on the
 same ONNX files (graphopt's O3 portable output: it cannot extract the raw exports' Conv biases),
 each weight's lowest-L1 channels at the same ratio — a row says when it refused or left a graph that
@@ -72,6 +73,9 @@ ROWS = {
                     ("qonnx PruneChannels L1 0.3 (O3 portable file)", "qonnx:0.3")],
     "minilm": [("O3 float", None),
                ("--prune-channels 0.5 (FFN neurons)", ["--prune-channels", "0.5", CALIB]),
+               ("--prune-channels 0.5 --importance l1 --no-reconstruct",
+                ["--prune-channels", "0.5", "--importance", "l1", "--no-reconstruct"]),
+               ("torch-pruning L1 0.5 (FFN neurons)", "torch-pruning:0.5"),
                ("--prune-channels 0.5 --prune-heads 0.25", ["--prune-channels", "0.5", "--prune-heads", "0.25", CALIB]),
                ("--rank-ratio 0.7 (whitened)", ["--rank-ratio", "0.7", CALIB]),
                ("--rank-ratio 0.7 --no-whiten", ["--rank-ratio", "0.7", "--no-whiten"]),
@@ -178,10 +182,12 @@ def _torch_pruning(name: str, ratio: float, out: Path) -> str:
 
     spec = zoo_entry(name).build()
     module = spec.module.eval()
-    classifier = [layer for layer in module.modules() if isinstance(layer, torch.nn.Linear)]
+    linear = {key: layer for key, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)}
+    ffn = [key for key in linear if key.endswith("intermediate.dense")]  # a transformer: its FFN neurons only
+    ignored = [layer for key, layer in linear.items() if key not in ffn]
     torch_pruning.pruner.MagnitudePruner(module, spec.example_inputs,
                                          importance=torch_pruning.importance.MagnitudeImportance(p=1),
-                                         pruning_ratio=ratio, ignored_layers=classifier, round_to=8).step()
+                                         pruning_ratio=ratio, ignored_layers=ignored, round_to=8).step()
     raw = out.with_suffix(".torch.onnx")
     export_spec(spec, raw)
     _run("optimize", str(raw), str(out), "--preset", "O3", "--target", "ort")
