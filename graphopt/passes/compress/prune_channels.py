@@ -321,20 +321,26 @@ class _Rewrite:
         return True
 
     def _shift_bias(self, node: ir.Node, shift: np.ndarray) -> None:
-        if node.op_type in ("Conv", "FusedConv", "Gemm"):
+        """Add the refit's bias shift (in units of x·W) to the reader's output: its bias input (Gemm's C
+        is scaled by beta, its product by alpha), the constant of a bias Add after a MatMul, or a new Add."""
+        beta = node.attributes.get_float("beta", 1.0) if node.op_type == "Gemm" else 1.0
+        if node.op_type in ("Conv", "FusedConv") or (node.op_type == "Gemm" and beta != 0.0):
+            if node.op_type == "Gemm":
+                shift = (shift * node.attributes.get_float("alpha", 1.0) / beta).astype(np.float32)
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 bias = self.array(node, 2)
                 self.pending[(node, 2)] = (bias + shift).astype(bias.dtype)  # Gemm's C: [N], [1, N] or a scalar
             else:
                 self.pending[(node, 2)] = shift
             return
-        output = node.outputs[0]  # a MatMul: into the bias Add after it, or a new Add
+        output = node.outputs[0]  # a MatMul (or a Gemm of beta 0): the bias Add after it, or a new Add
         uses = list(output.uses())
         if len(uses) == 1 and uses[0].node.op_type == "Add" and not output.is_graph_output():
             add, slot = uses[0].node, 1 - uses[0].idx
-            other = constant_array(add.inputs[slot])
+            other = self.pending.get((add, slot))  # the bias as pruned, when it was
+            other = constant_array(add.inputs[slot]) if other is None else other
             if other is not None and other.shape == shift.shape:
-                self.pending[(add, slot)] = (self.pending.get((add, slot), other) + shift).astype(other.dtype)
+                self.pending[(add, slot)] = (other + shift).astype(other.dtype)
                 return
         shifted = ir.Node("", "Add", [output, new_initializer(self.graph, shift, f"{node.name}_pruned_shift")],
                           name=fresh_node_name(self.graph, f"{node.name}/pruned_shift"))
