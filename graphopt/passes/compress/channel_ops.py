@@ -116,10 +116,7 @@ def _over_axes(graph: ChannelGraph, node: ir.Node, traced) -> None:
     elif node.op_type in ("Softmax", "LogSoftmax"):
         axes = {node.attributes.get_int("axis", -1) % rank}
     else:
-        listed = node.attributes.get_ints("axes", None)
-        if listed is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-            constant = constant_array(node.inputs[1])
-            listed = None if constant is None else constant.tolist()
+        listed = _listed(node, "axes")
         axes = set(range(rank)) if not listed else {axis % rank for axis in listed}
     if channel in axes:
         graph._pin(layout.ids, f"{node.op_type} {node.name!r} computes over the channels")
@@ -216,13 +213,10 @@ def _split(graph: ChannelGraph, node: ir.Node, traced) -> None:
         for output in node.outputs:
             graph._set(output, layout)
         return
-    sizes = node.attributes.get_ints("split", None)
+    sizes = _listed(node, "split")
     if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        constant = constant_array(node.inputs[1])
-        if constant is None:
-            graph._pin(layout.ids, f"Split {node.name!r} computes its sizes at run time")
-            return
-        sizes = constant.tolist()
+        graph._pin(layout.ids, f"Split {node.name!r} computes its sizes at run time")
+        return
     if sizes is None:
         count = len(node.outputs)
         if len(layout.ids) % count:
@@ -260,10 +254,7 @@ def _depthwise(graph: ChannelGraph, node: ir.Node, traced) -> None:
 def _pad(graph: ChannelGraph, node: ir.Node, traced) -> None:
     index, layout = traced[0]
     rank = _rank(node.inputs[0])
-    pads = node.attributes.get_ints("pads", None)
-    if pads is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        constant = constant_array(node.inputs[1])
-        pads = None if constant is None else constant.tolist()
+    pads = _listed(node, "pads")
     axes_given = len(node.inputs) > 3 and node.inputs[3] is not None
     if index != 0 or rank is None or pads is None or axes_given or \
             pads[rank + layout.axis] or pads[2 * rank + layout.axis]:
@@ -296,10 +287,7 @@ def _resize(graph: ChannelGraph, node: ir.Node, traced) -> None:
 def _squeeze(graph: ChannelGraph, node: ir.Node, traced) -> None:
     index, layout = traced[0]
     rank_in, rank_out = _rank(node.inputs[0]), _rank(node.outputs[0])
-    axes = node.attributes.get_ints("axes", None)
-    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        constant = constant_array(node.inputs[1])
-        axes = None if constant is None else constant.tolist()
+    axes = _listed(node, "axes")
     if index != 0 or rank_in is None or rank_out is None or axes is None:
         graph._pin(layout.ids, f"{node.op_type} {node.name!r} changes their rank in a way the analysis cannot tell")
         return
@@ -331,6 +319,16 @@ RULES = {
 
 
 # helpers ----------------------------------------------------------------------------------------
+
+def _listed(node: ir.Node, attribute: str) -> list[int] | None:
+    """Integers an op takes as an attribute (older opsets) or as its constant second input (newer:
+    Reduce axes, Split sizes, Pad pads, Squeeze axes); None where neither holds them."""
+    listed = node.attributes.get_ints(attribute, None)
+    if listed is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = constant_array(node.inputs[1])
+        listed = None if constant is None else constant.tolist()
+    return None if listed is None else list(listed)
+
 
 def _rank(value: ir.Value | None) -> int | None:
     return None if value is None or value.shape is None else len(value.shape)
