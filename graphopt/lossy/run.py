@@ -234,10 +234,11 @@ def _check(plan: Plan, checks: Checks) -> None:
 
 
 def _held_out(plan: Plan, checks: Checks, samples: CalibrationData | None):
-    """A budget, and passes whose statistics fit the data (static int8's ranges) whatever the budget,
-    are judged on held-out calibration samples the statistics never see: synthesized inputs
-    (random pixels, random ids) saturate ranges measured on real samples."""
-    judged_on_data = checks.budget.target is not None or (checks.budget.fallback and checks.validate) or \
+    """A budget, validation (with the fallback or all-or-nothing), and passes whose statistics fit the
+    data (static int8's ranges) whatever the budget, are judged on held-out calibration samples the
+    statistics never see: synthesized inputs (random pixels, random ids) saturate ranges measured on
+    real samples and say nothing of how a language model's real sentences fare."""
+    judged_on_data = checks.budget.target is not None or checks.validate or \
         any(pass_.needs_calibration for pass_ in plan.passes)
     if samples is None or len(samples) < 2 or not judged_on_data or checks.inputs is not None:
         return None
