@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -83,77 +84,81 @@ def optimize(model: Path, output_arg: Path | None, output: Path | None, report: 
     _finish(result, output, report, quiet, verbose)
 
 
-@app.command()
-@_output_options
-@flags.declared(QuantizeSettings)
-@click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration data for the measured statistics (static needs it; mse, gptq, --outlier-ratio, "
-                   "--smooth use it): an .npz with the samples along each input's batch axis, or a folder of .npz "
-                   "(one input set each). A budget is judged on a held-out part of it (a quarter up to 8 samples, "
-                   "an eighth beyond). Default: the validation inputs.")
-@flags.declared(Budget)
-@click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
-@click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS), help=flags.TARGET_HELP)
-@click.option("--opset", type=int, help="Convert to this opset first (portable int4 needs 21).")
-@click.option("--validate/--no-validate", default=True, show_default=True,
-              help="Compare with the input in ONNX Runtime; nothing is written if it fails.")
-@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
-              help="Time float against quantized on the EP; a slower quantized model is not written.")
-@click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Store weights in a side file (default: only when the model needs it).")
-@click.option("--report", type=click.Path(path_type=Path), help="Write the report (passes, outcomes, checks) as JSON.")
-@flags.tolerance(default=None, cosine=False, base=lambda kwargs: mode_tolerance(kwargs["mode"]),
-                 default_help="the mode's: int8 for dynamic, int4 for weight-only, int8-static for static")
-@flags.inputs
-@flags.runtime
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
-@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
-def quantize(model: Path, output_arg: Path | None, output: Path | None, report: Path | None, quiet: bool,
-             verbose: bool, calib: Path | None, shape, input_range, inputs_file, **kwargs) -> None:
-    """Quantize MODEL after the preset's float passes, validate it at the mode's tolerance (or a budget),
-    check it runs on the EP and is faster than float, and write it atomically."""
-    output = _output_path("quantize", model, output_arg, output, report)
-    result = _with_progress(quiet, lambda observer: api.quantize(
+def _lossy_options(calib_help: str, opset_help: str, speed_help: str, tolerance: Callable) -> Callable:
+    """The options graphopt quantize and compress share, after their own: the calibration data, the
+    budget, the float passes and target, the checks, the report, the inputs and the runtime."""
+    options = [
+        click.option("--calib", type=click.Path(path_type=Path), help=calib_help),
+        flags.declared(Budget),
+        click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none)."),
+        click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS),
+                     help=flags.TARGET_HELP),
+        click.option("--opset", type=int, help=opset_help),
+        click.option("--validate/--no-validate", default=True, show_default=True,
+                     help="Compare with the input in ONNX Runtime; nothing is written if it fails."),
+        click.option("--check-speed/--no-check-speed", default=True, show_default=True, help=speed_help),
+        click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1)."),
+        click.option("--external-data/--no-external-data", default=None,
+                     help="Store weights in a side file (default: only when the model needs it)."),
+        click.option("--report", type=click.Path(path_type=Path),
+                     help="Write the report (passes, outcomes, checks) as JSON."),
+        tolerance,
+        flags.inputs,
+        flags.runtime,
+        click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result."),
+        click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):  # listed in --help in this order
+            command = option(command)
+        return command
+    return decorate
+
+
+def _lossy(name: str, call: Callable, model: Path, output_arg: Path | None, output: Path | None, report: Path | None,
+           quiet: bool, verbose: bool, calib: Path | None, shape, input_range, inputs_file, **kwargs) -> None:
+    output = _output_path(name, model, output_arg, output, report)
+    result = _with_progress(quiet, lambda observer: call(
         model, output, inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape),
         input_ranges=parse_ranges(input_range), observer=observer, **kwargs))
     _finish(result, output, report, quiet, verbose)
+
+
+@app.command()
+@_output_options
+@flags.declared(QuantizeSettings)
+@_lossy_options(
+    calib_help="Calibration data for the measured statistics (static needs it; mse, gptq, --outlier-ratio, --smooth "
+               "use it): an .npz with the samples along each input's batch axis, or a folder of .npz (one input set "
+               "each). A budget is judged on a held-out part of it (a quarter up to 8 samples, an eighth beyond). "
+               "Default: the validation inputs.",
+    opset_help="Convert to this opset first (portable int4 needs 21).",
+    speed_help="Time float against quantized on the EP; a slower quantized model is not written.",
+    tolerance=flags.tolerance(default=None, cosine=False, base=lambda kwargs: mode_tolerance(kwargs["mode"]),
+                              default_help="the mode's: int8 for dynamic, int4 for weight-only, int8-static for static"))
+def quantize(**kwargs) -> None:
+    """Quantize MODEL after the preset's float passes, validate it at the mode's tolerance (or a budget),
+    check it runs on the EP and is faster than float, and write it atomically."""
+    _lossy("quantize", api.quantize, **kwargs)
 
 
 @app.command()
 @_output_options
 @flags.declared(CompressSettings)
-@click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration data for the measured statistics (pruning's importance and refit, low-rank's "
-                   "whitening, static int8's ranges): an .npz with the samples along each input's batch axis, or a "
-                   "folder of .npz. A budget is judged on a held-out part of it. Default: the validation inputs.")
-@flags.declared(Budget)
-@click.option("--preset", default="O3", show_default=True, help="The float passes to run first (O0 for none).")
-@click.option("--target", default="portable", show_default=True, type=click.Choice(TARGETS), help=flags.TARGET_HELP)
-@click.option("--opset", type=int, help="Convert to this opset first.")
-@click.option("--validate/--no-validate", default=True, show_default=True,
-              help="Compare with the input in ONNX Runtime; nothing is written if it fails.")
-@click.option("--check-speed/--no-check-speed", default=True, show_default=True,
-              help="Time float against compressed on the EP; a slower result is not written.")
-@click.option("--force", is_flag=True, help="Write the model even when validation or a guard fails (exit 1).")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Store weights in a side file (default: only when the model needs it).")
-@click.option("--report", type=click.Path(path_type=Path), help="Write the report (passes, outcomes, checks) as JSON.")
-@flags.tolerance(default=None, cosine=False, default_help="the loosest the stages declare (pruned, low-rank: "
-                                                            "cosine and top-1 agreement)")
-@flags.inputs
-@flags.runtime
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
-@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
-def compress(model: Path, output_arg: Path | None, output: Path | None, report: Path | None, quiet: bool,
-             verbose: bool, calib: Path | None, shape, input_range, inputs_file, **kwargs) -> None:
+@_lossy_options(
+    calib_help="Calibration data for the measured statistics (pruning's importance and refit, low-rank's whitening, "
+               "weight sharing's error feedback, static int8's ranges): an .npz with the samples along each input's "
+               "batch axis, or a folder of .npz. A budget is judged on a held-out part of it. Default: the "
+               "validation inputs.",
+    opset_help="Convert to this opset first.",
+    speed_help="Time float against compressed on the EP; a slower result is not written.",
+    tolerance=flags.tolerance(default=None, cosine=False, default_help="the loosest the stages declare (pruned, "
+                                                                       "low-rank: cosine and top-1 agreement)"))
+def compress(**kwargs) -> None:
     """Compress MODEL after the preset's float passes: prune channels, factor, share weights, zero,
     quantize (in that order, as asked), validate under one budget, guard and write atomically."""
-    output = _output_path("compress", model, output_arg, output, report)
-    result = _with_progress(quiet, lambda observer: api.compress(
-        model, output, inputs=inputs_file, calibration=calib, shapes=parse_shapes(shape),
-        input_ranges=parse_ranges(input_range), observer=observer, **kwargs))
-    _finish(result, output, report, quiet, verbose)
+    _lossy("compress", api.compress, **kwargs)
 
 
 def _output_path(command: str, model: Path, output_arg: Path | None, output: Path | None,
