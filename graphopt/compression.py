@@ -15,6 +15,7 @@ from graphopt import lossy
 from graphopt.errors import InputError
 from graphopt.options import between, option, settings_from
 from graphopt.passes import Pass, create_pass
+from graphopt.passes.compress.prune import parse_pattern
 from graphopt.passes.compress.prune_channels import IMPORTANCE
 from graphopt.pipeline import PRESETS
 from graphopt.quantization import MODES, QuantizeSettings
@@ -50,6 +51,9 @@ class CompressSettings:
     sparsity: float | None = option(None, "Zero this fraction of the smallest weights (shrinks the compressed "
                                     "file only: ONNX Runtime's CPU kernels compute dense).", metavar="RATIO",
                                     check=_FRACTION)
+    pattern: str | None = option(None, "--sparsity in blocks: of every M consecutive weights along a layer's inputs "
+                                 "the N largest kept (2:4: NVIDIA's sparse tensor cores, through TensorRT); alone "
+                                 "it means --sparsity 1-N/M.", metavar="N:M")
     quantize: str | None = option(None, "Quantize last: dynamic, static (with --calib) or weight-only.",
                                   choices=MODES)
     exclude: tuple[str, ...] = option((), "A node name or op type no stage changes (repeatable).",
@@ -57,7 +61,7 @@ class CompressSettings:
 
     def check(self) -> None:
         if not any((self.prune_channels, self.prune_heads, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
-                    self.quantize)):
+                    self.pattern, self.quantize)):
             raise InputError("nothing to do: give --prune-channels, --prune-heads, --low-rank/--rank-ratio, "
                              "--cluster-bits, --sparsity or --quantize")
         if self.low_rank and self.rank_ratio:
@@ -65,7 +69,12 @@ class CompressSettings:
         if self.cluster_bits and self.quantize:
             raise InputError(f"--cluster-bits and --quantize {self.quantize} both store the weights in fewer bits: "
                              "choose one (the quantizer cannot read a codebook's decoded weights)")
-        if self.cluster_bits and self.sparsity:
+        if self.pattern:
+            kept, block = parse_pattern(self.pattern.strip())
+            if self.sparsity and abs(self.sparsity - (1 - kept / block)) > 1e-9:
+                raise InputError(f"--pattern {self.pattern} zeroes {1 - kept / block:.0%} of the weights, "
+                                 f"--sparsity {self.sparsity} asks {self.sparsity:.0%}: give one")
+        if self.cluster_bits and (self.sparsity or self.pattern):
             raise InputError("--cluster-bits after --sparsity would move the zeroed weights onto its centroids: "
                              "choose one")
 
@@ -88,8 +97,9 @@ class CompressSettings:
                                        "whiten": self.whiten, "exclude": exclude}))
         if self.cluster_bits:
             steps.append(("cluster_weights", {"bits": self.cluster_bits, "exclude": exclude}))
-        if self.sparsity:
-            steps.append(("prune_magnitude", {"sparsity": self.sparsity, "exclude": exclude}))
+        if self.sparsity or self.pattern:
+            steps.append(("prune_magnitude", {"exclude": exclude, **({"pattern": self.pattern.strip()} if self.pattern
+                                                                     else {"sparsity": self.sparsity})}))
         passes = [create_pass(name, options) for name, options in steps]
         quantizer = self.quantizer(model)
         return passes + (quantizer.passes() if quantizer is not None else [])

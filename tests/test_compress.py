@@ -10,6 +10,7 @@ import pytest
 import graphopt
 from graphopt.cli import main
 from tests.helpers import run
+from tests.passes.compress.test_prune import _mlp as _wide_mlp
 from tests.passes.compress.test_prune_channels import _cnn, _mlp
 
 _RNG = np.random.default_rng(21)
@@ -50,6 +51,19 @@ def test_the_stages_run_in_order_under_one_budget_and_the_fallback_chooses_among
     assert _cosine(run(result.model, {"x": x})[0], run(_mlp(), {"x": x})[0]) > 0.97
 
 
+def test_a_two_of_four_pattern_alone_is_half_the_weights_in_blocks_judged_by_the_size_guard():
+    x = np.random.default_rng(22).standard_normal((64, 64)).astype(np.float32)
+    result = graphopt.compress(_wide_mlp(), pattern="2:4", inputs={"x": x}, force=True, fallback=False)
+    weights = [value.const_value.numpy() for value in result.model.graph.initializers.values()
+               if value.name.endswith("_pruned")]
+    assert weights and all(np.all((np.moveaxis(w, 0, -1).reshape(-1, 4) != 0).sum(axis=1) <= 2) for w in weights)
+    assert result.latency is None and result.size.result_compressed < result.size.float_compressed
+    assert {o.form for o in result.outcomes if o.changed} == {"2:4 pattern"}
+    want = run(_wide_mlp(), {"x": x})[0]
+    assert _cosine(run(result.model, {"x": x})[0], want) == pytest.approx(result.validation.input_sets[0].outputs[0].cosine,
+                                                                          abs=1e-5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prune-channels", "1.0"], "--prune-channels 1.0: it must be between 0 and 1"),
     (["--rank-ratio", "0"], "--rank-ratio 0.0: it must be between 0 and 1"),
@@ -59,6 +73,8 @@ def test_the_stages_run_in_order_under_one_budget_and_the_fallback_chooses_among
     ([], "nothing to do: give --prune-channels"),
     (["--cluster-bits", "4", "--quantize", "dynamic"], "--cluster-bits and --quantize dynamic both store"),
     (["--low-rank", "0.9", "--rank-ratio", "0.5"], "--low-rank and --rank-ratio both set a layer's rank"),
+    (["--pattern", "2:4", "--sparsity", "0.7"], "--pattern 2:4 zeroes 50% of the weights, --sparsity 0.7 asks 70%"),
+    (["--pattern", "4:2"], "pattern '4:2': give N:M with 0 < N < M"),
     (["--prune-channels", "0.5", "--exclude", "nothing_here"],
      "--exclude names no node or op type of the model (after the float passes): nothing_here"),
 ])

@@ -101,7 +101,51 @@ def test_the_budget_backs_layers_off_to_half_the_sparsity_then_dense_and_the_siz
     assert any("held back" in line for line in graphopt.render.lossy_lines(held))
 
 
+def _two_of_four(weight: np.ndarray, axis: int) -> np.ndarray:
+    """Each 4 consecutive entries along `axis` keep their 2 largest magnitudes, independently of the pass."""
+    moved = np.moveaxis(weight, axis, -1).copy()
+    flat = moved.reshape(-1, 4)
+    for block in flat:
+        block[np.argsort(np.abs(block))[:2]] = 0
+    return np.moveaxis(flat.reshape(moved.shape), -1, axis)
+
+
+def test_a_two_of_four_pattern_keeps_the_two_largest_of_every_four_inputs_and_onnx_runtime_agrees():
+    model, report = _prune(_mlp(), pattern="2:4", min_weights=100)
+    x = _RNG.standard_normal((4, 64)).astype(np.float32)
+    (got,) = run(model, {"x": x})
+    w1, w2 = _two_of_four(_W1, 0), _two_of_four(_W2, 0)
+    np.testing.assert_allclose(got, np.maximum(x @ w1, 0) @ w2, rtol=1e-4, atol=1e-6)
+    assert np.all((w1 != 0).reshape(16, 4, 64).sum(axis=1) == 2)  # along K, the MatMul's inputs
+    assert [(o.layer, o.form) for o in report.outcomes] == [("first", "2:4 pattern"), ("second", "2:4 pattern")]
+    assert create_pass("prune_magnitude", {"pattern": "2:4"}).ladder() == ("2:4 pattern", "dense")
+
+
+def test_a_pattern_groups_a_convs_input_channels_and_keeps_a_layer_whose_inputs_do_not_divide():
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 3, 5, 5] image) => (float[1, 8, 3, 3] z) <float[8, 3, 3, 3] k = {{{_floats(_K)}}}> {{
+            z = Conv(image, k) }}""")
+    model.graph.node[0].name = "conv"
+    _, report = _prune(model, pattern="1:2", min_weights=100)  # 3 input channels: no block of 2 fits
+    assert [(o.layer, o.changed, o.reason) for o in report.outcomes] == [
+        ("conv", False, "its 3 inputs are not a multiple of 2")]
+    kernel = np.concatenate([_K, _K[:, :1]], axis=1)  # 4 input channels
+    wide = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 4, 5, 5] image) => (float[1, 8, 3, 3] z) <float[8, 4, 3, 3] k = {{{_floats(kernel)}}}> {{
+            z = Conv(image, k) }}""")
+    pruned, _ = _prune(wide, pattern="2:4", min_weights=100)
+    image = _RNG.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    want = run(parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 4, 5, 5] image) => (float[1, 8, 3, 3] z)
+          <float[8, 4, 3, 3] k = {{{_floats(_two_of_four(kernel, 1))}}}> {{ z = Conv(image, k) }}"""), {"image": image})
+    np.testing.assert_allclose(run(pruned, {"image": image})[0], want[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("options, message", [
+    ({"pattern": "4:4"}, "give N:M with 0 < N < M"),
+    ({"pattern": "2-4"}, "give N:M with 0 < N < M"),
+    ({"pattern": "2:4", "sparsity": 0.7}, "zeroes 50% of the weights, not sparsity 0.7"),
+    ({"pattern": "2:4", "scope": "global"}, "leave scope out"),
     ({"sparsity": 0.0}, "sparsity must be between 0 and 1"),
     ({"sparsity": 1.0}, "sparsity must be between 0 and 1"),
     ({"scope": "model"}, "scope 'model': choose from layer, global"),
