@@ -155,26 +155,84 @@ def _flatten(graph: ChannelGraph, node: ir.Node, traced) -> None:
 def _reshape(graph: ChannelGraph, node: ir.Node, traced) -> None:
     index, layout = traced[0]
     source, target = _static(node.inputs[0], symbols=True), _static(node.outputs[0], symbols=True)
-    shape = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
-    if index != 0 or shape is None:
+    entries = _shape_entries(node) if len(node.inputs) > 1 else None
+    if index != 0 or entries is None:
         graph._pin(layout.ids, f"Reshape {node.name!r} computes its shape at run time from them")
         return
-    if source is None or target is None:
+    if source is None or target is None or len(entries) != len(target):
         graph._pin(layout.ids, f"Reshape {node.name!r} reshapes them between shapes the analysis cannot tell")
         return
     channel = len(source) + layout.axis
     found = _merging_axis(source, target, channel)
     if found is None:
-        graph._pin(layout.ids, f"Reshape {node.name!r} splits them over several axes (attention heads: prune_heads)")
+        _split_heads(graph, node, layout, source, target, entries)
         return
     axis, start, stop = found
     ids = _merged(layout.ids, source, start, channel, stop)
-    if int(shape[axis]) > 0:
-        graph.sites.append(Site("shape", node, 1, axis, ids))
-    elif int(shape[axis]) == 0 and (start, stop) != (channel, channel + 1):
-        graph._pin(layout.ids, f"Reshape {node.name!r} copies a dim into the one that holds them")
+    if not _count_site(graph, node, layout, entries[axis], ids, copied=(start, stop) == (channel, channel + 1)):
         return
     graph._set(node.outputs[0], Layout(axis - len(target), ids))
+
+
+def _split_heads(graph: ChannelGraph, node: ir.Node, layout: Layout, source: list, target: list, entries) -> None:
+    """A Reshape splitting the channels over two axes, [..., h·d] → [..., h, d] (attention heads of d
+    channels): each head's channels are joined (a head goes whole) and the h axis carries the heads,
+    each by its first channel's id."""
+    channel = len(source) + layout.axis
+    axis = channel + len(target) - len(source) - 1  # the heads' axis: the rest of the dims copied
+    copied = source[:channel] == target[:axis] and source[channel + 1:] == target[axis + 2:]
+    heads, size = (target[axis], target[axis + 1]) if 0 <= axis < len(target) - 1 else (None, None)
+    if not copied or not isinstance(heads, int) or not isinstance(size, int) or heads * size != len(layout.ids):
+        graph._pin(layout.ids, f"Reshape {node.name!r} splits them over axes the analysis does not follow")
+        return
+    blocks = layout.ids.reshape(heads, size)
+    for block in blocks:
+        graph._join(np.full(size - 1, block[0]), block[1:], f"Reshape {node.name!r} splits them into heads")
+    ids = blocks[:, 0].copy()
+    if _count_site(graph, node, Layout(layout.axis, ids), entries[axis], ids, copied=False):
+        graph._set(node.outputs[0], Layout(axis - len(target), ids))
+
+
+def _count_site(graph: ChannelGraph, node: ir.Node, layout: Layout, entry, ids: np.ndarray, copied: bool) -> bool:
+    """Whether the shape entry holding the channels can follow them: -1 needs nothing, a positive
+    count is rewritten (a Site), 0 copies a dim (only the channels' own), a count computed at run
+    time pins them."""
+    if entry is None:
+        graph._pin(layout.ids, f"Reshape {node.name!r} computes their count at run time")
+        return False
+    value, site = entry
+    if value > 0 and site[0] is not node and len(site[0].outputs[0].uses()) > 1:
+        graph._pin(layout.ids, f"Reshape {node.name!r} shares the Concat holding their count with other Reshapes")
+        return False
+    if value > 0:
+        graph.sites.append(Site("shape", site[0], site[1], site[2], ids))
+    elif value == 0 and not copied:
+        graph._pin(layout.ids, f"Reshape {node.name!r} copies a dim into the one that holds them")
+        return False
+    return True
+
+
+def _shape_entries(node: ir.Node) -> list | None:
+    """Each entry of a Reshape's target shape: (its value, where it lies: node, input, offset) where it
+    is a constant, None where it is computed at run time — a constant shape, or a Concat of 1-D pieces
+    (PyTorch's exporters concatenate the batch and sequence dims read from a Shape with constants)."""
+    shape = constant_array(node.inputs[1])
+    if shape is not None:
+        return [(int(value), (node, 1, offset)) for offset, value in enumerate(shape.reshape(-1))]
+    producer = node.inputs[1].producer()
+    if producer is None or producer.op_type != "Concat" or producer.domain not in ("", "ai.onnx"):
+        return None
+    entries = []
+    for slot, piece in enumerate(producer.inputs):
+        constant = constant_array(piece) if piece is not None else None
+        if constant is not None:
+            entries += [(int(value), (producer, slot, offset)) for offset, value in enumerate(constant.reshape(-1))]
+        elif piece is not None and piece.shape is not None and len(piece.shape) == 1 and \
+                isinstance(piece.shape[0], int):
+            entries += [None] * piece.shape[0]
+        else:
+            return None
+    return entries
 
 
 def _concat(graph: ChannelGraph, node: ir.Node, traced) -> None:
@@ -228,6 +286,20 @@ def _split(graph: ChannelGraph, node: ir.Node, traced) -> None:
     graph.sites.append(Site("split", node, 1, layout.axis, layout.ids, parts))
     for output, part in zip(node.outputs, parts):
         graph._set(output, Layout(layout.axis, part))
+
+
+def _batched_matmul(graph: ChannelGraph, node: ir.Node, traced) -> None:
+    """MatMul of two computed operands (attention's Q·Kᵀ and P·V): channels on a batch axis (the
+    heads) pass through, joined with the other operand's on that axis; on the two matrix axes they
+    are pinned. (A MatMul by a constant weight is a layer: channels.py.)"""
+    if any(_rank(node.inputs[index]) is None or layout.axis >= -2 or _rank(node.inputs[index]) + layout.axis < 0
+           for index, layout in traced):
+        graph._pin(np.concatenate([layout.ids for _, layout in traced]),
+                   f"MatMul {node.name!r} multiplies them as a matrix axis")
+        return
+    index, layout = traced[0]
+    graph._meet(node, node.inputs[1 - index], layout)
+    graph._set(node.outputs[0], layout)
 
 
 def _depthwise(graph: ChannelGraph, node: ir.Node, traced) -> None:
@@ -314,7 +386,7 @@ RULES = {
     ("", "Shape"): _shape, ("", "Size"): _shape, ("", "Clip"): _per_channel, ("", "Transpose"): _transpose, ("", "Flatten"): _flatten,
     ("", "Reshape"): _reshape, ("", "Concat"): _concat, ("", "Split"): _split, ("", "Pad"): _pad,
     ("", "Resize"): _resize, ("", "Upsample"): _resize, ("", "Squeeze"): _squeeze, ("", "Unsqueeze"): _squeeze,
-    ("", "Conv"): _depthwise, (MS_DOMAIN, "FusedConv"): _depthwise,
+    ("", "Conv"): _depthwise, (MS_DOMAIN, "FusedConv"): _depthwise, ("", "MatMul"): _batched_matmul,
 }
 
 

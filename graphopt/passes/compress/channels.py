@@ -9,9 +9,11 @@ the next layer's input rows, biases and BatchNormalization/affine constants, a d
 convolution's weights and group count, Reshape/Resize constants, Split sizes. Concat lays its
 inputs' ids end to end, Flatten and Reshape repeat them over the axes merged with the channels,
 Transpose moves the axis (each op's rule: channel_ops.py); ONNX Runtime's fused Attention makes
-one id per V channel, a head's joined. Where two traced values meet elementwise (a residual Add,
-FusedConv's sum input) their ids are joined: channel i of one is channel i of the other, removed
-with it or not at all (union-find).
+one id per V channel, a head's joined. An unfused attention's Reshape splitting channels into
+heads joins each head's ids and carries one per head on the heads' axis; a MatMul of two computed
+operands (Q·Kᵀ, P·V) passes that axis through. Where two traced values meet elementwise or in such
+a MatMul (a residual Add, FusedConv's sum input, a head's Q and K) their ids are joined: channel i of
+one is channel i of the other, removed with it or not at all (union-find).
 
 An id is pinned — never removed — with the reason a user can read where its channel reaches
 something the analysis does not follow: a graph output, an op it does not know, a normalization
@@ -128,6 +130,9 @@ class ChannelGraph:
                 self._pin(layout.ids, f"{node.op_type} {node.name!r} reads them, and the analysis does not follow it")
             return
         rule(self, node, traced)
+        if not any(output in self.layouts for output in node.outputs):  # a rule that stops them pins them
+            for _, layout in traced:
+                self._pin(layout.ids, f"{node.op_type} {node.name!r} reads them, and the analysis does not follow it")
 
     def _set(self, value: ir.Value, layout: Layout) -> None:
         self.layouts[value] = layout

@@ -118,9 +118,12 @@ class PruneChannels(LossyPass):
         removed = np.zeros(len(graph.parent), dtype=bool)
         chosen = []
         for family in _families(graph):
-            if family.heads != self.heads:
-                continue  # the other pass's: prune_heads prunes heads, prune_channels channels
             head = graph.producers[family.producers[0]].node
+            if family.heads != self.heads:  # the other pass's: prune_heads prunes heads, prune_channels channels
+                if family.heads:
+                    self.keep(head, "its channels go in heads (a fused Attention's, or split by a Reshape): "
+                                    "prune_heads removes them whole")
+                continue
             drop = self._choose(family, head, scores)
             if drop is not None:
                 removed[[index for group in drop for index in group]] = True
@@ -201,7 +204,12 @@ class PruneChannels(LossyPass):
             traced = consumer.ids != FIXED
             np.add.at(lost, consumer.ids[traced], share[traced])
             seen[consumer.ids[traced]] = True
-        return np.where(seen, lost, weights)  # by its filter where no reader of it was measured
+        # by its filter where no reader of its group was measured; a group some reader measured (an
+        # unfused attention head: the output projection reads one id of its Q, K and V) by what that loses
+        roots = np.array([graph.root(index) for index in range(len(graph.parent))], dtype=np.int64)
+        measured = np.zeros(len(graph.parent), dtype=bool)
+        measured[roots[seen]] = True
+        return np.where(seen, lost, np.where(measured[roots], 0.0, weights))
 
 
 def _families(graph: ChannelGraph) -> list[_Family]:
@@ -382,10 +390,11 @@ def _ratio_of(form: str) -> float:
 
 @register("prune_heads")
 class PruneHeads(PruneChannels):
-    """Remove whole attention heads of ONNX Runtime's fused Attention and the output projection's rows (structured pruning).
+    """Remove whole attention heads, fused or not, and the output projection's rows (structured pruning).
 
-    Not in the presets; the heads of `--target ort`'s fused Attention (an unfused attention's
-    heads are split by Reshapes the analysis pins). A head is scored, removed and refit as
+    Not in the presets; the heads of ONNX Runtime's fused Attention (`--target ort`) or of an
+    unfused attention (the projections' channels split into heads by a Reshape, Q·Kᵀ and P·V
+    batched MatMuls, the heads merged by another Reshape). A head is scored, removed and refit as
     prune_channels does a channel: its Q, K and V columns, its bias, num_heads, and the rows of
     the projection reading it go together.
 
@@ -398,7 +407,7 @@ class PruneHeads(PruneChannels):
     - `exclude`: `;`-separated node names or op types whose heads stay.
     """
 
-    handles = "com.microsoft Attention nodes with constant packed Q/K/V weights"
+    handles = "com.microsoft Attention nodes with constant packed Q/K/V weights, and unfused attentions' projections"
     heads = True
     unit = "heads"
 

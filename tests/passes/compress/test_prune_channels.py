@@ -157,7 +157,8 @@ def test_channels_the_analysis_cannot_follow_stay_with_the_reason():
         graphopt.optimize(graph_model, passes=["prune_channels:importance=l1:reconstruct=false"], check_speed=False)
     _, report = _prune(model, ratio=0.5)
     assert {o.layer: o.reason for o in report.outcomes} == {
-        "p1": "Reshape 'reshape' splits them over several axes (attention heads: prune_heads)",
+        "p1": "its channels go in heads (a fused Attention's, or split by a Reshape): prune_heads removes them "
+              "whole",
         "p2": "Add 'add' combines them with 'skip', which no layer here makes (a residual stream from a "
               "normalization or a graph input)",
         "p3": "LayerNormalization 'norm' computes over the channels"}
