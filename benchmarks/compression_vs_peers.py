@@ -1,10 +1,11 @@
 """graphopt compress on the zoo: structured pruning, low-rank, weight sharing, against O3 float, one run.
 
 Every row is `graphopt compress` (or `graphopt quantize`) as a user runs it from the zoo's export,
---target ort, its statistics on calibration data (CNNs: 32 synthesized images, as their weights
+--target ort (minilm-portable: --target portable, MiniLM's unfused attention), its statistics on calibration data (CNNs: 32 synthesized images, as their weights
 are random; digits-cnn: its shipped calibration set; MiniLM: 64 prose sentences of Python's own
 documentation), validation and the guards off so that the row is the setting asked for, not what
-the fallback would back it off to. Fidelity is measured here, against O3 float of the same export:
+the fallback would back it off to — but for a row with a budget (--min-cosine), which is the fallback's
+choice, judged on held-out calibration samples. Fidelity is measured here, against O3 float of the same export:
 CNNs the lowest output cosine over 8 held-out images (another seed); digits-cnn top-1 on its test
 set; MiniLM the lowest cosine of the mean-pooled embeddings of the 256 evaluation sentences
 (benchmarks/data/sentences.txt). MACs: the multiply-adds of Conv, MatMul, Gemm and attention (a fused
@@ -80,8 +81,15 @@ ROWS = {
                ("--rank-ratio 0.7 (whitened)", ["--rank-ratio", "0.7", CALIB]),
                ("--rank-ratio 0.7 --no-whiten", ["--rank-ratio", "0.7", "--no-whiten"]),
                ("--cluster-bits 4", ["--cluster-bits", "4", CALIB]),
+               ("--cluster-bits 4 --min-cosine 0.99", ["--cluster-bits", "4", "--min-cosine", "0.99", CALIB]),
+               ("--cluster-bits 4 --min-cosine 0.995", ["--cluster-bits", "4", "--min-cosine", "0.995", CALIB]),
                ("--quantize weight-only (int4)", ["--quantize", "weight-only"])],
+    # the same export, --target portable: the heads of an unfused attention (no contrib op)
+    "minilm-portable": [("O3 float", None), ("--prune-heads 0.25", ["--prune-heads", "0.25", CALIB]),
+                        ("--prune-channels 0.5 --prune-heads 0.25",
+                         ["--prune-channels", "0.5", "--prune-heads", "0.25", CALIB])],
 }
+TARGET = {"minilm-portable": "portable"}  # every other model: --target ort
 
 
 def macs(path: Path, feeds: dict[str, np.ndarray]) -> int:
@@ -144,7 +152,7 @@ def _data(name: str, path: Path, work: Path) -> tuple[Path, dict, list[dict], st
     """(calibration file or folder, the timed feeds, the evaluation feeds, what fidelity means)."""
     from benchmarks.quant_vs_ort import _calibration_sentences, _sentence_feeds
 
-    if name == "minilm":
+    if name.startswith("minilm"):
         folder = work / "minilm.calibration"
         folder.mkdir(exist_ok=True)
         for index, feed in enumerate(_calibration_sentences(64)):
@@ -234,7 +242,7 @@ def _qonnx(source: Path, ratio: float, out: Path, timed: dict) -> str:
 def _fidelity(name: str, path: Path, baseline: Path, evaluation: list[dict]) -> float:
     from benchmarks.quant_vs_ort import _cosine, _outputs
 
-    if name == "minilm":
+    if name.startswith("minilm"):
         want, got = _outputs(baseline, evaluation, True), _outputs(path, evaluation, True)
         return min(_cosine(w[i], g[i]) for w, g in zip(want, got) for i in range(len(w)))
     if name == "digits-cnn":
@@ -270,7 +278,7 @@ def bench_model(name: str, work: Path, rounds: int) -> dict:
 
         source.write_bytes(by_name(name).path().read_bytes())
     else:
-        export_zoo(name, source)
+        export_zoo(name.split("-portable")[0], source)
     calib, timed, evaluation, fidelity = _data(name, source, work)
     feeds = work / f"{name}.feeds.npz"
     np.savez(feeds, **timed)
@@ -279,7 +287,7 @@ def bench_model(name: str, work: Path, rounds: int) -> dict:
         out = work / f"{name}.{len(rows)}.onnx"
         try:
             if flags is None:
-                _run("optimize", str(source), str(out), "--preset", "O3", "--target", "ort")
+                _run("optimize", str(source), str(out), "--preset", "O3", "--target", TARGET.get(name, "ort"))
             elif isinstance(flags, str):  # a peer
                 peer, ratio = flags.split(":")
                 note = _torch_pruning(name, float(ratio), out) if peer == "torch-pruning" else \
@@ -289,7 +297,9 @@ def bench_model(name: str, work: Path, rounds: int) -> dict:
                     continue
             else:
                 given = [item for flag in flags for item in ((CALIB, str(calib)) if flag == CALIB else (flag,))]
-                _run("compress", str(source), str(out), *given, "--target", "ort", "--no-validate", "--no-check-speed")
+                judged = () if "--min-cosine" in flags else ("--no-validate",)  # a budget row is the fallback's choice
+                _run("compress", str(source), str(out), *given, "--target", TARGET.get(name, "ort"), *judged,
+                     "--no-check-speed")
         except RuntimeError as failed:
             rows[label] = {"failed": str(failed)}
             continue

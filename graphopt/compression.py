@@ -45,8 +45,9 @@ class CompressSettings:
                                       "their parameters.", metavar="RATIO", check=_FRACTION)
     whiten: bool = option(True, "--low-rank/--rank-ratio: whiten by the input's Gram matrix (activation-aware SVD).",
                           flag="--whiten/--no-whiten")
-    cluster_bits: int | None = option(None, "Share weights: k-means into 2^B values per tensor, stored as B-bit "
-                                      "indices decoded at load (the file shrinks; run-time memory stays float's).",
+    cluster_bits: int | None = option(None, "Share weights: k-means into 2^B values per group of channels, stored "
+                                      "as B-bit indices decoded at load (the file shrinks; run-time memory stays "
+                                      "float's).",
                                       metavar="B", choices=(2, 3, 4, 5, 6, 7, 8))
     sparsity: float | None = option(None, "Zero this fraction of the smallest weights (shrinks the compressed "
                                     "file only: ONNX Runtime's CPU kernels compute dense).", metavar="RATIO",
