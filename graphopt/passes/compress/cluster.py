@@ -1,16 +1,15 @@
 """cluster_weights: weight sharing — each weight becomes one of 2^b values of a small codebook (k-means).
 
 A constant float weight of MatMul, Gemm, Conv, ONNX Runtime's fused Attention or Gather (an
-embedding table) is clustered by
-k-means on its values (codebook.py) into 2^bits centroids — one codebook per group of output
-channels, as many as cost at most 1/32 of the packed indices (an embedding table: one per
-column; MiniLM's 384-input layers at 4 bits: one per 16 channels), or per `group` channels. A linear layer whose input was measured weighs each weight's error by
-its input channel's mean square, then chooses each weight's centroid with error feedback on the
-input's Gram matrix, so that the layer's output changes least (codebook.assign_with_feedback); other
-weights take their nearest centroid (MiniLM at 4 bits, the lowest cosine of 256 sentences: one
-codebook per tensor and the nearest centroid 0.943; the groups and the feedback 0.960, for 1.3% more
-bytes). The fallback's ladder adds one bit at a time: b, b+1, b+2, float.
-The file stores the
+embedding table) is clustered by k-means on its values (codebook.py) into 2^bits centroids — one
+codebook per group of output channels, as many as cost at most 1/32 of the packed indices (an
+embedding table: one per column; MiniLM's 384-input layers at 4 bits: one per 16 channels), or per
+`group` channels. A linear layer whose input was measured weighs each weight's error by its input
+channel's mean square, then chooses each weight's centroid with error feedback on the input's Gram
+matrix, so that the layer's output changes least (codebook.assign_with_feedback); other weights take
+their nearest centroid (MiniLM at 4 bits, the lowest cosine of 256 sentences: one codebook per
+tensor and the nearest centroid 0.943; the groups and the feedback 0.960, for 1.3% more bytes). The
+fallback's ladder adds one bit at a time: b, b+1, b+2, float. The file stores the
 b-bit indices packed as b bit-planes (b/8 bytes per weight) and the float codebook; standard ONNX
 ops decode them — Cast, Div and Mod pull the bits out, Mul and ReduceSum put each index together,
 Gather looks it up — and, since every input of the decoder is a constant, ONNX Runtime folds it into
