@@ -64,7 +64,7 @@ class CompressSettings:
         if not any((self.prune_channels, self.prune_heads, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
                     self.pattern, self.quantize)):
             raise InputError("nothing to do: give --prune-channels, --prune-heads, --low-rank/--rank-ratio, "
-                             "--cluster-bits, --sparsity or --quantize")
+                             "--cluster-bits, --sparsity/--pattern or --quantize")
         if self.low_rank and self.rank_ratio:
             raise InputError("--low-rank and --rank-ratio both set a layer's rank: give one")
         if self.cluster_bits and self.quantize:

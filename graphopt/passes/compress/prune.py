@@ -7,8 +7,8 @@ together (scope "global": one threshold, so layers with many small weights lose 
 Conv's input channels at each kernel tap) keeps its N largest: the 2:4 layout that NVIDIA's sparse
 tensor cores run at twice the dense rate (TensorRT with sparsity enabled, e.g. ONNX Runtime's
 TensorRT provider with trt_sparsity_enable); ONNX Runtime's CPU and CUDA providers compute it
-dense. What it buys there is the *compressed* size of the model — a .zip, a container layer, an over-the-air update:
-runs of zeros cost deflate almost nothing. The .onnx file and the latency stay as they are: ONNX
+dense. What it buys there is the *compressed* size of the model — a .zip, a container layer, an
+over-the-air update: runs of zeros cost deflate almost nothing. The .onnx file and the latency stay as they are: ONNX
 Runtime densifies sparse initializers at load and its CPU kernels do dense math, so the size
 guard judges this pass, not the latency guard. The fallback backs a layer off to half the
 sparsity, then to dense.
