@@ -74,11 +74,7 @@ def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: 
     matrix `hessian` of the layer's inputs.
 
     The scales and zero points are fixed first: the "mse" search weighted by diag H, on the weight
-    whose dead channels (H_kk = 0) are zeroed. Then the channels are rounded in decreasing order of
-    H_kk, and each one's error e (per output column) updates the channels after it by
-    W[j] -= e · U[k, j] / U[k, k], U the upper Cholesky factor of H⁻¹ (H damped by `damp` times its
-    mean diagonal). Updates are applied `_GPTQ_CHUNK` channels at a time, eagerly inside a chunk
-    and by one product past it.
+    whose dead channels (H_kk = 0) are zeroed. Then round_with_feedback rounds the channels.
     """
     weight = np.array(weight, np.float32)
     k = weight.shape[0]
@@ -88,25 +84,44 @@ def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: 
     weight[dead] = 0.0
     _, scale, zero = quantize_blocks(weight, block_size, "mse", np.diag(hessian), symmetric, bits)
     qmin, qmax = levels(bits)
-    hessian[np.diag_indices(k)] += damp * np.mean(np.diag(hessian))
+    channel_scale = np.repeat(scale, block_size, axis=1).T  # [K, N]
+    channel_zero = np.repeat(zero, block_size, axis=1).T.astype(np.float32)
 
+    def rounded(channel: int, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.clip(np.rint(row / channel_scale[channel]) + channel_zero[channel], qmin, qmax)
+        return q, (q - channel_zero[channel]) * channel_scale[channel]
+
+    q = round_with_feedback(weight, hessian, damp, rounded)
+    return to_blocks(q, block_size).astype(np.int8), scale, zero
+
+
+def round_with_feedback(weight: np.ndarray, hessian: np.ndarray, damp: float, rounded) -> np.ndarray:
+    """GPTQ's loop on a [K, N] weight: its K input channels rounded in decreasing order of H_kk (H the
+    [K, K] Gram matrix of its inputs, damped by `damp` times its mean diagonal), each one's error e
+    spread over the channels after it, W[j] -= e · U[k, j] / U[k, k] with U the upper Cholesky factor of
+    H⁻¹ — eagerly inside a chunk of `_GPTQ_CHUNK` channels, by one product past it. `rounded(k, row)`
+    gives channel k's codes and the values they stand for; the codes come back in channel order. The
+    arithmetic is in `weight`'s dtype."""
+    k = weight.shape[0]
+    hessian = np.array(hessian, np.float64)
+    hessian[np.diag_indices(k)] += damp * max(float(np.mean(np.diag(hessian))), 1e-30)
     order = np.argsort(-np.diag(hessian), kind="stable")
     weight, hessian = weight[order], hessian[np.ix_(order, order)]
-    channel_scale = np.repeat(scale, block_size, axis=1)[:, order].T
-    channel_zero = np.repeat(zero, block_size, axis=1)[:, order].T.astype(np.float32)
-    inverse_factor = np.linalg.cholesky(np.linalg.inv(hessian)).T.astype(np.float32)
-    q = np.empty_like(weight)
+    inverse_factor = np.linalg.cholesky(np.linalg.inv(hessian)).T.astype(weight.dtype)
+    codes = None
     for start in range(0, k, _GPTQ_CHUNK):
         stop = min(start + _GPTQ_CHUNK, k)
         chunk, factor = weight[start:stop], inverse_factor[start:stop, start:stop]
         errors = np.empty_like(chunk)
         for i in range(stop - start):
-            channel = start + i
-            q[channel] = np.clip(np.rint(chunk[i] / channel_scale[channel]) + channel_zero[channel], qmin, qmax)
-            errors[i] = (chunk[i] - (q[channel] - channel_zero[channel]) * channel_scale[channel]) / factor[i, i]
+            code, value = rounded(int(order[start + i]), chunk[i])
+            if codes is None:
+                codes = np.empty((k, *code.shape), code.dtype)
+            codes[start + i] = code
+            errors[i] = (chunk[i] - value) / factor[i, i]
             chunk[i + 1:] -= np.outer(factor[i, i + 1:], errors[i])
         weight[stop:] -= inverse_factor[start:stop, stop:].T @ errors
-    return to_blocks(q[np.argsort(order)], block_size).astype(np.int8), scale, zero
+    return codes[np.argsort(order)]
 
 
 def best_clip_ratios(blocks: np.ndarray, span: tuple[np.ndarray, np.ndarray], importance: np.ndarray,
