@@ -11,9 +11,13 @@ their nearest centroid (MiniLM at 4 bits, the lowest cosine of 256 sentences: on
 tensor and the nearest centroid 0.943; the groups and the feedback 0.960, for 1.3% more bytes). The
 fallback's ladder adds one bit at a time: b, b+1, b+2, float. The file stores the
 b-bit indices packed as b bit-planes (b/8 bytes per weight) and the float codebook; standard ONNX
-ops decode them — Cast, Div and Mod pull the bits out, Mul and ReduceSum put each index together,
-Gather looks it up — and, since every input of the decoder is a constant, ONNX Runtime folds it into
-a float initializer when it loads the session. So the file is ~b/32 of float's and the run time is
+ops decode them — Div and Mod pull the bits out, Mul, Split and Add put each index together, all in
+uint8 (opset 14; the lossy pipeline converts an older model), then Cast and Add point it into its
+channel's codebook, in the layer's own layout, and Gather looks it up — and, since every input of
+the decoder is a constant, ONNX Runtime folds it into a float initializer when it loads the session
+(benchmarks/session_load.py, 2026-12-05, MiniLM at 4 bits: 1.0 s and an 833 MiB peak against
+float's 0.16 s and 186 MiB; 2.6 s and 2,225 MiB when the bits were pulled out in int32 and the
+weight transposed after the look-up). So the file is ~b/32 of float's and the run time is
 float's, but so is the memory at run time: ONNX has no look-up-table operator (onnx/onnx#5329).
 Uniform int4 (quantize_weight_only) keeps 4 bits in memory and runs its own kernel; a codebook
 fits a weight's distribution better at the same bits. The latency guard checks that the decoder
@@ -33,7 +37,6 @@ from graphopt.errors import InputError
 from graphopt.passes.compress.codebook import assign_with_feedback, kmeans
 from graphopt.passes.compress.prune import SPARSE
 from graphopt.passes.contract import FALLBACK_REASON, GRAM, LossyPass, Request
-from graphopt.model import model_opset
 from graphopt.passes.match import MS_DOMAIN, constant_array, constant_tensor, drop_unused_initializers, fingerprint, \
     fresh_node_name, fresh_value_name, is_op, new_initializer
 from graphopt.passes.quantize._linear import check_names, linear_inputs, name_set
@@ -42,7 +45,7 @@ from graphopt.passes.registry import register
 CLUSTERED = dataclasses.replace(SPARSE, name="clustered")
 
 
-@register("cluster_weights", min_opset=10)
+@register("cluster_weights", min_opset=14)
 class ClusterWeights(LossyPass):
     """Share weights: k-means into 2^bits values per tensor (or per group of output channels), stored as packed indices.
 
@@ -117,18 +120,17 @@ class ClusterWeights(LossyPass):
                 self.keep(node, held, before=tensor.nbytes)
                 continue
             done.add(weight)
-            self._cluster(model.graph, node, weight, _channel_axis(node), model_opset(model))
+            self._cluster(model.graph, node, weight, _channel_axis(node))
         clustered = [outcome for outcome in self.outcomes if outcome.changed]
         if clustered:
             self.changed(f"{len(clustered)} weights clustered into codebooks, decoded by ONNX Runtime at load")
         return ir.passes.PassResult(model, modified=bool(clustered))
 
-    def _cluster(self, graph: ir.Graph, node: ir.Node, weight: ir.Value, axis: int, opset: int) -> None:
+    def _cluster(self, graph: ir.Graph, node: ir.Node, weight: ir.Value, axis: int) -> None:
         values = constant_array(weight)
         bits = int(self.backed_off.get(node.name, _form(self.bits)).split("-")[0])
         channels = np.moveaxis(values, axis, 0)  # [out channels, ...]
         group = min(self.group or _cheap_group(channels.shape, bits), channels.shape[0])
-        per_group = group * (channels.size // channels.shape[0])
         stats = self._input_statistics(node, channels.shape)
         importance = None if stats is None else np.asarray(stats.mean_square, np.float64)
         gram = getattr(stats, "gram", None)
@@ -142,19 +144,22 @@ class ClusterWeights(LossyPass):
             if gram is not None:
                 indices = _fed_back(channels, tables, group, gram)
             self._clusterings[key] = (tables, indices)
-        tables, indices, approximation = [], [], []
-        for table, index in zip(*self._clusterings[key]):
-            padded = np.zeros(1 << bits, np.float32)  # every codebook 2^bits long: offsets are g·2^bits
+        tables, approximation = [], []
+        for table, entries in zip(*self._clusterings[key]):
+            padded = np.zeros(1 << bits, np.float32)  # every codebook 2^bits long: group g's starts at g·2^bits
             padded[:table.size] = table
             tables.append(padded)
-            indices.append(np.pad(index, (0, per_group - index.size)))  # the last group may be short
-            approximation.append(table[index])
-        decoded = self._decoder(graph, node, np.concatenate(indices), np.concatenate(tables), bits, len(tables),
-                                channels.shape, axis, opset)
+            approximation.append(table[entries])
+        index = np.concatenate(self._clusterings[key][1]).reshape(channels.shape)
+        offsets = (np.arange(channels.shape[0], dtype=np.int32) // group) << bits  # each channel's codebook
+        shape = [1] * values.ndim
+        shape[axis] = channels.shape[0]
+        decoded = self._decoder(graph, node, np.moveaxis(index, 0, axis), np.concatenate(tables), bits,
+                                offsets.reshape(shape) if len(tables) > 1 else None)
         for use in list(weight.uses()):  # a weight read by several layers is clustered once
             use.node.replace_input_with(use.idx, decoded)
         drop_unused_initializers(graph, [weight])
-        after = -(-len(tables) * per_group // 8) * bits + sum(table.nbytes for table in tables)
+        after = -(-values.size // 8) * bits + sum(table.nbytes for table in tables)
         error = np.sqrt(np.mean((np.concatenate(approximation) - channels.ravel()) ** 2)) / \
             max(float(np.sqrt(np.mean(values.astype(np.float64) ** 2))), 1e-30)
         self.record(node, _form(bits), before=values.nbytes, after=after,
@@ -174,11 +179,12 @@ class ClusterWeights(LossyPass):
         return stats if gram is None or gram.shape == (shape[1],) * 2 else dataclasses.replace(stats, gram=None)
 
     def _decoder(self, graph: ir.Graph, node: ir.Node, index: np.ndarray, table: np.ndarray, bits: int,
-                 groups: int, shape: tuple[int, ...], axis: int, opset: int) -> ir.Value:
+                 offsets: np.ndarray | None) -> ir.Value:
         """Nodes computing the weight from packed bit-planes and the codebooks, all on constants:
-        bit i of byte j of plane p = (byte // 2^i) mod 2; index = Σ_p bit_p · 2^p; weight = table[index]."""
+        bit i of byte j of plane p = (byte // 2^i) mod 2; index = Σ_p bit_p · 2^p (`index`: each weight's
+        entry, in the layer's layout) plus its channel's codebook offset; weight = table[index]."""
         base = node.name or "weight"
-        planes = np.packbits(((index[None, :] >> np.arange(bits)[:, None]) & 1).astype(np.uint8), axis=1,
+        planes = np.packbits(((index.reshape(1, -1) >> np.arange(bits)[:, None]) & 1).astype(np.uint8), axis=1,
                              bitorder="little")  # [bits, ceil(count / 8)]
         width = planes.shape[1]
 
@@ -193,27 +199,25 @@ class ClusterWeights(LossyPass):
         def shaped(value: ir.Value, dims) -> ir.Value:
             return op("Reshape", [value, const(np.array(dims, np.int64), "shape")])
 
-        packed = shaped(op("Cast", [const(planes, "planes")], ir.AttrInt64("to", ir.DataType.INT32)), [bits, width, 1])
-        bit = op("Mod", [op("Div", [packed, const((1 << np.arange(8, dtype=np.int32)).reshape(1, 1, 8), "bit")]),
-                         const(np.array(2, np.int32), "two")])
-        place = op("Mul", [shaped(bit, [bits, width * 8]),
-                           const((1 << np.arange(bits, dtype=np.int32)).reshape(bits, 1), "plane")])
-        index_value = op("ReduceSum", [place, const(np.array([0], np.int64), "axes")], ir.AttrInt64("keepdims", 0)) \
-            if opset >= 13 else op("ReduceSum", [place], ir.AttrInt64s("axes", [0]), ir.AttrInt64("keepdims", 0))
-        index_value = op("Slice", [index_value, const(np.array([0], np.int64), "start"),
-                                   const(np.array([index.size], np.int64), "stop")])
-        if groups > 1:  # group g's indices point into its own codebook, at g·2^bits
-            index_value = op("Add", [shaped(index_value, [groups, index.size // groups]),
-                                     const((np.arange(groups, dtype=np.int32) << bits).reshape(groups, 1), "offset")])
+        # in uint8 until the index is whole (a quarter of int32's memory while ONNX Runtime folds it),
+        # on [bits, bytes, 8] until the planes are summed
+        bit = op("Mod", [op("Div", [const(planes[..., None], "planes"),
+                                    const((1 << np.arange(8)).astype(np.uint8).reshape(1, 1, 8), "bit")]),
+                         const(np.array(2, np.uint8), "two")])
+        place = op("Mul", [bit, const((1 << np.arange(bits)).astype(np.uint8).reshape(bits, 1, 1), "plane")])
+        split = ir.Node("", "Split", [place, const(np.ones(bits, np.int64), "split")], num_outputs=bits,
+                        name=fresh_node_name(graph, f"{base}/decode"))  # Σ_p: ReduceSum has no uint8 kernel
+        graph.insert_before(node, split)
+        index_value = split.outputs[0]
+        for plane in split.outputs[1:]:
+            index_value = op("Add", [index_value, plane])
+        if index.size != width * 8:  # the last byte's unused bits go
+            index_value = op("Slice", [shaped(index_value, [-1]), const(np.array([0], np.int64), "start"),
+                                       const(np.array([index.size], np.int64), "stop")])
+        index_value = op("Cast", [shaped(index_value, list(index.shape))], ir.AttrInt64("to", ir.DataType.INT32))
+        if offsets is not None:  # a channel's entries point into its group's codebook
+            index_value = op("Add", [index_value, const(offsets, "offset")])
         weight = op("Gather", [const(table, "table"), index_value])
-        if index.size != int(np.prod(shape)):  # the last group's padding goes
-            weight = op("Slice", [shaped(weight, [-1]), const(np.array([0], np.int64), "start"),
-                                  const(np.array([int(np.prod(shape))], np.int64), "stop")])
-        weight = shaped(weight, list(shape))
-        if axis != 0:  # back from [out channels, ...] to the layer's own layout
-            order = list(range(1, len(shape)))
-            order.insert(axis, 0)
-            weight = op("Transpose", [weight], ir.AttrInt64s("perm", order))
         weight.name = fresh_value_name(graph, f"{base}_clustered")
         return weight
 
