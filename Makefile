@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/large_model_memory.py
 	$(PY) benchmarks/foreign_models.py
 	$(PY) benchmarks/compression_vs_peers.py
+	$(PY) benchmarks/session_load.py
 	$(PY) benchmarks/plot_results.py
 
 clean:
