@@ -21,6 +21,10 @@ from graphopt import checks, shapes
 from graphopt.passes.registry import Pass, register
 
 _TILE = 64
+# a folded result this many times the bytes of the constants it reads, and larger than the floor, is
+# refused: a decoder of packed weights (weight sharing's codebook look-up) that ONNX Runtime folds at
+# load anyway, whose folding here would undo the compression of the file
+EXPANSION, EXPANSION_FLOOR = 2, 64 * 1024
 
 _LOG = logging.getLogger(__name__)
 # the node stays as it is; ONNX Runtime will run it (and say so if it fails there)
@@ -201,6 +205,15 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
                 if value is not None and value.const_value is not None
                 and len(value.uses()) == 1 and not value.is_graph_output()
             )
+        read = sum(value.const_value.nbytes for value in node.inputs
+                   if value is not None and value.const_value is not None)
+        if tensor.nbytes > max(EXPANSION * read, EXPANSION_FLOOR):
+            self._owner.skip(
+                f"{node.op_type} {node.name!r} not folded: its result ({tensor.nbytes} bytes) is "
+                f"{tensor.nbytes / max(read, 1):.0f}x the constants it reads (it decodes them: "
+                f"ONNX Runtime folds it at load, the file stays small)"
+            )
+            return None
         growth = tensor.nbytes - freed
         if growth > 0 and tensor.nbytes > self._max_output_bytes:
             self._owner.skip(
@@ -243,6 +256,9 @@ class FoldConstants(Pass):
     - `max_input_bytes`: a node reading a constant input larger than this is not folded, with the
       reason (except a Transpose that is the only reader of its large inputs: folding frees them).
     - `max_output_bytes`: a folded result larger than this is refused when it grows the model.
+      A result over 64 KiB and more than twice the bytes of the constants it reads is always
+      refused: it decodes them (weight sharing's codebooks), as ONNX Runtime does at load, and
+      folding it here would undo what the compression saved in the file.
     - `max_growth_bytes`: how much folding may grow the whole model, summed over every folded node.
     - `infer_shapes`: False skips the shape inference.
     """

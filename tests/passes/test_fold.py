@@ -241,3 +241,24 @@ def test_a_folded_transpose_is_stored_in_c_order_with_every_element_in_place():
     folded = next(iter(result.model.graph.initializers.values())).const_value.numpy()
     assert op_types(result.model) == ["MatMul"]
     assert folded.flags.c_contiguous and np.array_equal(folded, weight)
+
+
+def test_a_result_that_decodes_its_constants_is_left_to_onnx_runtime_and_a_widening_cast_folds():
+    """Packed uint8 to int32 is 4x its constant (a codebook decoder: folding it would undo the
+    compression of the file); float16 to float32 is 2x, and folds."""
+    packed = np.arange(1 << 16).astype(np.uint8)
+    half = np.linspace(-1, 1, 1 << 15).astype(np.float16)
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Cast", ["packed"], ["wide"], to=onnx.TensorProto.INT32),
+         onnx.helper.make_node("Add", ["ids", "wide"], ["y"]),
+         onnx.helper.make_node("Cast", ["half"], ["full"], to=onnx.TensorProto.FLOAT),
+         onnx.helper.make_node("Add", ["x", "full"], ["z"])], "g",
+        [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT32, [1 << 16]),
+         onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1 << 15])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT32, [1 << 16]),
+         onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1 << 15])],
+        [onnx.numpy_helper.from_array(packed, "packed"), onnx.numpy_helper.from_array(half, "half")]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    result = optimize_and_compare(model, passes="fold_constants")
+    assert op_types(result.model) == ["Cast", "Add", "Add"]  # the uint8 one kept, the float16 one folded
+    assert any("4x the constants it reads" in reason for entry in result.report.passes for reason in entry.skipped)
