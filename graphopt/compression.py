@@ -49,6 +49,9 @@ class CompressSettings:
                                       "as B-bit indices decoded at load (the file shrinks; run-time memory stays "
                                       "float's).",
                                       metavar="B", choices=(2, 3, 4, 5, 6, 7, 8))
+    cluster_table_bits: int | None = option(None, "--cluster-bits for the embedding tables (Gather's) instead: half of a "
+                                            "small transformer's weights, and they cost its outputs far less per bit "
+                                            "than its linear layers.", metavar="B", choices=(2, 3, 4, 5, 6, 7, 8))
     sparsity: float | None = option(None, "Zero this fraction of the smallest weights (shrinks the compressed "
                                     "file only: ONNX Runtime's CPU kernels compute dense).", metavar="RATIO",
                                     check=_FRACTION)
@@ -61,6 +64,8 @@ class CompressSettings:
                                       metavar="NODE_OR_OP")
 
     def check(self) -> None:
+        if self.cluster_table_bits and not self.cluster_bits:
+            raise InputError("--cluster-table-bits sets the embedding tables' width for --cluster-bits: give --cluster-bits")
         if not any((self.prune_channels, self.prune_heads, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
                     self.pattern, self.quantize)):
             raise InputError("nothing to do: give --prune-channels, --prune-heads, --low-rank/--rank-ratio, "
@@ -97,7 +102,8 @@ class CompressSettings:
             steps.append(("low_rank", {"energy": self.low_rank or 0.0, "rank_ratio": self.rank_ratio or 0.0,
                                        "whiten": self.whiten, "exclude": exclude}))
         if self.cluster_bits:
-            steps.append(("cluster_weights", {"bits": self.cluster_bits, "exclude": exclude}))
+            steps.append(("cluster_weights", {"bits": self.cluster_bits, "table_bits": self.cluster_table_bits or 0,
+                                              "exclude": exclude}))
         if self.sparsity or self.pattern:
             steps.append(("prune_magnitude", {"exclude": exclude, **({"pattern": self.pattern.strip()} if self.pattern
                                                                      else {"sparsity": self.sparsity})}))

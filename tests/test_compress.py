@@ -72,6 +72,8 @@ def test_a_two_of_four_pattern_alone_is_half_the_weights_in_blocks_judged_by_the
     (["--cluster-bits", "0"], "'--cluster-bits': 0 is not in the range 2<=x<=8"),
     ([], "nothing to do: give --prune-channels"),
     (["--cluster-bits", "4", "--quantize", "dynamic"], "--cluster-bits and --quantize dynamic both store"),
+    (["--cluster-table-bits", "4"], "--cluster-table-bits sets the embedding tables' width for --cluster-bits"),
+    (["--cluster-bits", "6", "--cluster-table-bits", "1"], "'--cluster-table-bits': 1 is not in the range 2<=x<=8"),
     (["--low-rank", "0.9", "--rank-ratio", "0.5"], "--low-rank and --rank-ratio both set a layer's rank"),
     (["--pattern", "2:4", "--sparsity", "0.7"], "--pattern 2:4 zeroes 50% of the weights, --sparsity 0.7 asks 70%"),
     (["--pattern", "4:2"], "pattern '4:2': give N:M with 0 < N < M"),

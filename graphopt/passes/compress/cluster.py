@@ -15,7 +15,7 @@ ops decode them — Div and Mod pull the bits out, Mul, Split and Add put each i
 uint8 (opset 14; the lossy pipeline converts an older model), then Cast and Add point it into its
 channel's codebook, in the layer's own layout, and Gather looks it up — and, since every input of
 the decoder is a constant, ONNX Runtime folds it into a float initializer when it loads the session
-(benchmarks/session_load.py, 2026-12-05, MiniLM at 4 bits: 1.0 s and an 833 MiB peak against
+(benchmarks/session_load.py, 2026-12-05, MiniLM at 4 bits: 1.0 s and an 823 MiB peak against
 float's 0.16 s and 186 MiB; 2.6 s and 2,225 MiB when the bits were pulled out in int32 and the
 weight transposed after the look-up). So the file is ~b/32 of float's and the run time is
 float's, but so is the memory at run time: ONNX has no look-up-table operator (onnx/onnx#5329).
@@ -57,6 +57,10 @@ class ClusterWeights(LossyPass):
     Options:
 
     - `bits`: index width, 2 to 8 (2^bits centroids per codebook).
+    - `table_bits`: the index width of Gather's tables (embeddings) instead, 0 for `bits`: a small
+      transformer's table is half its weights and costs its outputs far less per bit (MiniLM:
+      `bits=6, table_bits=4` 0.159x of float at cosine 0.995, `bits=4` 0.129x at 0.960); the
+      fallback's steps are `bits`' for every layer.
     - `group`: output channels that share a codebook; 0 chooses per weight: the fewest channels
       whose codebooks cost at most 1/32 of the packed indices (a power of two); more channels than
       the weight has: one codebook for the whole tensor.
@@ -78,17 +82,19 @@ class ClusterWeights(LossyPass):
     folds_at_load = True  # validated after ONNX Runtime's basic optimizations, which fold the decoder
 
     def __init__(self, bits: int = 4, group: int = 0, weighted: bool = True, exclude: str = "",
-                 min_weights: int = 4096) -> None:
+                 min_weights: int = 4096, table_bits: int = 0) -> None:
         super().__init__()
         # (node name, W's digest, bits) -> codebooks and indices: the fallback's trials rebuild the model,
         # not the k-means
         self._clusterings: dict[tuple[str, bytes, int], tuple[list, list]] = {}
         if not 2 <= bits <= 8:
             raise InputError(f"cluster_weights: bits must be 2 to 8, got {bits}")
+        if table_bits and not 2 <= table_bits <= 8:
+            raise InputError(f"cluster_weights: table_bits must be 2 to 8 (or 0: bits), got {table_bits}")
         if group < 0:
             raise InputError(f"cluster_weights: group must be 0 (chosen per weight) or a channel count, got {group}")
         self.bits, self.group, self.exclude, self.min_weights = bits, group, name_set(exclude), min_weights
-        self.weighted = weighted
+        self.weighted, self.table_bits = weighted, table_bits
 
     def measures(self) -> bool:
         return self.weighted
@@ -128,7 +134,8 @@ class ClusterWeights(LossyPass):
 
     def _cluster(self, graph: ir.Graph, node: ir.Node, weight: ir.Value, axis: int) -> None:
         values = constant_array(weight)
-        bits = int(self.backed_off.get(node.name, _form(self.bits)).split("-")[0])
+        own = self.table_bits if self.table_bits and is_op(node, "Gather") else self.bits
+        bits = int(self.backed_off.get(node.name, _form(own)).split("-")[0])
         channels = np.moveaxis(values, axis, 0)  # [out channels, ...]
         group = min(self.group or _cheap_group(channels.shape, bits), channels.shape[0])
         stats = self._input_statistics(node, channels.shape)
@@ -151,11 +158,10 @@ class ClusterWeights(LossyPass):
             tables.append(padded)
             approximation.append(table[entries])
         index = np.concatenate(self._clusterings[key][1]).reshape(channels.shape)
-        offsets = (np.arange(channels.shape[0], dtype=np.int32) // group) << bits  # each channel's codebook
-        shape = [1] * values.ndim
+        shape = [1] * values.ndim  # the channels' axis of the weight, for each channel's codebook offset
         shape[axis] = channels.shape[0]
         decoded = self._decoder(graph, node, np.moveaxis(index, 0, axis), np.concatenate(tables), bits,
-                                offsets.reshape(shape) if len(tables) > 1 else None)
+                                (shape, group) if len(tables) > 1 else None)
         for use in list(weight.uses()):  # a weight read by several layers is clustered once
             use.node.replace_input_with(use.idx, decoded)
         drop_unused_initializers(graph, [weight])
@@ -163,7 +169,8 @@ class ClusterWeights(LossyPass):
         error = np.sqrt(np.mean((np.concatenate(approximation) - channels.ravel()) ** 2)) / \
             max(float(np.sqrt(np.mean(values.astype(np.float64) ** 2))), 1e-30)
         self.record(node, _form(bits), before=values.nbytes, after=after,
-                    reason=FALLBACK_REASON if node.name in self.backed_off else "",
+                    reason=FALLBACK_REASON if node.name in self.backed_off else
+                    "" if own == self.bits else f"table_bits={own}, an embedding table's width",
                     detail=f"{len(tables)} codebook(s) of {1 << bits}, relative RMS error {error:.3f}"
                            + (", chosen with error feedback on its inputs' Gram matrix" if gram is not None else
                               ", weighted by its inputs' mean squares" if importance is not None else ""))
@@ -179,10 +186,12 @@ class ClusterWeights(LossyPass):
         return stats if gram is None or gram.shape == (shape[1],) * 2 else dataclasses.replace(stats, gram=None)
 
     def _decoder(self, graph: ir.Graph, node: ir.Node, index: np.ndarray, table: np.ndarray, bits: int,
-                 offsets: np.ndarray | None) -> ir.Value:
+                 channel_groups: tuple[list[int], int] | None) -> ir.Value:
         """Nodes computing the weight from packed bit-planes and the codebooks, all on constants:
         bit i of byte j of plane p = (byte // 2^i) mod 2; index = Σ_p bit_p · 2^p (`index`: each weight's
-        entry, in the layer's layout) plus its channel's codebook offset; weight = table[index]."""
+        entry, in the layer's layout) plus its channel's codebook offset, computed (`channel_groups`:
+        the shape that lays the channels along the weight's axis, and the channels per codebook);
+        weight = table[index]."""
         base = node.name or "weight"
         planes = np.packbits(((index.reshape(1, -1) >> np.arange(bits)[:, None]) & 1).astype(np.uint8), axis=1,
                              bitorder="little")  # [bits, ceil(count / 8)]
@@ -215,8 +224,13 @@ class ClusterWeights(LossyPass):
             index_value = op("Slice", [shaped(index_value, [-1]), const(np.array([0], np.int64), "start"),
                                        const(np.array([index.size], np.int64), "stop")])
         index_value = op("Cast", [shaped(index_value, list(index.shape))], ir.AttrInt64("to", ir.DataType.INT32))
-        if offsets is not None:  # a channel's entries point into its group's codebook
-            index_value = op("Add", [index_value, const(offsets, "offset")])
+        if channel_groups is not None:  # channel c's entries point into its group's codebook, at c // group · 2^bits
+            shape, group = channel_groups
+            channel = op("Range", [const(np.array(0, np.int32), "zero"), const(np.array(max(shape), np.int32), "count"),
+                                   const(np.array(1, np.int32), "one")])
+            offset = op("Mul", [op("Div", [channel, const(np.array(group, np.int32), "group")]),
+                                const(np.array(1 << bits, np.int32), "entries")])
+            index_value = op("Add", [index_value, shaped(offset, shape)])
         weight = op("Gather", [const(table, "table"), index_value])
         weight.name = fresh_value_name(graph, f"{base}_clustered")
         return weight

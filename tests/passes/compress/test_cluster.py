@@ -143,6 +143,15 @@ def test_output_channel_groups_get_their_own_codebooks():
     assert report.outcomes[-1].detail.startswith("4 codebook(s) of 4")
 
 
+def test_embedding_tables_take_their_own_width():
+    model, report = _cluster(_model(), bits=5, table_bits=3, exclude="conv")
+    y, _ = run(model, _feeds())
+    e = _shared(_E, 3, axis=1, group=32)[_feeds()["ids"]]  # the table's codebooks as at 3 bits
+    np.testing.assert_allclose(y, e @ _shared(_W, 5, axis=1), rtol=1e-4, atol=1e-4)
+    assert [(o.layer, o.form, o.reason) for o in report.outcomes if o.changed] == [
+        ("embed", "3-bit codebook", "table_bits=3, an embedding table's width"), ("dense", "5-bit codebook", "")]
+
+
 def test_onnx_runtime_folds_the_decoder_at_load_and_the_file_shrinks(tmp_path):
     model, _ = _cluster(_model(), bits=4)
     path = tmp_path / "clustered.onnx"
@@ -172,6 +181,7 @@ def test_the_pipeline_judges_it_and_the_size_guard_counts_the_packed_file():
     ({"bits": 1}, "bits must be 2 to 8"),
     ({"bits": 9}, "bits must be 2 to 8"),
     ({"group": -1}, "group must be 0"),
+    ({"table_bits": 9}, "table_bits must be 2 to 8"),
 ])
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(InputError, match=message):
