@@ -23,7 +23,7 @@ each weight's lowest-L1 channels at the same ratio — a row says when it refuse
 ONNX Runtime cannot run. yolov8n-320 is ultralytics' export from the foreign-model corpus
 (tests/foreign_models.py), calibrated and judged on its realistic scenes: no torch source.
 
-    python benchmarks/compression_vs_peers.py [--rounds 3] [--models resnet18,digits-cnn]
+    python benchmarks/compression_vs_peers.py [--rounds 3] [--models resnet18,digits-cnn] [--rows="LABEL;LABEL"]
 
 Writes benchmarks/results/compression_vs_peers.{json,md}.
 """
@@ -83,6 +83,7 @@ ROWS = {
                ("--cluster-bits 4", ["--cluster-bits", "4", CALIB]),
                ("--cluster-bits 4 --min-cosine 0.99", ["--cluster-bits", "4", "--min-cosine", "0.99", CALIB]),
                ("--cluster-bits 4 --min-cosine 0.995", ["--cluster-bits", "4", "--min-cosine", "0.995", CALIB]),
+               ("--cluster-bits 6 --cluster-table-bits 4", ["--cluster-bits", "6", "--cluster-table-bits", "4", CALIB]),
                ("--quantize weight-only (int4)", ["--quantize", "weight-only"])],
     # the same export, --target portable: the heads of an unfused attention (no contrib op)
     "minilm-portable": [("O3 float", None), ("--prune-heads 0.25", ["--prune-heads", "0.25", CALIB]),
@@ -269,7 +270,7 @@ def _one_by_one(path: Path, evaluation: list[dict]) -> list[list[np.ndarray]]:
     return results
 
 
-def bench_model(name: str, work: Path, rounds: int) -> dict:
+def bench_model(name: str, work: Path, rounds: int, only: set[str] | None = None) -> dict:
     from graphopt.export import export_zoo
 
     source = work / f"{name}.onnx"
@@ -284,6 +285,8 @@ def bench_model(name: str, work: Path, rounds: int) -> dict:
     np.savez(feeds, **timed)
     rows = {}
     for label, flags in ROWS[name]:
+        if only is not None and flags is not None and label not in only:
+            continue
         out = work / f"{name}.{len(rows)}.onnx"
         try:
             if flags is None:
@@ -331,7 +334,8 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| {entry['model']} | {label} | {row['p50_ms']:.3f} | {row['vs_o3']:.2f}x | "
                          f"{_count(row['macs'])} ({row['macs_ratio']:.2f}x) | {row['size_ratio']:.3f}x | "
                          f"{fidelity} |")
-    dates = sorted({entry["date"] for entry in results})
+    dates = sorted({entry["date"] for entry in results} |
+                   {row["date"] for entry in results for row in entry["rows"].values() if "date" in row})
     lines += ["", f"`benchmarks/compression_vs_peers.py`, run {', '.join(dates)}; each file timed alone in its own "
                   "process, the fastest round's p50; vs O3 float = O3's p50 over the row's (above 1.00x is faster)."]
     return "\n".join(lines) + "\n"
@@ -345,15 +349,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ROWS))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", default="", help="only these rows (labels, ';'-separated), timed against a fresh "
+                        "O3 float in the same run, replacing theirs in the saved results")
     args = parser.parse_args()
+    only = {label.strip() for label in args.rows.split(";") if label.strip()} or None
     logging.disable(logging.WARNING)
     saved = RESULTS / "compression_vs_peers.json"
     results = json.loads(saved.read_text()) if saved.exists() else []
     with tempfile.TemporaryDirectory(prefix="graphopt-compression-") as folder:
         for name in args.models.split(","):
-            entry = bench_model(name, Path(folder), args.rounds)
+            entry = bench_model(name, Path(folder), args.rounds, only)
             for row in entry["rows"].values():
                 row.pop("path", None)
+            previous = next((old for old in results if old["model"] == name), None)
+            if only is not None and previous is not None:  # the saved rows, these rows replaced (O3's kept)
+                for label, row in entry["rows"].items():
+                    if label != "O3 float":
+                        row["date"] = entry["date"]
+                        previous["rows"][label] = row
+                order = [label for label, _ in ROWS[name]]
+                previous["rows"] = dict(sorted(previous["rows"].items(),
+                                               key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+                entry = previous
             results = [old for old in results if old["model"] != name] + [entry]
             saved.write_text(json.dumps(results, indent=2) + "\n")
             print(markdown([entry]), flush=True)
