@@ -137,7 +137,8 @@ def _attr(node, name: str) -> int:
     return next((attribute.i for attribute in node.attribute if attribute.name == name), 0)
 
 
-def _run(*args: str) -> None:
+def run_graphopt(*args: str) -> None:
+    """`python -m graphopt ARGS` in a fresh process; its last error line raised as a RuntimeError."""
     completed = subprocess.run([sys.executable, "-m", "graphopt", *args], capture_output=True, text=True)
     if completed.returncode:
         raise RuntimeError((completed.stderr.strip() or completed.stdout.strip()).splitlines()[-1][:300])
@@ -199,7 +200,7 @@ def _torch_pruning(name: str, ratio: float, out: Path) -> str:
                                          pruning_ratio=ratio, ignored_layers=ignored, round_to=8).step()
     raw = out.with_suffix(".torch.onnx")
     export_spec(spec, raw)
-    _run("optimize", str(raw), str(out), "--preset", "O3", "--target", "ort")
+    run_graphopt("optimize", str(raw), str(out), "--preset", "O3", "--target", "ort")
     return ""
 
 
@@ -213,7 +214,7 @@ def _qonnx(source: Path, ratio: float, out: Path, timed: dict) -> str:
     from qonnx.util.cleanup import cleanup_model
 
     portable = out.with_suffix(".portable.onnx")
-    _run("optimize", str(source), str(portable), "--preset", "O3")
+    run_graphopt("optimize", str(source), str(portable), "--preset", "O3")
     proto = onnx.load(portable)
     for value in proto.graph.input:
         value.type.tensor_type.shape.dim[0].Clear()
@@ -290,7 +291,7 @@ def bench_model(name: str, work: Path, rounds: int, only: set[str] | None = None
         out = work / f"{name}.{len(rows)}.onnx"
         try:
             if flags is None:
-                _run("optimize", str(source), str(out), "--preset", "O3", "--target", TARGET.get(name, "ort"))
+                run_graphopt("optimize", str(source), str(out), "--preset", "O3", "--target", TARGET.get(name, "ort"))
             elif isinstance(flags, str):  # a peer
                 peer, ratio = flags.split(":")
                 note = _torch_pruning(name, float(ratio), out) if peer == "torch-pruning" else \
@@ -301,7 +302,7 @@ def bench_model(name: str, work: Path, rounds: int, only: set[str] | None = None
             else:
                 given = [item for flag in flags for item in ((CALIB, str(calib)) if flag == CALIB else (flag,))]
                 judged = () if "--min-cosine" in flags else ("--no-validate",)  # a budget row is the fallback's choice
-                _run("compress", str(source), str(out), *given, "--target", TARGET.get(name, "ort"), *judged,
+                run_graphopt("compress", str(source), str(out), *given, "--target", TARGET.get(name, "ort"), *judged,
                      "--no-check-speed")
         except RuntimeError as failed:
             rows[label] = {"failed": str(failed)}

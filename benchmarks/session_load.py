@@ -27,17 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.compression_vs_peers import run_graphopt  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _run(*args: str) -> None:
-    completed = subprocess.run([sys.executable, "-m", "graphopt", *args], capture_output=True, text=True)
-    if completed.returncode:
-        raise RuntimeError((completed.stderr.strip() or completed.stdout.strip()).splitlines()[-1][:300])
 
 
 def load_once(path: Path) -> tuple[float, int]:
@@ -56,22 +50,19 @@ def load_once(path: Path) -> tuple[float, int]:
 
 
 def build(work: Path, bits: int) -> dict[str, Path]:
-    from benchmarks.quant_vs_ort import _calibration_sentences
+    from benchmarks.compression_vs_peers import _data
     from graphopt.export import export_zoo
 
     source = work / "minilm.onnx"
     export_zoo("minilm", source)
-    calib = work / "calibration"
-    calib.mkdir()
-    for index, feed in enumerate(_calibration_sentences(64)):
-        np.savez(calib / f"{index:03d}.npz", **feed)
+    calib, *_ = _data("minilm", source, work)  # the compression bench's 64 calibration sentences
     files = {"O3 float": work / "o3.onnx", f"--cluster-bits {bits}": work / "clustered.onnx",
              "weight-only int4": work / "int4.onnx"}
-    _run("optimize", str(source), str(files["O3 float"]), "--preset", "O3", "--target", "ort")
+    run_graphopt("optimize", str(source), str(files["O3 float"]), "--preset", "O3", "--target", "ort")
     common = ("--target", "ort", "--no-validate", "--no-check-speed")
-    _run("compress", str(source), str(files[f"--cluster-bits {bits}"]), "--cluster-bits", str(bits), "--calib", str(calib),
-         *common)
-    _run("quantize", str(source), str(files["weight-only int4"]), "--mode", "weight-only", *common)
+    run_graphopt("compress", str(source), str(files[f"--cluster-bits {bits}"]), "--cluster-bits", str(bits),
+                 "--calib", str(calib), *common)
+    run_graphopt("quantize", str(source), str(files["weight-only int4"]), "--mode", "weight-only", *common)
     return files
 
 
