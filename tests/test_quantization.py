@@ -18,7 +18,7 @@ from graphopt.analysis.attention import has_attention
 from graphopt.lossy.fallback import Fallback, Trial
 from graphopt.lossy.run import FROZEN
 from graphopt.render import lossy_lines
-from graphopt.runtime import guard
+from graphopt.runtime import guard, kernels
 from graphopt.runtime.guard import LatencyCheck, compare_latency, missing_kernels
 from graphopt.runtime.providers import SessionConfig
 from tests.helpers import op_types, parse, run
@@ -582,8 +582,8 @@ def test_missing_kernels_names_ops_the_provider_cannot_run():
 def test_the_kernel_guard_blames_only_what_the_quantizer_brought_in(monkeypatch):
     """Ops the float model already had (CUDA leaves shape arithmetic to the CPU) are not refused;
     a Constant needs no kernel (ONNX Runtime makes it an initializer)."""
-    cpu = guard._kernels("CPUExecutionProvider")
-    monkeypatch.setattr(guard, "_kernels", lambda provider: cpu - {("ai.onnx", "Relu"), ("ai.onnx", "Constant")})
+    cpu = kernels.provider_ops("CPUExecutionProvider")
+    monkeypatch.setattr(guard, "provider_ops", lambda provider: cpu - {("", "Relu"), ("", "Constant")})
     model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
         g (float[1, 16] x) => (float[1, 16] y) <float[16, 16] w = {{{_floats(_W2)}}}> {{
             c = Constant <value_float = 2.0> ()
@@ -593,7 +593,7 @@ def test_the_kernel_guard_blames_only_what_the_quantizer_brought_in(monkeypatch)
     result = graphopt.quantize(model, preset="O0", validate=False, check_speed=False)
     assert "DynamicQuantizeLinear" in op_types(result.model)
     assert missing_kernels(result.model, "cpu") == ["Relu"]
-    monkeypatch.setattr(guard, "_kernels", lambda provider: cpu - {("ai.onnx", "DynamicQuantizeLinear")})
+    monkeypatch.setattr(guard, "provider_ops", lambda provider: cpu - {("", "DynamicQuantizeLinear")})
     with pytest.raises(GuardRefused, match="cpu has no kernel for DynamicQuantizeLinear"):
         graphopt.quantize(model, preset="O0", validate=False, check_speed=False)
 
@@ -603,13 +603,13 @@ def test_a_gpu_build_lists_its_kernels_in_a_child_process(monkeypatch):
     on an H100): a GPU build lists them in a child, whose crash leaves nothing to check."""
     import onnxruntime as ort
 
-    in_process = guard._all_kernels()
+    in_process = kernels.all_kernels()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    guard._all_kernels.cache_clear()
+    kernels.all_kernels.cache_clear()
     try:
-        assert set(guard._all_kernels()) == set(in_process)  # this machine's CPU build, through the child
+        assert set(kernels.all_kernels()) == set(in_process)  # this machine's CPU build, through the child
     finally:
-        guard._all_kernels.cache_clear()
+        kernels.all_kernels.cache_clear()
 
 
 def test_validation_on_cuda_turns_tf32_off_unless_asked():

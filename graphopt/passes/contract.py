@@ -25,8 +25,8 @@ TARGETS = ("portable", "ort")
 # Statistics a pass may request, each per named value, measured on the model as the passes
 # before it left it: CHANNELS, per channel of the last axis (or of `axis`) its peak |x|, mean and
 # mean x² (GRAM adds the channels' Gram matrix xᵀx / count); HISTOGRAMS, its whole distribution;
-# MEANS, its mean per channel of `axis`.
-CHANNELS, GRAM, HISTOGRAMS, MEANS = "channels", "gram", "histograms", "means"
+# MEANS, its mean per channel of `axis`; LARGEST, its largest magnitude (finite or not).
+CHANNELS, GRAM, HISTOGRAMS, MEANS, LARGEST = "channels", "gram", "histograms", "means", "largest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +43,47 @@ class Statistics:
     channels: dict[str, Any] = dataclasses.field(default_factory=dict)  # peak, mean_square, count, gram
     histograms: dict[str, Any] = dataclasses.field(default_factory=dict)  # graphopt.runtime.histograms
     means: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    largest: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def peaks(self) -> dict[str, np.ndarray]:
         return {name: item.peak for name, item in self.channels.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class OpTyping:
+    """An op's schema as a pass that changes element types reads it: each input's and output's type
+    (a type parameter such as "T", or a fixed type such as "tensor(float)"), what each parameter
+    allows, and whether the last input or output repeats."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    allowed: dict[str, frozenset[str]]
+    variadic_input: bool = False
+    variadic_output: bool = False
+
+    def input_type(self, index: int) -> str | None:
+        return _nth(self.inputs, index, self.variadic_input)
+
+    def output_type(self, index: int) -> str | None:
+        return _nth(self.outputs, index, self.variadic_output)
+
+
+def _nth(types: tuple[str, ...], index: int, variadic: bool) -> str | None:
+    if index < len(types):
+        return types[index]
+    return types[-1] if variadic and types else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """What the lossy pipeline knows of the execution provider a result will run on, for the ops of
+    one model (graphopt.runtime.kernels.table): each op's typing by (domain, op) ("" for ONNX's),
+    the ops the provider has a kernel for in the type asked, and whether it lists kernels at all."""
+
+    ep: str
+    typing: dict[tuple[str, str], OpTyping]
+    typed: frozenset[tuple[str, str]]
+    listed: bool = True
 
 
 @dataclasses.dataclass
@@ -143,6 +181,10 @@ class LossyPass(Pass):
     def __init__(self) -> None:
         super().__init__()
         self.backed_off: dict[str, str] = {}
+        # A pass that changes element types names the type ("tensor(float16)"); the lossy pipeline
+        # hands it `kernels`: the execution provider's, for the ops of the model it will change.
+        self.kernel_type: str = ""
+        self.kernels: Kernels | None = None
 
     def ladder(self) -> tuple[str, ...]:
         return ("int8", "float")

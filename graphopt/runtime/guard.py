@@ -9,22 +9,17 @@ provider (they would fall back to the CPU, with copies both ways).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
-import onnxruntime.capi._pybind_state as ort_state
 
 from graphopt import model as model_io
 from graphopt.runtime import bench as bench_module
 from graphopt.runtime import inputs as input_io
+from graphopt.runtime.kernels import provider_ops
 from graphopt.runtime.providers import EP_NAMES, SessionConfig
 from graphopt.units import speed_text
 
@@ -102,37 +97,16 @@ def compare_latencies(float_model: ir.Model, builders: Sequence[Callable[[], ir.
     return [LatencyCheck(first.p50_ms, other.p50_ms, config.resolved_ep(), shapes, label) for other in others]
 
 
-@functools.cache
-def _kernels(provider: str) -> frozenset[tuple[str, str]]:
-    return frozenset((domain, op) for domain, op, owner in _all_kernels() if owner == provider)
-
-
-@functools.cache
-def _all_kernels() -> list[tuple[str, str, str]]:
-    """(domain, op, provider) of every kernel ONNX Runtime registers. A GPU build lists them in a
-    child process: get_all_opkernel_def loads every provider library, and onnxruntime-gpu 1.31
-    crashes the process when TensorRT's libraries are absent (nothing can be checked then)."""
-    if ort.get_available_providers() == ["CPUExecutionProvider"]:
-        return [(kernel.domain or "ai.onnx", kernel.op_name, kernel.provider)
-                for kernel in ort_state.get_all_opkernel_def()]
-    code = ("import json, onnxruntime.capi._pybind_state as s; print(json.dumps(sorted({(k.domain or 'ai.onnx', "
-            "k.op_name, k.provider) for k in s.get_all_opkernel_def()})))")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if completed.returncode != 0:
-        return []
-    return [tuple(entry) for entry in json.loads(completed.stdout.strip().splitlines()[-1])]
-
-
 def missing_kernels(model: ir.Model, ep: str) -> list[str]:
     """'domain::Op' for each op of the model without a kernel on `ep` (empty when ONNX Runtime
     does not list that provider's kernels: nothing can be checked then). Constant needs none:
     ONNX Runtime turns it into an initializer at load."""
-    kernels = _kernels(EP_NAMES.get(ep, ep))
+    kernels = provider_ops(EP_NAMES.get(ep, ep))
     if not kernels:
         return []
     missing = set()
     for graph in model.graphs():
         for node in graph:
-            if (node.domain or "ai.onnx", node.op_type) not in kernels and node.op_type != "Constant":
+            if ("" if node.domain == "ai.onnx" else node.domain, node.op_type) not in kernels and node.op_type != "Constant":
                 missing.add(f"{node.domain + '::' if node.domain else ''}{node.op_type}")
     return sorted(missing)
