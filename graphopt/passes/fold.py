@@ -21,9 +21,10 @@ from graphopt import checks, shapes
 from graphopt.passes.registry import Pass, register
 
 _TILE = 64
-# a folded result this many times the bytes of the constants it reads, and larger than the floor, is
-# refused: a decoder of packed weights (weight sharing's codebook look-up) that ONNX Runtime folds at
-# load anyway, whose folding here would undo the compression of the file
+# a folded result at least this many times the bytes of the constants it reads, and larger than the
+# floor, is refused: a decoder of packed weights (weight sharing's codebook look-up, a float16 weight's
+# widening Cast) that ONNX Runtime folds at load anyway, whose folding here would undo the compression
+# of the file
 EXPANSION, EXPANSION_FLOOR = 2, 64 * 1024
 
 _LOG = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class _BudgetedFolder(_constant_folding.FoldConstantsPass):
             )
         read = sum(value.const_value.nbytes for value in node.inputs
                    if value is not None and value.const_value is not None)
-        if tensor.nbytes > max(EXPANSION * read, EXPANSION_FLOOR):
+        if tensor.nbytes >= EXPANSION * read and tensor.nbytes > EXPANSION_FLOOR:
             self._owner.skip(
                 f"{node.op_type} {node.name!r} not folded: its result ({tensor.nbytes} bytes) is "
                 f"{tensor.nbytes / max(read, 1):.0f}x the constants it reads (it decodes them: "

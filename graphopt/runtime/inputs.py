@@ -307,7 +307,7 @@ def synthesize(model: ir.Model, shapes: dict[str, tuple[int, ...]] | None = None
                              f"graphopt synthesizes at most {_MAX_SYNTHESIZED_BYTES // 2**30} GiB per input")
         kind = info.dtype.kind
         if kind == "b":
-            feeds[info.name] = rng.random(shape) > 0.5
+            feeds[info.name] = np.asarray(rng.random(shape) > 0.5)  # a 0-d one too: ONNX Runtime takes no np.bool_
         elif kind in "iu":
             low, high = int_ranges[info.name]
             feeds[info.name] = rng.integers(low, high, size=shape).astype(info.dtype)

@@ -8,7 +8,9 @@ the node that produced it.
 
 An output with elements outside an fp32-tight tolerance is judged once more against the reference's
 own fp32 noise (see graphopt.runtime.compare): the reference run again with ONNX Runtime's graph
-optimizations the other way, once per validator, only when some element is outside.
+optimizations the other way, once per validator, only when some element is outside. A candidate
+whose float inputs or outputs are of another float type (float16 throughout) is fed the inputs
+converted and compared on its outputs widened to the reference's type.
 """
 
 from __future__ import annotations
@@ -135,6 +137,25 @@ def _as_ir(model) -> ir.Model:
     return model_io.load(model)
 
 
+_FLOATS = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def _other_float_inputs(session, feeds: dict[str, np.ndarray]) -> dict[str, type]:
+    """{input: numpy type} for the candidate's float inputs of another float type than the
+    reference's (a model converted to float16 with its inputs): fed converted."""
+    types = {value.name: _FLOATS.get(value.type) for value in session.get_inputs()}
+    return {name: types[name] for name, array in feeds.items()
+            if types.get(name) is not None and np.issubdtype(array.dtype, np.floating) and array.dtype != types[name]}
+
+
+def _widened(got: Any, want: Any) -> Any:
+    """A candidate's float output in the reference's float type (float16 -> float32), to compare."""
+    if isinstance(got, np.ndarray) and isinstance(want, np.ndarray) and got.dtype != want.dtype and \
+            np.issubdtype(got.dtype, np.floating) and np.issubdtype(want.dtype, np.floating):
+        return got.astype(want.dtype)
+    return got
+
+
 def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
     """Sequence outputs become one entry per element; optional outputs that are absent vanish."""
     if value is None:
@@ -239,8 +260,10 @@ class Validator:
             return ValidationResult(False, self.tolerance, session.ep, [], problem=problem,
                                     opt_level=self.config.opt_level)
         results = []
+        retyped = _other_float_inputs(session.inner, self.input_sets[0])
         for index, (feeds, expected) in enumerate(zip(self.input_sets, self._expected)):
-            actual = dict(zip(candidate_outputs, session.run(feeds)))
+            fed = {name: array.astype(retyped[name]) if name in retyped else array for name, array in feeds.items()}
+            actual = dict(zip(candidate_outputs, session.run(fed)))
             comparisons = []
             for name, want in zip(self._output_names, expected):
                 want_items, got_items = _flatten(name, want), _flatten(name, actual[name])
@@ -249,6 +272,7 @@ class Validator:
                                                         None, None, False, "sequence lengths differ"))
                     continue
                 for (item_name, a), (_, b) in zip(want_items, got_items):
+                    b = _widened(b, a)
                     comparison = compare(item_name, a, b, self.tolerance)
                     if comparison.mismatch_fraction > self.tolerance.max_mismatch and \
                             comparison.dtype.startswith("float"):  # elements outside: within fp32's own noise?
