@@ -1,9 +1,9 @@
 """Compression as a client of the lossy pipeline: `graphopt compress`'s settings and the passes they mean.
 
 The stages run in one order, each on what the one before left (its statistics measured there):
-structured pruning of channels (prune_channels) and attention heads (prune_heads), low-rank factorization (low_rank), weight
-sharing (cluster_weights), magnitude pruning (prune_magnitude), quantization last (the
-quantizer of graphopt.quantization's mode). One budget judges them together: the fallback backs
+structured pruning of channels (prune_channels) and attention heads (prune_heads), low-rank factorization
+(low_rank), weight sharing (cluster_weights), magnitude pruning (prune_magnitude), then reduced precision
+(convert_precision) or quantization (the quantizer of graphopt.quantization's mode). One budget judges them together: the fallback backs
 each layer off along its own pass's ladder until it holds.
 """
 
@@ -17,7 +17,8 @@ from graphopt.options import between, option, settings_from
 from graphopt.passes import Pass, create_pass
 from graphopt.passes.compress.prune import parse_pattern
 from graphopt.passes.compress.prune_channels import IMPORTANCE
-from graphopt.pipeline import PRESETS
+from graphopt.passes.precision import COMPUTE, FORMATS
+from graphopt.pipeline import FLOAT_PRESETS, PRESETS
 from graphopt.quantization import MODES, QuantizeSettings
 
 _FRACTION = between(0.0, 1.0, open_low=True, open_high=True)
@@ -58,18 +59,30 @@ class CompressSettings:
     pattern: str | None = option(None, "--sparsity in blocks: of every M consecutive weights along a layer's inputs "
                                  "the N largest kept (2:4: NVIDIA's sparse tensor cores, through TensorRT); alone "
                                  "it means --sparsity 1-N/M.", metavar="N:M")
+    precision: str | None = option(None, "Convert to float16 or bfloat16: computed in it where the EP has half "
+                                   "kernels and the measured values fit, else the weights only (the file halves; "
+                                   "on the CPU EP, whose x86 build has no half MatMul, that is what it does).",
+                                   choices=tuple(FORMATS))
+    precision_compute: str = option("auto", "--precision: where to compute in half: auto (where the EP has the "
+                                     "kernels), all (every node ONNX allows, for runtimes that have them: TensorRT, "
+                                     "Core ML), weights (store only).", choices=COMPUTE)
     quantize: str | None = option(None, "Quantize last: dynamic, static (with --calib) or weight-only.",
                                   choices=MODES)
     exclude: tuple[str, ...] = option((), "A node name or op type no stage changes (repeatable).",
                                       metavar="NODE_OR_OP")
 
     def check(self) -> None:
+        if self.precision and (self.quantize or self.cluster_bits):
+            other = f"--quantize {self.quantize}" if self.quantize else "--cluster-bits"
+            raise InputError(f"--precision {self.precision} and {other} both store the weights in fewer bits: choose one")
+        if self.precision_compute != "auto" and not self.precision:
+            raise InputError("--precision-compute says where --precision computes in half: give --precision")
         if self.cluster_table_bits and not self.cluster_bits:
             raise InputError("--cluster-table-bits sets the embedding tables' width for --cluster-bits: give --cluster-bits")
         if not any((self.prune_channels, self.prune_heads, self.low_rank, self.rank_ratio, self.cluster_bits, self.sparsity,
-                    self.pattern, self.quantize)):
+                    self.pattern, self.precision, self.quantize)):
             raise InputError("nothing to do: give --prune-channels, --prune-heads, --low-rank/--rank-ratio, "
-                             "--cluster-bits, --sparsity/--pattern or --quantize")
+                             "--cluster-bits, --sparsity/--pattern, --precision or --quantize")
         if self.low_rank and self.rank_ratio:
             raise InputError("--low-rank and --rank-ratio both set a layer's rank: give one")
         if self.cluster_bits and self.quantize:
@@ -107,6 +120,9 @@ class CompressSettings:
         if self.sparsity or self.pattern:
             steps.append(("prune_magnitude", {"exclude": exclude, **({"pattern": self.pattern.strip()} if self.pattern
                                                                      else {"sparsity": self.sparsity})}))
+        if self.precision:
+            steps.append(("convert_precision", {"precision": self.precision, "compute": self.precision_compute,
+                                                "exclude": exclude}))
         passes = [create_pass(name, options) for name, options in steps]
         quantizer = self.quantizer(model)
         return passes + (quantizer.passes() if quantizer is not None else [])
@@ -122,7 +138,7 @@ def settings(**options) -> CompressSettings:
 def plan(source: lossy.Source, settings_: CompressSettings, *, target: str, preset: str = "O3") -> lossy.Plan:
     """`preset`'s float passes, then the stages (for static int8 in Q/DQ pairs, the float passes
     run for the portable target, as graphopt.quantization's do)."""
-    if preset not in PRESETS or preset.startswith("int"):
+    if preset not in FLOAT_PRESETS:
         raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
     quantizer = settings_.quantizer(source.model)
     qdq = quantizer is not None and quantizer.mode == "static" and quantizer.scheme == "qdq"

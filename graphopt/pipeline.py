@@ -61,7 +61,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "int8-dynamic": (*_O3, "quantize_dynamic"),
     "int4-weight-only": (*_O3, "quantize_weight_only"),
     "int8-static": (*_O3, "quantize_static"),
+    "fp16": (*_O3, "convert_precision"),
 }
+FLOAT_PRESETS = ("O0", "O1", "O2", "O3")  # the presets that change no number on purpose
 PRESET_SUMMARIES = {
     "O0": "no passes (load, check and save only)",
     "O1": "cleanup: dead code, no-ops, constant/shape/BatchNorm folding, dedupe, CSE",
@@ -74,6 +76,9 @@ PRESET_SUMMARIES = {
     "int8-static": "O3, then int8 activations at ranges calibrated on --calib: QDQ pairs around "
                    "Conv/MatMul/Gemm/Add/Mul/pooling/Concat (after O3's portable fusions), or for a model with "
                    "attention only its linear layers and attention projections",
+    "fp16": "O3, then float16: computed in it where the EP has half kernels and the measured values fit "
+            "(on the CPU EP, whose x86 build has none, the weights only, widened once at load); inputs and outputs "
+            "stay float32",
 }
 # The quantizing presets are graphopt quantize's modes after O3: graphopt.optimize runs them as it does.
 LOSSY_PRESETS = {"int8-dynamic": "dynamic", "int4-weight-only": "weight-only", "int8-static": "static"}

@@ -25,7 +25,7 @@ from graphopt.errors import InputError
 from graphopt.options import between, option, settings_from
 from graphopt.passes import Pass, create_pass, pass_class
 from graphopt.passes.quantize.calibrate import CALIBRATORS
-from graphopt.pipeline import PRESETS
+from graphopt.pipeline import FLOAT_PRESETS, PRESETS
 
 MODE_PASSES = {"dynamic": "quantize_dynamic", "weight-only": "quantize_weight_only", "static": "quantize_static"}
 MODES = tuple(MODE_PASSES)
@@ -162,7 +162,7 @@ def plan(source: lossy.Source, settings_: QuantizeSettings, *, target: str, pres
          float_passes: Sequence[Pass] | None = None, fixed_point: bool = True, check: bool = True) -> lossy.Plan:
     """The lossy plan for a loaded model: `preset`'s float passes (or `float_passes`), then the
     settings' passes; static qdq's float passes run for the portable target."""
-    if float_passes is None and (preset not in PRESETS or preset.startswith("int")):
+    if float_passes is None and (preset not in FLOAT_PRESETS):
         raise InputError(f"--preset {preset!r}: choose the float passes to run first from O0, O1, O2, O3")
     chosen = settings_.with_scheme(source.model)
     floats = list(float_passes) if float_passes is not None else [create_pass(name) for name in PRESETS[preset]]

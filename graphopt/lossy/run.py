@@ -35,7 +35,7 @@ from graphopt.lossy.statistics import hand_over
 from graphopt.passes import Pass
 from graphopt.pipeline import DEFAULT_MAX_ITERATIONS, PassManager, PassObserver, PipelineReport
 from graphopt.runtime.calibration import CalibrationData
-from graphopt.runtime import guard
+from graphopt.runtime import guard, kernels
 from graphopt.runtime.guard import guard_feeds
 from graphopt.runtime.providers import SessionConfig
 from graphopt.runtime.validate import Validator
@@ -147,6 +147,9 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
                                fixed_point=plan.fixed_point and bool(plan.float_passes),
                                max_iterations=plan.max_iterations, check=plan.check, observer=observer).run(float_model)
     NameFixPass(_NodeNames())(float_model)  # the report, --exclude and the fallback know layers by name
+    for pass_ in plan.passes:
+        if pass_.lossy and pass_.kernel_type:
+            pass_.kernels = kernels.table(float_model, checks.config.resolved_ep(), pass_.kernel_type)
     validator = _validator(source, plan, checks, samples, held_out)
     data = samples if samples is not None else validator.input_sets if validator is not None else None
     progress = getattr(observer, "calibration", None)

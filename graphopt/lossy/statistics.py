@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes.contract import CHANNELS, GRAM, HISTOGRAMS, MEANS, Pass, Request, Statistics
+from graphopt.passes.contract import CHANNELS, GRAM, HISTOGRAMS, LARGEST, MEANS, Pass, Request, Statistics
 from graphopt.runtime.activations import Wanted, collect
 from graphopt.runtime.providers import SessionConfig
 
@@ -46,6 +46,8 @@ def _merged(requests: Sequence[Request]) -> Wanted:
             wanted.histograms.update(request.values)
         elif request.kind == MEANS:
             wanted.means.update((name, request.axis) for name in request.values)
+        elif request.kind == LARGEST:
+            wanted.largest.update(request.values)
         else:
             raise ValueError(f"unknown statistics request {request.kind!r}")
     return wanted
@@ -53,8 +55,10 @@ def _merged(requests: Sequence[Request]) -> Wanted:
 
 def _subset(measured, requests: Sequence[Request]) -> Statistics:
     names = {kind: {name for request in requests if request.kind in kinds for name in request.values}
-             for kind, kinds in (("channels", (CHANNELS, GRAM)), ("histograms", (HISTOGRAMS,)), ("means", (MEANS,)))}
+             for kind, kinds in (("channels", (CHANNELS, GRAM)), ("histograms", (HISTOGRAMS,)), ("means", (MEANS,)),
+                                 ("largest", (LARGEST,)))}
     return Statistics(
         channels={name: item for name, item in measured.channels.items() if name in names["channels"]},
         histograms={name: item for name, item in measured.histograms.items() if name in names["histograms"]},
-        means={name: item for name, item in measured.means.items() if name in names["means"]})
+        means={name: item for name, item in measured.means.items() if name in names["means"]},
+        largest={name: item for name, item in measured.largest.items() if name in names["largest"]})

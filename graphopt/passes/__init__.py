@@ -1,6 +1,6 @@
 """graphopt's passes, one module per family; importing this package registers them all."""
 
-from graphopt.passes import compress, cleanup, deployment, fold, fusion, noops, quantize, simplify  # noqa: F401
+from graphopt.passes import compress, cleanup, deployment, fold, fusion, noops, precision, quantize, simplify  # noqa: F401
 # (importing them registers them)
 from graphopt.passes.registry import (
     TARGETS,

@@ -72,17 +72,18 @@ def histograms(model: ir.Model, names: Sequence[str], input_sets: Iterable[dict[
 @dataclasses.dataclass
 class Wanted:
     """What collect measures, by value name: channel statistics (with Gram matrices when `gram`),
-    histograms, and means per channel of an axis."""
+    histograms, means per channel of an axis, and largest magnitudes."""
 
     channels: set[str] = dataclasses.field(default_factory=set)
     gram: bool = False
     axes: dict[str, int] = dataclasses.field(default_factory=dict)  # a channel axis other than the last (a Conv input's 1)
     histograms: set[str] = dataclasses.field(default_factory=set)
     means: dict[str, int] = dataclasses.field(default_factory=dict)
+    largest: set[str] = dataclasses.field(default_factory=set)
     bins: int = DEFAULT_BINS
 
     def names(self) -> list[str]:
-        return sorted(self.channels | self.histograms | set(self.means))
+        return sorted(self.channels | self.histograms | set(self.means) | self.largest)
 
 
 @dataclasses.dataclass
@@ -90,6 +91,7 @@ class Measured:
     channels: dict[str, ChannelStats] = dataclasses.field(default_factory=dict)
     histograms: dict[str, Histogram] = dataclasses.field(default_factory=dict)
     means: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    largest: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.ndarray]],
@@ -108,6 +110,9 @@ def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.n
                 measured.histograms.setdefault(value.name, Histogram.empty(wanted.bins)).add(array)
             if value.name in wanted.means:
                 _add_means(sums, value.name, array, wanted.means[value.name])
+            if value.name in wanted.largest and np.issubdtype(np.asarray(array).dtype, np.floating) and np.size(array):
+                largest = float(np.max(np.abs(array)))
+                measured.largest[value.name] = max(largest, measured.largest.get(value.name, 0.0))
         if progress is not None:
             progress(done, total)
     measured.histograms = {name: item for name, item in measured.histograms.items() if item.high >= item.low}
