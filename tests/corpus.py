@@ -13,9 +13,10 @@ import onnx
 import onnxruntime as ort
 
 import graphopt
-from graphopt.errors import NothingChanged
+from graphopt.errors import GuardRefused, NothingChanged, ValidationFailed
 from graphopt.passes import pass_class
 from graphopt.pipeline import resolve_spec
+from graphopt.runtime.compare import Tolerance, compare
 from tests.helpers import to_proto
 
 
@@ -71,6 +72,16 @@ def same_outputs(expected, actual, rtol: float = 1e-4, atol: float = 1e-5) -> bo
     return bool(np.array_equal(actual, expected))
 
 
+def _within(expected, actual, tolerance: Tolerance) -> bool:
+    """Equal structure; every output within `tolerance` (integers exact, as compare judges them)."""
+    if isinstance(expected, list) or isinstance(actual, list):
+        return (isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual)
+                and all(_within(a, b, tolerance) for a, b in zip(expected, actual)))
+    if expected is None or actual is None:
+        return expected is None and actual is None
+    return compare("output", np.asarray(expected), np.asarray(actual), tolerance).passed
+
+
 @dataclasses.dataclass
 class CorpusResult:
     counts: collections.Counter
@@ -87,10 +98,12 @@ def _same_layout(expected, actual) -> bool:
     return _layout(expected) == _layout(actual)
 
 
-def run_corpus(cases, **optimize_kwargs) -> CorpusResult:
-    """Optimize every case; a quantizing pipeline must load and run, the others keep the outputs."""
+def run_corpus(cases, tolerance: Tolerance | None = None, **optimize_kwargs) -> CorpusResult:
+    """Optimize every case; a quantizing pipeline must load and run, the others keep the outputs.
+    With a `tolerance` (reduced precision), every case is validated on its own inputs and must keep
+    its outputs within it, or be refused with a reason (nothing written)."""
     spec = resolve_spec(optimize_kwargs.get("preset"), optimize_kwargs.get("passes"))
-    lossy = spec.lossy
+    lossy = spec.lossy and tolerance is None
     calibrated = any(pass_class(name).needs_calibration for name, _ in spec.passes)  # ranges: the case's inputs
     counts: collections.Counter = collections.Counter()
     failures: list[str] = []
@@ -102,11 +115,20 @@ def run_corpus(cases, **optimize_kwargs) -> CorpusResult:
             try:
                 calibration = [dict(zip(_input_names(model), inputs))] if calibrated else None
                 extra = {"calibration": calibration} if calibrated else {}
+                if tolerance is not None:
+                    if not all(isinstance(array, np.ndarray) and array.dtype.kind in "biuf" for array in inputs):
+                        counts["not_validated_sequence_or_string_inputs"] += 1
+                        continue
+                    extra = {"validate": True, "check_speed": False, "tolerance": tolerance.name,
+                             "inputs": dict(zip(_input_names(model), inputs))}
                 result = graphopt.optimize(copy, **optimize_kwargs, **extra)
                 optimized = to_proto(result.model)
             except graphopt.GraphoptError as error:
                 if isinstance(error, NothingChanged):
                     counts["refused_with_nothing_to_quantize"] += 1  # said with the reason, nothing written
+                    continue
+                if tolerance is not None and isinstance(error, (ValidationFailed, GuardRefused)):
+                    counts["refused_with_a_reason"] += 1  # the result failed its checks: not written
                     continue
                 if calibrated and "this model cannot be calibrated" in str(error):
                     counts["refused_calibration_of_sequence_or_optional_inputs"] += 1  # a clear InputError
@@ -126,7 +148,9 @@ def run_corpus(cases, **optimize_kwargs) -> CorpusResult:
                 continue
             if lossy and _same_layout(expected, actual):
                 counts["runs_with_the_same_output_shapes"] += 1  # quantized on purpose: not compared
-            elif same_outputs(expected, actual):
+            elif tolerance is not None and _within(expected, actual, tolerance):
+                counts["within_tolerance"] += 1
+            elif tolerance is None and same_outputs(expected, actual):
                 counts["identical_within_tolerance"] += 1
                 if any(entry.skipped for entry in result.report.passes if entry.ran):
                     counts["of_which_a_pass_skipped_something_with_a_reason"] += 1

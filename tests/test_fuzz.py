@@ -1,4 +1,5 @@
-"""Property: every pass alone and every preset keeps ONNX Runtime outputs on random valid graphs.
+"""Property: every pass alone and every preset keeps ONNX Runtime outputs on random valid graphs
+(float16 within its tolerance).
 
 The default run tries a modest number of graphs; `pytest --full` raises the budget. A graph
 that fails is shrunk by hypothesis and belongs in tests/test_fuzz_regressions.py.
@@ -10,8 +11,10 @@ import onnx
 from hypothesis import HealthCheck, given, settings
 
 import graphopt
+from graphopt.errors import NothingChanged, ValidationFailed
 from graphopt.passes import TARGETS, pass_class, pass_names
 from graphopt.pipeline import PRESETS, resolve_spec
+from graphopt.runtime.compare import TOLERANCES, compare
 from tests.corpus import same_outputs
 from tests.fuzz_graphs import onnx_graphs
 from tests.helpers import random_feeds, run
@@ -48,6 +51,24 @@ def check_graph(model: onnx.ModelProto, dynamic: bool) -> None:
                 continue
             assert same_outputs(want, got, rtol=1e-4, atol=1e-5), (
                 f"{options} changed the outputs of\n{onnx.printer.to_text(model)}")
+    check_half(model, feed_sets, expected)
+
+
+def check_half(model: onnx.ModelProto, feed_sets: list, expected: list) -> None:
+    """Converted to float16 as far as the schemas allow (validated on the first input set, the
+    fallback backing nodes off): the outputs stay within the fp16 tolerance on every input set, or
+    the result is refused with a reason."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    try:
+        converted = graphopt.optimize(copy, passes="convert_precision:compute=all:min_weights=0", validate=True,
+                                      check_speed=False, inputs=feed_sets[0]).model
+    except (NothingChanged, ValidationFailed):
+        return
+    for feeds, want in zip(feed_sets, expected):
+        for index, (a, b) in enumerate(zip(want, run(converted, feeds))):
+            comparison = compare(f"output {index}", a, b, TOLERANCES["fp16"])
+            assert comparison.passed, f"{comparison.reason}: float16 of\n{onnx.printer.to_text(model)}"
 
 
 def test_random_graphs_keep_their_outputs(request):

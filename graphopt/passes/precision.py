@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.passes.contract import LARGEST, LossyPass, OpTyping, Request
+from graphopt.passes.contract import FALLBACK_REASON, LARGEST, LossyPass, OpTyping, Request
 from graphopt.passes.match import constant_tensor, fresh_node_name, fresh_value_name, infer_types, new_initializer
 from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
@@ -57,7 +57,7 @@ MOVERS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "
                     "GatherElements", "GatherND", "Concat", "Split", "Expand", "Tile", "DepthToSpace",
                     "SpaceToDepth"})
 # ops that make floats from an attribute or run bodies: they stay as they are
-AS_THEY_ARE = frozenset({"Cast", "CastLike", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal",
+AS_THEY_ARE = frozenset({"Cast", "CastLike", "BitCast", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal",
                          "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
                          "If", "Loop", "Scan", "SequenceMap"})
 FLOAT = ir.DataType.FLOAT
@@ -109,10 +109,11 @@ class ConvertPrecision(LossyPass):
         return self.kernels is not None and any(op in self.kernels.typed for op in HEAVY)
 
     def measures(self) -> bool:
-        return self.compute != "weights" and self.format.name == "fp16"
+        """float16 computed: the values' largest magnitudes (for auto, once the EP's kernels are known)."""
+        return self.format.name == "fp16" and self.computes()
 
     def requires(self, model: ir.Model) -> list[Request]:
-        if not self.measures() or not self.computes():
+        if not self.measures():
             return []
         infer_types(self, model)
         return [Request(LARGEST, tuple(value.name for node in model.graph if node.op_type not in MOVERS
@@ -124,6 +125,9 @@ class ConvertPrecision(LossyPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         check_names(model, self.exclude)
+        if "" not in model.opset_imports and "ai.onnx" not in model.opset_imports:
+            self.skip("the model imports no ONNX opset: the Casts it would need have none")
+            return ir.passes.PassResult(model, modified=False)
         infer_types(self, model)
         graph = model.graph
         plan = _Plan(self, graph)
@@ -194,7 +198,8 @@ class _Plan:
             return f"compute stays float32 ({self._why_not_computing()})"
         if node.name in self.pass_.exclude or node.op_type in self.pass_.exclude:
             return "excluded"
-        held = self.pass_.held(node)
+        held = self.pass_.held(node) or \
+            (FALLBACK_REASON if self.pass_.backed_off.get(node.name) == f"{self.format.name} weights" else None)
         if held:
             return held
         if typing is None:
@@ -303,14 +308,14 @@ class _Retype:
         for node, (typing, params) in self.half.items():
             for index, value in enumerate(node.outputs):
                 if value.dtype == FLOAT and typing.output_type(index) in params:
-                    value.dtype = self.format.dtype
+                    _retype(value, self.format.dtype)
                     self.count += 1
         for value in weights:
             self._store(value)
         if not self.keep_io_types:
             for value in self.graph.inputs:
                 if value.dtype == FLOAT:
-                    value.dtype = self.format.dtype
+                    _retype(value, self.format.dtype)
                     self.count += 1
         for value in floats:
             for use in list(value.uses()):
@@ -339,7 +344,7 @@ class _Retype:
         """A float32 constant in half, in place (readers wanting float32 get a Cast)."""
         array = value.const_value.numpy().astype(_numpy_type(self.format))
         value.const_value = ir.tensor(array, dtype=self.format.dtype, name=value.name)
-        value.dtype = self.format.dtype
+        _retype(value, self.format.dtype)
         self.count += 1
 
     def _cast(self, value: ir.Value, dtype: ir.DataType) -> ir.Value:
@@ -373,3 +378,9 @@ class _Retype:
         self._insert(node, value.producer())
         self.graph.outputs[index] = node.outputs[0]
 
+
+
+def _retype(value: ir.Value, dtype: ir.DataType) -> None:
+    """A new type for `value`: setting `dtype` changes its type object in place, which a clone of the
+    model shares (the fallback's next trial would start from a half model)."""
+    value.type = ir.TensorType(dtype)

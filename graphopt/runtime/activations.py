@@ -110,7 +110,7 @@ def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.n
                 measured.histograms.setdefault(value.name, Histogram.empty(wanted.bins)).add(array)
             if value.name in wanted.means:
                 _add_means(sums, value.name, array, wanted.means[value.name])
-            if value.name in wanted.largest and np.issubdtype(np.asarray(array).dtype, np.floating) and np.size(array):
+            if value.name in wanted.largest and isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.size:
                 largest = float(np.max(np.abs(array)))
                 measured.largest[value.name] = max(largest, measured.largest.get(value.name, 0.0))
         if progress is not None:
