@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/foreign_models.py
 	$(PY) benchmarks/compression_vs_peers.py
 	$(PY) benchmarks/session_load.py
+	$(PY) benchmarks/precision_vs_peers.py
 	$(PY) benchmarks/plot_results.py
 
 clean:

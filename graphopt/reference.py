@@ -196,12 +196,12 @@ def tolerances_markdown() -> str:
     """The named tolerances and their bounds."""
     from graphopt.runtime.compare import TOLERANCES
 
-    lines = ["| tolerance | rtol | atol | elements allowed outside | min cosine | min top-1 agreement |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| tolerance | rtol | atol | or of the output's largest | elements allowed outside | min cosine | "
+             "min top-1 agreement |", "|---|---:|---:|---:|---:|---:|---:|"]
     for tol in TOLERANCES.values():
         mismatch = "any" if tol.max_mismatch >= 1 else f"{tol.max_mismatch:.1%}"
-        lines.append(f"| `{tol.name}` | {tol.rtol:g} | {tol.atol:g} | {mismatch} | "
-                     f"{tol.min_cosine or '-'} | {f'{tol.min_top1:.0%}' if tol.min_top1 else '-'} |")
+        lines.append(f"| `{tol.name}` | {tol.rtol:g} | {tol.atol:g} | {f'{tol.scale:.1%}' if tol.scale else '-'} | "
+                     f"{mismatch} | {tol.min_cosine or '-'} | {f'{tol.min_top1:.0%}' if tol.min_top1 else '-'} |")
     return "\n".join(lines)
 
 

@@ -38,9 +38,9 @@ class Tolerance:
     min_cosine: float = 0.0
     min_top1: float = 0.0
     # an element is also within tolerance when its error is at most this share of the output's largest
-    # magnitude: a format's rounding of the weights moves every element by about that share of the
-    # output's scale, however small the element (float16 weights: 4 of 512 elements of a 128-wide
-    # MatMul beyond atol=1e-3, by 3e-3 on outputs up to 40)
+    # magnitude: a format's rounding of the weights moves every element by a share of the output's
+    # scale, however small the element (float16 weights: 4 of 512 elements of a 128-wide MatMul beyond
+    # atol=1e-3, by 3e-3 on outputs up to 40)
     scale: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,9 +49,13 @@ class Tolerance:
 
 TOLERANCES = {
     "fp32": Tolerance("fp32", rtol=1e-4, atol=1e-5),
-    "fp16": Tolerance("fp16", rtol=1e-2, atol=1e-3, max_mismatch=1e-3, min_cosine=0.999, scale=1e-3),
-    # bfloat16 keeps 8 bits of mantissa to float16's 11: each weight rounded by up to 0.4%
-    "bf16": Tolerance("bf16", rtol=5e-2, atol=1e-2, max_mismatch=1e-2, min_cosine=0.999, scale=8e-3),
+    # fp16: an element is inside within 0.5% of its output's largest magnitude (float16 weights moved
+    # PicoDet's box logits, up to 5.5, by up to 0.02 at a cosine of 0.9999992), and up to 1% of elements
+    # may be outside, for a steep activation moves the few elements on its slope by more (PP-OCR's
+    # detector: 0.27% of its 102,400 probabilities off by up to 0.03, at a cosine of 0.999996)
+    "fp16": Tolerance("fp16", rtol=1e-2, atol=1e-3, max_mismatch=1e-2, min_cosine=0.999, scale=5e-3),
+    # bfloat16 keeps 8 bits of mantissa to float16's 11: 8x float16's rounding
+    "bf16": Tolerance("bf16", rtol=5e-2, atol=1e-2, max_mismatch=1e-2, min_cosine=0.999, scale=4e-2),
     "int8": Tolerance("int8", rtol=0.1, atol=0.05, max_mismatch=0.05, min_cosine=0.99, min_top1=0.9),
     # int4 weights: judged by cosine and top-1 only (half the logits off by 20% is normal at a cosine of 0.99)
     "int4": Tolerance("int4", rtol=0.2, atol=0.1, max_mismatch=1.0, min_cosine=0.98, min_top1=0.8),
