@@ -57,8 +57,9 @@ class Budget:
                             "refuses it instead.", flag="--fallback/--all-or-nothing")
     min_speedup: float = option(1.0, "The latency guard: refuse a result under this many times the float model's "
                                 "speed (1.0: any slower one).", check=between(0.0, 1e9, open_low=True))
-    max_size: float = option(1.0, "The size guard: refuse a result whose weights, compressed, are above this "
-                             "fraction of the float model's (checked for techniques that buy size, or when below 1).",
+    max_size: float = option(1.0, "The size guard: refuse a result whose weights are above this fraction of the "
+                             "float model's (compressed, for sparsity and for techniques that buy speed; checked for "
+                             "techniques that buy size, or when below 1).",
                              check=between(0.0, 1e9, open_low=True))
 
     def check(self) -> None:

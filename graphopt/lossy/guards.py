@@ -5,8 +5,8 @@ in must have a kernel there (else it would run on the CPU with copies both ways;
 model already had are not blamed). latency: the result is timed against the float model in
 turns on the EP and refused when it is not `min_speedup` times faster; when the fallback held
 layers back, the points of its path are timed in the same run and reported as a small Pareto
-table. size: a technique that buys size (sparsity, clustering) must shrink the weights as a
-compressed file stores them.
+table. size: a technique that buys size must shrink the weights' bytes (clustering, reduced
+precision) or, for one that zeroes weights (sparsity), the weights as a compressed file stores them.
 """
 
 from __future__ import annotations
@@ -53,20 +53,26 @@ class Alternative:
 
 @dataclasses.dataclass
 class SizeCheck:
-    """The weights' bytes of the float model and the result, raw and as zlib compresses them."""
+    """The weights' bytes of the float model and the result, and as zlib compresses them where that
+    is what judges (None otherwise)."""
 
     float_bytes: int
     result_bytes: int
-    float_compressed: int
-    result_compressed: int
+    float_compressed: int | None = None
+    result_compressed: int | None = None
 
     @property
     def ratio(self) -> float:
+        if self.float_compressed is None or self.result_compressed is None:
+            return self.result_bytes / max(self.float_bytes, 1)
         return self.result_compressed / max(self.float_compressed, 1)
 
     def describe(self) -> str:
-        return (f"weights {human_bytes(self.float_bytes)} → {human_bytes(self.result_bytes)}, compressed "
-                f"{human_bytes(self.float_compressed)} → {human_bytes(self.result_compressed)} ({self.ratio:.3f}x)")
+        weights = f"weights {human_bytes(self.float_bytes)} → {human_bytes(self.result_bytes)}"
+        if self.float_compressed is None or self.result_compressed is None:
+            return f"{weights} ({self.ratio:.3f}x)"
+        return (f"{weights}, compressed {human_bytes(self.float_compressed)} → "
+                f"{human_bytes(self.result_compressed)} ({self.ratio:.3f}x)")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "ratio": self.ratio}
@@ -157,11 +163,13 @@ def pareto(alternatives: Sequence[Alternative]) -> list[Alternative]:
     return list(alternatives)
 
 
-def check_size(float_model: ir.Model, model: ir.Model, max_size: float, force: bool) -> SizeCheck:
-    """The weights' bytes compared as a compressed file stores them (zlib, fast level); refused
-    unless the result's are at most `max_size` times float's."""
-    check = SizeCheck(model_io.parameter_bytes(float_model), model_io.parameter_bytes(model),
-                      _compressed_bytes(float_model), _compressed_bytes(model))
+def check_size(float_model: ir.Model, model: ir.Model, max_size: float, force: bool,
+               compressed: bool = True) -> SizeCheck:
+    """The weights' bytes compared, as a compressed file stores them (zlib, fast level) with
+    `compressed`; refused unless the result's are at most `max_size` times float's."""
+    check = SizeCheck(model_io.parameter_bytes(float_model), model_io.parameter_bytes(model))
+    if compressed:
+        check.float_compressed, check.result_compressed = _compressed_bytes(float_model), _compressed_bytes(model)
     if check.ratio > max_size and not force:
         raise GuardRefused(f"the result is not smaller than the float model: {check.describe()}; nothing was "
                            "written (--force writes it)")

@@ -339,7 +339,8 @@ def _guard(result: LossyResult, float_model: ir.Model, lossy: list[Pass], checks
 
         result.latency = guards.refuse_slower(measure, checks.budget.min_speedup, checks.force, first=latency)
     if "size" in objectives or checks.budget.max_size < 1.0:
-        result.size = guards.check_size(float_model, result.model, checks.budget.max_size, checks.force)
+        compressed = any(pass_.smaller_compressed for pass_ in lossy if pass_.lossy) or "size" not in objectives
+        result.size = guards.check_size(float_model, result.model, checks.budget.max_size, checks.force, compressed)
 
 
 def _verb(lossy: list[Pass]) -> str:

@@ -25,7 +25,8 @@ TARGETS = ("portable", "ort")
 # Statistics a pass may request, each per named value, measured on the model as the passes
 # before it left it: CHANNELS, per channel of the last axis (or of `axis`) its peak |x|, mean and
 # mean x² (GRAM adds the channels' Gram matrix xᵀx / count); HISTOGRAMS, its whole distribution;
-# MEANS, its mean per channel of `axis`; LARGEST, its largest magnitude (finite or not).
+# MEANS, its mean per channel of `axis`; LARGEST, its largest magnitude (float32's extremes and
+# infinities aside: a mask's "minus infinity"; NaN where it held one).
 CHANNELS, GRAM, HISTOGRAMS, MEANS, LARGEST = "channels", "gram", "histograms", "means", "largest"
 
 
@@ -176,6 +177,9 @@ class LossyPass(Pass):
     # True for a pass whose result ONNX Runtime completes at load (a weight decoder on constants,
     # folded by its basic optimizations): the pipeline validates at that level, not as written
     folds_at_load: ClassVar[bool] = False
+    # True for a pass whose result is smaller only as a compressed file stores it (zeroed weights): the
+    # size guard then compares the weights zlib-compressed, else their bytes (compressing takes seconds)
+    smaller_compressed: ClassVar[bool] = False
     handles: ClassVar[str] = ""  # the layers it acts on, for the user whose model has none
 
     def __init__(self) -> None:

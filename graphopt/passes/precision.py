@@ -63,6 +63,7 @@ AS_THEY_ARE = frozenset({"Cast", "CastLike", "BitCast", "Constant", "ConstantOfS
 # recurrent ops stay float32 where the EP has no half kernel for them, whatever `compute` says: the
 # zoo's LSTM in float16 crashed ONNX Runtime 1.32's CPU EP at load (a segmentation fault, not an error)
 RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+SHAPE_CONSTANT = 64  # a constant of at most this many elements can be part of shape math
 FLOAT = ir.DataType.FLOAT
 
 
@@ -249,18 +250,35 @@ class _Plan:
 
 
 def _weight_refusal(array: np.ndarray, format_: Format) -> str:
-    """Why a float32 weight cannot be stored in the format, or ""."""
+    """Why a float32 weight cannot be stored in the format, or "". Float32's extremes (±3.4e38, what
+    exporters write for "minus infinity" in an attention mask) and infinities are no obstacle: they
+    become the format's extremes."""
     if not array.size:
         return ""
-    largest = float(np.max(np.abs(array)))
+    ordinary = array[~_extremes(array)]
+    largest = float(np.max(np.abs(ordinary))) if ordinary.size else 0.0
     if not np.isfinite(largest) or largest > format_.largest:
         return f"its largest value {largest:.4g} is beyond {format_.name}'s range"
-    norm = float(np.linalg.norm(array))
-    converted = array.astype(_numpy_type(format_)).astype(np.float32)
-    error = float(np.linalg.norm(converted - array)) / norm if norm else 0.0
+    norm = float(np.linalg.norm(ordinary.astype(np.float64)))
+    converted = ordinary.astype(_numpy_type(format_)).astype(np.float64)
+    error = float(np.linalg.norm(converted - ordinary)) / norm if norm else 0.0
     if error > format_.weight_error:
         return f"{format_.name} would change it by {error:.2e} (relative; values below its normal range)"
     return ""
+
+
+def _extremes(array: np.ndarray) -> np.ndarray:
+    """Where an array holds float32's largest magnitude or an infinity."""
+    return np.isinf(array) | (np.abs(array) >= np.finfo(np.float32).max)
+
+
+def _in_format(array: np.ndarray, format_: Format) -> np.ndarray:
+    """The array in the format, float32's extremes as the format's (not rounded to infinity: a mask's
+    0 x -inf is NaN where 0 x -65504 is 0)."""
+    finite_extremes = _extremes(array) & np.isfinite(array)
+    if finite_extremes.any():
+        array = np.where(finite_extremes, np.sign(array) * format_.largest, array)
+    return array.astype(_numpy_type(format_))
 
 
 def _numpy_type(format_: Format):
@@ -286,7 +304,8 @@ def _params(node: ir.Node, typing: OpTyping, type_str: str) -> set[str]:
 
 
 def _shape_math(graph: ir.Graph) -> set[ir.Value]:
-    """Values computed only from Shape/Size and constants (their float ones stay float32)."""
+    """Values computed only from Shape/Size and small constants (their float ones stay float32); a
+    table looked up at shape-derived positions (position embeddings) is data, not shape math."""
     shaped: set[ir.Value] = set()
     for node in graph:
         if node.op_type in ("Shape", "Size") and not node.domain:
@@ -294,9 +313,14 @@ def _shape_math(graph: ir.Graph) -> set[ir.Value]:
             continue
         inputs = [value for value in node.inputs if value is not None]
         if inputs and any(value in shaped for value in inputs) and \
-                all(value in shaped or constant_tensor(value) is not None for value in inputs):
+                all(value in shaped or _small_constant(value) for value in inputs):
             shaped.update(node.outputs)
     return shaped
+
+
+def _small_constant(value: ir.Value) -> bool:
+    tensor = constant_tensor(value)
+    return tensor is not None and tensor.size <= SHAPE_CONSTANT
 
 
 class _Retype:
@@ -348,7 +372,7 @@ class _Retype:
 
     def _store(self, value: ir.Value) -> None:
         """A float32 constant in half, in place (readers wanting float32 get a Cast)."""
-        array = value.const_value.numpy().astype(_numpy_type(self.format))
+        array = _in_format(value.const_value.numpy(), self.format)
         value.const_value = ir.tensor(array, dtype=self.format.dtype, name=value.name)
         _retype(value, self.format.dtype)
         self.count += 1

@@ -111,8 +111,7 @@ def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.n
             if value.name in wanted.means:
                 _add_means(sums, value.name, array, wanted.means[value.name])
             if value.name in wanted.largest and isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.size:
-                largest = float(np.max(np.abs(array)))
-                measured.largest[value.name] = max(largest, measured.largest.get(value.name, 0.0))
+                measured.largest[value.name] = max(_largest(array), measured.largest.get(value.name, 0.0))
         if progress is not None:
             progress(done, total)
     measured.histograms = {name: item for name, item in measured.histograms.items() if item.high >= item.low}
@@ -137,6 +136,17 @@ def _add_channels(stats: dict[str, ChannelStats], name: str, array, gram: bool, 
     stats[name] = ChannelStats(np.maximum(seen.peak, peak), (seen.mean_square * seen.count + square) / count, count,
                                None if products is None else (seen.gram * seen.count + products) / count,
                                (seen.mean * seen.count + total) / count)
+
+
+def _largest(array: np.ndarray) -> float:
+    """The largest magnitude, float32's extremes and infinities aside (what exporters write for "minus
+    infinity" in an attention mask: a format with a smaller range has its own extremes for it); NaN
+    where there is a NaN."""
+    magnitude = np.abs(array)
+    if np.isnan(magnitude).any():
+        return float("nan")
+    ordinary = magnitude[magnitude < np.finfo(np.float32).max]
+    return float(ordinary.max()) if ordinary.size else 0.0
 
 
 def _add_means(sums: dict[str, tuple[np.ndarray, int]], name: str, array, axis: int) -> None:

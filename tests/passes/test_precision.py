@@ -208,3 +208,42 @@ def test_compress_refuses_precision_combinations_that_cannot_work(settings, mess
 def test_a_bad_precision_option_is_an_input_error():
     with pytest.raises(InputError, match="precision must be one of fp16, bf16"):
         graphopt.optimize(_mlp(), passes="convert_precision:precision=fp8")
+
+
+def test_a_table_looked_up_at_shape_derived_positions_is_data_not_shape_math():
+    """Position embeddings: Gather(table, Range(0, Shape(x)[1])) reads shape arithmetic, but its result
+    is data; the table is stored in half like any weight."""
+    table = _RNG.standard_normal((64, 32)).astype(np.float32)
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, S, 32] x) => (float[1, S, 32] y) <float[64, 32] table = {{{_floats(table)}}},
+                                                        int64 zero = {{0}}, int64 one = {{1}}> {{
+            shape = Shape(x)
+            length = Gather <axis = 0> (shape, one)
+            positions = Range(zero, length, one)
+            embedded = Gather(table, positions)
+            y = Add(x, embedded) }}""")
+    result = _convert(model, min_weights=1024)
+    assert _initializer_types(result.model)["table"] == _HALF
+    feeds = {"x": _RNG.standard_normal((1, 10, 32)).astype(np.float32)}
+    assert compare("y", run(model, feeds)[0], run(result.model, feeds)[0], TOLERANCES["fp16"]).passed
+
+
+def test_an_attention_masks_float32_extreme_becomes_float16s_not_infinity():
+    """Exporters write float32's lowest (-3.4e38) for "minus infinity" in a mask: it becomes -65504, not
+    -inf (0 x -inf would be NaN), and the node computes in half like the rest."""
+    lowest = float(np.finfo(np.float32).min)
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 8] scores, float[2, 8] keep) => (float[2, 8] y) <float lowest = {{{lowest!r}}}, float one = {{1.0}}> {{
+            dropped = Sub(one, keep)
+            masked = Mul(dropped, lowest)
+            logits = Add(scores, masked)
+            y = Softmax <axis = -1> (logits) }}""")
+    keep = np.array([[1.0] * 6 + [0.0] * 2] * 2, np.float32)
+    feeds = {"scores": _RNG.standard_normal((2, 8)).astype(np.float32), "keep": keep}
+    result = graphopt.optimize(model, passes="convert_precision:compute=all:min_weights=0", validate=True,
+                               check_speed=False, inputs=feeds)
+    assert _initializer_types(result.model)["lowest"] == _HALF
+    assert {outcome.form for outcome in result.outcomes} == {"fp16"}
+    got = run(result.model, feeds)[0]
+    assert np.isfinite(got).all() and np.all(got[:, 6:] == 0)
+    assert compare("y", run(model, feeds)[0], got, TOLERANCES["fp16"]).passed

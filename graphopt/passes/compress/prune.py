@@ -54,6 +54,7 @@ class PruneMagnitude(LossyPass):
     untouched = "dense"
     cost = "bytes"
     objective = "size"
+    smaller_compressed = True  # zeros: the file is as big until it is compressed
     verb = "pruned"
 
     def __init__(self, sparsity: float = 0.5, scope: str = "layer", exclude: str = "", min_weights: int = 1024,
