@@ -38,7 +38,7 @@ from graphopt.runtime.calibration import CalibrationData
 from graphopt.runtime import guard, kernels
 from graphopt.runtime.guard import guard_feeds
 from graphopt.runtime.providers import SessionConfig
-from graphopt.runtime.validate import Validator
+from graphopt.runtime.validate import ValidationResult, Validator
 
 HELD_OUT = 32  # calibration samples judging a budget, at most: an eighth of them, but 8 (or a quarter) at least
 HELD_OUT_MIN = 8  # 4 held-out files passed a classifier whose int8 form changed others' outputs (cosine 0.03)
@@ -165,8 +165,16 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
 
     start = time.perf_counter()
     candidate, report = build({})
+    checked: dict[tuple, ValidationResult] = {}  # by the choices it was built with: each is judged once
+
+    def check(backed_off: dict[str, str]) -> ValidationResult:
+        key = tuple(sorted(backed_off.items()))
+        if key not in checked:
+            checked[key] = validator.check(build(backed_off)[0] if backed_off else candidate)
+        return checked[key]
+
     fallback, target, untried = None, checks.budget.target, ""
-    if target is None and checks.budget.fallback and checks.validate and not validator.check(candidate).passed:
+    if target is None and checks.budget.fallback and checks.validate and not check({}).passed:
         layers = sum(outcome.changed for entry in report.passes for outcome in entry.outcomes)
         expected = 2 * layers * (time.perf_counter() - start)  # a trial per layer, then about as many on the path
         if layers <= DEFAULT_FALLBACK_LAYERS or expected <= DEFAULT_FALLBACK_SECONDS:
@@ -176,14 +184,15 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
                        f"{DEFAULT_FALLBACK_SECONDS // 60} min, would try these {layers} one by one, about "
                        f"{expected / 60:.0f} min: --min-cosine runs it)")
     if target is not None:
-        fallback = _fall_back(float_model, report, lossy, checks.budget, target, validator, build)
+        fallback = _fall_back(float_model, report, lossy, checks.budget, target, check)
         if fallback.backed_off:
             candidate, report = build(fallback.backed_off)
     outcomes = [outcome for entry in report.passes for outcome in entry.outcomes]
     if any(pass_.lossy for pass_ in lossy) and not any(outcome.changed for outcome in outcomes) and not checks.force:
         said = f"nothing was {_verb(lossy)}: {blocked}" if blocked else _nothing_changed(lossy, outcomes, float_model)
         raise NothingChanged(f"{said}; nothing was written (--force writes it)")
-    validation = validator.validate(candidate, locate=False) if checks.validate else None
+    chosen = tuple(sorted(fallback.backed_off.items())) if fallback is not None else ()
+    validation = (checked.get(chosen) or validator.validate(candidate, locate=False)) if checks.validate else None
     if validation is not None and not validation.passed and not checks.force:
         raise ValidationFailed(f"the {_verb(lossy)} model does not match the input: {validation.summary()}"
                                f"{untried}; nothing was written", validation)
@@ -293,9 +302,10 @@ def _hand_over_staged(lossy: list[Pass], model: ir.Model, data, config: SessionC
 
 
 def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass], budget: Budget, target: float,
-               validator: Validator, build: Callable) -> Fallback:
+               check: Callable[[dict[str, str]], ValidationResult]) -> Fallback:
     """Back off the changed layers along their passes' ladders, in the float model's order, judged
-    by the budget; by bytes when a pass buys size per byte (its `cost`)."""
+    by the budget on `check(choices)` (the model built with them, validated); by bytes when a pass
+    buys size per byte (its `cost`)."""
     passes = {pass_.name: pass_ for pass_ in lossy}
     changed = {_key(entry.name, outcome.layer, lossy): (passes[entry.name], outcome) for entry in report.passes
                for outcome in entry.outcomes if outcome.changed}
@@ -304,7 +314,7 @@ def _fall_back(float_model: ir.Model, report: PipelineReport, lossy: list[Pass],
               for name, (owner, outcome) in sorted(changed.items(),
                                                     key=lambda item: order.get(item[1][1].layer, len(order)))]
     costs = any(pass_.cost == "bytes" for pass_ in lossy)
-    return choose(layers, lambda backed_off: budget.judge(validator.check(build(backed_off)[0])), target, costs=costs)
+    return choose(layers, lambda backed_off: budget.judge(check(backed_off)), target, costs=costs)
 
 
 def _key(pass_name: str, layer: str, lossy: list[Pass]) -> str:
