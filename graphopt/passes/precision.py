@@ -208,6 +208,9 @@ class _Plan:
             return held
         if typing is None:
             return f"no schema of {node.domain or 'ai.onnx'}::{node.op_type} is known"
+        training = node.attributes.get("training_mode")
+        if training is not None and training.value:  # ONNX's node cases: two runs, two running means
+            return "training mode: ONNX Runtime's float16 running statistics differ from run to run"
         if not params:
             return f"its schema takes no {self.format.type_str} for its float32 values"
         if any(value is not None and value.dtype is None for value in (*node.inputs, *node.outputs)):
