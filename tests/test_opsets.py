@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt.errors import GuardRefused, NothingChanged
-from graphopt.pipeline import LOSSY_PRESETS, PRESETS
+from graphopt.pipeline import FLOAT_PRESETS, LOSSY_PRESETS, PRESETS
 from graphopt.quantization import mode_tolerance
 from tests.helpers import assert_int8_close, assert_same, run
 
@@ -91,13 +91,13 @@ def test_every_preset_in_every_opset(version):
             with pytest.raises(GuardRefused, match="cannot load the quantized model"):
                 graphopt.optimize(model, preset=preset, **calibration)
             continue
-        lossy = preset in LOSSY_PRESETS
-        if lossy and preset != "int8-static":  # no MatMul: nothing to quantize is refused, --force writes it
+        lossy = preset not in FLOAT_PRESETS
+        if lossy and preset != "int8-static":  # no MatMul, small weights: nothing to change is refused, --force writes it
             with pytest.raises(NothingChanged):
                 graphopt.optimize(model, preset=preset)
         result = graphopt.optimize(model, preset=preset, force=lossy, **calibration)
-        same = functools.partial(assert_int8_close, tolerance=mode_tolerance(LOSSY_PRESETS[preset])) if lossy \
-            else assert_same
+        tolerance = mode_tolerance(LOSSY_PRESETS[preset]) if preset in LOSSY_PRESETS else "fp16"
+        same = functools.partial(assert_int8_close, tolerance=tolerance) if lossy else assert_same
         same(expected, run(result.model, _FEEDS))
         for batch in (1, 5):
             feeds = {"x": np.ones((batch, 3, 4, 4), np.float32)}
