@@ -329,7 +329,7 @@ def mixed(names: list[str], work: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# float16: graphopt vs onnxconverter-common and ONNX Runtime's transformers converter", "",
+    lines = ["# float16: graphopt vs onnxconverter-common and ONNX Runtime's transformers converter", "",
              "`benchmarks/precision_vs_peers.py`; " + "; ".join(f"{part} {date}" for part, date in
                                                                sorted(results.get("dates", {}).items())), ""]
     corpus_ = results.get("corpus")

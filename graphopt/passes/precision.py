@@ -18,7 +18,11 @@ Conv or Gemm (ONNX Runtime's x86 CPU build: half arithmetic is emulated there, a
 widens a half model to float32 when it loads it). A weight whose largest value is beyond the format's
 range, or that the format would change by more than WEIGHT_ERROR (values below its normal range:
 float16 flushes them), stays float32, said in the report; onnxconverter-common clamps such values
-to ±1e4 instead. A layer's ladder: computed in the format, its weights only, float32.
+to ±1e4 instead. Float32's extremes (±3.4e38: an attention mask's "minus infinity") become the
+format's, and the values measured are judged without them. Where the EP has no half kernel for a
+recurrent op (LSTM, GRU, RNN), or a node runs in training mode, it stays float32 whatever `compute`
+says: ONNX Runtime 1.32's CPU EP crashed loading a half LSTM, and its half running statistics
+differed from run to run. A layer's ladder: computed in the format, its weights only, float32.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import onnx_ir as ir
 
 from graphopt.errors import InputError
 from graphopt.passes.contract import FALLBACK_REASON, LARGEST, LossyPass, OpTyping, Request
-from graphopt.passes.match import constant_tensor, fresh_node_name, fresh_value_name, infer_types, new_initializer
+from graphopt.passes.match import constant_tensor, fresh_node_name, fresh_value_name, infer_types
 from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
 from graphopt.runtime.compare import TOLERANCES
@@ -48,7 +52,7 @@ class Format:
 
 FORMATS = {
     "fp16": Format("fp16", ir.DataType.FLOAT16, "tensor(float16)", 65504.0, 1e-3, 1),
-    "bf16": Format("bf16", ir.DataType.BFLOAT16, "tensor(bfloat16)", float(np.finfo(np.float32).max), 8e-3, 13),
+    "bf16": Format("bf16", ir.DataType.BFLOAT16, "tensor(bfloat16)", 3.3895313892515355e38, 8e-3, 13),  # 0x7F7F
 }
 HEADROOM = 2  # a value measured beyond half the format's largest stays float32: other inputs go further
 COMPUTE = ("auto", "all", "weights")

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import graphopt
-from graphopt.errors import InputError, ValidationFailed
+from graphopt.errors import InputError
 from graphopt.runtime.compare import TOLERANCES, compare
 from tests.helpers import op_types, parse, run, to_proto
 
