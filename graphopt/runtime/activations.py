@@ -111,7 +111,8 @@ def collect(model: ir.Model, wanted: Wanted, input_sets: Iterable[dict[str, np.n
             if value.name in wanted.means:
                 _add_means(sums, value.name, array, wanted.means[value.name])
             if value.name in wanted.largest and isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.size:
-                measured.largest[value.name] = max(_largest(array), measured.largest.get(value.name, 0.0))
+                seen = measured.largest.get(value.name, 0.0)
+                measured.largest[value.name] = float(np.maximum(_largest(array), seen))  # a NaN stays
         if progress is not None:
             progress(done, total)
     measured.histograms = {name: item for name, item in measured.histograms.items() if item.high >= item.low}
