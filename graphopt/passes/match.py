@@ -171,14 +171,14 @@ def leaking_node(nodes: list[ir.Node], output: ir.Value) -> ir.Node | None:
 
 def fresh_node_name(graph: ir.Graph, base: str) -> str:
     """`base`, or `base_2`, `base_3` … whichever no node of the graph has."""
-    return _fresh(base, {node.name for node in graph})
+    return fresh_name(base, {node.name for node in graph})
 
 
 def fresh_value_name(graph: ir.Graph, base: str) -> str:
     """`base`, or `base_2` … whichever no input, initializer or node output of the graph has."""
     taken = {value.name for value in graph.inputs} | set(graph.initializers)
     taken |= {value.name for node in graph for value in node.outputs}
-    return _fresh(base, taken)
+    return fresh_name(base, taken)
 
 
 def fingerprint(array: np.ndarray) -> bytes:
@@ -223,7 +223,9 @@ def release(tensor: ir.TensorProtocol | None) -> None:
             pass
 
 
-def _fresh(base: str, taken: set) -> str:
+def fresh_name(base: str, taken: set) -> str:
+    """`base`, or `base_2`, `base_3` … whichever is not in `taken` (a pass naming many new values keeps
+    its own set, rather than scanning the graph for each)."""
     name, index = base, 1
     while name in taken:
         index += 1

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from graphopt.errors import InputError
 from graphopt.passes.contract import FALLBACK_REASON, LARGEST, LossyPass, OpTyping, Request
-from graphopt.passes.match import constant_tensor, fresh_node_name, fresh_value_name, infer_types
+from graphopt.passes.match import constant_tensor, fresh_name, infer_types
 from graphopt.passes.quantize._linear import check_names, name_set
 from graphopt.passes.registry import register
 from graphopt.runtime.compare import TOLERANCES
@@ -236,8 +236,9 @@ class _Plan:
                         f"{self.format.name}'s range with a factor of {HEADROOM} to spare")
         for value in node.inputs:
             tensor = constant_tensor(value) if value is not None and value.dtype == FLOAT else None
-            if tensor is not None and _weight_refusal(tensor.numpy(), self.format):
-                return f"its weight {value.name!r}: {_weight_refusal(tensor.numpy(), self.format)}"
+            refusal = _weight_refusal(tensor.numpy(), self.format) if tensor is not None else ""
+            if refusal:
+                return f"its weight {value.name!r}: {refusal}"
         return None
 
     def _why_not_computing(self) -> str:
@@ -339,6 +340,10 @@ class _Retype:
         self.graph, self.format, self.half, self.keep_io_types = graph, format_, half, keep_io_types
         self.casts: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
         self.count = 0
+        # the names taken, gathered once: a Cast per weight of a large model would scan the graph each time
+        self.value_names = {value.name for value in graph.inputs} | set(graph.initializers) | \
+            {value.name for node in graph for value in node.outputs}
+        self.node_names = {node.name for node in graph}
 
     def apply(self, weights: dict[ir.Value, ir.Node]) -> int:
         floats = self._float_values()
@@ -391,12 +396,22 @@ class _Retype:
             return producer.inputs[0]  # half → float32 → half is exact: read the half value
         key = (value, dtype)
         if key not in self.casts:
-            name = fresh_value_name(self.graph, f"{value.name or 'value'}_{'float' if dtype == FLOAT else self.format.name}")
-            node = ir.node("Cast", [value], attributes={"to": dtype}, name=fresh_node_name(self.graph, f"Cast_{name}"))
-            node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = name, dtype, value.shape
-            self._insert(node, producer)
-            self.casts[key] = node.outputs[0]
+            suffix = "float" if dtype == FLOAT else self.format.name
+            self.casts[key] = self._new_cast(value, dtype, self._name(f"{value.name or 'value'}_{suffix}"))
         return self.casts[key]
+
+    def _new_cast(self, value: ir.Value, dtype: ir.DataType, name: str) -> ir.Value:
+        """Cast(value) to `dtype`, its output named `name`, placed after the value's producer."""
+        node = ir.node("Cast", [value], attributes={"to": dtype}, name=fresh_name(f"Cast_{name}", self.node_names))
+        self.node_names.add(node.name)
+        node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = name, dtype, value.shape
+        self._insert(node, value.producer())
+        return node.outputs[0]
+
+    def _name(self, base: str) -> str:
+        name = fresh_name(base, self.value_names)
+        self.value_names.add(name)
+        return name
 
     def _insert(self, node: ir.Node, producer: ir.Node | None) -> None:
         if producer is not None and producer.graph is self.graph:
@@ -409,12 +424,8 @@ class _Retype:
     def _keep_output(self, index: int, value: ir.Value) -> None:
         """The model's output `value` (now half) read through a Cast to float32 under its own name."""
         name = value.name
-        value.name = fresh_value_name(self.graph, f"{name}_{self.format.name}")
-        node = ir.node("Cast", [value], attributes={"to": FLOAT}, name=fresh_node_name(self.graph, f"Cast_{name}"))
-        node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = name, FLOAT, value.shape
-        self._insert(node, value.producer())
-        self.graph.outputs[index] = node.outputs[0]
-
+        value.name = self._name(f"{name}_{self.format.name}")
+        self.graph.outputs[index] = self._new_cast(value, FLOAT, name)
 
 
 def _retype(value: ir.Value, dtype: ir.DataType) -> None:
