@@ -1,4 +1,4 @@
-"""`graphopt run`: a list of stages — export, optimize, quantize, bench, report — into one folder.
+"""`graphopt run`: a list of stages — export, optimize, quantize, precision, bench, report — into one folder.
 
 Files in the output folder: model.onnx (the export, plus model.<dataset>.npz for zoo models
 that ship data and model.calibration/ for the text models' calibration sentences),
@@ -6,7 +6,9 @@ model.<preset>.onnx (only when validation passes and, with check_speed, the benc
 find it slower than the export: timed again before it is refused), with `quantize` also model.<mode>.onnx
 (graphopt.quantize's result, only when it validates and the benchmark finds it faster than the
 float model: the latency guard judges on the run's own timing; static int8 calibrates on
-graphopt.export.calibration_set), report.md, report.json and latency.png. Everything is staged
+graphopt.export.calibration_set), with `precision` also model.<format>.onnx (graphopt.compress's
+reduced-precision model, its ranges measured on the same calibration set, judged the same way),
+report.md, report.json and latency.png. Everything is staged
 and moved into place at the end, so a failure leaves no half-written files. A stage reads and
 fills the RunState; a new stage (compress, distill, tune) slots into STAGES.
 """
@@ -30,6 +32,7 @@ from graphopt.errors import GuardRefused, InputError, ValidationFailed
 from graphopt.lossy import LossyResult, guards
 from graphopt.outputs import check_output_folder, write_error
 from graphopt.passes import TARGETS
+from graphopt.passes.precision import FORMATS
 from graphopt.pipeline import resolve_spec
 from graphopt.quantization import MODES, mode_tolerance
 from graphopt.runtime import bench_report
@@ -57,6 +60,7 @@ class RunSettings:
     runtime: api.RuntimeOptions = dataclasses.field(default_factory=api.RuntimeOptions)
     quantize: str | None = None
     check_speed: bool = True  # the preset's model must not be slower than the export (judged on the benchmark)
+    precision: str | None = None  # fp16 or bf16: graphopt.compress --precision on the export  # the preset's model must not be slower than the export (judged on the benchmark)
 
 
 @dataclasses.dataclass
@@ -73,6 +77,8 @@ class RunState:
     validation: Any = None
     quantized: LossyResult | None = None
     refusal: str = ""
+    converted: LossyResult | None = None  # the reduced-precision model
+    precision_refusal: str = ""
     speed_refusal: str = ""  # the preset's model, slower than the export
     timed: list[tuple[str, Path]] = dataclasses.field(default_factory=list)
     bench: BenchResult | None = None
@@ -96,11 +102,20 @@ class RunResult:
     quantized: LossyResult | None = None
     quantize_refusal: str = ""
     speed_refusal: str = ""
+    converted: LossyResult | None = None
+    precision_refusal: str = ""
 
     @property
     def passed(self) -> bool:
         return self.validation is not None and self.validation.passed and not self.quantize_refusal and \
-            not self.speed_refusal
+            not self.speed_refusal and not self.precision_refusal
+
+    def lossy(self) -> list[tuple[str, LossyResult | None, str]]:
+        """(section, result, refusal) for each lossy model the run was asked for."""
+        return [(title, result, refusal) for title, result, refusal, asked in
+                (("Quantization", self.quantized, self.quantize_refusal, self.quantized or self.quantize_refusal),
+                 ("Reduced precision", self.converted, self.precision_refusal, self.converted or self.precision_refusal))
+                if asked]
 
 
 def export_stage(state: RunState) -> None:
@@ -144,6 +159,28 @@ def quantize_stage(state: RunState) -> None:
         state.refusal = str(failure)
 
 
+def precision_stage(state: RunState) -> None:
+    """graphopt.compress --precision on the export at the format's tolerance, its value ranges measured on
+    the calibration set (real sentences for the text models); its speed is judged after the benchmark,
+    against the preset's float model: on the CPU EP it computes in float32 (compute=auto), the file is
+    what halves."""
+    from graphopt import export
+
+    precision, settings = state.settings.precision, state.settings
+    if precision is None or state.optimize is None:
+        return
+    path = state.staging / f"model.{precision}.onnx"
+    try:
+        state.converted = api.compress(state.exported_path, path, precision=precision, preset=settings.preset,
+                                       target=settings.target, shapes=settings.shapes, runtime=settings.runtime,
+                                       calibration=export.calibration_set(state.spec, state.exported_path,
+                                                                          settings.shapes),
+                                       check_speed=False)
+        state.timed.append((precision, path))
+    except (ValidationFailed, GuardRefused) as failure:
+        state.precision_refusal = str(failure)
+
+
 def bench_stage(state: RunState) -> None:
     if state.optimize is None:
         return
@@ -165,6 +202,12 @@ def speed_stage(state: RunState) -> None:
         state.refusal, state.quantized.latency = _judge_speed(state, preset, quantized, "quantized", "float", "")
         if state.refusal:
             quantized.unlink()
+    if state.converted is not None and state.bench is not None:
+        converted = state.staging / f"model.{settings.precision}.onnx"
+        state.precision_refusal, state.converted.latency = _judge_speed(state, preset, converted,
+                                                                        settings.precision, "float", "")
+        if state.precision_refusal:
+            converted.unlink()
     if settings.check_speed and state.optimize is not None and state.bench is not None:
         state.speed_refusal, state.optimize.latency = _judge_speed(state, state.exported_path, preset, "optimized",
                                                                    "export", " (--no-check-speed writes it)")
@@ -218,6 +261,7 @@ STAGES: tuple[tuple[str, Callable[[RunState], None]], ...] = (
     ("exporting", export_stage),
     ("optimizing and validating", optimize_stage),
     ("quantizing and validating", quantize_stage),
+    ("converting precision and validating", precision_stage),
     ("benchmarking", bench_stage),
     ("scoring the test set", accuracy_stage),
     ("judging the models' speed", speed_stage),
@@ -277,6 +321,8 @@ def _check(zoo: str | None, module: str | None, settings: RunSettings) -> None:
     resolve_spec(settings.preset)
     if settings.quantize is not None and settings.quantize not in MODES:
         raise InputError(f"--quantize {settings.quantize!r}: choose from {', '.join(MODES)}")
+    if settings.precision is not None and settings.precision not in FORMATS:
+        raise InputError(f"--precision {settings.precision!r}: choose from {', '.join(FORMATS)}")
     if settings.target not in TARGETS:
         raise InputError(f"unknown target {settings.target!r} (choose from {', '.join(TARGETS)})")
     if settings.runs < 1 or settings.warmup < 0:
@@ -302,11 +348,12 @@ def _move_into(staging: Path, folder: Path) -> list[Path]:
 def _result(state: RunState, folder: Path, files: list[Path]) -> RunResult:
     if state.export is not None:
         state.export.path = folder / state.exported_path.name
-    for done in (state.optimize, state.quantized):
+    for done in (state.optimize, state.quantized, state.converted):
         if done is not None and files:
             done.written = [folder / path.name for path in done.written if (folder / path.name) in files]
     return RunResult(state.name, folder, state.export, state.optimize, state.validation, state.bench,
-                     state.accuracy, files, state.quantized, state.refusal, state.speed_refusal)
+                     state.accuracy, files, state.quantized, state.refusal, state.speed_refusal, state.converted,
+                     state.precision_refusal)
 
 
 def _accuracy(model_path: Path, dataset: Path, runtime: api.RuntimeOptions) -> float | None:
@@ -321,8 +368,13 @@ def _accuracy(model_path: Path, dataset: Path, runtime: api.RuntimeOptions) -> f
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
+def _lossy_dict(result: LossyResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {**result.to_dict(), "validation": result.validation.to_dict() if result.validation else None}
+
+
 def _report_dict(result: RunResult) -> dict[str, Any]:
-    quantized = result.quantized
     return {
         "model": result.name,
         "export": result.export.to_dict(),
@@ -331,8 +383,9 @@ def _report_dict(result: RunResult) -> dict[str, Any]:
         "validation": result.validation.to_dict() if result.validation else None,
         "bench": result.bench.to_dict() if result.bench else None,
         "accuracy": result.accuracy,
-        "quantization": None if quantized is None else
-        {**quantized.to_dict(), "validation": quantized.validation.to_dict() if quantized.validation else None},
+        "quantization": _lossy_dict(result.quantized),
         "quantization_refused": result.quantize_refusal or None,
+        "precision": _lossy_dict(result.converted),
+        "precision_refused": result.precision_refusal or None,
         "optimized_refused": result.speed_refusal or None,
     }

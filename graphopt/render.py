@@ -121,6 +121,14 @@ def lossy_lines(result: LossyResult) -> list[str]:
     ratio = result.result_bytes / max(result.float_bytes, 1)
     lines = [f"{result.verb} {len(result.changed)} of {len(result.outcomes)} layer(s); parameters "
              f"{human_bytes(result.float_bytes)} → {human_bytes(result.result_bytes)} ({ratio:.3f}x)"]
+    forms: dict[str, list] = {}
+    for outcome in result.outcomes:
+        if outcome.changed:
+            forms.setdefault(outcome.form, []).append(outcome)
+    for form, outcomes in forms.items():  # what each form means, where its layers all say the same
+        details = {outcome.detail for outcome in outcomes}
+        if len(details) == 1 and "" not in details:
+            lines.append(f"{form}: {len(outcomes)} layer(s), {details.pop()}")
     untouched = {outcome.layer: outcome.form for outcome in result.outcomes if not outcome.changed}
     kept: dict[tuple[str, str], list[str]] = {}
     for name, reason in result.untouched:

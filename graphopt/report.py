@@ -29,7 +29,7 @@ def run_markdown(result, preset: str) -> str:
         if result.validation.divergence is not None:
             lines += ["", result.validation.divergence.describe()]
         lines.append("")
-    lines += _quantization(result)
+    lines += _lossy(result)
     lines += _latency(result)
     if result.accuracy:
         lines += ["## Accuracy on the held-out test set", "",
@@ -37,19 +37,21 @@ def run_markdown(result, preset: str) -> str:
     return "\n".join(lines)
 
 
-def _quantization(result) -> list[str]:
-    if result.quantized is None and not result.quantize_refusal:
-        return []
-    lines = ["## Quantization", ""]
-    if result.quantized is not None:
-        quantized = result.quantized
-        lines += [f"- {line}" for line in render.lossy_lines(quantized)]
-        lines.append(f"- validation against the export: **{quantized.validation.summary()}**")
-        cosines = [output.cosine for run in quantized.validation.input_sets for output in run.outputs]
-        lines.append(f"- worst output cosine {min(cosines):.4f}")
-    if result.quantize_refusal:
-        lines.append(f"**not written: {result.quantize_refusal}**")
-    return lines + [""]
+def _lossy(result) -> list[str]:
+    """A section per lossy model (quantized, reduced precision): what was done, its validation, or
+    why it was not written."""
+    lines: list[str] = []
+    for title, done, refusal in result.lossy():
+        lines += [f"## {title}", ""]
+        if done is not None:
+            lines += [f"- {line}" for line in render.lossy_lines(done)]
+            lines.append(f"- validation against the export: **{done.validation.summary()}**")
+            cosines = [output.cosine for run in done.validation.input_sets for output in run.outputs]
+            lines.append(f"- worst output cosine {min(cosines):.4f}")
+        if refusal:
+            lines.append(f"**not written: {refusal}**")
+        lines.append("")
+    return lines
 
 
 def _latency(result) -> list[str]:

@@ -17,6 +17,7 @@ from graphopt.cli.app import app
 from graphopt.errors import GraphoptError
 from graphopt.outputs import check_output_file
 from graphopt.passes import TARGETS
+from graphopt.passes.precision import FORMATS
 from graphopt.pipeline import PRESET_SUMMARIES
 from graphopt.quantization import MODES
 from graphopt.runtime import bench_report
@@ -95,15 +96,20 @@ def zoo_command() -> None:
               help="Also quantize (after the preset's passes), validate at the mode's tolerance, check the speed, "
                    "bench it; static calibrates on the zoo model's calibration set (text: real sentences; "
                    "random-weight models: 16 seeded random inputs).")
+@click.option("--precision", type=click.Choice(sorted(FORMATS)),
+              help="Also convert to float16 or bfloat16 (after the preset's passes; value ranges measured on the "
+                   "calibration set, as --quantize static), validate at the format's tolerance, check the speed, "
+                   "bench it. On the CPU EP the weights are what halve: it has no half MatMul/Conv kernels.")
 @click.option("--check-speed/--no-check-speed", default=True, show_default=True,
               help="Refuse to write the preset's model when the benchmark finds it slower than the export by more "
                    "than 3% and the median of 5 more timings agrees (exit 1).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the one-line result.")
 @flags.runtime
 def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, target: str, tolerance: Tolerance,
-                runs: int, warmup: int, shape, bench_shape, quantize: str | None, check_speed: bool, quiet: bool,
-                runtime: RuntimeOptions) -> None:
-    """Export, optimize, validate and benchmark in one go (quantize too); write report.md/json and latency.png."""
+                runs: int, warmup: int, shape, bench_shape, quantize: str | None, precision: str | None, check_speed: bool,
+                quiet: bool, runtime: RuntimeOptions) -> None:
+    """Export, optimize, validate and benchmark in one go (quantize or convert precision too); write
+    report.md/json and latency.png."""
     _export_module()
     from graphopt import flow
 
@@ -120,11 +126,13 @@ def run_command(zoo, module_spec, exporter, opset, out_dir: Path, preset: str, t
             progress.refresh()
 
         settings = flow.RunSettings(preset, target, tolerance, exporter, opset, parse_shapes(shape),
-                                    parse_shapes(bench_shape), runs, warmup, runtime, quantize, check_speed)
+                                    parse_shapes(bench_shape), runs, warmup, runtime, quantize, check_speed,
+                                    precision)
         result = flow.run(zoo=zoo, module=module_spec, out=out_dir, settings=settings, progress=report, stage=stage)
     if not quiet:
         _print_run(result)
-    for what, refusal in (("optimized", result.speed_refusal), ("quantized", result.quantize_refusal)):
+    for what, refusal in (("optimized", result.speed_refusal), ("quantized", result.quantize_refusal),
+                          (precision, result.precision_refusal)):
         if refusal:
             console.err.print(f"graphopt: the {what} model was not written: {refusal}", soft_wrap=True)
     console.out.print(_run_line(result), soft_wrap=True)
@@ -141,8 +149,9 @@ def _print_run(result) -> None:
         console.table(render.passes_table(result.optimize.report))
     if result.validation is not None:
         console.validation(result.validation)
-    if result.quantized is not None:
-        console.lines(render.lossy_lines(result.quantized))
+    for _, done, _ in result.lossy():
+        if done is not None:
+            console.lines(render.lossy_lines(done))
     if result.bench is not None:
         models = result.bench.models
         p50s = " → ".join(f"{model.p50_ms:.3f} ms" for model in models)

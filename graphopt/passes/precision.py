@@ -195,7 +195,8 @@ class _Plan:
             after = before - sum(constant_tensor(value).nbytes for value in stored) // 2
             self.pass_.record(node, f"{self.format.name} weights", before=before, after=after,
                               reason="" if not self.computes or mover else why,
-                              detail=f"weights stored in {self.format.name}, computed in float32")
+                              detail=f"weights stored in {self.format.name}, computed in float32"
+                                     + ("" if self.computes else f": {self._why_not_computing()}"))
         elif not mover and (self.computes or refusals or held or excluded):
             refused = next((f"its weight {value.name!r}: {refusal}" for value, refusal in refusals.items()), "")
             self.pass_.keep(node, held or ("excluded" if excluded else "") or refused or why, before=before)

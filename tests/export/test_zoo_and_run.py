@@ -119,6 +119,7 @@ def test_run_end_to_end(factory_file, tmp_path, capsys):
     (["--atol", "-1"], "--atol -1.0 is out of range"),
     (["--provider-option", "a=b"], "the CPU provider takes none"),
     (["--runs", "0"], "--runs must be >= 1"),
+    (["--precision", "fp8"], "'fp8' is not one of 'bf16', 'fp16'"),
 ])
 def test_run_checks_every_option_before_the_export(factory_file, tmp_path, monkeypatch, capsys, args, message):
     import graphopt.export
@@ -170,18 +171,18 @@ def build():
 '''
 
 
-def _bench_clock(monkeypatch, float_ms: float, quantized_ms: float) -> None:
+def _bench_clock(monkeypatch, float_ms: float, lossy_ms: float, lossy: str = "dynamic") -> None:
     """The benchmark's p50s replaced (a 64-wide MLP's int8 gain is within machine noise), and the
-    guard's clock for the timings it takes again: run judges the quantized model's speed on its own
-    benchmark, against the preset's float model (the export at 3 ms)."""
+    guard's clock for the timings it takes again: run judges the lossy model's speed (model.<lossy>.onnx)
+    on its own benchmark, against the preset's float model (the export at 3 ms)."""
     from graphopt.runtime import guard
     from graphopt.runtime.bench import ModelBench
 
-    clock = {"model.O1.onnx": float_ms, "model.dynamic.onnx": quantized_ms}
+    clock = {"model.O1.onnx": float_ms, f"model.{lossy}.onnx": lossy_ms}
     monkeypatch.setattr(ModelBench, "p50_ms", property(lambda entry: clock.get(entry.model, 3.0)))
 
     def compare_latency(reference, result, config, feeds=None, runs=0, label="quantized"):
-        before, after = (float_ms, quantized_ms) if label == "quantized" else (3.0, float_ms)
+        before, after = (float_ms, lossy_ms) if label in ("quantized", lossy) else (3.0, float_ms)
         return guard.LatencyCheck(before, after, "cpu", {name: list(array.shape) for name, array in feeds.items()},
                                   label)
 
@@ -252,3 +253,49 @@ def test_run_refuses_a_preset_model_slower_than_the_export_and_q_prints_one_line
     assert main(["run", "--zoo", "mlp", "--out", str(tmp_path / "forced"), "--runs", "3", "--warmup", "1",
                  "--no-check-speed", "-q"]) == 0
     assert (tmp_path / "forced" / "model.O1.onnx").exists() and retimed == [40] * 5
+
+
+def test_run_precision_writes_the_half_model_validated_and_benched(tmp_path, monkeypatch, capsys):
+    """--precision fp16: model.fp16.onnx beside the preset's, its weights in float16 (half the bytes),
+    its outputs within the fp16 tolerance of the export's in ONNX Runtime, in the bench and the report."""
+    import numpy as np
+    import onnx
+
+    from graphopt.runtime.providers import create_session
+
+    _bench_clock(monkeypatch, 2.0, 2.0, lossy="fp16")
+    factory = tmp_path / "mlp.py"
+    factory.write_text(MLP_FACTORY)
+    out = tmp_path / "run"
+    assert main(["run", "--module", f"{factory}:build", "--out", str(out), "--runs", "3", "--warmup", "1",
+                 "--precision", "fp16"]) == 0
+    half = onnx.load(out / "model.fp16.onnx")
+    stored = {tuple(init.dims): init.data_type for init in half.graph.initializer if len(init.dims) == 2}
+    assert sorted(stored.values()) == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16]  # 64x8 < min_weights
+    features = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    (expected,) = create_session(out / "model.onnx").run({"features": features})
+    (actual,) = create_session(out / "model.fp16.onnx").run({"features": features})
+    assert actual.dtype == np.float32  # inputs and outputs keep their dtype
+    np.testing.assert_allclose(actual, expected, rtol=1e-2, atol=1e-2)
+    assert np.abs(actual - expected).max() > 0  # the weights really were rounded
+    report = json.loads((out / "report.json").read_text())
+    precision = report["precision"]
+    assert precision["validation"]["passed"] and precision["validation"]["tolerance"]["name"] == "fp16"
+    assert precision["result_bytes"] < 0.6 * precision["float_bytes"] and report["precision_refused"] is None
+    assert [entry["model"] for entry in report["bench"]["cases"][0]["models"]][-1] == "model.fp16.onnx"
+    markdown = (out / "report.md").read_text()
+    assert "## Reduced precision" in markdown and "computed in float32: the cpu EP has no fp16 kernel" in markdown
+    assert "fp16 weights: 1 layer(s)" in capsys.readouterr().out
+
+
+def test_run_precision_refused_by_the_guard_writes_the_rest_and_exits_1(tmp_path, monkeypatch, capsys):
+    _bench_clock(monkeypatch, 1.0, 2.0, lossy="fp16")
+    factory = tmp_path / "mlp.py"
+    factory.write_text(MLP_FACTORY)
+    out = tmp_path / "run"
+    assert main(["run", "--module", f"{factory}:build", "--out", str(out), "--runs", "3", "--warmup", "1",
+                 "--precision", "fp16"]) == 1
+    assert not (out / "model.fp16.onnx").exists() and (out / "model.O1.onnx").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert "slower than the float one" in report["precision_refused"] and report["precision"]["validation"]["passed"]
+    assert "the fp16 model was not written" in capsys.readouterr().err
