@@ -77,7 +77,6 @@ def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, block_size: int, damp: 
     whose dead channels (H_kk = 0) are zeroed. Then round_with_feedback rounds the channels.
     """
     weight = np.array(weight, np.float32)
-    k = weight.shape[0]
     hessian = np.array(hessian, np.float64)
     dead = np.diag(hessian) == 0
     hessian[dead, dead] = 1.0
