@@ -25,13 +25,28 @@ _SAMPLE_BYTES = 64
 
 @register("remove_unused")
 class RemoveUnused(Pass):
-    """Remove dead nodes (Constant nodes included), unused initializers, functions and opsets."""
+    """Remove dead nodes (Constant nodes included), unused initializers (a body's too), functions and opsets."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = ir_passes.RemoveUnusedNodesPass()(model).modified
+        modified |= _remove_unused_body_initializers(model)  # onnx-ir's pass looks at the main graph's only
         modified |= ir_passes.RemoveUnusedFunctionsPass()(model).modified
         modified |= ir_passes.RemoveUnusedOpsetsPass()(model).modified
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _remove_unused_body_initializers(model: ir.Model) -> bool:
+    """A body's initializers that no node of the model reads (a node a pass took out, or the body of an If
+    a pass inlined, still holds its inputs)."""
+    removed = False
+    graphs = list(model.graphs())
+    live = {id(graph) for graph in graphs}
+    for graph in graphs[1:]:
+        for name, value in list(graph.initializers.items()):
+            if not any(id(use.node.graph) in live for use in value.uses()) and not value.is_graph_output():
+                del graph.initializers[name]
+                removed = True
+    return removed
 
 
 @register("lift_constants")
