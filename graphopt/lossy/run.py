@@ -156,6 +156,10 @@ def run(source: Source, output, plan: Plan, checks: Checks, *, observer: PassObs
     prepare, lossy = plan.split()
     prepared = _prepare(float_model, prepare, lossy, data, checks.config, plan, progress)
     _hand_over_staged(lossy, float_model, data, checks.config, plan, progress)
+    if samples is None and checks.inputs is None:
+        for pass_ in plan.passes:
+            if pass_.statistics is not None:
+                pass_.statistics.synthesized = True  # a pass may trust such ranges less (convert_precision)
 
     def build(backed_off: dict[str, str]) -> tuple[ir.Model, PipelineReport]:
         candidate = float_model.clone()

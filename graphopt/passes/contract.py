@@ -45,6 +45,7 @@ class Statistics:
     histograms: dict[str, Any] = dataclasses.field(default_factory=dict)  # graphopt.runtime.histograms
     means: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     largest: dict[str, float] = dataclasses.field(default_factory=dict)
+    synthesized: bool = False  # measured on synthesized inputs (no calibration data, no --inputs)
 
     def peaks(self) -> dict[str, np.ndarray]:
         return {name: item.peak for name, item in self.channels.items()}

@@ -3,11 +3,14 @@
 A node computes in half precision when its op's schema lets its float32 type parameters take the
 format, the execution provider has a kernel for it in that format (graphopt.runtime.kernels, handed
 over by the lossy pipeline), and no value it reads or writes was measured beyond the format's range
-(float16: 65504, with a factor of HEADROOM to spare; bfloat16 has float32's range). Inputs of a
-fixed float32 type (Resize's scales) stay float32. Shape math (float values computed from Shape)
-and nodes that make floats from a dtype attribute or run bodies (If/Loop/Scan) stay float32; a
-value captured by a body is read in float32. Data-movement ops (Reshape, Transpose, Concat …) follow
-the value they move. Casts go only where a half value meets a float32 reader, one per value, and a
+(float16: 65504, with a factor of HEADROOM to spare; bfloat16 has float32's range). Where no range
+was measured on real data — no calibration data (synthesized inputs), or inside a body — the ops of
+the OVERFLOWING list (exponentials, sums and products of many elements) stay float32 in float16.
+Inputs of a fixed float32 type (Resize's scales) stay float32. Shape math (float values computed
+from Shape) and nodes that make floats from a dtype attribute stay float32. If/Loop/Scan bodies are
+converted node by node like the main graph, their inputs and outputs kept float32 (the If, Loop or
+Scan keeps its types; a body reads a captured half value as it is). Data-movement ops (Reshape,
+Transpose, Concat …) follow the value they move. Casts go only where a half value meets a float32 reader, one per value, and a
 Cast of a Cast's output reads the first Cast's input instead (float16 → float32 → float16 is exact).
 With `keep_io_types` the model's inputs and outputs keep float32 (an output keeps its name).
 
@@ -60,13 +63,18 @@ HEAVY = (("", "MatMul"), ("", "Conv"), ("", "Gemm"))  # auto computes in half wh
 MOVERS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Gather",
                     "GatherElements", "GatherND", "Concat", "Split", "Expand", "Tile", "DepthToSpace",
                     "SpaceToDepth"})
-# ops that make floats from an attribute or run bodies: they stay as they are
+# ops that make floats from an attribute, or run bodies (converted on their own): they stay as they are
 AS_THEY_ARE = frozenset({"Cast", "CastLike", "BitCast", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal",
                          "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
                          "If", "Loop", "Scan", "SequenceMap"})
 # recurrent ops stay float32 where the EP has no half kernel for them, whatever `compute` says: the
 # zoo's LSTM in float16 crashed ONNX Runtime 1.32's CPU EP at load (a segmentation fault, not an error)
 RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+# where no value range was measured on real data (no calibration data; inside a body, whose values are
+# not measured), these stay float32 in float16: exponentials and sums or products of many elements
+# reach beyond 65504 from inputs well within it
+OVERFLOWING = frozenset({"Exp", "Pow", "Softplus", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+                         "ReduceLogSumExp", "ReduceProd", "CumSum", "LpNormalization", "LpPool", "GlobalLpPool"})
 SHAPE_CONSTANT = 64  # a constant of at most this many elements can be part of shape math
 FLOAT = ir.DataType.FLOAT
 
@@ -139,12 +147,14 @@ class ConvertPrecision(LossyPass):
         infer_types(self, model)
         graph = model.graph
         plan = _Plan(self, graph)
-        for node in graph:
+        for node in _nodes(graph):
             plan.decide(node)
         changed = _Retype(graph, self.format, plan.half, self.keep_io_types).apply(plan.weights)
         done = [outcome for outcome in self.outcomes if outcome.changed]
         if done:
-            self.changed(f"{len(done)} layers to {self.format.name} ({changed} values)")
+            guessed = self.measures() and self.statistics is not None and self.statistics.synthesized
+            self.changed(f"{len(done)} layers to {self.format.name} ({changed} values)"
+                         + ("; value ranges measured on synthesized inputs (no calibration data)" if guessed else ""))
         return ir.passes.PassResult(model, modified=bool(changed))
 
 
@@ -158,7 +168,7 @@ class _Plan:
         self.computes = pass_.computes()
         self.half: dict[ir.Node, tuple[OpTyping, set[str]]] = {}
         self.weights: dict[ir.Value, ir.Node] = {}  # float32 constants stored in half -> the layer they belong to
-        self.shape_math = _shape_math(graph)
+        self.graph, self.shape_math = graph, _shape_math(graph)
         limit = self.format.largest / HEADROOM
         self.out_of_range = {name: largest for name, largest in pass_.statistics.largest.items()
                              if not largest <= limit}
@@ -235,12 +245,30 @@ class _Plan:
             if value is not None and value.name in self.out_of_range:
                 return (f"{value.name!r} was measured up to {self.out_of_range[value.name]:.4g}, beyond "
                         f"{self.format.name}'s range with a factor of {HEADROOM} to spare")
+        unmeasured = self._unmeasured(node)
+        if unmeasured:
+            return unmeasured
         for value in node.inputs:
             tensor = constant_tensor(value) if value is not None and value.dtype == FLOAT else None
             refusal = _weight_refusal(tensor.numpy(), self.format) if tensor is not None else ""
             if refusal:
                 return f"its weight {value.name!r}: {refusal}"
         return None
+
+    def _unmeasured(self, node: ir.Node) -> str:
+        """Why an op of the OVERFLOWING list stays float32 in float16 (its range unknown on real data), or ""."""
+        if self.format.name != "fp16" or node.op_type not in OVERFLOWING or node.domain not in ("", "ai.onnx"):
+            return ""
+        statistics = self.pass_.statistics
+        outputs = [value.name for value in node.outputs if value.dtype == FLOAT]
+        if statistics is None or any(name not in statistics.largest for name in outputs):
+            where = "inside a body, where values are not measured" if node.graph is not self.graph else \
+                "no value was measured"
+            return f"{where}: {node.op_type} can go beyond fp16's range from inputs within it (the conservative list)"
+        if statistics.synthesized:
+            return (f"its values were measured on synthesized inputs only: {node.op_type} can go beyond fp16's "
+                    "range on real data (the conservative list; calibration data measures it)")
+        return ""
 
     def _why_not_computing(self) -> str:
         if self.pass_.compute == "weights":
@@ -312,11 +340,28 @@ def _params(node: ir.Node, typing: OpTyping, type_str: str) -> set[str]:
     return {param for param in params if type_str in typing.allowed[param]}
 
 
+def _nodes(graph: ir.Graph):
+    """The graph's nodes in order, a body's after the node that runs it."""
+    return ir.traversal.RecursiveGraphIterator(graph)
+
+
+def _graphs(graph: ir.Graph) -> list[ir.Graph]:
+    """The graph and the bodies of its If/Loop/Scan nodes, nested ones included."""
+    found = [graph]
+    for node in _nodes(graph):
+        for attribute in node.attributes.values():
+            if attribute.type == ir.AttributeType.GRAPH:
+                found.append(attribute.value)
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                found.extend(attribute.value)
+    return found
+
+
 def _shape_math(graph: ir.Graph) -> set[ir.Value]:
     """Values computed only from Shape/Size and small constants (their float ones stay float32); a
     table looked up at shape-derived positions (position embeddings) is data, not shape math."""
     shaped: set[ir.Value] = set()
-    for node in graph:
+    for node in _nodes(graph):
         if node.op_type in ("Shape", "Size") and not node.domain:
             shaped.update(node.outputs)
             continue
@@ -339,12 +384,13 @@ class _Retype:
     def __init__(self, graph: ir.Graph, format_: Format, half: dict[ir.Node, tuple[OpTyping, set[str]]],
                  keep_io_types: bool) -> None:
         self.graph, self.format, self.half, self.keep_io_types = graph, format_, half, keep_io_types
+        self.graphs = _graphs(graph)
         self.casts: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
         self.count = 0
         # the names taken, gathered once: a Cast per weight of a large model would scan the graph each time
-        self.value_names = {value.name for value in graph.inputs} | set(graph.initializers) | \
-            {value.name for node in graph for value in node.outputs}
-        self.node_names = {node.name for node in graph}
+        self.value_names = {value.name for body in self.graphs for value in (*body.inputs, *body.initializers.values())}
+        self.value_names |= {value.name for node in _nodes(graph) for value in node.outputs}
+        self.node_names = {node.name for node in _nodes(graph)}
 
     def apply(self, weights: dict[ir.Value, ir.Node]) -> int:
         floats = self._float_values()
@@ -365,16 +411,17 @@ class _Retype:
                 wanted = self._wanted(use.node, use.idx)
                 if value.dtype != wanted:
                     use.node.replace_input_with(use.idx, self._cast(value, wanted))
-        if self.keep_io_types:
-            for index, value in enumerate(self.graph.outputs):
-                if value.dtype == self.format.dtype and value in floats and value.producer() is not None:
-                    self._keep_output(index, value)
+        for body in self.graphs:  # a body's outputs stay float32: If, Loop and Scan keep their types
+            if body is not self.graph or self.keep_io_types:
+                for index, value in enumerate(body.outputs):
+                    if value.dtype == self.format.dtype and value in floats and value.producer() is not None:
+                        self._keep_output(body, index, value)
         return self.count
 
     def _float_values(self) -> dict[ir.Value, None]:
         """The graph's float32 values in its order (the Casts are made in that order: the same file each run)."""
-        values = [*self.graph.inputs, *self.graph.initializers.values(),
-                  *(value for node in self.graph for value in node.outputs)]
+        values = [value for body in self.graphs for value in (*body.inputs, *body.initializers.values())]
+        values += [value for node in _nodes(self.graph) for value in node.outputs]
         return dict.fromkeys(value for value in values if value.dtype == FLOAT)
 
     def _wanted(self, node: ir.Node, index: int) -> ir.DataType:
@@ -406,7 +453,7 @@ class _Retype:
         node = ir.node("Cast", [value], attributes={"to": dtype}, name=fresh_name(f"Cast_{name}", self.node_names))
         self.node_names.add(node.name)
         node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = name, dtype, value.shape
-        self._insert(node, value.producer())
+        self._insert(node, value)
         return node.outputs[0]
 
     def _name(self, base: str) -> str:
@@ -414,19 +461,23 @@ class _Retype:
         self.value_names.add(name)
         return name
 
-    def _insert(self, node: ir.Node, producer: ir.Node | None) -> None:
-        if producer is not None and producer.graph is self.graph:
-            self.graph.insert_after(producer, node)
-        elif len(self.graph):
-            self.graph.insert_before(self.graph[0], node)
+    def _insert(self, node: ir.Node, value: ir.Value) -> None:
+        """`node` after `value`'s producer, else first in the graph that holds `value` (an input or initializer)."""
+        producer = value.producer()
+        if producer is not None and producer.graph is not None:
+            producer.graph.insert_after(producer, node)
+            return
+        graph = value.graph or self.graph
+        if len(graph):
+            graph.insert_before(graph[0], node)
         else:
-            self.graph.append(node)
+            graph.append(node)
 
-    def _keep_output(self, index: int, value: ir.Value) -> None:
-        """The model's output `value` (now half) read through a Cast to float32 under its own name."""
+    def _keep_output(self, graph: ir.Graph, index: int, value: ir.Value) -> None:
+        """The graph's output `value` (now half) read through a Cast to float32 under its own name."""
         name = value.name
         value.name = self._name(f"{name}_{self.format.name}")
-        self.graph.outputs[index] = self._new_cast(value, FLOAT, name)
+        graph.outputs[index] = self._new_cast(value, FLOAT, name)
 
 
 def _retype(value: ir.Value, dtype: ir.DataType) -> None:

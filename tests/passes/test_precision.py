@@ -151,25 +151,87 @@ def test_without_keep_io_types_the_inputs_and_outputs_are_half():
     assert graph.output[0].type.tensor_type.elem_type == _HALF
 
 
-def test_a_body_reads_a_captured_half_value_in_float32():
-    """An If's branches stay float32; the value they capture from the main graph, computed in half,
-    reaches them through a Cast."""
+def test_if_branches_compute_in_half_and_hand_float32_back():
+    """An If's branches are converted like the main graph: Neg reads the half value it captures as it
+    is, a branch's weight is stored in half, and each branch hands its output back in float32 (the If
+    keeps its types); both branches agree with float32 at the fp16 tolerance."""
     model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
-        g (float[N, 32] x, bool flag) => (float[N, 64] y) <float[32, 64] w = {{{_floats(_W1)}}}> {{
+        g (float[N, 32] x, bool flag) => (float[N, 16] y)
+          <float[32, 64] w = {{{_floats(_W1)}}}, int64[1] start = {{0}}, int64[1] end = {{16}}, int64[1] axis = {{1}}> {{
             h = MatMul(x, w)
             r = Relu(h)
-            y = If(flag) <then_branch = t () => (float[N, 64] a) {{ a = Neg(r) }},
-                          else_branch = e () => (float[N, 64] b) {{ b = Abs(r) }}> }}""")
+            y = If(flag) <then_branch = t () => (float[N, 16] a)
+                              <float[64, 16] w2 = {{{_floats(_W2)}}}> {{ n = Neg(r)
+                                                                        a = MatMul(n, w2) }},
+                          else_branch = e () => (float[N, 16] b) {{ b = Slice(r, start, end, axis) }}> }}""")
     result = _convert(model, compute="all")
     for flag in (True, False):
         feeds = {"x": _feeds()["x"], "flag": np.array(flag)}
         assert compare("y", run(model, feeds)[0], run(result.model, feeds)[0], TOLERANCES["fp16"]).passed
     graph = to_proto(result.model).graph
-    produced = {output: node for node in graph.node for output in node.output}
     branch = next(node for node in graph.node if node.op_type == "If").attribute[0].g
-    captured = produced[branch.node[0].input[0]]
-    assert captured.op_type == "Cast" and captured.attribute[0].i == onnx.TensorProto.FLOAT
-    assert produced[captured.input[0]].op_type == "Relu"
+    assert [node.op_type for node in branch.node] == ["Neg", "MatMul", "Cast"]
+    assert branch.node[0].input[0] == "r"  # the half Relu's output, read as it is
+    assert branch.initializer[0].data_type == _HALF and branch.output[0].type.tensor_type.elem_type == 1
+    assert [(outcome.op_type, outcome.form) for outcome in result.outcomes] == \
+        [("MatMul", "fp16"), ("Relu", "fp16"), ("Neg", "fp16"), ("MatMul", "fp16")]  # Slice moves data: no layer
+
+
+def test_sums_and_exponentials_stay_float32_until_real_data_measures_them():
+    """Without calibration data the ranges come from synthesized inputs: ReduceSumSquare and Exp (the
+    conservative list) stay float32, said in the report; measured on calibration data that fits, they
+    compute in half. The same ops inside a body, where nothing is measured, stay float32 either way."""
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 32] x, bool flag) => (float[N, 1] y, float[N, 1] z) <float[32, 64] w = {{{_floats(_W1)}}}> {{
+            h = MatMul(x, w)
+            s = ReduceSumSquare <keepdims = 1> (h, axes)
+            t = Neg(s)
+            y = Exp(t)
+            z = If(flag) <then_branch = t () => (float[N, 1] a) {{ a = ReduceSumSquare <keepdims = 1> (h, axes) }},
+                          else_branch = e () => (float[N, 1] b) {{ b = Neg(s) }}> }}""".replace(
+        "<float[32, 64] w", "<int64[1] axes = {1}, float[32, 64] w"))
+    x = (_RNG.standard_normal((4, 32)) * 0.05).astype(np.float32)
+    guessed = graphopt.optimize(model, passes="convert_precision:compute=all:min_weights=256", validate=True,
+                                check_speed=False)
+    measured = graphopt.optimize(model, passes="convert_precision:compute=all:min_weights=256", validate=True,
+                                 check_speed=False, calibration=[{"x": x, "flag": np.array(flag)} for flag in (True, False)] * 2)
+    for result in (guessed, measured):
+        for flag in (True, False):
+            feeds = {"x": x, "flag": np.array(flag)}
+            for want, got in zip(run(model, feeds), run(result.model, feeds)):
+                assert compare("out", want, got, TOLERANCES["fp16"]).passed
+
+    def forms(result):
+        return [(outcome.op_type, outcome.form) for outcome in result.outcomes]
+
+    assert forms(measured) == [("MatMul", "fp16"), ("ReduceSumSquare", "fp16"), ("Neg", "fp16"), ("Exp", "fp16"),
+                               ("ReduceSumSquare", "float"), ("Neg", "fp16")]
+    assert "inside a body" in measured.outcomes[4].reason
+    assert forms(guessed)[:4] == [("MatMul", "fp16"), ("ReduceSumSquare", "float"), ("Neg", "fp16"), ("Exp", "float")]
+    assert "synthesized inputs only" in guessed.outcomes[1].reason and "the conservative list" in guessed.outcomes[1].reason
+    said = [change for entry in guessed.report.passes for change in entry.changes]
+    assert any("value ranges measured on synthesized inputs" in change for change in said)
+
+
+def test_a_loop_body_computes_in_half_and_carries_float32():
+    """A Loop's carried state stays float32 (its body's inputs and outputs keep their types); inside,
+    the MatMul with the body's weight and the Tanh compute in half between two Casts."""
+    weight = (_RNG.standard_normal((16, 16)) * 0.3).astype(np.float32)
+    model = parse(f"""<ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 16] x, int64 steps) => (float[N, 16] y) {{
+            y = Loop(steps, , x) <body = step (int64 i, bool go, float[N, 16] state) => (bool go_on, float[N, 16] next)
+                <float[16, 16] w = {{{_floats(weight)}}}> {{
+                go_on = Identity(go)
+                mixed = MatMul(state, w)
+                next = Tanh(mixed) }}> }}""")
+    result = _convert(model, compute="all")
+    feeds = {"x": _RNG.standard_normal((3, 16)).astype(np.float32), "steps": np.array(4, np.int64)}
+    assert compare("y", run(model, feeds)[0], run(result.model, feeds)[0], TOLERANCES["fp16"]).passed
+    body = next(node for node in to_proto(result.model).graph.node if node.op_type == "Loop").attribute[0].g
+    assert [node.op_type for node in body.node] == ["Cast", "Identity", "MatMul", "Tanh", "Cast"]
+    assert body.initializer[0].data_type == _HALF
+    assert [value.type.tensor_type.elem_type for value in (*body.input[2:], *body.output[1:])] == [1, 1]
+    onnx.checker.check_model(to_proto(result.model), full_check=True)
 
 
 def test_the_fp16_preset_and_compress_precision_give_the_same_file(tmp_path):
