@@ -60,7 +60,7 @@ class RunSettings:
     runtime: api.RuntimeOptions = dataclasses.field(default_factory=api.RuntimeOptions)
     quantize: str | None = None
     check_speed: bool = True  # the preset's model must not be slower than the export (judged on the benchmark)
-    precision: str | None = None  # fp16 or bf16: graphopt.compress --precision on the export  # the preset's model must not be slower than the export (judged on the benchmark)
+    precision: str | None = None  # fp16 or bf16: graphopt.compress --precision on the export
 
 
 @dataclasses.dataclass

@@ -10,8 +10,9 @@ Inputs of a fixed float32 type (Resize's scales) stay float32. Shape math (float
 from Shape) and nodes that make floats from a dtype attribute stay float32. If/Loop/Scan bodies are
 converted node by node like the main graph, their inputs and outputs kept float32 (the If, Loop or
 Scan keeps its types; a body reads a captured half value as it is). Data-movement ops (Reshape,
-Transpose, Concat …) follow the value they move. Casts go only where a half value meets a float32 reader, one per value, and a
-Cast of a Cast's output reads the first Cast's input instead (float16 → float32 → float16 is exact).
+Transpose, Concat …) follow the value they move. Casts go only where a half value meets a float32
+reader, one per value, and a Cast of a Cast's output reads the first Cast's input instead
+(float16 → float32 → float16 is exact).
 With `keep_io_types` the model's inputs and outputs keep float32 (an output keeps its name).
 
 A node computed in float32 still stores its float32 weights of `min_weights` elements or more in the
@@ -149,7 +150,7 @@ class ConvertPrecision(LossyPass):
         plan = _Plan(self, graph)
         for node in _nodes(graph):
             plan.decide(node)
-        changed = _Retype(graph, self.format, plan.half, self.keep_io_types).apply(plan.weights)
+        changed = _Retype(model, self.format, plan.half, self.keep_io_types).apply(plan.weights)
         done = [outcome for outcome in self.outcomes if outcome.changed]
         if done:
             guessed = self.measures() and self.statistics is not None and self.statistics.synthesized
@@ -345,18 +346,6 @@ def _nodes(graph: ir.Graph):
     return ir.traversal.RecursiveGraphIterator(graph)
 
 
-def _graphs(graph: ir.Graph) -> list[ir.Graph]:
-    """The graph and the bodies of its If/Loop/Scan nodes, nested ones included."""
-    found = [graph]
-    for node in _nodes(graph):
-        for attribute in node.attributes.values():
-            if attribute.type == ir.AttributeType.GRAPH:
-                found.append(attribute.value)
-            elif attribute.type == ir.AttributeType.GRAPHS:
-                found.extend(attribute.value)
-    return found
-
-
 def _shape_math(graph: ir.Graph) -> set[ir.Value]:
     """Values computed only from Shape/Size and small constants (their float ones stay float32); a
     table looked up at shape-derived positions (position embeddings) is data, not shape math."""
@@ -381,10 +370,11 @@ class _Retype:
     """Changes the element types the plan decided: half nodes' outputs, constants, the model's inputs
     and outputs, and a Cast wherever a value meets a reader of the other type."""
 
-    def __init__(self, graph: ir.Graph, format_: Format, half: dict[ir.Node, tuple[OpTyping, set[str]]],
+    def __init__(self, model: ir.Model, format_: Format, half: dict[ir.Node, tuple[OpTyping, set[str]]],
                  keep_io_types: bool) -> None:
-        self.graph, self.format, self.half, self.keep_io_types = graph, format_, half, keep_io_types
-        self.graphs = _graphs(graph)
+        self.graph, self.format, self.half, self.keep_io_types = model.graph, format_, half, keep_io_types
+        self.graphs = list(model.graphs())  # the main graph, then the bodies of If/Loop/Scan, nested ones too
+        graph = self.graph
         self.casts: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
         self.count = 0
         # the names taken, gathered once: a Cast per weight of a large model would scan the graph each time
