@@ -150,7 +150,7 @@ class ConvertPrecision(LossyPass):
         plan = _Plan(self, graph)
         for node in _nodes(graph):
             plan.decide(node)
-        changed = _Retype(model, self.format, plan.half, self.keep_io_types).apply(plan.weights)
+        changed = _Retype(model, self.format, plan.half, self.keep_io_types).apply(plan.weights, plan.halves)
         done = [outcome for outcome in self.outcomes if outcome.changed]
         if done:
             guessed = self.measures() and self.statistics is not None and self.statistics.synthesized
@@ -169,6 +169,7 @@ class _Plan:
         self.computes = pass_.computes()
         self.half: dict[ir.Node, tuple[OpTyping, set[str]]] = {}
         self.weights: dict[ir.Value, ir.Node] = {}  # float32 constants stored in half -> the layer they belong to
+        self.halves: dict[ir.Value, np.ndarray | None] = {}  # a weight in the format, once its refusal is computed
         self.graph, self.shape_math = graph, _shape_math(graph)
         limit = self.format.largest / HEADROOM
         self.out_of_range = {name: largest for name, largest in pass_.statistics.largest.items()
@@ -251,7 +252,7 @@ class _Plan:
             return unmeasured
         for value in node.inputs:
             tensor = constant_tensor(value) if value is not None and value.dtype == FLOAT else None
-            refusal = _weight_refusal(tensor.numpy(), self.format) if tensor is not None else ""
+            refusal = self._weight_refusal(value) if tensor is not None else ""
             if refusal:
                 return f"its weight {value.name!r}: {refusal}"
         return None
@@ -279,30 +280,36 @@ class _Plan:
         return (f"the {self.kernels.ep} EP has no {self.format.name} kernel for MatMul, Conv or Gemm: "
                 "weights only, widened once when ONNX Runtime loads the model")
 
+    def _weight_refusal(self, value: ir.Value) -> str:
+        """_weight_refusal of a float32 constant, its array in the format kept for the write (converted once)."""
+        refusal, self.halves[value] = _weight_refusal(constant_tensor(value).numpy(), self.format)
+        return refusal
+
     def _refusal(self, node: ir.Node, value: ir.Value) -> str:
         """Why a weight of a node computed in float32 stays float32, or ""."""
-        refusal = _weight_refusal(constant_tensor(value).numpy(), self.format)
+        refusal = self._weight_refusal(value)
         if refusal:
             self.pass_.skip(f"{node.op_type} {node.name!r}: its weight {value.name!r} stays float32: {refusal}")
         return refusal
 
 
-def _weight_refusal(array: np.ndarray, format_: Format) -> str:
-    """Why a float32 weight cannot be stored in the format, or "". Float32's extremes (±3.4e38, what
-    exporters write for "minus infinity" in an attention mask) and infinities are no obstacle: they
-    become the format's extremes."""
+def _weight_refusal(array: np.ndarray, format_: Format) -> tuple[str, np.ndarray | None]:
+    """(why a float32 weight cannot be stored in the format or "", the array in the format when it can).
+    Float32's extremes (±3.4e38, what exporters write for "minus infinity" in an attention mask) and
+    infinities are no obstacle: they become the format's extremes."""
     if not array.size:
-        return ""
-    ordinary = array[~_extremes(array)]
+        return "", _in_format(array, format_)
+    usual = ~_extremes(array)
+    ordinary = array[usual]
     largest = float(np.max(np.abs(ordinary))) if ordinary.size else 0.0
     if not np.isfinite(largest) or largest > format_.largest:
-        return f"its largest value {largest:.4g} is beyond {format_.name}'s range"
+        return f"its largest value {largest:.4g} is beyond {format_.name}'s range", None
+    converted = _in_format(array, format_)
     norm = float(np.linalg.norm(ordinary.astype(np.float64)))
-    converted = ordinary.astype(_numpy_type(format_)).astype(np.float64)
-    error = float(np.linalg.norm(converted - ordinary)) / norm if norm else 0.0
+    error = float(np.linalg.norm(converted[usual].astype(np.float64) - ordinary)) / norm if norm else 0.0
     if error > format_.weight_error:
-        return f"{format_.name} would change it by {error:.2e} (relative; values below its normal range)"
-    return ""
+        return f"{format_.name} would change it by {error:.2e} (relative; values below its normal range)", None
+    return "", converted
 
 
 def _extremes(array: np.ndarray) -> np.ndarray:
@@ -382,7 +389,7 @@ class _Retype:
         self.value_names |= {value.name for node in _nodes(graph) for value in node.outputs}
         self.node_names = {node.name for node in _nodes(graph)}
 
-    def apply(self, weights: dict[ir.Value, ir.Node]) -> int:
+    def apply(self, weights: dict[ir.Value, ir.Node], halves: dict[ir.Value, np.ndarray | None]) -> int:
         floats = self._float_values()
         for node, (typing, params) in self.half.items():
             for index, value in enumerate(node.outputs):
@@ -390,7 +397,7 @@ class _Retype:
                     _retype(value, self.format.dtype)
                     self.count += 1
         for value in weights:
-            self._store(value)
+            self._store(value, halves.get(value))
         if not self.keep_io_types:
             for value in self.graph.inputs:
                 if value.dtype == FLOAT:
@@ -420,9 +427,9 @@ class _Retype:
             return self.format.dtype
         return FLOAT
 
-    def _store(self, value: ir.Value) -> None:
+    def _store(self, value: ir.Value, array: np.ndarray | None) -> None:
         """A float32 constant in half, in place (readers wanting float32 get a Cast)."""
-        array = _in_format(value.const_value.numpy(), self.format)
+        array = _in_format(value.const_value.numpy(), self.format) if array is None else array
         value.const_value = ir.tensor(array, dtype=self.format.dtype, name=value.name)
         _retype(value, self.format.dtype)
         self.count += 1
