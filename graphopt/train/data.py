@@ -1,0 +1,65 @@
+"""Training data for distillation: the teacher's inputs, samples along axis 0, and optional labels.
+
+An .npz holds one array per teacher input (every array the same number of samples) and, for
+classifiers, `labels` (one class index per sample). Checked against the teacher before any
+training: names, dtypes, ranks, the sample counts, the labels' length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.errors import InputError
+from graphopt.runtime import inputs as input_io
+
+LABELS = "labels"
+
+
+@dataclasses.dataclass
+class TrainingSet:
+    arrays: dict[str, np.ndarray]  # by the teacher's input names, samples along axis 0
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: array[indices] for name, array in self.arrays.items()}
+
+    def subset(self, indices: np.ndarray) -> TrainingSet:
+        return TrainingSet(self.batch(indices), None if self.labels is None else self.labels[indices])
+
+    def split(self, fraction: float, seed: int) -> tuple[TrainingSet, TrainingSet]:
+        """(training, held out): a seeded `fraction` of the samples held out, at least one each side."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        count = min(max(1, round(fraction * len(self))), len(self) - 1)
+        return self.subset(np.sort(order[count:])), self.subset(np.sort(order[:count]))
+
+
+def load(source: str | os.PathLike | dict[str, np.ndarray], teacher: ir.Model) -> TrainingSet:
+    """The training set from an .npz path or {name: array}, checked against the teacher's inputs."""
+    arrays = input_io.read_npz(source) if isinstance(source, (str, os.PathLike)) else \
+        {name: np.asarray(array) for name, array in source.items()}
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "the training data"
+    names = [info.name for info in input_io.signature(teacher)]
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise InputError(f"{where}: no array for the teacher's input {missing[0]!r} (has: "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}; the teacher takes {', '.join(names)})")
+    inputs = {name: arrays[name] for name in names}
+    counts = {name: array.shape[0] if array.ndim else 0 for name, array in inputs.items()}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise InputError(f"{where}: every input needs the same number of samples along axis 0, got "
+                         + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    data = TrainingSet(inputs, arrays.get(LABELS))
+    input_io.check_feeds(teacher, data.batch(np.arange(min(2, len(data)))), f"{where} (its first samples)")
+    if data.labels is not None:
+        labels = data.labels
+        if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{where}: labels must be one class index per sample ({len(data)} integers), got "
+                             f"{labels.dtype} {list(labels.shape)}")
+    return data

@@ -1,0 +1,220 @@
+"""The distillation loop: a torch student trained against the teacher's outputs, seeded and
+deterministic on the CPU, judged each epoch on held-out samples by its agreement with the teacher,
+checkpointed each epoch (written atomically: Ctrl-C leaves the last one usable) and resumable.
+
+Agreement: top-1 agreement for class scores (kl), the mean cosine for embeddings (mse, cosine); the
+best epoch's weights are the result, and training stops after `patience` epochs without a better one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from graphopt.errors import InputError
+from graphopt.train.data import TrainingSet
+from graphopt.train.losses import LOSSES, default_loss, distillation_loss
+from graphopt.train.teacher import OfflineTargets, Teacher
+
+CHECKPOINT = "checkpoint.pt"
+Progress = Callable[[int, int, float], None]  # (batches done, batches in the epoch, running loss)
+
+
+@dataclasses.dataclass
+class DistillSettings:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    temperature: float = 2.0
+    alpha: float = 0.5  # the soft targets' share of a kl loss when the data has labels
+    loss: str | None = None  # kl, mse or cosine; None: by each output's kind (losses.default_loss)
+    online: bool = False  # the teacher run on every batch; else its outputs cached once
+    held_out: float = 0.1
+    patience: int = 3
+    seed: int = 0
+    hard_labels_only: bool = False  # the baseline: cross-entropy on the labels, no teacher
+
+    def check(self) -> None:
+        if self.loss is not None and self.loss not in LOSSES:
+            raise InputError(f"--loss {self.loss!r}: choose from {', '.join(LOSSES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
+            raise InputError("--epochs, --batch-size, --lr and --temperature must be positive")
+        if not 0.0 <= self.alpha <= 1.0 or not 0.0 < self.held_out < 1.0:
+            raise InputError("--alpha must lie in [0, 1] and --held-out in (0, 1)")
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    agreement: float
+    seconds: float
+    samples_per_second: float
+
+
+@dataclasses.dataclass
+class DistillResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    stopped_early: bool
+    losses: list[str]  # per output
+
+    @property
+    def agreement(self) -> float:
+        return next(record.agreement for record in self.history if record.epoch == self.best_epoch)
+
+
+@dataclasses.dataclass
+class _State:
+    """What a checkpoint holds besides the optimizer: the best weights so far and the history."""
+
+    best: dict
+    best_score: float
+    best_epoch: int
+    history: list[EpochRecord]
+
+
+class _Run:
+    def __init__(self, student, teacher: Teacher, data: TrainingSet, settings: DistillSettings, folder: Path) -> None:
+        import torch
+
+        self.student, self.teacher, self.settings = student, teacher, settings
+        self.names = list(data.arrays)
+        self.train_set, self.held_out = data.split(settings.held_out, settings.seed)
+        self.reference = teacher(self.held_out.arrays)
+        self.losses = _losses(student, self.reference, self.held_out, self.names, settings)
+        self.targets = None if settings.online or settings.hard_labels_only else \
+            OfflineTargets(teacher, self.train_set, folder / "teacher-outputs")
+        torch.manual_seed(settings.seed)
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr)
+
+    def epoch(self, epoch: int, progress: Progress | None) -> tuple[float, float]:
+        """(mean loss, held-out agreement) after one epoch, its batch order seeded by (seed, epoch)."""
+        import torch
+
+        settings, data = self.settings, self.train_set
+        order = np.random.default_rng([settings.seed, epoch]).permutation(len(data))
+        batches = np.array_split(order, -(-len(order) // settings.batch_size))
+        total, seen = 0.0, 0
+        self.student.train()
+        for done, indices in enumerate(batches, 1):
+            indices = np.sort(indices)
+            batch = data.batch(indices)
+            wanted = None if settings.hard_labels_only else \
+                self.teacher(batch) if self.targets is None else self.targets.batch(indices)
+            labels = None if data.labels is None else torch.from_numpy(data.labels[indices])
+            loss = _loss(_forward(self.student, batch, self.names), wanted, labels, self.losses, settings)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total, seen = total + loss.item() * len(indices), seen + len(indices)
+            if progress is not None:
+                progress(done, len(batches), total / seen)
+        return total / seen, _agreement(self.student, self.held_out, self.reference, self.names, self.losses[0])
+
+
+def distill(student, teacher: Teacher, data: TrainingSet, settings: DistillSettings, folder: Path, *,
+            resume: bool = False, progress: Progress | None = None) -> DistillResult:
+    """Train `student` (a torch.nn.Module taking the teacher's inputs in order) in place; its weights
+    end as the best epoch's. `folder` holds the checkpoint and the teacher's cached outputs."""
+    settings.check()
+    if settings.hard_labels_only and data.labels is None:
+        raise InputError("training on hard labels only needs labels in the data")
+    folder.mkdir(parents=True, exist_ok=True)
+    run = _Run(student, teacher, data, settings, folder)
+    state = _State({key: value.detach().clone() for key, value in student.state_dict().items()}, -2.0, 0, [])
+    checkpoint = folder / CHECKPOINT
+    if resume and checkpoint.exists():
+        state = _restore(checkpoint, student, run.optimizer)
+    stopped = False
+    for epoch in range(len(state.history) + 1, settings.epochs + 1):
+        if state.best_epoch and epoch - state.best_epoch > settings.patience:
+            stopped = True
+            break
+        start = time.perf_counter()
+        loss, agreement = run.epoch(epoch, progress)
+        seconds = time.perf_counter() - start
+        state.history.append(EpochRecord(epoch, loss, agreement, seconds, len(run.train_set) / seconds))
+        if agreement > state.best_score:
+            state.best = {key: value.detach().clone() for key, value in student.state_dict().items()}
+            state.best_score, state.best_epoch = agreement, epoch
+        _save(checkpoint, student, run.optimizer, state)
+    student.load_state_dict(state.best)
+    student.eval()
+    return DistillResult(state.history, state.best_epoch, stopped, run.losses)
+
+
+def _forward(student, batch: dict[str, np.ndarray], names: list[str]) -> list:
+    import torch
+
+    outputs = student(*(torch.from_numpy(np.ascontiguousarray(batch[name])) for name in names))
+    return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+
+
+def _losses(student, reference: list[np.ndarray], held_out: TrainingSet, names: list[str],
+            settings: DistillSettings) -> list[str]:
+    """Each output's loss, once the student's outputs are checked against the teacher's (count, shape)."""
+    import torch
+
+    with torch.no_grad():
+        student.eval()
+        outputs = _forward(student, held_out.batch(np.arange(min(2, len(held_out)))), names)
+    if len(outputs) != len(reference):
+        raise InputError(f"the student returns {len(outputs)} output(s), the teacher {len(reference)}")
+    for index, (mine, theirs) in enumerate(zip(outputs, reference)):
+        if list(mine.shape[1:]) != list(theirs.shape[1:]):
+            raise InputError(f"output {index}: the student's is {list(mine.shape)}, the teacher's "
+                             f"{[len(mine), *theirs.shape[1:]]}: they must match to be distilled")
+    return [settings.loss or default_loss(theirs.shape) for theirs in reference]
+
+
+def _loss(outputs: list, wanted: list[np.ndarray] | None, labels, losses: list[str], settings: DistillSettings):
+    import torch.nn.functional as F
+    import torch
+
+    if wanted is None:  # the hard-label baseline
+        return F.cross_entropy(outputs[0], labels)
+    total = 0.0
+    for output, target, kind in zip(outputs, wanted, losses):
+        total = total + distillation_loss(kind, output, torch.from_numpy(np.asarray(target)), labels=labels,
+                                          alpha=settings.alpha, temperature=settings.temperature)
+    return total
+
+
+def _agreement(student, held_out: TrainingSet, reference: list[np.ndarray], names: list[str], kind: str) -> float:
+    import torch
+
+    student.eval()
+    with torch.no_grad():
+        output = _forward(student, held_out.arrays, names)[0].numpy()
+    if kind == "kl":
+        return float(np.mean(output.argmax(-1) == reference[0].argmax(-1)))
+    mine, theirs = output.reshape(len(output), -1), reference[0].reshape(len(output), -1)
+    norms = np.linalg.norm(mine, axis=1) * np.linalg.norm(theirs, axis=1)
+    return float(np.mean(np.sum(mine * theirs, axis=1) / np.maximum(norms, 1e-12)))
+
+
+def _save(path: Path, student, optimizer, state: _State) -> None:
+    import torch
+
+    staged = path.with_suffix(".partial")
+    torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": dataclasses.asdict(state), "torch_rng": torch.get_rng_state()}, staged)
+    os.replace(staged, path)
+
+
+def _restore(path: Path, student, optimizer) -> _State:
+    import torch
+
+    saved = torch.load(path, weights_only=True)
+    student.load_state_dict(saved["student"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = saved["state"]
+    return _State(state["best"], state["best_score"], state["best_epoch"],
+                  [EpochRecord(**record) for record in state["history"]])

@@ -1,0 +1,109 @@
+"""Distillation: the losses against numpy, and the loop on the digits teacher (ONNX, run by ONNX
+Runtime) — the student agrees with it, online equals offline, a resumed run equals an unbroken one,
+and bad data or a mismatched student is one clear error before any training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from graphopt import train
+from graphopt.errors import InputError
+from graphopt.export import export_zoo
+from graphopt.export.digits import load_data
+from graphopt.train.losses import default_loss, distillation_loss, soft_targets
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_soft_targets_are_kl_at_the_temperature_times_its_square():
+    rng = np.random.default_rng(0)
+    student, teacher = rng.standard_normal((6, 10)), rng.standard_normal((6, 10)) * 3
+    for temperature in (1.0, 4.0):
+        p, q = _softmax(teacher / temperature), _softmax(student / temperature)
+        expected = np.mean(np.sum(p * (np.log(p) - np.log(q)), -1)) * temperature ** 2
+        got = soft_targets(torch.tensor(student), torch.tensor(teacher), temperature)
+        assert float(got) == pytest.approx(expected, rel=1e-6)
+    labels = torch.tensor(rng.integers(0, 10, 6))
+    mixed = distillation_loss("kl", torch.tensor(student), torch.tensor(teacher), labels=labels, alpha=0.3,
+                              temperature=2.0)
+    hard = -np.mean(np.log(_softmax(student))[np.arange(6), labels.numpy()])
+    soft = float(soft_targets(torch.tensor(student), torch.tensor(teacher), 2.0))
+    assert float(mixed) == pytest.approx(0.3 * soft + 0.7 * hard, rel=1e-6)
+    same = torch.tensor(teacher)
+    assert float(distillation_loss("cosine", same * 2, same)) == pytest.approx(0.0, abs=1e-7)
+    assert float(distillation_loss("mse", same + 1, same)) == pytest.approx(1.0)
+    assert [default_loss([8, 10]), default_loss([8, 128, 384])] == ["kl", "cosine"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "digits.onnx"
+    export_zoo("digits-cnn", path)
+    data = load_data()
+    return train.Teacher(path, threads=1), data
+
+
+def _student():
+    torch.manual_seed(0)
+    n = torch.nn
+    return n.Sequential(n.Conv2d(1, 8, 3, padding=1), n.ReLU(), n.MaxPool2d(2), n.Flatten(), n.Linear(128, 10))
+
+
+def _run(digits, folder, **settings):
+    teacher, data = digits
+    student = _student()
+    training = train.load({"pixels": data.train_x[:600], "labels": data.train_y[:600]}, teacher.model)
+    options = {"epochs": 6, "batch_size": 16, "lr": 5e-3, "temperature": 4.0, "alpha": 0.7, **settings}
+    return student, train.distill(student, teacher, training, train.DistillSettings(**options), folder)
+
+
+def test_a_student_learns_the_teacher_and_online_equals_offline(digits, tmp_path):
+    """The student's held-out agreement with the teacher's ONNX Runtime outputs rises; the cached
+    teacher outputs give the very weights the per-batch teacher gives (no augmentation here)."""
+    offline, result = _run(digits, tmp_path / "offline")
+    online, online_result = _run(digits, tmp_path / "online", online=True)
+    assert result.losses == ["kl"] and result.agreement >= 0.9
+    assert result.history[0].loss > result.history[-1].loss
+    for mine, theirs in zip(offline.state_dict().values(), online.state_dict().values()):
+        assert torch.equal(mine, theirs)
+    assert [record.agreement for record in result.history] == [record.agreement for record in online_result.history]
+    teacher, data = digits
+    with torch.no_grad():
+        logits = offline(torch.from_numpy(data.test_x)).numpy()
+    expected = teacher({"pixels": data.test_x})[0]
+    assert np.mean(logits.argmax(1) == expected.argmax(1)) >= 0.9  # on the test set, never trained on
+    cached = np.load(tmp_path / "offline" / "teacher-outputs" / "output0.npy", mmap_mode="r")
+    assert cached.shape == (540, 10)  # the 600 less the held-out tenth
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(digits, tmp_path):
+    unbroken, _ = _run(digits, tmp_path / "unbroken", epochs=4)
+    _run(digits, tmp_path / "broken", epochs=2)
+    teacher, data = digits
+    resumed = _student()
+    training = train.load({"pixels": data.train_x[:600], "labels": data.train_y[:600]}, teacher.model)
+    settings = train.DistillSettings(epochs=4, batch_size=16, lr=5e-3, temperature=4.0, alpha=0.7)
+    result = train.distill(resumed, teacher, training, settings, tmp_path / "broken", resume=True)
+    assert [record.epoch for record in result.history] == [1, 2, 3, 4]
+    for mine, theirs in zip(unbroken.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(mine, theirs)
+
+
+def test_bad_data_or_a_mismatched_student_is_one_error_before_training(digits, tmp_path):
+    teacher, data = digits
+    with pytest.raises(InputError, match="no array for the teacher's input 'pixels'"):
+        train.load({"images": data.train_x}, teacher.model)
+    with pytest.raises(InputError, match="labels must be one class index per sample"):
+        train.load({"pixels": data.train_x[:10], "labels": data.train_y[:9]}, teacher.model)
+    training = train.load({"pixels": data.train_x[:50]}, teacher.model)
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12))
+    with pytest.raises(InputError, match=r"output 0: the student's is \[2, 12\], the teacher's \[2, 10\]"):
+        train.distill(wrong, teacher, training, train.DistillSettings(epochs=1), tmp_path)
+    with pytest.raises(InputError, match="hard labels only needs labels"):
+        train.distill(_student(), teacher, training, train.DistillSettings(hard_labels_only=True), tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
