@@ -350,3 +350,32 @@ def bench(
     return bench_module.bench(models, config=(runtime or RuntimeOptions()).for_bench(), inputs=inputs,
                               shapes=shapes, ranges=input_ranges, sweep=sweep, warmup=warmup, runs=runs,
                               seconds=seconds, concurrency=concurrency, progress=progress, labels=labels)
+
+
+def distill(
+    teacher: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    student,
+    data: str | os.PathLike | dict,
+    test_data: str | os.PathLike | dict | None = None,
+    work: str | os.PathLike | None = None,
+    resume: bool = False,
+    time_models: bool = True,
+    progress=None,
+    **options,
+):
+    """Train `student` (a torch.nn.Module, or "file.py:factory" as `graphopt export --module` takes)
+    to reproduce the ONNX `teacher` on `data` (an .npz, or {input name: array}, samples along axis 0,
+    with optional `labels`), then export it to `output`, judge it against the teacher in ONNX Runtime
+    on the held-out samples (and on `test_data`, never trained on), and write its report beside it. `options` are
+    graphopt.train.DistillSettings' (epochs, batch_size, lr, temperature, alpha, loss, online …);
+    `work` holds the checkpoint and the cached teacher outputs (default: OUTPUT's stem + .distill).
+    Returns a graphopt.train.job.DistillReport."""
+    from graphopt.options import settings_from
+    from graphopt.train import job
+    from graphopt.train.loop import DistillSettings
+
+    return job.run(teacher, output, student=student, data=data, test_data=test_data,
+                   settings=settings_from(DistillSettings, options),
+                   work=work, resume=resume, time_models=time_models, progress=progress)

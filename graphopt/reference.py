@@ -211,7 +211,9 @@ def settings_classes() -> dict:
     from graphopt.lossy import Budget
     from graphopt.quantization import QuantizeSettings
 
-    return {"quantize": QuantizeSettings, "compress": CompressSettings, "budget": Budget}
+    from graphopt.train.loop import DistillSettings
+
+    return {"quantize": QuantizeSettings, "compress": CompressSettings, "budget": Budget, "distill": DistillSettings}
 
 
 def settings_markdown(name: str) -> str:

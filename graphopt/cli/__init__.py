@@ -3,7 +3,7 @@
 app.py holds the group and the entry point; each module below registers its commands on it.
 """
 
-from graphopt.cli import measure, models, optimize  # noqa: F401  (they register the commands)
+from graphopt.cli import distill, measure, models, optimize  # noqa: F401  (they register the commands)
 from graphopt.cli.app import app, main
 
 __all__ = ["app", "main"]

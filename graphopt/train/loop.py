@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from graphopt.errors import InputError
+from graphopt.options import between, check_fields, option
 from graphopt.train.data import TrainingSet
 from graphopt.train.losses import LOSSES, default_loss, distillation_loss
 from graphopt.train.teacher import OfflineTargets, Teacher
@@ -25,27 +26,36 @@ CHECKPOINT = "checkpoint.pt"
 Progress = Callable[[int, int, float], None]  # (batches done, batches in the epoch, running loss)
 
 
+def _positive(value) -> str:
+    return "" if value > 0 else "it must be positive"
+
+
 @dataclasses.dataclass
 class DistillSettings:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    temperature: float = 2.0
-    alpha: float = 0.5  # the soft targets' share of a kl loss when the data has labels
-    loss: str | None = None  # kl, mse or cosine; None: by each output's kind (losses.default_loss)
-    online: bool = False  # the teacher run on every batch; else its outputs cached once
-    held_out: float = 0.1
-    patience: int = 3
-    seed: int = 0
-    hard_labels_only: bool = False  # the baseline: cross-entropy on the labels, no teacher
+    """How the student is trained (declared once: the distill command's flags, the API's keywords, the docs)."""
+
+    epochs: int = option(10, "Passes over the training data, at most (early stopping may end sooner).",
+                         check=_positive)
+    batch_size: int = option(64, "Samples per training step.", check=_positive)
+    lr: float = option(1e-3, "AdamW's learning rate.", check=_positive)
+    temperature: float = option(2.0, "The soft targets' temperature T (the kl loss is scaled by T²).",
+                                check=_positive)
+    alpha: float = option(0.5, "With labels in the data: the soft targets' share of the kl loss, the rest "
+                               "cross-entropy on the labels.", check=between(0.0, 1.0))
+    loss: str | None = option(None, "kl (class scores), mse or cosine (embeddings, hidden states); default: by "
+                                    "each output's rank (2: kl, more: cosine).", choices=LOSSES)
+    online: bool = option(False, "Run the teacher on every batch (on exactly what the student sees); default: its "
+                                 "outputs computed once, cached memory-mapped and reused every epoch.",
+                          flag="--online/--offline")
+    held_out: float = option(0.1, "The share of the data held out to judge each epoch (early stopping) and the "
+                                  "result.", check=between(0.0, 1.0, open_low=True, open_high=True))
+    patience: int = option(3, "Epochs without a better held-out agreement before training stops.", check=_positive)
+    seed: int = option(0, "Seeds the split, the batch order and the student's initialization.")
+    hard_labels_only: bool = option(False, "The baseline: train on the labels alone (cross-entropy), no teacher.",
+                                    flag="--hard-labels-only/--with-teacher")
 
     def check(self) -> None:
-        if self.loss is not None and self.loss not in LOSSES:
-            raise InputError(f"--loss {self.loss!r}: choose from {', '.join(LOSSES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
-            raise InputError("--epochs, --batch-size, --lr and --temperature must be positive")
-        if not 0.0 <= self.alpha <= 1.0 or not 0.0 < self.held_out < 1.0:
-            raise InputError("--alpha must lie in [0, 1] and --held-out in (0, 1)")
+        check_fields(self)
 
 
 @dataclasses.dataclass
@@ -125,8 +135,8 @@ def distill(student, teacher: Teacher, data: TrainingSet, settings: DistillSetti
     settings.check()
     if settings.hard_labels_only and data.labels is None:
         raise InputError("training on hard labels only needs labels in the data")
+    run = _Run(student, teacher, data, settings, folder)  # checks the student before anything is written
     folder.mkdir(parents=True, exist_ok=True)
-    run = _Run(student, teacher, data, settings, folder)
     state = _State({key: value.detach().clone() for key, value in student.state_dict().items()}, -2.0, 0, [])
     checkpoint = folder / CHECKPOINT
     if resume and checkpoint.exists():

@@ -81,13 +81,23 @@ def test_a_student_learns_the_teacher_and_online_equals_offline(digits, tmp_path
     assert cached.shape == (540, 10)  # the 600 less the held-out tenth
 
 
-def test_a_resumed_run_ends_where_an_unbroken_one_does(digits, tmp_path):
+def test_a_run_interrupted_mid_epoch_resumes_to_where_an_unbroken_one_ends(digits, tmp_path):
+    """Ctrl-C in the third epoch: the second epoch's checkpoint is what is left, and --resume from it
+    ends with the very weights of a run never interrupted."""
     unbroken, _ = _run(digits, tmp_path / "unbroken", epochs=4)
-    _run(digits, tmp_path / "broken", epochs=2)
     teacher, data = digits
-    resumed = _student()
     training = train.load({"pixels": data.train_x[:600], "labels": data.train_y[:600]}, teacher.model)
     settings = train.DistillSettings(epochs=4, batch_size=16, lr=5e-3, temperature=4.0, alpha=0.7)
+    epochs = []
+
+    def interrupt(done: int, total: int, loss: float) -> None:
+        epochs.append(done == 1)
+        if sum(epochs) == 3 and done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.distill(_student(), teacher, training, settings, tmp_path / "broken", progress=interrupt)
+    resumed = _student()
     result = train.distill(resumed, teacher, training, settings, tmp_path / "broken", resume=True)
     assert [record.epoch for record in result.history] == [1, 2, 3, 4]
     for mine, theirs in zip(unbroken.state_dict().values(), resumed.state_dict().values()):
