@@ -18,7 +18,7 @@ from graphopt.train.loop import DistillSettings
 @click.option("--teacher", type=click.Path(path_type=Path), required=True, help="The ONNX model to learn from.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Training data: an .npz with an array per teacher input (samples along axis 0) and, for "
-                   "classifiers, `labels` (a class index per sample).")
+                   "classifiers, `labels` (a class index per sample); or a folder of such .npz files, joined.")
 @click.option("--student", metavar="FILE.py:FACTORY", required=True,
               help="The student: a function returning (torch module, example inputs), as `export --module` takes.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

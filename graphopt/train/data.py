@@ -1,7 +1,8 @@
 """Training data for distillation: the teacher's inputs, samples along axis 0, and optional labels.
 
 An .npz holds one array per teacher input (every array the same number of samples) and, for
-classifiers, `labels` (one class index per sample). Checked against the teacher before any
+classifiers, `labels` (one class index per sample); a folder holds such .npz files, read in name
+order and joined along axis 0. Checked against the teacher before any
 training: names, dtypes, ranks, the sample counts, the labels' length.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -42,9 +44,11 @@ class TrainingSet:
 
 def load(source: str | os.PathLike | dict[str, np.ndarray], teacher: ir.Model) -> TrainingSet:
     """The training set from an .npz path or {name: array}, checked against the teacher's inputs."""
-    arrays = input_io.read_npz(source) if isinstance(source, (str, os.PathLike)) else \
-        {name: np.asarray(array) for name, array in source.items()}
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the training data"
+    if isinstance(source, (str, os.PathLike)):
+        arrays = _folder(Path(source)) if Path(source).is_dir() else input_io.read_npz(source)
+    else:
+        arrays = {name: np.asarray(array) for name, array in source.items()}
     names = [info.name for info in input_io.signature(teacher)]
     missing = [name for name in names if name not in arrays]
     if missing:
@@ -63,3 +67,18 @@ def load(source: str | os.PathLike | dict[str, np.ndarray], teacher: ir.Model) -
             raise InputError(f"{where}: labels must be one class index per sample ({len(data)} integers), got "
                              f"{labels.dtype} {list(labels.shape)}")
     return data
+
+
+def _folder(folder: Path) -> dict[str, np.ndarray]:
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        raise InputError(f"{folder}: no .npz files")
+    parts = [input_io.read_npz(file) for file in files]
+    for file, part in zip(files[1:], parts[1:]):
+        if set(part) != set(parts[0]):
+            raise InputError(f"{file}: holds {', '.join(sorted(part))}, {files[0].name} holds "
+                             f"{', '.join(sorted(parts[0]))}: every file needs the same arrays")
+    try:
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    except ValueError as error:
+        raise InputError(f"{folder}: the files' arrays do not join along axis 0 ({error})") from None

@@ -21,7 +21,7 @@ import numpy as np
 from graphopt import model as model_io
 from graphopt.outputs import check_output_file
 from graphopt.train import data as data_io
-from graphopt.train.loop import DistillResult, DistillSettings, Progress, distill
+from graphopt.train.loop import DistillResult, DistillSettings, Progress, agreement, distill
 from graphopt.train.teacher import Teacher
 
 
@@ -118,12 +118,7 @@ def _outputs(path: Path, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def _agreement(teacher: Teacher, student: Path, held_out: data_io.TrainingSet, kind: str) -> float:
-    want, got = teacher(held_out.arrays)[0], _outputs(student, held_out.arrays)[0]
-    if kind == "kl":
-        return float(np.mean(want.argmax(-1) == got.argmax(-1)))
-    mine, theirs = got.reshape(len(got), -1), want.reshape(len(want), -1)
-    norms = np.linalg.norm(mine, axis=1) * np.linalg.norm(theirs, axis=1)
-    return float(np.mean(np.sum(mine * theirs, axis=1) / np.maximum(norms, 1e-12)))
+    return agreement(_outputs(student, held_out.arrays)[0], teacher(held_out.arrays)[0], kind)
 
 
 def _accuracy(teacher: Teacher, student: Path, held_out: data_io.TrainingSet) -> dict[str, float]:

@@ -202,9 +202,15 @@ def _agreement(student, held_out: TrainingSet, reference: list[np.ndarray], name
     student.eval()
     with torch.no_grad():
         output = _forward(student, held_out.arrays, names)[0].numpy()
+    return agreement(output, reference[0], kind)
+
+
+def agreement(output: np.ndarray, reference: np.ndarray, kind: str) -> float:
+    """How far a student's first output agrees with the teacher's: top-1 agreement for class scores
+    (kl), else the mean cosine per sample."""
     if kind == "kl":
-        return float(np.mean(output.argmax(-1) == reference[0].argmax(-1)))
-    mine, theirs = output.reshape(len(output), -1), reference[0].reshape(len(output), -1)
+        return float(np.mean(output.argmax(-1) == reference.argmax(-1)))
+    mine, theirs = output.reshape(len(output), -1), reference.reshape(len(reference), -1)
     norms = np.linalg.norm(mine, axis=1) * np.linalg.norm(theirs, axis=1)
     return float(np.mean(np.sum(mine * theirs, axis=1) / np.maximum(norms, 1e-12)))
 

@@ -110,6 +110,14 @@ def test_bad_data_or_a_mismatched_student_is_one_error_before_training(digits, t
         train.load({"images": data.train_x}, teacher.model)
     with pytest.raises(InputError, match="labels must be one class index per sample"):
         train.load({"pixels": data.train_x[:10], "labels": data.train_y[:9]}, teacher.model)
+    for index in range(3):
+        np.savez(tmp_path / f"part{index}.npz", pixels=data.train_x[index * 10:(index + 1) * 10],
+                 labels=data.train_y[index * 10:(index + 1) * 10])
+    joined = train.load(tmp_path, teacher.model)
+    assert np.array_equal(joined.arrays["pixels"], data.train_x[:30]) and np.array_equal(joined.labels, data.train_y[:30])
+    np.savez(tmp_path / "part3.npz", pixels=data.train_x[:5])
+    with pytest.raises(InputError, match="every file needs the same arrays"):
+        train.load(tmp_path, teacher.model)
     training = train.load({"pixels": data.train_x[:50]}, teacher.model)
     wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12))
     with pytest.raises(InputError, match=r"output 0: the student's is \[2, 12\], the teacher's \[2, 10\]"):
