@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/compression_vs_peers.py
 	$(PY) benchmarks/session_load.py
 	$(PY) benchmarks/precision_vs_peers.py
+	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/plot_results.py
 
 clean:
