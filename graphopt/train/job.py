@@ -20,6 +20,7 @@ import numpy as np
 
 from graphopt import model as model_io
 from graphopt.outputs import check_output_file
+from graphopt.runtime.providers import SessionConfig, create_session
 from graphopt.train import data as data_io
 from graphopt.train.loop import DistillResult, DistillSettings, Progress, agreement, distill
 from graphopt.train.teacher import Teacher
@@ -76,12 +77,14 @@ def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student, 
     stage("exporting and judging")
     _, held_out = training.split(settings.held_out, settings.seed)
     parity = _export(module, teacher, held_out, output)
-    report = DistillReport(_facts(teacher.path), _facts(output), result, settings, seconds, len(held_out),
-                           _agreement(teacher, output, held_out, result.losses[0]), parity=parity)
-    report.accuracy = _accuracy(teacher, output, held_out)
+    session = create_session(output, SessionConfig(spinning=False))
+    agreed, accuracy = _judge(teacher, session, held_out, result.losses[0])
+    report = DistillReport(_facts(teacher.path), _facts(output), result, settings, seconds, len(held_out), agreed,
+                           accuracy, parity=parity)
     if test is not None:
-        report.test = {"samples": len(test), "agreement": _agreement(teacher, output, test, result.losses[0]),
-                       "accuracy": _accuracy(teacher, output, test)}
+        agreed, accuracy = _judge(teacher, session, test, result.losses[0])
+        report.test = {"samples": len(test), "agreement": agreed, "accuracy": accuracy}
+    del session  # idle, it must not share the cores with the timing
     if time_models:
         stage("timing the teacher and the student")
         _time(report, held_out)
@@ -111,21 +114,13 @@ def _facts(path: Path) -> ModelFacts:
     return ModelFacts(str(path), info.parameters, info.file_bytes)
 
 
-def _outputs(path: Path, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from graphopt.runtime.providers import SessionConfig, create_session
-
-    return create_session(path, SessionConfig(spinning=False)).run(arrays)
-
-
-def _agreement(teacher: Teacher, student: Path, held_out: data_io.TrainingSet, kind: str) -> float:
-    return agreement(_outputs(student, held_out.arrays)[0], teacher(held_out.arrays)[0], kind)
-
-
-def _accuracy(teacher: Teacher, student: Path, held_out: data_io.TrainingSet) -> dict[str, float]:
-    if held_out.labels is None:
-        return {}
-    return {label: float(np.mean(outputs[0].argmax(-1) == held_out.labels))
-            for label, outputs in (("teacher", teacher(held_out.arrays)), ("student", _outputs(student, held_out.arrays)))}
+def _judge(teacher: Teacher, student, data: data_io.TrainingSet, kind: str) -> tuple[float, dict[str, float]]:
+    """(agreement, accuracy on the labels when there are) of the exported student (a session) against
+    the teacher on `data`, each model run once."""
+    want, got = teacher(data.arrays)[0], student.run(data.arrays)[0]
+    accuracy = {} if data.labels is None else {label: float(np.mean(outputs.argmax(-1) == data.labels))
+                                               for label, outputs in (("teacher", want), ("student", got))}
+    return agreement(got, want, kind), accuracy
 
 
 def _time(report: DistillReport, held_out: data_io.TrainingSet) -> None:
