@@ -356,18 +356,23 @@ def distill(
     teacher: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    student,
+    student=None,
+    student_onnx: str | os.PathLike | None = None,
     data: str | os.PathLike | dict,
     test_data: str | os.PathLike | dict | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    max_length: int = 128,
     work: str | os.PathLike | None = None,
     resume: bool = False,
     time_models: bool = True,
     progress=None,
     **options,
 ):
-    """Train `student` (a torch.nn.Module, or "file.py:factory" as `graphopt export --module` takes)
-    to reproduce the ONNX `teacher` on `data` (an .npz, or {input name: array}, samples along axis 0,
-    with optional `labels`), then export it to `output`, judge it against the teacher in ONNX Runtime
+    """Train a student — `student` (a torch.nn.Module, or "file.py:factory" as `graphopt export --module`
+    takes), `student_onnx` (an ONNX model, such as `graphopt.compress`'s output, made trainable in
+    PyTorch) or `drop_layers=K` (the teacher keeping every K-th layer) — to reproduce the ONNX `teacher` on `data` (an .npz, or {input name: array}, samples along
+    axis 0, with optional `labels`), then export it to `output` (an ONNX student: its own graph with the
+    trained weights), judge it against the teacher in ONNX Runtime
     on the held-out samples (and on `test_data`, never trained on), and write its report beside it. `options` are
     graphopt.train.DistillSettings' (epochs, batch_size, lr, temperature, alpha, loss, online …);
     `work` holds the checkpoint and the cached teacher outputs (default: OUTPUT's stem + .distill).
@@ -376,6 +381,7 @@ def distill(
     from graphopt.train import job
     from graphopt.train.loop import DistillSettings
 
-    return job.run(teacher, output, student=student, data=data, test_data=test_data,
+    return job.run(teacher, output, student=student, student_onnx=student_onnx, data=data, test_data=test_data,
+                   tokenizer=tokenizer, max_length=max_length,
                    settings=settings_from(DistillSettings, options),
                    work=work, resume=resume, time_models=time_models, progress=progress)

@@ -1,5 +1,6 @@
 """Training data for distillation: the teacher's inputs, samples along axis 0, and optional labels.
 
+A text file (.txt) is one sample per line, tokenized with the model's tokenizer (graphopt.train.text).
 An .npz holds one array per teacher input (every array the same number of samples) and, for
 classifiers, `labels` (one class index per sample); a folder holds such .npz files, read in name
 order and joined along axis 0. Checked against the teacher before any
@@ -42,10 +43,17 @@ class TrainingSet:
         return self.subset(np.sort(order[count:])), self.subset(np.sort(order[:count]))
 
 
-def load(source: str | os.PathLike | dict[str, np.ndarray], teacher: ir.Model) -> TrainingSet:
-    """The training set from an .npz path or {name: array}, checked against the teacher's inputs."""
+def load(source: str | os.PathLike | dict[str, np.ndarray], teacher: ir.Model, *,
+         tokenizer: str | os.PathLike | None = None, max_length: int = 128) -> TrainingSet:
+    """The training set from an .npz path, a folder of them, a text file (tokenized with `tokenizer`) or
+    {name: array}, checked against the teacher's inputs."""
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the training data"
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".txt":
+        from graphopt.train.text import tokenize_file
+
+        dtypes = {info.name: np.dtype(info.dtype) for info in input_io.signature(teacher)}
+        arrays = tokenize_file(source, tokenizer, dtypes, max_length)
+    elif isinstance(source, (str, os.PathLike)):
         arrays = _folder(Path(source)) if Path(source).is_dir() else input_io.read_npz(source)
     else:
         arrays = {name: np.asarray(array) for name, array in source.items()}

@@ -19,10 +19,13 @@ from typing import Any
 import numpy as np
 
 from graphopt import model as model_io
+from graphopt.errors import InputError
 from graphopt.outputs import check_output_file
 from graphopt.runtime.providers import SessionConfig, create_session
 from graphopt.train import data as data_io
-from graphopt.train.loop import DistillResult, DistillSettings, Progress, agreement, distill
+from graphopt.train.losses import MASK
+from graphopt.train.loop import (SCRATCH_LR, TRAINED_LR, DistillResult, DistillSettings, Progress, agreement, distill,
+                                 sample_cosines)
 from graphopt.train.teacher import Teacher
 
 
@@ -47,43 +50,69 @@ class DistillReport:
     test: dict[str, Any] | None = None  # agreement and accuracy on the test data, never trained on
     parity: float = 0.0  # the export's max abs error against torch
     files: list[str] = dataclasses.field(default_factory=list)
+    # an ONNX student: where it came from, the trainable module's max abs error against ONNX Runtime on it before
+    # training, and how it agreed with the teacher before training (held out, and test when given)
+    student_onnx: str | None = None
+    round_trip: float | None = None
+    before: dict[str, Any] | None = None
+    dropped: dict[str, Any] | None = None  # --drop-layers: the teacher's layer count and the layers kept
+    min_cosine: float | None = None  # embeddings: the lowest held-out sample's cosine (mean-pooled over real tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student, data, test_data=None,
-        settings: DistillSettings, work: str | os.PathLike | None = None, resume: bool = False,
+def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student=None, student_onnx=None, data,
+        test_data=None, tokenizer=None, max_length: int = 128, settings: DistillSettings, work: str | os.PathLike | None = None, resume: bool = False,
         time_models: bool = True, progress: Progress | None = None,
         stage: Callable[[str], None] | None = None) -> DistillReport:
-    """Train `student` (a torch.nn.Module, or a `file.py:factory` spec) against the teacher on `data`
-    (an .npz or {name: array}), write it to `output` and its report beside it; `test_data` (the same
-    form) is judged too, never trained on."""
-    from graphopt.export import load_factory
-
+    """Train the student — `student` (a torch.nn.Module, or a `file.py:factory` spec) or `student_onnx`
+    (an ONNX model, made trainable) — against the teacher on `data` (an .npz or {name: array}), write it to
+    `output` and its report beside it; `test_data` (the same form) is judged too, never trained on."""
     stage = stage or (lambda description: None)
     settings.check()
+    if sum(source is not None for source in (student, student_onnx, settings.drop_layers)) != 1:
+        raise InputError("give the student as one of --student FILE.py:FACTORY, --student-onnx FILE.onnx or "
+                         "--drop-layers K")
     output = Path(output)
     check_output_file(output, "-o")
-    teacher = Teacher(teacher_path)
-    training = data_io.load(data, teacher.model)
-    test = data_io.load(test_data, teacher.model) if test_data is not None else None
-    module = load_factory(student, "--student").module if isinstance(student, str) else student
+    for source in (student_onnx, teacher_path):
+        if source is not None and output.resolve() == Path(source).resolve():
+            raise InputError(f"-o {output} is an input model: write the distilled student elsewhere")
     work = Path(work) if work is not None else output.with_name(output.stem + ".distill")
+    dropped = None
+    if settings.drop_layers is not None:
+        student_onnx, dropped = _dropped_student(teacher_path, settings.drop_layers, work)
+    hidden = [theirs for _, theirs in dropped.pairs] if dropped is not None and settings.match_layers else []
+    teacher = Teacher(teacher_path, hidden=hidden)
+    training = data_io.load(data, teacher.model, tokenizer=tokenizer, max_length=max_length)
+    test = None if test_data is None else \
+        data_io.load(test_data, teacher.model, tokenizer=tokenizer, max_length=max_length)
+    _, held_out = training.split(settings.held_out, settings.seed)
+    if student_onnx is not None:
+        settings = dataclasses.replace(settings, lr=settings.lr or TRAINED_LR)
+        module, round_trip, before = _onnx_student(student_onnx, teacher, held_out, test, settings)
+        module.outputs += module.values([mine for mine, _ in dropped.pairs] if hidden else [])
+    else:
+        settings = dataclasses.replace(settings, lr=settings.lr or SCRATCH_LR)
+        module, round_trip, before = _torch_student(student), None, None
     start = time.perf_counter()
     stage("training")
     result = distill(module, teacher, training, settings, work, resume=resume, progress=progress)
     seconds = time.perf_counter() - start
     stage("exporting and judging")
-    _, held_out = training.split(settings.held_out, settings.seed)
-    parity = _export(module, teacher, held_out, output)
+    parity = _write_onnx(module, held_out, output) if student_onnx is not None else \
+        _export(module, teacher, held_out, output)
     session = create_session(output, SessionConfig(spinning=False))
-    agreed, accuracy = _judge(teacher, session, held_out, result.losses[0])
+    agreed, accuracy, lowest = _judge(teacher, session, held_out, result.losses[0])
     report = DistillReport(_facts(teacher.path), _facts(output), result, settings, seconds, len(held_out), agreed,
-                           accuracy, parity=parity)
+                           accuracy, parity=parity, student_onnx=None if student_onnx is None else str(student_onnx),
+                           round_trip=round_trip, before=before,
+                           dropped=None if dropped is None else {"layers": dropped.layers, "kept": dropped.kept},
+                           min_cosine=lowest)
     if test is not None:
-        agreed, accuracy = _judge(teacher, session, test, result.losses[0])
-        report.test = {"samples": len(test), "agreement": agreed, "accuracy": accuracy}
+        agreed, accuracy, lowest_test = _judge(teacher, session, test, result.losses[0])
+        report.test = {"samples": len(test), "agreement": agreed, "accuracy": accuracy, "min_cosine": lowest_test}
     del session  # idle, it must not share the cores with the timing
     if time_models:
         stage("timing the teacher and the student")
@@ -92,6 +121,56 @@ def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student, 
 
     report.files = [str(path) for path in write(report, output)]
     return report
+
+
+def _dropped_student(teacher_path, every: int, work: Path):
+    """The teacher keeping every `every`-th layer, written into the work folder: (its path, what was dropped)."""
+    from graphopt.train.drop_layers import drop_layers
+
+    model = model_io.load(teacher_path)
+    dropped = drop_layers(model, every)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "student-initial.onnx"
+    model_io.save(model, path)
+    return path, dropped
+
+
+def _torch_student(student):
+    from graphopt.export import load_factory
+
+    return load_factory(student, "--student").module if isinstance(student, str) else student
+
+
+ROUND_TRIP_SAMPLES = 8
+
+
+def _onnx_student(path, teacher: Teacher, held_out: data_io.TrainingSet, test: data_io.TrainingSet | None,
+                  settings: DistillSettings) -> tuple[Any, float, dict[str, Any]]:
+    """(the ONNX student made trainable, its max abs error against ONNX Runtime before training, how the
+    untrained student agrees with the teacher); an operator that cannot be trained, or a module that does
+    not compute what ONNX Runtime does, stops here, before any training."""
+    from graphopt.train.losses import default_loss
+    from graphopt.train.trainable import TrainableGraph, round_trip
+
+    module = TrainableGraph(model_io.load(path), list(held_out.arrays))
+    error = round_trip(module, path, held_out.batch(np.arange(min(ROUND_TRIP_SAMPLES, len(held_out)))))
+    session = create_session(path, SessionConfig(spinning=False))
+    kind = settings.loss or default_loss(teacher.output_shapes[0])
+    before: dict[str, Any] = {}
+    before["agreement"], before["accuracy"], before["min_cosine"] = _judge(teacher, session, held_out, kind)
+    if test is not None:
+        before["test_agreement"], before["test_accuracy"], before["test_min_cosine"] = _judge(teacher, session, test,
+                                                                                              kind)
+    return module, error, before
+
+
+def _write_onnx(module, held_out: data_io.TrainingSet, output: Path) -> float:
+    """The trained weights written into the student's own graph at `output`; the max abs error of ONNX
+    Runtime on it against the trained module."""
+    from graphopt.train.trainable import round_trip
+
+    module.write(output)
+    return round_trip(module, output, held_out.batch(np.arange(min(ROUND_TRIP_SAMPLES, len(held_out)))))
 
 
 def _export(module, teacher: Teacher, held_out: data_io.TrainingSet, output: Path) -> float:
@@ -115,12 +194,14 @@ def _facts(path: Path) -> ModelFacts:
 
 
 def _judge(teacher: Teacher, student, data: data_io.TrainingSet, kind: str) -> tuple[float, dict[str, float]]:
-    """(agreement, accuracy on the labels when there are) of the exported student (a session) against
-    the teacher on `data`, each model run once."""
+    """(agreement, accuracy on the labels when there are, the lowest sample's cosine for embeddings) of the
+    exported student (a session) against the teacher on `data`, each model run once."""
     want, got = teacher(data.arrays)[0], student.run(data.arrays)[0]
+    mask = data.arrays.get(MASK)
+    lowest = None if kind == "kl" else float(np.min(sample_cosines(got, want, mask)))
     accuracy = {} if data.labels is None else {label: float(np.mean(outputs.argmax(-1) == data.labels))
                                                for label, outputs in (("teacher", want), ("student", got))}
-    return agreement(got, want, kind), accuracy
+    return agreement(got, want, kind, mask), accuracy, lowest
 
 
 def _time(report: DistillReport, held_out: data_io.TrainingSet) -> None:

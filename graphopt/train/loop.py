@@ -19,10 +19,11 @@ import numpy as np
 from graphopt.errors import InputError
 from graphopt.options import between, check_fields, option
 from graphopt.train.data import TrainingSet
-from graphopt.train.losses import LOSSES, default_loss, distillation_loss
+from graphopt.train.losses import LOSSES, MASK, default_loss, distillation_loss
 from graphopt.train.teacher import OfflineTargets, Teacher
 
 CHECKPOINT = "checkpoint.pt"
+SCRATCH_LR, TRAINED_LR = 1e-3, 1e-4  # the default learning rates: a student from scratch, one from trained weights
 Progress = Callable[[int, int, float], None]  # (batches done, batches in the epoch, running loss)
 
 
@@ -37,7 +38,9 @@ class DistillSettings:
     epochs: int = option(10, "Passes over the training data, at most (early stopping may end sooner).",
                          check=_positive)
     batch_size: int = option(64, "Samples per training step.", check=_positive)
-    lr: float = option(1e-3, "AdamW's learning rate.", check=_positive)
+    lr: float | None = option(None, "AdamW's learning rate; default: 1e-3 for a --student trained from scratch, "
+                                    "1e-4 for one that starts from trained weights (--student-onnx, --drop-layers).",
+                              check=lambda value: "" if value is None else _positive(value))
     temperature: float = option(2.0, "The soft targets' temperature T (the kl loss is scaled by T²).",
                                 check=_positive)
     alpha: float = option(0.5, "With labels in the data: the soft targets' share of the kl loss, the rest "
@@ -51,11 +54,19 @@ class DistillSettings:
                                   "result.", check=between(0.0, 1.0, open_low=True, open_high=True))
     patience: int = option(3, "Epochs without a better held-out agreement before training stops.", check=_positive)
     seed: int = option(0, "Seeds the split, the batch order and the student's initialization.")
+    drop_layers: int | None = option(None, "The student is the teacher keeping every K-th layer (0, K, 2K…), "
+                                           "initialised with its weights, as DistilBERT was made.",
+                                     check=lambda value: "" if value is None or value >= 2 else "it must be 2 or more")
+    match_layers: bool = option(False, "--drop-layers: also match each kept layer's hidden state to the teacher's "
+                                       "at the same depth (a cosine loss each).",
+                                flag="--match-layers/--no-match-layers")
     hard_labels_only: bool = option(False, "The baseline: train on the labels alone (cross-entropy), no teacher.",
                                     flag="--hard-labels-only/--with-teacher")
 
     def check(self) -> None:
         check_fields(self)
+        if self.match_layers and self.drop_layers is None:
+            raise InputError("--match-layers needs --drop-layers (the hidden states of a student made from the teacher)")
 
 
 @dataclasses.dataclass
@@ -101,7 +112,7 @@ class _Run:
         self.targets = None if settings.online or settings.hard_labels_only else \
             OfflineTargets(teacher, self.train_set, folder / "teacher-outputs")
         torch.manual_seed(settings.seed)
-        self.optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr)
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr or SCRATCH_LR)
 
     def epoch(self, epoch: int, progress: Progress | None) -> tuple[float, float]:
         """(mean loss, held-out agreement) after one epoch, its batch order seeded by (seed, epoch)."""
@@ -118,7 +129,8 @@ class _Run:
             wanted = None if settings.hard_labels_only else \
                 self.teacher(batch) if self.targets is None else self.targets.batch(indices)
             labels = None if data.labels is None else torch.from_numpy(data.labels[indices])
-            loss = _loss(_forward(self.student, batch, self.names), wanted, labels, self.losses, settings)
+            mask = torch.from_numpy(batch[MASK]) if MASK in batch else None
+            loss = _loss(_forward(self.student, batch, self.names), wanted, labels, self.losses, settings, mask)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -183,7 +195,8 @@ def _losses(student, reference: list[np.ndarray], held_out: TrainingSet, names: 
     return [settings.loss or default_loss(theirs.shape) for theirs in reference]
 
 
-def _loss(outputs: list, wanted: list[np.ndarray] | None, labels, losses: list[str], settings: DistillSettings):
+def _loss(outputs: list, wanted: list[np.ndarray] | None, labels, losses: list[str], settings: DistillSettings,
+          mask=None):
     import torch.nn.functional as F
     import torch
 
@@ -192,7 +205,7 @@ def _loss(outputs: list, wanted: list[np.ndarray] | None, labels, losses: list[s
     total = 0.0
     for output, target, kind in zip(outputs, wanted, losses):
         total = total + distillation_loss(kind, output, torch.from_numpy(np.asarray(target)), labels=labels,
-                                          alpha=settings.alpha, temperature=settings.temperature)
+                                          alpha=settings.alpha, temperature=settings.temperature, mask=mask)
     return total
 
 
@@ -202,17 +215,28 @@ def _agreement(student, held_out: TrainingSet, reference: list[np.ndarray], name
     student.eval()
     with torch.no_grad():
         output = _forward(student, held_out.arrays, names)[0].numpy()
-    return agreement(output, reference[0], kind)
+    return agreement(output, reference[0], kind, held_out.arrays.get(MASK))
 
 
-def agreement(output: np.ndarray, reference: np.ndarray, kind: str) -> float:
+def agreement(output: np.ndarray, reference: np.ndarray, kind: str, mask: np.ndarray | None = None) -> float:
     """How far a student's first output agrees with the teacher's: top-1 agreement for class scores
-    (kl), else the mean cosine per sample."""
+    (kl), else the mean cosine per sample (`sample_cosines`)."""
     if kind == "kl":
         return float(np.mean(output.argmax(-1) == reference.argmax(-1)))
+    return float(np.mean(sample_cosines(output, reference, mask)))
+
+
+def sample_cosines(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Each sample's cosine between the student's output and the teacher's; hidden states [batch, tokens,
+    hidden] with a text model's attention mask are mean-pooled over the real tokens first (a sentence
+    embedding, as sentence-transformers pools them)."""
+    if mask is not None and output.ndim == 3 and output.shape[:2] == mask.shape:
+        weights = mask[..., None].astype(np.float64)
+        count = np.maximum(weights.sum(1), 1.0)
+        output, reference = (output * weights).sum(1) / count, (reference * weights).sum(1) / count
     mine, theirs = output.reshape(len(output), -1), reference.reshape(len(reference), -1)
     norms = np.linalg.norm(mine, axis=1) * np.linalg.norm(theirs, axis=1)
-    return float(np.mean(np.sum(mine * theirs, axis=1) / np.maximum(norms, 1e-12)))
+    return np.sum(mine * theirs, axis=1) / np.maximum(norms, 1e-12)
 
 
 def _save(path: Path, student, optimizer, state: _State) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 LOSSES = ("kl", "mse", "cosine")
+MASK = "attention_mask"  # a text model's input: hidden states at its 0s (padding) are neither trained nor judged
 
 
 def default_loss(shape: Sequence[int | str | None]) -> str:
@@ -29,10 +30,17 @@ def soft_targets(student, teacher, temperature: float):
 
 
 def distillation_loss(kind: str, student, teacher, *, labels=None, alpha: float = 0.5,
-                      temperature: float = 2.0):
-    """The loss of one output. `labels` (class indices) mix in cross-entropy for kl only."""
+                      temperature: float = 2.0, mask=None):
+    """The loss of one output. `labels` (class indices) mix in cross-entropy for kl only; `mask` ([batch,
+    tokens], 1 for real tokens) leaves the padding's hidden states out of mse and cosine."""
     import torch.nn.functional as F
 
+    if kind in ("mse", "cosine") and mask is not None and student.dim() == 3 and tuple(mask.shape) == tuple(
+            student.shape[:2]):
+        per_token = F.mse_loss(student, teacher, reduction="none").mean(-1) if kind == "mse" else \
+            1.0 - F.cosine_similarity(student, teacher, dim=-1)
+        weights = mask.to(per_token.dtype)
+        return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
     if kind == "kl":
         soft = soft_targets(student, teacher, temperature)
         if labels is None:

@@ -34,8 +34,12 @@ def render(report, plot_name: str) -> str:
     if teacher.p50_ms is not None and student.p50_ms is not None:
         rows.append(("p50 latency, batch 1", f"{teacher.p50_ms:.3f} ms", f"{student.p50_ms:.3f} ms",
                      f"{teacher.p50_ms / max(student.p50_ms, 1e-9):.2f}x faster"))
+    if report.min_cosine is not None:
+        rows.append(("lowest sample's cosine, held out", "", f"{report.min_cosine:.4f}", ""))
     if report.test is not None:
         rows.append((f"{measure} on the test data ({report.test['samples']})", "", f"{report.test['agreement']:.4f}", ""))
+        if report.test.get("min_cosine") is not None:
+            rows.append(("lowest sample's cosine, test data", "", f"{report.test['min_cosine']:.4f}", ""))
         accuracy = report.test["accuracy"]
         if accuracy:
             rows.append(("test accuracy", f"{accuracy['teacher']:.2%}", f"{accuracy['student']:.2%}",
@@ -43,11 +47,20 @@ def render(report, plot_name: str) -> str:
     if report.accuracy:
         rows.append(("held-out accuracy", f"{report.accuracy['teacher']:.2%}", f"{report.accuracy['student']:.2%}",
                      f"{(report.accuracy['student'] - report.accuracy['teacher']) * 100:+.2f} points"))
+    if report.before:
+        before = report.before
+        test = f" (test data: {before['test_agreement']:.4f})" if "test_agreement" in before else ""
+        lowest = "" if before.get("min_cosine") is None else f"; lowest {before['min_cosine']:.4f}" + (
+            f" (test data: {before['test_min_cosine']:.4f})" if before.get("test_min_cosine") is not None else "")
+        rows.insert(0, (f"before training: {measure}", "", f"{before['agreement']:.4f}{test}{lowest}", ""))
+    source = "" if report.student_onnx is None else \
+        (f"The student is `{report.student_onnx}` made trainable in PyTorch (before training its max abs error "
+         f"against ONNX Runtime: {report.round_trip:.3g}); the result is its own graph with the trained weights. ")
     settings = report.settings
     lines = ["# graphopt distill", "",
              f"Teacher `{teacher.path}`, student `{student.path}`: {measure} with the teacher "
              f"**{report.agreement:.4f}** on {report.held_out} held-out samples (the exported student in ONNX "
-             f"Runtime; export parity with torch {report.parity:.3g}).", "",
+             f"Runtime; export parity with torch {report.parity:.3g}). {source}", "",
              "| | teacher | student | student / teacher |", "|---|---|---|---|",
              *(f"| {name} | {a} | {b} | {ratio} |" for name, a, b, ratio in rows), "",
              f"Trained {len(training.history)} epoch(s) in {report.seconds:.1f} s "

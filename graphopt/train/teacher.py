@@ -21,11 +21,19 @@ CHUNK = 256  # samples per teacher run when the outputs are cached
 
 
 class Teacher:
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    """`hidden`: names of inner values the teacher also returns, after its own outputs (the hidden states
+    a --drop-layers student matches)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, hidden: list[str] = ()) -> None:
         self.path = Path(path)
         self.model = model_io.load(self.path)
         config = SessionConfig(threads=threads, spinning=False)
-        self.session = create_session(self.path, config, label=self.path.name)
+        source = self.path
+        if hidden:
+            source = model_io.load(self.path)
+            values = {value.name: value for node in source.graph for value in node.outputs}
+            source.graph.outputs.extend(values[name] for name in hidden)
+        self.session = create_session(source, config, label=self.path.name)
         outputs = self.session.inner.get_outputs()
         self.output_names = [output.name for output in outputs]
         self.output_shapes = [list(output.shape) for output in outputs]

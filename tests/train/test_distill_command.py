@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
+
+import graphopt
 
 from graphopt.cli import main
 from graphopt.export import export_zoo
@@ -35,6 +39,15 @@ def setup(tmp_path_factory):
     np.savez(folder / "train.npz", pixels=digits.train_x[:600], labels=digits.train_y[:600])
     np.savez(folder / "test.npz", pixels=digits.test_x, labels=digits.test_y)
     (folder / "student.py").write_text(STUDENT)
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    quantized = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["pixels"], ["q", "s", "z"]),
+                                   helper.make_node("Cast", ["q"], ["logits"], to=TensorProto.FLOAT)], "q", [pixels],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 8, 8])])
+    onnx.save(helper.make_model(quantized, opset_imports=[helper.make_opsetid("", 20)]), folder / "quantized.onnx")
+    renamed = helper.make_graph([helper.make_node("Flatten", ["x"], ["logits"])], "r",
+                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                                [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 64])])
+    onnx.save(helper.make_model(renamed, opset_imports=[helper.make_opsetid("", 20)]), folder / "renamed.onnx")
     return folder
 
 
@@ -63,11 +76,48 @@ def test_distill_writes_a_student_that_agrees_with_the_teacher_and_its_report(se
     (["--data", "{setup}/student.py", "--student", "{setup}/student.py:build"], "not an .npz file"),
     (["--data", "{setup}/test.npz", "--student", "{setup}/student.py:nothing"], "--student"),
     (["--data", "{setup}/test.npz", "--student", "{setup}/student.py:build", "--alpha", "2"], "--alpha 2.0"),
+    (["--data", "{setup}/test.npz"], "give the student as one of --student FILE.py:FACTORY, --student-onnx"),
+    (["--data", "{setup}/test.npz", "--student", "{setup}/student.py:build", "--drop-layers", "2"],
+     "give the student as one of"),
+    (["--data", "{setup}/test.npz", "--student", "{setup}/student.py:build", "--match-layers"],
+     "--match-layers needs --drop-layers"),
+    (["--data", "{setup}/test.npz", "--drop-layers", "2"], "--drop-layers: no numbered layers in this model"),
+    (["--data", "{setup}/test.npz", "--student-onnx", "{setup}/quantized.onnx"],
+     "operators that cannot be made trainable: DynamicQuantizeLinear (1 node(s)"),
+    (["--data", "{setup}/test.npz", "--student-onnx", "{setup}/renamed.onnx"],
+     "the student's inputs ['x'] are not the teacher's ['pixels']"),
+    (["--data", "{setup}/test.npz", "--student-onnx", "{tmp}/student.onnx"], "is an input model: write the distilled student elsewhere"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_training(setup, tmp_path, capsys, args, message):
     output = tmp_path / "student.onnx"
-    args = [arg.format(setup=setup) for arg in args]
+    if "{tmp}/student.onnx" in args:
+        (tmp_path / "student.onnx").write_bytes((setup / "teacher.onnx").read_bytes())
+    args = [arg.format(setup=setup, tmp=tmp_path) for arg in args]
     assert main(["distill", "--teacher", str(setup / "teacher.onnx"), "-o", str(output), *args]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
-    assert not output.exists() and not (tmp_path / "student.distill" / "checkpoint.pt").exists()
+    assert not (tmp_path / "student.distill" / "checkpoint.pt").exists()
+    assert not output.exists() or output.read_bytes() == (setup / "teacher.onnx").read_bytes()
+
+
+def test_an_onnx_student_pruned_by_compress_recovers_in_its_own_graph(setup, tmp_path):
+    """compress → distill: the pruned teacher, made trainable, trained back towards the teacher; the
+    result is the pruned graph itself (same operators, same shapes) with new weights."""
+    pruned, output = tmp_path / "pruned.onnx", tmp_path / "recovered.onnx"
+    digits = load_data()
+    graphopt.compress(setup / "teacher.onnx", pruned, prune_channels=0.75, reconstruct=False, min_cosine=0.3,
+                      calibration=[{"pixels": digits.calibration_x}], check_speed=False, force=True)
+    assert main(["distill", "--teacher", str(setup / "teacher.onnx"), "--data", str(setup / "train.npz"),
+                 "--test", str(setup / "test.npz"), "--student-onnx", str(pruned), "-o", str(output),
+                 "--epochs", "12", "--lr", "3e-3", "--no-timing", "-q"]) == 0
+    report = json.loads((tmp_path / "recovered.report.json").read_text())
+    assert report["round_trip"] < 1e-4 and report["parity"] < 1e-4
+    before, after = report["before"]["test_agreement"], report["test"]["agreement"]
+    assert after >= 0.95 and after > before + 0.2, (before, after)
+    teacher = create_session(setup / "teacher.onnx").run({"pixels": digits.test_x})[0]
+    student = create_session(output).run({"pixels": digits.test_x})[0]
+    assert float(np.mean(student.argmax(1) == teacher.argmax(1))) == pytest.approx(after)
+    shapes = [{t.name: list(t.dims) for t in onnx.load(path).graph.initializer} for path in (pruned, output)]
+    assert shapes[0] == shapes[1]
+    assert [n.op_type for n in onnx.load(output).graph.node] == [n.op_type for n in onnx.load(pruned).graph.node]
+    assert "before training: top-1 agreement" in (tmp_path / "recovered.report.md").read_text()
