@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/session_load.py
 	$(PY) benchmarks/precision_vs_peers.py
 	$(PY) benchmarks/distill.py
+	$(PY) benchmarks/student_onnx_coverage.py
 	$(PY) benchmarks/plot_results.py
 
 clean:

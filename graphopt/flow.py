@@ -1,7 +1,8 @@
 """`graphopt run`: a list of stages — export, optimize, quantize, precision, bench, report — into one folder.
 
 Files in the output folder: model.onnx (the export, plus model.<dataset>.npz for zoo models
-that ship data and model.calibration/ for the text models' calibration sentences),
+that ship data, model.calibration/ for the text models' calibration sentences and minilm's
+tokenizer and distillation sentences),
 model.<preset>.onnx (only when validation passes and, with check_speed, the benchmark does not
 find it slower than the export: timed again before it is refused), with `quantize` also model.<mode>.onnx
 (graphopt.quantize's result, only when it validates and the benchmark finds it faster than the

