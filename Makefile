@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev,export,zoo,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,export,train,zoo,bench]'
 	touch $(STAMP)
 
 $(DOCS_STAMP): $(STAMP)
