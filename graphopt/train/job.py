@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 
 from graphopt import model as model_io
 from graphopt.errors import InputError
@@ -63,12 +64,14 @@ class DistillReport:
 
 
 def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student=None, student_onnx=None, data,
-        test_data=None, tokenizer=None, max_length: int = 128, settings: DistillSettings, work: str | os.PathLike | None = None, resume: bool = False,
-        time_models: bool = True, progress: Progress | None = None,
-        stage: Callable[[str], None] | None = None) -> DistillReport:
-    """Train the student — `student` (a torch.nn.Module, or a `file.py:factory` spec) or `student_onnx`
-    (an ONNX model, made trainable) — against the teacher on `data` (an .npz or {name: array}), write it to
-    `output` and its report beside it; `test_data` (the same form) is judged too, never trained on."""
+        test_data=None, tokenizer=None, max_length: int = 128, settings: DistillSettings,
+        work: str | os.PathLike | None = None, resume: bool = False, time_models: bool = True,
+        progress: Progress | None = None, stage: Callable[[str], None] | None = None) -> DistillReport:
+    """Train the student — `student` (a torch.nn.Module, or a `file.py:factory` spec), `student_onnx` (an
+    ONNX model, made trainable) or settings.drop_layers (the teacher keeping every K-th layer) — against
+    the teacher on `data` (an .npz, a folder of them, a text file tokenized with `tokenizer`, or {name:
+    array}), write it to `output` and its report beside it; `test_data` (the same form) is judged too,
+    never trained on. Nothing is written before everything is checked."""
     stage = stage or (lambda description: None)
     settings.check()
     if sum(source is not None for source in (student, student_onnx, settings.drop_layers)) != 1:
@@ -80,18 +83,18 @@ def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student=N
         if source is not None and output.resolve() == Path(source).resolve():
             raise InputError(f"-o {output} is an input model: write the distilled student elsewhere")
     work = Path(work) if work is not None else output.with_name(output.stem + ".distill")
-    dropped = None
+    source, dropped = student_onnx, None
     if settings.drop_layers is not None:
-        student_onnx, dropped = _dropped_student(teacher_path, settings.drop_layers, work)
+        source, dropped = _dropped_student(teacher_path, settings.drop_layers)
     hidden = [theirs for _, theirs in dropped.pairs] if dropped is not None and settings.match_layers else []
     teacher = Teacher(teacher_path, hidden=hidden)
     training = data_io.load(data, teacher.model, tokenizer=tokenizer, max_length=max_length)
     test = None if test_data is None else \
         data_io.load(test_data, teacher.model, tokenizer=tokenizer, max_length=max_length)
     _, held_out = training.split(settings.held_out, settings.seed)
-    if student_onnx is not None:
+    if source is not None:
         settings = dataclasses.replace(settings, lr=settings.lr or TRAINED_LR)
-        module, round_trip, before = _onnx_student(student_onnx, teacher, held_out, test, settings)
+        module, round_trip, before = _onnx_student(source, teacher, held_out, test, settings)
         module.outputs += module.values([mine for mine, _ in dropped.pairs] if hidden else [])
     else:
         settings = dataclasses.replace(settings, lr=settings.lr or SCRATCH_LR)
@@ -101,7 +104,7 @@ def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student=N
     result = distill(module, teacher, training, settings, work, resume=resume, progress=progress)
     seconds = time.perf_counter() - start
     stage("exporting and judging")
-    parity = _write_onnx(module, held_out, output) if student_onnx is not None else \
+    parity = _write_onnx(module, held_out, output) if source is not None else \
         _export(module, teacher, held_out, output)
     session = create_session(output, SessionConfig(spinning=False))
     agreed, accuracy, lowest = _judge(teacher, session, held_out, result.losses[0])
@@ -123,16 +126,12 @@ def run(teacher_path: str | os.PathLike, output: str | os.PathLike, *, student=N
     return report
 
 
-def _dropped_student(teacher_path, every: int, work: Path):
-    """The teacher keeping every `every`-th layer, written into the work folder: (its path, what was dropped)."""
+def _dropped_student(teacher_path, every: int):
+    """(the teacher keeping every `every`-th layer, what was dropped)."""
     from graphopt.train.drop_layers import drop_layers
 
     model = model_io.load(teacher_path)
-    dropped = drop_layers(model, every)
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "student-initial.onnx"
-    model_io.save(model, path)
-    return path, dropped
+    return model, drop_layers(model, every)
 
 
 def _torch_student(student):
@@ -144,17 +143,18 @@ def _torch_student(student):
 ROUND_TRIP_SAMPLES = 8
 
 
-def _onnx_student(path, teacher: Teacher, held_out: data_io.TrainingSet, test: data_io.TrainingSet | None,
+def _onnx_student(source, teacher: Teacher, held_out: data_io.TrainingSet, test: data_io.TrainingSet | None,
                   settings: DistillSettings) -> tuple[Any, float, dict[str, Any]]:
-    """(the ONNX student made trainable, its max abs error against ONNX Runtime before training, how the
-    untrained student agrees with the teacher); an operator that cannot be trained, or a module that does
-    not compute what ONNX Runtime does, stops here, before any training."""
+    """(the ONNX student — a path or an onnx_ir model — made trainable, its max abs error against ONNX
+    Runtime before training, how the untrained student agrees with the teacher); an operator that cannot be
+    trained, or a module that does not compute what ONNX Runtime does, stops here, before any training."""
     from graphopt.train.losses import default_loss
     from graphopt.train.trainable import TrainableGraph, round_trip
 
-    module = TrainableGraph(model_io.load(path), list(held_out.arrays))
-    error = round_trip(module, path, held_out.batch(np.arange(min(ROUND_TRIP_SAMPLES, len(held_out)))))
-    session = create_session(path, SessionConfig(spinning=False))
+    model = source if isinstance(source, ir.Model) else model_io.load(source)
+    module = TrainableGraph(model, list(held_out.arrays))
+    error = round_trip(module, model, held_out.batch(np.arange(min(ROUND_TRIP_SAMPLES, len(held_out)))))
+    session = create_session(model, SessionConfig(spinning=False))
     kind = settings.loss or default_loss(teacher.output_shapes[0])
     before: dict[str, Any] = {}
     before["agreement"], before["accuracy"], before["min_cosine"] = _judge(teacher, session, held_out, kind)

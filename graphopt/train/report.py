@@ -53,9 +53,12 @@ def render(report, plot_name: str) -> str:
         lowest = "" if before.get("min_cosine") is None else f"; lowest {before['min_cosine']:.4f}" + (
             f" (test data: {before['test_min_cosine']:.4f})" if before.get("test_min_cosine") is not None else "")
         rows.insert(0, (f"before training: {measure}", "", f"{before['agreement']:.4f}{test}{lowest}", ""))
-    source = "" if report.student_onnx is None else \
-        (f"The student is `{report.student_onnx}` made trainable in PyTorch (before training its max abs error "
-         f"against ONNX Runtime: {report.round_trip:.3g}); the result is its own graph with the trained weights. ")
+    source = ""
+    if report.round_trip is not None:
+        what = f"`{report.student_onnx}`" if report.student_onnx else \
+            f"the teacher keeping layers {report.dropped['kept']} of its {report.dropped['layers']}"
+        source = (f"The student is {what} made trainable in PyTorch (before training its max abs error against "
+                  f"ONNX Runtime: {report.round_trip:.3g}); the result is its own graph with the trained weights. ")
     settings = report.settings
     lines = ["# graphopt distill", "",
              f"Teacher `{teacher.path}`, student `{student.path}`: {measure} with the teacher "

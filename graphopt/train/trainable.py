@@ -196,13 +196,13 @@ def _round_trip_tolerance():
     return dataclasses.replace(TOLERANCES["fp32"], scale=1e-5)
 
 
-def round_trip(module, model_path: str | os.PathLike, feeds: dict[str, np.ndarray]) -> float:
-    """The module against ONNX Runtime on `feeds`, at graphopt's fp32 tolerance, before any training:
-    the largest abs error; raises InputError naming the first output that differs."""
+def round_trip(module, model, feeds: dict[str, np.ndarray]) -> float:
+    """The module against ONNX Runtime running `model` (a path or a model) on `feeds`, at graphopt's fp32
+    tolerance: the largest abs error; raises InputError naming the first output that differs."""
     from graphopt.runtime.compare import compare
     from graphopt.runtime.providers import SessionConfig, create_session
 
-    session = create_session(model_path, SessionConfig(spinning=False, opt_level="disable"))
+    session = create_session(model, SessionConfig(spinning=False, opt_level="disable"))
     wanted = session.run(feeds)
     module.eval()
     with torch.no_grad():
