@@ -49,7 +49,7 @@ def _feeds() -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["export", "O3-ort"])
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["export", "O3-ort"])
 def test_the_kept_layers_compute_what_torch_computes_with_only_them(tiny_bert, tmp_path, fused):
     teacher = tmp_path / "teacher.onnx"
     example = tuple(torch.from_numpy(array) for array in _feeds().values())
