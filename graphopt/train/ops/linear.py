@@ -53,13 +53,17 @@ def torch_pad(begins: list[int], ends: list[int]) -> list[int]:
     return [amount for begin, end in zip(reversed(begins), reversed(ends)) for amount in (begin, end)]
 
 
-@op("Conv")
-def conv(node: Node, x, weight, bias=None):
+def _window(node: Node, weight, what: str) -> tuple[int, list[int], list[int]]:
+    """(spatial rank, strides, dilations) of a convolution, a rank torch has none for refused."""
     rank = weight.dim() - 2
     if rank not in _CONV:
-        raise node.unsupported(f"a {rank}-d convolution")
-    strides = list(node.get("strides") or [1] * rank)
-    dilations = list(node.get("dilations") or [1] * rank)
+        raise node.unsupported(f"a {rank}-d {what}")
+    return rank, list(node.get("strides") or [1] * rank), list(node.get("dilations") or [1] * rank)
+
+
+@op("Conv")
+def conv(node: Node, x, weight, bias=None):
+    rank, strides, dilations = _window(node, weight, "convolution")
     begins, ends = spatial_pads(node, x, list(weight.shape[2:]), strides, dilations)
     if begins != ends:
         x, begins = F.pad(x, torch_pad(begins, ends)), [0] * rank
@@ -68,11 +72,7 @@ def conv(node: Node, x, weight, bias=None):
 
 @op("ConvTranspose")
 def conv_transpose(node: Node, x, weight, bias=None):
-    rank = weight.dim() - 2
-    if rank not in _CONV_TRANSPOSE:
-        raise node.unsupported(f"a {rank}-d transposed convolution")
-    strides = list(node.get("strides") or [1] * rank)
-    dilations = list(node.get("dilations") or [1] * rank)
+    rank, strides, dilations = _window(node, weight, "transposed convolution")
     extra = list(node.get("output_padding") or [0] * rank)
     kernel = list(weight.shape[2:])
     full = [s * (size - 1) + e + (k - 1) * d + 1 for size, s, e, k, d in zip(x.shape[2:], strides, extra, kernel,
